@@ -1,0 +1,507 @@
+"""Monte Carlo engine for the saturated rA-1F decode process.
+
+How it works (cost grows with instance-steps plus requests, not slots x steps)
+-------------------------------------------------------------------------------
+Every slot is a renewal process: request after request, each holding the slot for
+``D`` steps. Between two request boundaries a slot's load grows by exactly one token
+per step, so an instance's load is
+
+    T_j(k) = T_j(0) + B k + sum of load *jumps* at request boundaries up to step k.
+
+Time is cut into chunks of ``L`` steps. In a chunk each slot draws its next ``M``
+requests, their start steps are a cumulative sum of their lengths, the jumps
+(``P_new - P_old - D_old``) are scatter-added into an ``(r_max, L)`` buffer and one
+cumulative sum gives every instance's load at every step. The barrier for *every* ratio
+``r = 1..r_max`` is then a prefix maximum over instances (the system with ratio ``r``
+is the first ``r`` of ``r_max`` instances), so a whole ratio sweep is one pass and one
+compilation.
+
+Common random numbers: request ``n`` of slot ``s`` of instance ``j`` in replica ``i``
+always gets the bits ``threefry(threefry(key, i, j<<16 | s), n)``, whatever the ratio,
+the coefficients, the workload parameters, the chunking or the buffer sizes.
+
+``M`` is a capacity, not a modelling choice: it is sized by a Chernoff bound so that
+running out of drawn requests inside a chunk has probability below 1e-12 for the whole
+run; if it ever happens the run is repeated with a larger buffer (same numbers), or,
+under an outer ``jit``, an error is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
+
+from ._latency import LatencyModel
+from ._workload import Workload
+
+START_MODES = ("stationary", "cold")
+_MAX_INDEX = 2**16  # instances and slots are packed into one 32-bit counter word
+_HIST_SPAN = 16.0  # histogram covers [c/16, 16 c] around the mean-field cycle time c
+
+
+class SimulationResult(eqx.Module):
+    """Per-ratio results of :func:`simulate`. Arrays are indexed like ``ratios``.
+
+    Times are in the latency model's time unit; throughput in tokens per time unit.
+    """
+
+    ratios: jax.Array
+    """``(n,)`` int: the A/F ratios r simulated."""
+    throughput_per_instance: jax.Array
+    """``(n,)``: long-run tokens / time / (r + 1), pooled over replicas."""
+    stderr: jax.Array
+    """``(n,)``: standard error of ``throughput_per_instance`` across replicas
+    (delta method on the ratio estimator; NaN with one replica)."""
+    throughput_per_replica: jax.Array
+    """``(num_replicas, n)``: each independent replica's throughput per instance."""
+    attention_idle_fraction: jax.Array
+    """``(n,)``: 1 - attention busy time / (r * elapsed time)."""
+    ffn_idle_fraction: jax.Array
+    """``(n,)``: 1 - FFN busy time / elapsed time."""
+    mean_cycle_time: jax.Array
+    """``(n,)``: mean step time ``E[tau]``."""
+    cycle_time_std: jax.Array
+    """``(n,)``: standard deviation of the step time across steps."""
+    cycle_time_quantiles: jax.Array
+    """``(n, q)``: step-time quantiles at ``quantile_levels`` (from a log histogram
+    with relative bin width 0.14 %, clamped to the observed min and max)."""
+    quantile_levels: jax.Array
+    """``(q,)``: the quantile levels."""
+    mean_slot_load_tokens: jax.Array
+    """Scalar: long-run mean KV tokens per slot over all ``r_max`` instances (compare
+    with ``workload.theta()``)."""
+    batch_size: int = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+    num_replicas: int = eqx.field(static=True)
+
+    def best_index(self) -> int:
+        """Index into ``ratios`` of the highest simulated throughput per instance."""
+        return int(np.argmax(np.asarray(self.throughput_per_instance)))
+
+    def best_ratio(self) -> int:
+        """The ratio r with the highest simulated throughput per instance."""
+        return int(np.asarray(self.ratios)[self.best_index()])
+
+    def to_dict(self) -> dict:
+        """Plain Python lists and numbers (JSON-serialisable; NaN becomes None)."""
+
+        def clean(x):
+            a = np.asarray(x)
+            if a.dtype.kind == "f":
+                out = np.where(np.isfinite(a), a, np.nan).astype(object)
+                out[~np.isfinite(a)] = None
+                return out.tolist()
+            return a.tolist()
+
+        levels = np.asarray(self.quantile_levels).tolist()
+        q = np.asarray(self.cycle_time_quantiles)
+        return {
+            "ratios": clean(self.ratios),
+            "throughput_per_instance": clean(self.throughput_per_instance),
+            "stderr": clean(self.stderr),
+            "attention_idle_fraction": clean(self.attention_idle_fraction),
+            "ffn_idle_fraction": clean(self.ffn_idle_fraction),
+            "mean_cycle_time": clean(self.mean_cycle_time),
+            "cycle_time_std": clean(self.cycle_time_std),
+            "cycle_time_quantiles": {f"p{100 * lv:g}": clean(q[:, i]) for i, lv in enumerate(levels)},
+            "mean_slot_load_tokens": float(self.mean_slot_load_tokens),
+            "best_ratio": self.best_ratio(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Everything that fixes shapes (static under jit)."""
+
+    max_ratio: int
+    batch_size: int
+    num_steps: int
+    warmup_steps: int
+    num_replicas: int
+    chunk_steps: int
+    num_chunks: int
+    requests_per_chunk: int
+    replica_batch_size: int
+    start: str
+    num_bins: int
+
+
+def _hash(k1, k2, x1, x2):
+    """Threefry-2x32 of counters ``(x1, x2)`` under key ``(k1, k2)``, broadcasting."""
+    args = [jnp.asarray(v, jnp.uint32) for v in (k1, k2, x1, x2)]
+    # A zero that depends on every operand: under vmap all four operands then carry the
+    # same batch dimension (the primitive's batching rule mishandles mixed operands).
+    zero = sum(a * jnp.uint32(0) for a in args)
+    return threefry2x32_p.bind(*[a + zero for a in args])
+
+
+def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyModel, cfg: _Config):
+    """Simulate one replica; return its accumulated sums (one entry per r = 1..r_max)."""
+    rmax, B, L, M = cfg.max_ratio, cfg.batch_size, cfg.chunk_steps, cfg.requests_per_chunk
+    fdtype = jnp.zeros(()).dtype
+    instance = jnp.arange(rmax, dtype=jnp.uint32)[:, None]
+    slot = jnp.arange(B, dtype=jnp.uint32)[None, :]
+    k1, k2 = _hash(key_words[0], key_words[1], replica_id, (instance << 16) | slot)  # (rmax, B)
+
+    b0 = _hash(k1, k2, 0, 0)
+    if cfg.start == "stationary":
+        b1 = _hash(k1, k2, 0, 1)
+        prefill, decode, index = workload._stationary((b0[0], b0[1], b1[0], b1[1]))
+    else:
+        prefill, decode = workload._fresh(b0[0], b0[1])
+        index = jnp.zeros_like(decode)
+    prefill = prefill.astype(fdtype)
+    next_request = jnp.ones((rmax, B), jnp.uint32)
+
+    ratio = jnp.arange(1, rmax + 1, dtype=fdtype)
+    floor_time = jnp.maximum(latency.ffn_time(ratio, B), latency.comm_time(ratio, B))  # (rmax,)
+    centre = jnp.maximum(floor_time, latency.attention_time(B * workload.theta()))
+    log_lo = jnp.log(centre) - math.log(_HIST_SPAN)
+    dlog = 2 * math.log(_HIST_SPAN) / cfg.num_bins
+
+    steps_local = jnp.arange(L)
+    offsets = jnp.arange(M, dtype=jnp.uint32)
+    flat_base = (jnp.arange(rmax) * L)[:, None, None]
+
+    def chunk(carry, c):
+        prefill, decode, index, next_request, acc = carry
+        remaining = jnp.minimum(decode - index, L + 1)  # >= 1
+        bits = _hash(k1[..., None], k2[..., None], next_request[..., None] + offsets, 0)
+        new_prefill, new_decode = workload._fresh(bits[0], bits[1])
+        new_prefill = new_prefill.astype(fdtype)
+        # Lengths clipped at L + 1 give exact start steps for every request starting
+        # inside this chunk and keep the cumulative sum far from int32 overflow.
+        clipped = jnp.minimum(new_decode, L + 1)
+        ends = remaining[..., None] + jnp.cumsum(clipped, axis=-1)
+        starts = ends - clipped  # (rmax, B, M), increasing
+        covered = jnp.all(ends[..., -1] > L)
+        prev_prefill = jnp.concatenate([prefill[..., None], new_prefill[..., :-1]], axis=-1)
+        prev_decode = jnp.concatenate([decode[..., None], new_decode[..., :-1]], axis=-1)
+        jump = new_prefill - prev_prefill - prev_decode.astype(fdtype)
+        flat = jnp.where(starts < L, flat_base + starts, rmax * L)
+        jumps = jnp.zeros(rmax * L, fdtype).at[flat.reshape(-1)].add(jump.reshape(-1), mode="drop")
+        load0 = jnp.sum(prefill + index.astype(fdtype), axis=1)  # (rmax,)
+        load = load0[:, None] + B * steps_local.astype(fdtype)[None, :] + jnp.cumsum(
+            jumps.reshape(rmax, L), axis=1
+        )
+
+        # Slot state at local step L: the last request started at or before L.
+        started = jnp.sum(starts <= L, axis=-1)  # (rmax, B)
+        last = jnp.maximum(started - 1, 0)[..., None]
+        take = lambda a: jnp.take_along_axis(a, last, axis=-1)[..., 0]  # noqa: E731
+        has_new = started > 0
+        prefill_next = jnp.where(has_new, take(new_prefill), prefill)
+        decode_next = jnp.where(has_new, take(new_decode), decode)
+        index_next = jnp.where(has_new, L - take(starts), index + L)
+        next_request = next_request + started.astype(jnp.uint32)
+
+        # Step statistics for every ratio r = 1..r_max at once.
+        step = c * L + steps_local
+        measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
+        weight = measured.astype(fdtype)[None, :]
+        attention = latency.attention_time(load)  # (rmax, L): instance j
+        barrier = jax.lax.cummax(attention, axis=0)  # row r-1: max over the first r instances
+        busy = jnp.cumsum(attention, axis=0)  # row r-1: sum over the first r instances
+        tau = jnp.maximum(barrier, floor_time[:, None])
+        b = jnp.clip(jnp.floor((jnp.log(tau) - log_lo[:, None]) / dlog), 0, cfg.num_bins - 1).astype(jnp.int32)
+        hist_index = jnp.where(measured[None, :], jnp.arange(rmax)[:, None] * cfg.num_bins + b, rmax * cfg.num_bins)
+        acc = dict(
+            tau=acc["tau"] + jnp.sum(tau * weight, axis=1),
+            tau2=acc["tau2"] + jnp.sum(tau**2 * weight, axis=1),
+            busy=acc["busy"] + jnp.sum(busy * weight, axis=1),
+            load=acc["load"] + jnp.sum(load * weight, axis=1),
+            tau_min=jnp.minimum(acc["tau_min"], jnp.min(jnp.where(measured, tau, jnp.inf), axis=1)),
+            tau_max=jnp.maximum(acc["tau_max"], jnp.max(jnp.where(measured, tau, -jnp.inf), axis=1)),
+            hist=acc["hist"].at[hist_index.reshape(-1)].add(1, mode="drop"),
+            covered=acc["covered"] & covered,
+        )
+        return (prefill_next, decode_next, index_next, next_request, acc), None
+
+    zeros = jnp.zeros(rmax, fdtype)
+    acc0 = dict(
+        tau=zeros,
+        tau2=zeros,
+        busy=zeros,
+        load=zeros,
+        tau_min=zeros + jnp.inf,
+        tau_max=zeros - jnp.inf,
+        hist=jnp.zeros(rmax * cfg.num_bins, jnp.int32),
+        covered=jnp.array(True),
+    )
+    carry0 = (prefill, decode, index, next_request, acc0)
+    (_, _, _, _, acc), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
+    acc["log_lo"] = log_lo
+    return acc
+
+
+def _quantiles_from_histogram(hist, log_lo, dlog, tau_min, tau_max, levels):
+    """Quantiles per row of a log-spaced histogram, interpolated inside a bin."""
+    cum = jnp.cumsum(hist, axis=-1)
+    total = cum[..., -1:]
+
+    def one(level):
+        target = level * total
+        i = jax.vmap(lambda c, t: jnp.searchsorted(c, t, side="left"))(cum, target[:, 0])
+        i = jnp.clip(i, 0, hist.shape[-1] - 1)
+        below = jnp.where(i > 0, jnp.take_along_axis(cum, (i - 1)[:, None], -1)[:, 0], 0)
+        count = jnp.take_along_axis(hist, i[:, None], -1)[:, 0]
+        frac = jnp.clip((target[:, 0] - below) / jnp.maximum(count, 1), 0.0, 1.0)
+        value = jnp.exp(log_lo + (i + frac) * dlog)
+        return jnp.clip(value, tau_min, tau_max)
+
+    return jnp.stack([one(lv) for lv in levels], axis=-1)
+
+
+@eqx.filter_jit
+def _simulate_jit(key_words, workload, latency, ratio_index, levels, cfg: _Config):
+    replica_ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
+    sums = jax.lax.map(
+        lambda i: _replica_sums(i, key_words, workload, latency, cfg),
+        replica_ids,
+        batch_size=cfg.replica_batch_size,
+    )
+    fdtype = jnp.zeros(()).dtype
+    B, K, R = cfg.batch_size, cfg.num_steps, cfg.num_replicas
+    ratio = jnp.arange(1, cfg.max_ratio + 1, dtype=fdtype)
+    time = sums["tau"]  # (R, rmax)
+    total_time = jnp.sum(time, axis=0)
+    tokens = ratio * B * K
+    throughput = tokens * R / ((ratio + 1) * total_time)
+    per_replica = tokens / ((ratio + 1) * time)
+    if R > 1:
+        rel = jnp.std(time, axis=0, ddof=1) / (jnp.mean(time, axis=0) * math.sqrt(R))
+    else:
+        rel = jnp.full_like(total_time, jnp.nan)
+    stderr = throughput * rel
+    attention_idle = 1.0 - jnp.sum(sums["busy"], axis=0) / (ratio * total_time)
+    ffn_idle = 1.0 - K * R * latency.ffn_time(ratio, B) / total_time
+    mean_tau = total_time / (K * R)
+    var_tau = jnp.maximum(jnp.sum(sums["tau2"], axis=0) / (K * R) - mean_tau**2, 0.0)
+    hist = jnp.sum(sums["hist"], axis=0).reshape(cfg.max_ratio, cfg.num_bins)
+    dlog = 2 * math.log(_HIST_SPAN) / cfg.num_bins
+    quantiles = _quantiles_from_histogram(
+        hist,
+        sums["log_lo"][0],
+        dlog,
+        jnp.min(sums["tau_min"], axis=0),
+        jnp.max(sums["tau_max"], axis=0),
+        levels,
+    )
+    mean_load = jnp.sum(sums["load"]) / (cfg.max_ratio * K * R * B)
+    covered = jnp.all(sums["covered"])
+    pick = lambda a: a[..., ratio_index]  # noqa: E731
+    result = SimulationResult(
+        ratios=jnp.asarray(ratio_index + 1),
+        throughput_per_instance=pick(throughput),
+        stderr=pick(stderr),
+        throughput_per_replica=pick(per_replica),
+        attention_idle_fraction=pick(attention_idle),
+        ffn_idle_fraction=pick(ffn_idle),
+        mean_cycle_time=pick(mean_tau),
+        cycle_time_std=pick(jnp.sqrt(var_tau)),
+        cycle_time_quantiles=quantiles[ratio_index],
+        quantile_levels=jnp.asarray(levels, dtype=fdtype),
+        mean_slot_load_tokens=mean_load,
+        batch_size=B,
+        num_steps=K,
+        num_replicas=R,
+    )
+    return result, covered
+
+
+# ---------------------------------------------------------------------- sizing (host side)
+def _bucket(n: int) -> int:
+    """Round up to the next value of the form 2^k or 3 * 2^(k-1) (limits recompiles)."""
+    n = max(int(n), 1)
+    p = 1 << (n - 1).bit_length()
+    return 3 * p // 4 if 3 * p // 4 >= n and p >= 4 else p
+
+
+def _concrete_float(x, name: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError) as err:
+        raise ValueError(
+            f"{name} is traced (simulate called under jit/grad/vmap); pass chunk_steps= and "
+            "requests_per_chunk= explicitly so that buffer sizes do not depend on traced values"
+        ) from err
+
+
+def _requests_bound(workload: Workload, chunk_steps: int, log_eps: float) -> int:
+    """Smallest M with P(sum of M decode lengths <= L) <= exp(log_eps) (Chernoff bound)."""
+    t = np.logspace(-8, 2, 600)
+    log_phi = workload._decode_log_mgf_neg(t)
+    L = chunk_steps
+
+    def log_bound(m):
+        return float(np.min(t * L + m * log_phi))
+
+    lo, hi = 1, L + 1  # D >= 1: L + 1 requests always cover L steps
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if log_bound(mid) <= log_eps:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _plan(workload, cfg_kwargs, chunk_steps, requests_per_chunk, replica_batch_size, memory_budget_bytes):
+    """Choose chunk length, requests per chunk and replica batch size."""
+    rmax, B, R = cfg_kwargs["max_ratio"], cfg_kwargs["batch_size"], cfg_kwargs["num_replicas"]
+    total = cfg_kwargs["warmup_steps"] + cfg_kwargs["num_steps"]
+    if chunk_steps is None:
+        mean_d = _concrete_float(workload.mean_decode_steps(), "the workload's mean decode length")
+        target = _bucket(int(min(max(32 * mean_d, 256), 16384)))
+        chunk_steps = total if total <= target else target
+    num_chunks = -(-total // chunk_steps)
+    if requests_per_chunk is None:
+        _concrete_float(workload.mean_decode_steps(), "the workload's mean decode length")
+        log_eps = math.log(1e-12) - math.log(R * rmax * B * num_chunks)
+        requests_per_chunk = _bucket(_requests_bound(workload, chunk_steps, log_eps))
+    if replica_batch_size is None:
+        per_replica = rmax * B * requests_per_chunk * 64 + rmax * chunk_steps * 96 + rmax * cfg_kwargs["num_bins"] * 8
+        replica_batch_size = int(max(1, min(R, memory_budget_bytes // per_replica)))
+    return dict(
+        chunk_steps=int(chunk_steps),
+        num_chunks=int(num_chunks),
+        requests_per_chunk=int(requests_per_chunk),
+        replica_batch_size=int(replica_batch_size),
+    )
+
+
+def _as_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer {allowed}")
+    return value
+
+
+def simulate(
+    key: jax.Array,
+    workload: Workload,
+    latency: LatencyModel,
+    batch_size: int,
+    ratios,
+    num_steps: int,
+    num_replicas: int = 8,
+    *,
+    start: str = "stationary",
+    warmup_steps: int = 0,
+    quantile_levels=(0.5, 0.9, 0.99),
+    chunk_steps: int | None = None,
+    requests_per_chunk: int | None = None,
+    replica_batch_size: int | None = None,
+    memory_budget_bytes: int = 512 * 2**20,
+    num_bins: int = 4096,
+) -> SimulationResult:
+    """Monte Carlo simulation of the saturated rA-1F decode process.
+
+    Each of ``num_replicas`` independent replicas runs ``r_max = max(ratios)`` Attention
+    instances with ``batch_size`` slots each for ``num_steps`` measured steps; the
+    system with ratio ``r`` is the first ``r`` instances (common random numbers across
+    ratios). Every step ``tau = max(max_{j<r} t_A(T_j), t_C, t_F(rB))``.
+
+    **Arguments:**
+
+    - ``key``: a JAX PRNG key (``jax.random.key(seed)`` or ``PRNGKey(seed)``).
+    - ``workload``: a :class:`~afdjax.Workload` (``Geometric``, ``Empirical``).
+    - ``latency``: a :class:`~afdjax.LatencyModel`.
+    - ``batch_size``: slots per Attention instance ``B`` (1 .. 65536).
+    - ``ratios``: the A/F ratios to report (positive integers); all of ``1..max`` are
+      simulated in the same pass, one compilation per ``max``.
+    - ``num_steps``: measured decode steps per replica.
+    - ``num_replicas``: independent replicas (standard errors need at least 2).
+    - ``start``: ``"stationary"`` (slots start in the length-biased stationary state)
+      or ``"cold"`` (every slot starts a fresh request at step 0).
+    - ``warmup_steps``: steps simulated before measuring (discarded).
+    - ``quantile_levels``: cycle-time quantile levels in (0, 1).
+    - ``chunk_steps``, ``requests_per_chunk``, ``replica_batch_size``: buffer sizes;
+      chosen automatically (they fix shapes, so pass them explicitly when calling
+      ``simulate`` under ``jit``/``grad``/``vmap`` with traced workload parameters).
+      They never change the numbers, only speed and memory.
+    - ``memory_budget_bytes``: rough bound on per-batch working memory used to choose
+      ``replica_batch_size``.
+    - ``num_bins``: cycle-time histogram bins (quantile resolution).
+
+    **Returns:** a :class:`SimulationResult`.
+
+    Float parameters (coefficients, workload means) are array leaves: new values reuse
+    the compiled program as long as the automatically chosen buffer sizes (rounded up
+    to a coarse grid) do not change; fix them explicitly to guarantee it.
+    """
+    if not isinstance(workload, Workload):
+        raise ValueError(f"workload={workload!r} is invalid: expected an afdjax Workload (Geometric, Empirical)")
+    if not isinstance(latency, LatencyModel):
+        raise ValueError(f"latency={latency!r} is invalid: expected an afdjax LatencyModel")
+    batch_size = _as_int("batch_size", batch_size, 1, _MAX_INDEX)
+    try:
+        ratio_list = [int(r) for r in np.atleast_1d(np.asarray(ratios)).tolist()]
+        ok = np.all(np.asarray(ratios, dtype=float) == np.asarray(ratio_list, dtype=float))
+    except (TypeError, ValueError):
+        ok, ratio_list = False, []
+    if not ok or len(ratio_list) == 0 or min(ratio_list) < 1:
+        raise ValueError(f"ratios={ratios!r} is invalid: expected a non-empty list of integers >= 1")
+    if max(ratio_list) > _MAX_INDEX:
+        raise ValueError(f"ratios has max {max(ratio_list)}: expected ratios <= {_MAX_INDEX}")
+    num_steps = _as_int("num_steps", num_steps, 1)
+    num_replicas = _as_int("num_replicas", num_replicas, 1)
+    warmup_steps = _as_int("warmup_steps", warmup_steps, 0)
+    num_bins = _as_int("num_bins", num_bins, 16)
+    if start not in START_MODES:
+        raise ValueError(f"start={start!r} is invalid: expected one of {', '.join(START_MODES)}")
+    levels = tuple(float(q) for q in np.atleast_1d(np.asarray(quantile_levels, dtype=float)))
+    if not all(0.0 < q < 1.0 for q in levels):
+        raise ValueError(f"quantile_levels={quantile_levels!r} is invalid: expected levels in (0, 1)")
+    if chunk_steps is not None:
+        chunk_steps = _as_int("chunk_steps", chunk_steps, 1)
+    if requests_per_chunk is not None:
+        requests_per_chunk = _as_int("requests_per_chunk", requests_per_chunk, 1)
+    if replica_batch_size is not None:
+        replica_batch_size = _as_int("replica_batch_size", replica_batch_size, 1)
+
+    base = dict(
+        max_ratio=max(ratio_list),
+        batch_size=batch_size,
+        num_steps=num_steps,
+        warmup_steps=warmup_steps,
+        num_replicas=num_replicas,
+        start=start,
+        num_bins=num_bins,
+    )
+    sizes = _plan(workload, base, chunk_steps, requests_per_chunk, replica_batch_size, memory_budget_bytes)
+    key_words = jax.random.bits(key, (2,), dtype=jnp.uint32)
+    ratio_index = np.asarray(ratio_list, dtype=np.int32) - 1
+    while True:
+        cfg = _Config(**base, **sizes)
+        result, covered = _simulate_jit(key_words, workload, latency, ratio_index, levels, cfg)
+        if isinstance(covered, jax.core.Tracer):
+            return eqx.error_if(
+                result,
+                ~covered,
+                "afdjax.simulate: requests_per_chunk was too small for this run; increase it",
+            )
+        if bool(covered):
+            return result
+        if sizes["requests_per_chunk"] > sizes["chunk_steps"]:  # cannot happen: D >= 1
+            raise RuntimeError("afdjax.simulate: internal error, request buffer cannot cover a chunk")
+        warnings.warn(
+            f"afdjax.simulate: requests_per_chunk={sizes['requests_per_chunk']} ran out in some chunk; "
+            "rerunning with twice the buffer (same random numbers)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        sizes["requests_per_chunk"] = min(2 * sizes["requests_per_chunk"], sizes["chunk_steps"] + 1)

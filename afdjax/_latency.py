@@ -1,0 +1,96 @@
+"""Stage latency model of one rA-1F decode step (linear, roofline-motivated).
+
+* attention on one instance holding ``T`` KV tokens: ``t_A(T) = alpha_a * T + beta_a``
+* FFN on the aggregated ``r * B`` tokens:            ``t_F = alpha_f * r * B + beta_f``
+* A<->F communication: ``t_C = alpha_c * B + beta_c`` (paper v1, ``comm_scaling="batch"``)
+  or ``alpha_c * r * B + beta_c`` (``comm_scaling="ratio_batch"``, as in a v4-based
+  third-party implementation).
+
+Times are in one consistent *time unit*; throughput comes out in tokens per that unit.
+The ``paper-910c`` preset (DeepSeek-V3 on Ascend 910C, arXiv 2601.21351) does not state
+its unit; it is plausibly microseconds per layer. ``alpha_*`` are time units per token,
+``beta_*`` time units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+COMM_SCALINGS = ("batch", "ratio_batch")
+COEFFICIENT_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")
+
+PRESETS: dict[str, dict[str, float]] = {
+    # arXiv 2601.21351, section 4 (DeepSeek-V3 on Huawei Ascend 910C; linear
+    # regression on traces; unit not stated, plausibly microseconds per layer).
+    "paper-910c": dict(alpha_a=0.00165, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.022, beta_c=20.0),
+}
+
+
+class LatencyModel(eqx.Module):
+    """Linear stage latencies of an rA-1F bundle.
+
+    **Arguments:** (all finite and ``>= 0``; array leaves, so they can be swept,
+    vmapped and differentiated without recompiling)
+
+    - ``alpha_a``: attention time per KV token held by one instance (time/token).
+    - ``beta_a``: attention fixed time per step (time).
+    - ``alpha_f``: FFN time per token of the aggregated ``r*B`` batch (time/token).
+    - ``beta_f``: FFN fixed time per step (time).
+    - ``alpha_c``: communication time per token (time/token).
+    - ``beta_c``: communication fixed time per step (time).
+    - ``comm_scaling``: ``"batch"`` (``t_C = alpha_c B + beta_c``, the paper's v1,
+      default) or ``"ratio_batch"`` (``t_C = alpha_c r B + beta_c``).
+    """
+
+    alpha_a: jax.Array = eqx.field(converter=jnp.asarray)
+    beta_a: jax.Array = eqx.field(converter=jnp.asarray)
+    alpha_f: jax.Array = eqx.field(converter=jnp.asarray)
+    beta_f: jax.Array = eqx.field(converter=jnp.asarray)
+    alpha_c: jax.Array = eqx.field(converter=jnp.asarray)
+    beta_c: jax.Array = eqx.field(converter=jnp.asarray)
+    comm_scaling: str = eqx.field(static=True, default="batch")
+
+    def __check_init__(self):
+        if self.comm_scaling not in COMM_SCALINGS:
+            raise ValueError(
+                f"comm_scaling={self.comm_scaling!r} is not allowed; expected one of {', '.join(COMM_SCALINGS)}"
+            )
+        for name in COEFFICIENT_NAMES:
+            value = getattr(self, name)
+            try:
+                v = float(value)
+            except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+                continue  # traced or batched: checked by the caller
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}={v!r} is invalid: latency coefficients must be finite and >= 0")
+
+    @classmethod
+    def from_preset(cls, name: str, comm_scaling: str | None = None) -> "LatencyModel":
+        """A named preset (see ``afdjax.PRESETS``), e.g. ``"paper-910c"``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown hardware preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        kwargs = dict(PRESETS[name])
+        if comm_scaling is not None:
+            kwargs["comm_scaling"] = comm_scaling
+        return cls(**kwargs)
+
+    def attention_time(self, tokens: jax.Array) -> jax.Array:
+        """``t_A(T)`` for ``T`` KV tokens held by one Attention instance (time units)."""
+        return self.alpha_a * tokens + self.beta_a
+
+    def ffn_time(self, ratio: jax.Array, batch_size: jax.Array) -> jax.Array:
+        """``t_F(rB) = alpha_f r B + beta_f`` (time units); ``ratio`` may be real."""
+        return self.alpha_f * ratio * batch_size + self.beta_f
+
+    def comm_time(self, ratio: jax.Array, batch_size: jax.Array) -> jax.Array:
+        """``t_C``: ``alpha_c B + beta_c`` or ``alpha_c r B + beta_c`` by ``comm_scaling``."""
+        tokens = batch_size if self.comm_scaling == "batch" else ratio * batch_size
+        return self.alpha_c * tokens + self.beta_c + 0.0 * ratio
+
+    def coefficients(self) -> dict[str, float]:
+        """The six coefficients as Python floats (for reports and TOML)."""
+        return {name: float(getattr(self, name)) for name in COEFFICIENT_NAMES}
