@@ -10,3 +10,14 @@ try:
     __version__ = _metadata.version("afdjax")
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
+
+from ._io import (
+    BUNDLED_TRACES as BUNDLED_TRACES,
+    bundled_trace_path as bundled_trace_path,
+    latency_to_toml as latency_to_toml,
+    load_trace as load_trace,
+    parse_hardware_spec as parse_hardware_spec,
+    parse_workload_spec as parse_workload_spec,
+    read_trace as read_trace,
+)
+from ._plot import plot_simulation as plot_simulation

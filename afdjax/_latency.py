@@ -19,6 +19,9 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from ._workload import float_leaf
 
 COMM_SCALINGS = ("batch", "ratio_batch")
 COEFFICIENT_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")
@@ -46,12 +49,12 @@ class LatencyModel(eqx.Module):
       default) or ``"ratio_batch"`` (``t_C = alpha_c r B + beta_c``).
     """
 
-    alpha_a: jax.Array = eqx.field(converter=jnp.asarray)
-    beta_a: jax.Array = eqx.field(converter=jnp.asarray)
-    alpha_f: jax.Array = eqx.field(converter=jnp.asarray)
-    beta_f: jax.Array = eqx.field(converter=jnp.asarray)
-    alpha_c: jax.Array = eqx.field(converter=jnp.asarray)
-    beta_c: jax.Array = eqx.field(converter=jnp.asarray)
+    alpha_a: jax.Array = eqx.field(converter=float_leaf)
+    beta_a: jax.Array = eqx.field(converter=float_leaf)
+    alpha_f: jax.Array = eqx.field(converter=float_leaf)
+    beta_f: jax.Array = eqx.field(converter=float_leaf)
+    alpha_c: jax.Array = eqx.field(converter=float_leaf)
+    beta_c: jax.Array = eqx.field(converter=float_leaf)
     comm_scaling: str = eqx.field(static=True, default="batch")
 
     def __check_init__(self):
@@ -93,4 +96,6 @@ class LatencyModel(eqx.Module):
 
     def coefficients(self) -> dict[str, float]:
         """The six coefficients as Python floats (for reports and TOML)."""
-        return {name: float(getattr(self, name)) for name in COEFFICIENT_NAMES}
+        # str() of a NumPy scalar is the shortest decimal that round-trips at its own
+        # precision, so float32 storage reports 0.083 rather than 0.0829999968.
+        return {name: float(str(np.asarray(getattr(self, name))[()])) for name in COEFFICIENT_NAMES}

@@ -31,12 +31,44 @@ from jax.scipy.special import ndtri
 PREFILL_FAMILIES = ("constant", "exponential", "lognormal")
 
 
+def float_leaf(x) -> jax.Array:
+    """Convert a parameter to an array of the default float dtype (never weak-typed).
+
+    A Python float, a NumPy float64 and a JAX array then all give the same abstract
+    signature, so swapping one for another never recompiles.
+    """
+    return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
+
+
 def _uniform_open(bits: jax.Array) -> jax.Array:
     """Map uint32 bits to floats strictly inside (0, 1), at the default float dtype."""
     dtype = jnp.zeros(()).dtype
     if dtype == jnp.float64:
         return (bits.astype(jnp.float64) + 0.5) * (2.0**-32)
     return ((bits >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-24)
+
+
+def _mulhi_u32(a: jax.Array, b: jax.Array) -> jax.Array:
+    """High 32 bits of the 64-bit product of two uint32 arrays (16-bit limbs)."""
+    mask = jnp.uint32(0xFFFF)
+    a0, a1, b0, b1 = a & mask, a >> 16, b & mask, b >> 16
+    low, cross1, cross2 = a0 * b0, a1 * b0, a0 * b1
+    mid = (low >> 16) + (cross1 & mask) + (cross2 & mask)
+    return a1 * b1 + (cross1 >> 16) + (cross2 >> 16) + (mid >> 16)
+
+
+def _uniform_int(hi: jax.Array, lo: jax.Array, n: jax.Array) -> jax.Array:
+    """``floor(x n / 2^64)`` for the 64-bit ``x = hi 2^32 + lo``: an integer in ``[0, n)``.
+
+    Uniform up to a relative bias of at most ``n / 2^64`` (one 32-bit word and ``% n``
+    would be biased by up to ``n / 2^32``, which matters for ``n`` near 2^31).
+    Requires ``1 <= n < 2^31``.
+    """
+    n = jnp.asarray(n).astype(jnp.uint32)
+    low_word = hi * n  # low 32 bits of hi * n (wraps)
+    total = low_word + _mulhi_u32(lo, n)
+    carry = (total < low_word).astype(jnp.uint32)
+    return (_mulhi_u32(hi, n) + carry).astype(jnp.int32)
 
 
 class Workload(eqx.Module):
@@ -120,10 +152,10 @@ class Geometric(Workload):
     vmapped and differentiated without recompiling.
     """
 
-    mu_p: jax.Array = eqx.field(converter=jnp.asarray)
-    mu_d: jax.Array = eqx.field(converter=jnp.asarray)
+    mu_p: jax.Array = eqx.field(converter=float_leaf)
+    mu_d: jax.Array = eqx.field(converter=float_leaf)
     prefill: str = eqx.field(static=True, default="constant")
-    prefill_sigma: jax.Array = eqx.field(converter=jnp.asarray, default=1.0)
+    prefill_sigma: jax.Array = eqx.field(converter=float_leaf, default=1.0)
 
     def __check_init__(self):
         if self.prefill not in PREFILL_FAMILIES:
@@ -226,6 +258,13 @@ class Empirical(Workload):
             _validate_lengths("decode_steps", decode, minimum=1, integer=True)
             if decode.max() >= 2**30:
                 raise ValueError(f"decode_steps has a value {decode.max()} >= 2**30, which is not supported")
+            total = int(np.sum(decode, dtype=np.int64))
+            if total >= 2**31:
+                raise ValueError(
+                    f"decode_steps sums to {total} steps; at most 2**31 - 1 are supported (stationary "
+                    "sampling counts steps in int32). Subsample the trace's rows: the workload's "
+                    "statistics need far fewer requests"
+                )
         self.prefill_tokens = jnp.asarray(prefill, dtype=jnp.zeros(()).dtype)
         self.decode_steps = jnp.asarray(decode, dtype=jnp.int32)
 
@@ -234,19 +273,17 @@ class Empirical(Workload):
         return int(self.decode_steps.shape[0])
 
     def _fresh(self, bits_d, bits_p):
-        del bits_p
-        n = self.num_requests
-        row = (bits_d % jnp.uint32(n)).astype(jnp.int32)
+        row = _uniform_int(bits_d, bits_p, self.num_requests)
         return self.prefill_tokens[row], self.decode_steps[row]
 
     def _stationary(self, bits):
-        # Row j with probability D_j / sum(D): integer target in [0, sum D).
+        # Row j with probability D_j / sum(D) (integer target in [0, sum D), which the
+        # constructor keeps below 2^31), then an index uniform in [0, D_j).
         cum = jnp.cumsum(self.decode_steps)
-        total = cum[-1].astype(jnp.uint32)
-        target = (bits[0] % total).astype(jnp.int32)
+        target = _uniform_int(bits[0], bits[1], cum[-1])
         row = jnp.searchsorted(cum, target, side="right").astype(jnp.int32)
         decode = self.decode_steps[row]
-        index = (bits[1] % decode.astype(jnp.uint32)).astype(jnp.int32)
+        index = _uniform_int(bits[2], bits[3], decode)
         return self.prefill_tokens[row], decode, index
 
     def _moments(self):
@@ -276,21 +313,28 @@ class Empirical(Workload):
         return (m + np.log(np.exp(a - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
+def _show(x) -> str:
+    """A number as a user wrote it: 3 rather than np.float64(3.0)."""
+    x = float(x)
+    return str(int(x)) if math.isfinite(x) and x == int(x) else repr(x)
+
+
 def _validate_lengths(name: str, values: np.ndarray, minimum: int, integer: bool = True) -> None:
     """Raise ValueError unless ``values`` are finite (integers if ``integer``) ``>= minimum``."""
     values = np.asarray(values)
+    kind = "integers" if integer else "numbers"
     if not np.issubdtype(values.dtype, np.number):
         raise ValueError(f"{name} must be numeric; got dtype {values.dtype}")
     v = values.astype(np.float64)
     bad = ~np.isfinite(v)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name}[{i}]={values[i]!r} is not finite; expected integers >= {minimum}")
+        raise ValueError(f"{name} in record {i + 1} is {_show(values[i])}: not finite; expected {kind} >= {minimum}")
     bad = v < minimum
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name}[{i}]={values[i]!r} is invalid; expected integers >= {minimum}")
+        raise ValueError(f"{name} in record {i + 1} is {_show(values[i])}: expected {kind} >= {minimum}")
     bad = v != np.round(v)
     if integer and bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name}[{i}]={values[i]!r} is not an integer; expected integers >= {minimum}")
+        raise ValueError(f"{name} in record {i + 1} is {_show(values[i])}: not an integer; expected {kind} >= {minimum}")

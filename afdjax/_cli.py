@@ -1,0 +1,258 @@
+"""The ``afdjax`` command line. A thin host-side shell around the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+DEFAULT_WORKLOAD = "geometric:mu_p=100,mu_d=500"
+DEFAULT_HARDWARE = "paper-910c"
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage by default)
+        raise CliError(message)
+
+
+def parse_ratios(text: str) -> list[int]:
+    """``1:32`` (inclusive), ``1:32:2`` (step), or ``1,2,4,8``."""
+    t = text.strip()
+    try:
+        if ":" in t:
+            parts = [int(p) for p in t.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            lo, hi = parts[0], parts[1]
+            step = parts[2] if len(parts) == 3 else 1
+            if step < 1:
+                raise CliError(f"--ratios {text!r}: the step must be >= 1")
+            values = list(range(lo, hi + 1, step))
+        else:
+            values = [int(p) for p in t.split(",") if p.strip()]
+    except ValueError:
+        raise CliError(f"--ratios {text!r} is malformed: expected LO:HI, LO:HI:STEP or a comma list like 1,2,4") from None
+    if not values:
+        raise CliError(f"--ratios {text!r} is an empty range")
+    if min(values) < 1:
+        raise CliError(f"--ratios {text!r}: ratios must be >= 1")
+    return sorted(set(values))
+
+
+def _positive_int(name):
+    def conv(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not an integer") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+
+    return conv
+
+
+def _nonneg_int(name):
+    def conv(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not an integer") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
+        return v
+
+    return conv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="afdjax",
+        description="Size Attention-FFN disaggregated (rA-1F) LLM decoding: throughput per instance against the A/F ratio r.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sim = sub.add_parser(
+        "simulate",
+        help="Monte Carlo simulation of the rA-1F decode process over a range of ratios",
+        description=(
+            "Monte Carlo simulation of the saturated rA-1F decode process. Prints throughput per instance "
+            "(tokens per time unit of the hardware coefficients per instance) for each ratio r."
+        ),
+    )
+    sim.add_argument(
+        "--workload",
+        default=DEFAULT_WORKLOAD,
+        help="geometric:mu_p=100,mu_d=500[,prefill=constant|exponential|lognormal,sigma=1.0] | "
+        "trace:PATH (Azure CSV / Mooncake JSONL, or azure-code, azure-conv, mooncake-conv) | "
+        "trace:PATH,prefill=COLUMN,decode=COLUMN[,tokens_per_step=K]. Decode steps = output tokens. "
+        f"Default: {DEFAULT_WORKLOAD}",
+    )
+    sim.add_argument(
+        "--hardware",
+        default=DEFAULT_HARDWARE,
+        help="preset name (paper-910c), TOML file, or alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=.. "
+        f"[,comm_scaling=batch|ratio_batch]. Default: {DEFAULT_HARDWARE}",
+    )
+    sim.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256, help="slots B per Attention instance (default 256)")
+    sim.add_argument("--ratios", default="1:32", help="ratios r: LO:HI, LO:HI:STEP or 1,2,4 (default 1:32)")
+    sim.add_argument("--steps", type=_positive_int("--steps"), default=4000, help="measured decode steps per replica (default 4000)")
+    sim.add_argument("--replicas", type=_positive_int("--replicas"), default=8, help="independent replicas (default 8)")
+    sim.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
+    sim.add_argument("--start", choices=("stationary", "cold"), default="stationary", help="initial slot state (default stationary)")
+    sim.add_argument("--warmup", type=_nonneg_int("--warmup"), default=0, help="discarded steps before measuring (default 0)")
+    sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sim.add_argument("--plot", metavar="PATH", help="write a PNG of throughput per instance against r")
+    return parser
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _short_spec(spec: str) -> str:
+    """A spec with any file path shortened to its base name (for plot titles)."""
+    import os
+
+    head, sep, rest = spec.partition(":")
+    if sep and head == "trace":
+        path, comma, options = rest.partition(",")
+        return f"trace:{os.path.basename(path)}{comma}{options}"
+    first, comma, options = spec.partition(",")
+    return f"{os.path.basename(first)}{comma}{options}" if first.endswith(".toml") else spec
+
+
+def _near_best(thr, se, best: int) -> list[int]:
+    """Indices whose throughput is within 2 combined standard errors of the best."""
+    out = []
+    for i in range(len(thr)):
+        tol = 2 * math.sqrt(se[i] ** 2 + se[best] ** 2) if not (math.isnan(se[i]) or math.isnan(se[best])) else 0.0
+        if i == best or thr[best] - thr[i] <= tol:
+            out.append(i)
+    return out
+
+
+def _cmd_simulate(args) -> int:
+    import jax
+    import numpy as np
+
+    from . import __version__
+    from ._engine import simulate
+    from ._io import parse_hardware_spec, parse_workload_spec
+
+    ratios = parse_ratios(args.ratios)
+    workload = parse_workload_spec(args.workload)
+    latency = parse_hardware_spec(args.hardware)
+    result = simulate(
+        jax.random.key(args.seed),
+        workload,
+        latency,
+        args.batch_size,
+        ratios,
+        args.steps,
+        args.replicas,
+        start=args.start,
+        warmup_steps=args.warmup,
+    )
+    out = result.to_dict()
+    thr, se = out["throughput_per_instance"], [float("nan") if s is None else s for s in out["stderr"]]
+    best = result.best_index()
+    near = [out["ratios"][i] for i in _near_best(thr, se, best)]
+    settings = {
+        "workload": args.workload,
+        "hardware": args.hardware,
+        "latency_coefficients": latency.coefficients(),
+        "comm_scaling": latency.comm_scaling,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "replicas": args.replicas,
+        "seed": args.seed,
+        "start": args.start,
+        "warmup_steps": args.warmup,
+        "afdjax_version": __version__,
+    }
+    theta = float(workload.theta())
+    slot_sd = float(np.sqrt(workload.slot_variance()))
+    if args.plot:
+        from ._plot import plot_simulation
+
+        title = (
+            f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)}\n"
+            f"B = {args.batch_size}, {args.steps} steps x {args.replicas} replicas, seed {args.seed}"
+        )
+        plot_simulation(result, args.plot, title=title)
+    if args.json:
+        out.update(
+            best_ratio_throughput=thr[best],
+            best_ratio_stderr=out["stderr"][best],
+            ratios_within_2_stderr_of_best=near,
+            theta_tokens=theta,
+            slot_std_tokens=slot_sd,
+            settings=settings,
+        )
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"afdjax {__version__} simulate")
+    print(f"workload  {args.workload}   theta = {theta:.6g} tokens/slot, slot sd = {slot_sd:.4g}")
+    coeffs = ", ".join(f"{k}={v:g}" for k, v in latency.coefficients().items())
+    print(f"hardware  {args.hardware}   ({coeffs}; comm scales with {latency.comm_scaling.replace('_', '*')})")
+    print(f"B = {args.batch_size}, {args.steps} steps x {args.replicas} replicas, seed {args.seed}, {args.start} start")
+    print()
+    q = out["cycle_time_quantiles"]
+    p99 = q.get("p99", [float("nan")] * len(thr))
+    header = f"{'r':>4}  {'throughput/inst':>15}  {'+-stderr':>9}  {'attn idle':>9}  {'FFN idle':>8}  {'mean cycle':>10}  {'p99 cycle':>9}"
+    print(header)
+    print("-" * len(header))
+    for i, r in enumerate(out["ratios"]):
+        mark = "  <- best" if i == best else ""
+        print(
+            f"{r:>4}  {thr[i]:>15.5g}  {_fmt(se[i], 3):>9}  {out['attention_idle_fraction'][i]:>9.3f}  "
+            f"{out['ffn_idle_fraction'][i]:>8.3f}  {out['mean_cycle_time'][i]:>10.5g}  {p99[i]:>9.5g}{mark}"
+        )
+    print()
+    print(
+        f"Simulated throughput peaks at r = {out['ratios'][best]} "
+        f"({thr[best]:.5g} +- {_fmt(se[best], 3)} tokens per time unit per instance)."
+    )
+    others = [r for r in near if r != out["ratios"][best]]
+    if others:
+        print(f"Within 2 standard errors of the peak: r = {', '.join(map(str, others))}.")
+    else:
+        print("No other ratio is within 2 standard errors of the peak.")
+    if args.plot:
+        print(f"Plot written to {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(f"afdjax {__version__}")
+            return 0
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command == "simulate":
+            return _cmd_simulate(args)
+        raise CliError(f"unknown command {args.command!r}")
+    except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"afdjax: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("afdjax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Engine throughput benchmark (issue 2): effective slot-steps per second.
+
+Paper baseline: B = 256, Geometric(mu_p=100, mu_d=500), paper-910c, r = 1..32.
+Effective slot-steps of a sweep = sum over r of r * B * steps * replicas (what a
+naive simulator that runs every ratio separately would have to advance).
+
+Prints, in one run: the engine's compile time and steady-state rate (median of
+repeats, compile excluded), the per-step NumPy reference simulator's rate
+(tests/reference_sim.py, which also shares the r_max instances across ratios), their
+ratio, and a scaling table showing that the engine's cost follows instance-steps plus
+requests rather than slots x steps.
+
+    python experiments/bench_engine.py            # full run (~1 minute on 2 CPU cores)
+    python experiments/bench_engine.py --quick    # smaller sizes, for a smoke test
+    python experiments/bench_engine.py --json     # machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import afdjax  # noqa: E402
+from reference_sim import simulate_reference  # noqa: E402
+
+RATIOS = list(range(1, 33))
+LATENCY = dict(alpha_a=0.00165, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.022, beta_c=20.0)
+
+
+def effective_slot_steps(batch_size, steps, replicas, ratios=RATIOS):
+    return sum(ratios) * batch_size * steps * replicas
+
+
+def time_engine(workload, batch_size, steps, replicas, repeats):
+    latency = afdjax.LatencyModel.from_preset("paper-910c")
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    jax.block_until_ready(afdjax.simulate(jax.random.key(0), workload, latency, batch_size, RATIOS, steps, replicas))
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        res = afdjax.simulate(jax.random.key(i + 1), workload, latency, batch_size, RATIOS, steps, replicas)
+        jax.block_until_ready(res)
+        times.append(time.perf_counter() - t0)
+    run = statistics.median(times)
+    return dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=times, best_ratio=res.best_ratio())
+
+
+def time_reference(batch_size, steps, replicas, repeats):
+    workload = dict(kind="geometric", mu_p=100.0, mu_d=500.0, prefill="constant")
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        simulate_reference(np.random.default_rng(i), workload, LATENCY, batch_size, RATIOS, steps, replicas)
+        times.append(time.perf_counter() - t0)
+    return dict(run_s=statistics.median(times), times_s=times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    B = 256
+    steps, replicas, repeats = (2000, 4, 3) if args.quick else (16000, 8, 5)
+    ref_steps, ref_replicas, ref_repeats = (100, 2, 2) if args.quick else (400, 4, 3)
+    baseline = afdjax.Geometric(100.0, 500.0)
+
+    engine = time_engine(baseline, B, steps, replicas, repeats)
+    engine_rate = effective_slot_steps(B, steps, replicas) / engine["run_s"]
+    ref = time_reference(B, ref_steps, ref_replicas, ref_repeats)
+    ref_rate = effective_slot_steps(B, ref_steps, ref_replicas) / ref["run_s"]
+
+    scaling = []
+    scale_steps, scale_reps = (1000, 2) if args.quick else (8000, 4)
+    for mu_d in (50.0, 500.0):
+        for b in (64, 256, 1024):
+            t = time_engine(afdjax.Geometric(100.0, mu_d), b, scale_steps, scale_reps, 3)
+            instance_steps = max(RATIOS) * scale_steps * scale_reps
+            requests = max(RATIOS) * b * scale_steps * scale_reps / (1.0 + mu_d)
+            scaling.append(
+                dict(
+                    mu_d=mu_d,
+                    batch_size=b,
+                    run_s=t["run_s"],
+                    slot_steps=max(RATIOS) * b * scale_steps * scale_reps,
+                    instance_steps=instance_steps,
+                    expected_requests=requests,
+                    effective_slot_steps_per_s=effective_slot_steps(b, scale_steps, scale_reps) / t["run_s"],
+                )
+            )
+
+    report = dict(
+        date=time.strftime("%Y-%m-%d"),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}",
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        devices=[str(d) for d in jax.devices()],
+        config=dict(batch_size=B, ratios="1..32", workload="Geometric(mu_p=100, mu_d=500)", hardware="paper-910c"),
+        engine=dict(steps=steps, replicas=replicas, **engine, effective_slot_steps_per_s=engine_rate),
+        reference=dict(steps=ref_steps, replicas=ref_replicas, **ref, effective_slot_steps_per_s=ref_rate),
+        speedup_vs_reference=engine_rate / ref_rate,
+        scaling=scaling,
+        targets=dict(effective_slot_steps_per_s=1e10, speedup_vs_reference=25.0, compile_s=5.0),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"afdjax engine benchmark  ({report['date']}, {report['machine']}, jax {jax.__version__} on {report['backend']})")
+    print(f"paper baseline: B={B}, Geometric(100, 500), paper-910c, r = 1..32 in one sweep")
+    print()
+    print(f"engine     {steps} steps x {replicas} replicas: compile {engine['compile_s']:.2f} s, "
+          f"run {engine['run_s'] * 1e3:.1f} ms (median of {repeats}), best r = {engine['best_ratio']}")
+    print(f"           effective slot-steps/s = {engine_rate:.3g}   (target >= 1e10)")
+    print(f"reference  {ref_steps} steps x {ref_replicas} replicas (NumPy, per step): run {ref['run_s'] * 1e3:.1f} ms")
+    print(f"           effective slot-steps/s = {ref_rate:.3g}")
+    print(f"speed-up engine / reference = {engine_rate / ref_rate:.1f}x   (target >= 25x)")
+    print(f"compile time = {engine['compile_s']:.2f} s   (target < 5 s)")
+    print()
+    print("scaling (r_max = 32): run time against slots x steps, instance-steps and requests")
+    print(f"{'mu_d':>6} {'B':>6} {'run ms':>9} {'slot-steps':>12} {'instance-steps':>15} {'requests':>10} {'eff. slot-steps/s':>18}")
+    for row in scaling:
+        print(
+            f"{row['mu_d']:>6g} {row['batch_size']:>6} {row['run_s'] * 1e3:>9.1f} {row['slot_steps']:>12.3g} "
+            f"{row['instance_steps']:>15.3g} {row['expected_requests']:>10.3g} {row['effective_slot_steps_per_s']:>18.3g}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Shared fixtures for the afdjax test-suite.
+
+* float64 is enabled for the whole session (the exactness tests need it; the float32
+  comparison runs in a subprocess with ``JAX_ENABLE_X64=0``).
+* The bundled traces are parsed here with ``csv``/``json`` directly, independently of
+  afdjax's own trace loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "afdjax" / "data"
+AZURE_CONV_PATH = DATA_DIR / "AzureLLMInferenceTrace_conv.csv"
+MOONCAKE_CONV_PATH = DATA_DIR / "mooncake_conversation_trace.jsonl"
+
+
+def _load_azure(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """(prefill = ContextTokens, decode = GeneratedTokens) of an Azure LLM trace CSV."""
+    prefill, decode = [], []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            prefill.append(float(row["ContextTokens"]))
+            decode.append(int(row["GeneratedTokens"]))
+    return np.asarray(prefill, dtype=np.float64), np.asarray(decode, dtype=np.int64)
+
+
+def _load_mooncake(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """(prefill = input_length, decode = output_length) of a Mooncake JSONL trace."""
+    prefill, decode = [], []
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                prefill.append(float(rec["input_length"]))
+                decode.append(int(rec["output_length"]))
+    return np.asarray(prefill, dtype=np.float64), np.asarray(decode, dtype=np.int64)
+
+
+@pytest.fixture(scope="session")
+def paper_latency():
+    """The ``paper-910c`` LatencyModel (DeepSeek-V3 on Ascend 910C, arXiv 2601.21351)."""
+    import afdjax
+
+    return afdjax.LatencyModel.from_preset("paper-910c")
+
+
+@pytest.fixture(scope="session")
+def azure_conv_path() -> pathlib.Path:
+    assert AZURE_CONV_PATH.is_file(), AZURE_CONV_PATH
+    return AZURE_CONV_PATH
+
+
+@pytest.fixture(scope="session")
+def mooncake_conv_path() -> pathlib.Path:
+    assert MOONCAKE_CONV_PATH.is_file(), MOONCAKE_CONV_PATH
+    return MOONCAKE_CONV_PATH
+
+
+@pytest.fixture(scope="session")
+def azure_conv_trace(azure_conv_path):
+    """``(prefill, decode)`` NumPy arrays of the Azure conversation trace (19,366 rows)."""
+    return _load_azure(azure_conv_path)
+
+
+@pytest.fixture(scope="session")
+def mooncake_conv_trace(mooncake_conv_path):
+    """``(prefill, decode)`` NumPy arrays of the Mooncake conversation trace (12,031 rows)."""
+    return _load_mooncake(mooncake_conv_path)
