@@ -43,30 +43,53 @@ def effective_slot_steps(batch_size, steps, replicas, ratios=RATIOS):
     return sum(ratios) * batch_size * steps * replicas
 
 
-def time_engine(workload, batch_size, steps, replicas, repeats):
+def _engine_call(workload, batch_size, steps, replicas):
     latency = afdjax.LatencyModel.from_preset("paper-910c")
+
+    def call(seed):
+        res = afdjax.simulate(jax.random.key(seed), workload, latency, batch_size, RATIOS, steps, replicas)
+        jax.block_until_ready(res)
+        return res
+
+    return call
+
+
+def time_engine(workload, batch_size, steps, replicas, repeats):
+    """Compile time (first call minus a steady call) and the median steady run time."""
+    call = _engine_call(workload, batch_size, steps, replicas)
     jax.clear_caches()
     t0 = time.perf_counter()
-    jax.block_until_ready(afdjax.simulate(jax.random.key(0), workload, latency, batch_size, RATIOS, steps, replicas))
+    call(0)
     first = time.perf_counter() - t0
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        res = afdjax.simulate(jax.random.key(i + 1), workload, latency, batch_size, RATIOS, steps, replicas)
-        jax.block_until_ready(res)
+        res = call(i + 1)
         times.append(time.perf_counter() - t0)
     run = statistics.median(times)
     return dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=times, best_ratio=res.best_ratio())
 
 
-def time_reference(batch_size, steps, replicas, repeats):
+def time_side_by_side(batch_size, steps, replicas, ref_steps, repeats):
+    """Engine and NumPy reference alternated in one loop, so drift hits both alike."""
+    call = _engine_call(afdjax.Geometric(100.0, 500.0), batch_size, steps, replicas)
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    call(0)
+    first = time.perf_counter() - t0
     workload = dict(kind="geometric", mu_p=100.0, mu_d=500.0, prefill="constant")
-    times = []
+    engine_times, ref_times = [], []
     for i in range(repeats):
         t0 = time.perf_counter()
-        simulate_reference(np.random.default_rng(i), workload, LATENCY, batch_size, RATIOS, steps, replicas)
-        times.append(time.perf_counter() - t0)
-    return dict(run_s=statistics.median(times), times_s=times)
+        res = call(i + 1)
+        engine_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        simulate_reference(np.random.default_rng(i), workload, LATENCY, batch_size, RATIOS, ref_steps, replicas)
+        ref_times.append(time.perf_counter() - t0)
+    run = statistics.median(engine_times)
+    engine = dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=engine_times,
+                  best_ratio=res.best_ratio())
+    return engine, dict(run_s=statistics.median(ref_times), times_s=ref_times)
 
 
 def main():
@@ -76,14 +99,12 @@ def main():
     args = parser.parse_args()
 
     B = 256
-    steps, replicas, repeats = (2000, 4, 3) if args.quick else (16000, 8, 5)
-    ref_steps, ref_replicas, ref_repeats = (100, 2, 2) if args.quick else (400, 4, 3)
-    baseline = afdjax.Geometric(100.0, 500.0)
+    steps, replicas, repeats = (2000, 4, 3) if args.quick else (16000, 8, 7)
+    ref_steps = 100 if args.quick else 400
 
-    engine = time_engine(baseline, B, steps, replicas, repeats)
+    engine, ref = time_side_by_side(B, steps, replicas, ref_steps, repeats)
     engine_rate = effective_slot_steps(B, steps, replicas) / engine["run_s"]
-    ref = time_reference(B, ref_steps, ref_replicas, ref_repeats)
-    ref_rate = effective_slot_steps(B, ref_steps, ref_replicas) / ref["run_s"]
+    ref_rate = effective_slot_steps(B, ref_steps, replicas) / ref["run_s"]
 
     scaling = []
     scale_steps, scale_reps = (1000, 2) if args.quick else (8000, 4)
@@ -104,6 +125,21 @@ def main():
                 )
             )
 
+    # Least-squares fit: run time = a * instance-steps + b * requests (no slot x step term).
+    X = np.array([[row["instance_steps"], row["expected_requests"]] for row in scaling])
+    y = np.array([row["run_s"] for row in scaling])
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    r2 = 1.0 - np.sum((X @ coef - y) ** 2) / np.sum((y - y.mean()) ** 2)
+    Xs = np.array([[row["slot_steps"]] for row in scaling])
+    cs, *_ = np.linalg.lstsq(Xs, y, rcond=None)
+    r2_slots = 1.0 - np.sum((Xs @ cs - y) ** 2) / np.sum((y - y.mean()) ** 2)
+    cost_model = dict(
+        ns_per_instance_step=coef[0] * 1e9,
+        ns_per_request=coef[1] * 1e9,
+        r2=r2,
+        r2_slot_steps_only=r2_slots,
+    )
+
     report = dict(
         date=time.strftime("%Y-%m-%d"),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.platform()}",
@@ -112,9 +148,10 @@ def main():
         devices=[str(d) for d in jax.devices()],
         config=dict(batch_size=B, ratios="1..32", workload="Geometric(mu_p=100, mu_d=500)", hardware="paper-910c"),
         engine=dict(steps=steps, replicas=replicas, **engine, effective_slot_steps_per_s=engine_rate),
-        reference=dict(steps=ref_steps, replicas=ref_replicas, **ref, effective_slot_steps_per_s=ref_rate),
+        reference=dict(steps=ref_steps, replicas=replicas, **ref, effective_slot_steps_per_s=ref_rate),
         speedup_vs_reference=engine_rate / ref_rate,
         scaling=scaling,
+        cost_model=cost_model,
         targets=dict(effective_slot_steps_per_s=1e10, speedup_vs_reference=25.0, compile_s=5.0),
     )
     if args.json:
@@ -126,7 +163,8 @@ def main():
     print(f"engine     {steps} steps x {replicas} replicas: compile {engine['compile_s']:.2f} s, "
           f"run {engine['run_s'] * 1e3:.1f} ms (median of {repeats}), best r = {engine['best_ratio']}")
     print(f"           effective slot-steps/s = {engine_rate:.3g}   (target >= 1e10)")
-    print(f"reference  {ref_steps} steps x {ref_replicas} replicas (NumPy, per step): run {ref['run_s'] * 1e3:.1f} ms")
+    print(f"reference  {ref_steps} steps x {replicas} replicas (NumPy, per step): run {ref['run_s'] * 1e3:.1f} ms "
+          f"(median of {repeats}, alternated with the engine runs)")
     print(f"           effective slot-steps/s = {ref_rate:.3g}")
     print(f"speed-up engine / reference = {engine_rate / ref_rate:.1f}x   (target >= 25x)")
     print(f"compile time = {engine['compile_s']:.2f} s   (target < 5 s)")
@@ -138,6 +176,11 @@ def main():
             f"{row['mu_d']:>6g} {row['batch_size']:>6} {row['run_s'] * 1e3:>9.1f} {row['slot_steps']:>12.3g} "
             f"{row['instance_steps']:>15.3g} {row['expected_requests']:>10.3g} {row['effective_slot_steps_per_s']:>18.3g}"
         )
+    print(
+        f"fit: run time = {cost_model['ns_per_instance_step']:.1f} ns x instance-steps + "
+        f"{cost_model['ns_per_request']:.1f} ns x requests   (R^2 = {r2:.3f}; "
+        f"proportional to slot-steps alone: R^2 = {r2_slots:.3f})"
+    )
 
 
 if __name__ == "__main__":
