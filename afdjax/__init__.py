@@ -21,3 +21,18 @@ from ._io import (
     read_trace as read_trace,
 )
 from ._plot import plot_simulation as plot_simulation
+from ._report import ProvisionReport as ProvisionReport, provision as provision
+from ._theory import (
+    REGIMES as REGIMES,
+    BarrierOptimum as BarrierOptimum,
+    MeanFieldOptimum as MeanFieldOptimum,
+    attention_time_moments as attention_time_moments,
+    barrier_cycle_time as barrier_cycle_time,
+    barrier_optimum as barrier_optimum,
+    barrier_throughput as barrier_throughput,
+    expected_max_normal_excess as expected_max_normal_excess,
+    mean_field_cycle_time as mean_field_cycle_time,
+    mean_field_integer_ratio as mean_field_integer_ratio,
+    mean_field_optimum as mean_field_optimum,
+    mean_field_throughput as mean_field_throughput,
+)

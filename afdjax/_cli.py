@@ -70,6 +70,35 @@ def _nonneg_int(name):
     return conv
 
 
+def _add_model_options(p, ratios_default, steps, replicas):
+    p.add_argument(
+        "--workload",
+        default=DEFAULT_WORKLOAD,
+        help="geometric:mu_p=100,mu_d=500[,prefill=constant|exponential|lognormal,sigma=1.0] | "
+        "trace:PATH (Azure CSV / Mooncake JSONL, or azure-code, azure-conv, mooncake-conv) | "
+        "trace:PATH,prefill=COLUMN,decode=COLUMN[,tokens_per_step=K]. Decode steps = output tokens. "
+        f"Default: {DEFAULT_WORKLOAD}",
+    )
+    p.add_argument(
+        "--hardware",
+        default=DEFAULT_HARDWARE,
+        help="preset name (paper-910c), TOML file, or alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=.. "
+        f"[,comm_scaling=batch|ratio_batch]. Default: {DEFAULT_HARDWARE}",
+    )
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256, help="slots B per Attention instance (default 256)")
+    p.add_argument(
+        "--ratios",
+        default=ratios_default,
+        help="ratios r: LO:HI, LO:HI:STEP or 1,2,4 (default "
+        + (ratios_default or "1..max(32, 1.5 r*)") + ")",
+    )
+    p.add_argument("--steps", type=_positive_int("--steps"), default=steps, help=f"measured decode steps per replica (default {steps})")
+    p.add_argument("--replicas", type=_positive_int("--replicas"), default=replicas, help=f"independent replicas (default {replicas})")
+    p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
+    p.add_argument("--start", choices=("stationary", "cold"), default="stationary", help="initial slot state (default stationary)")
+    p.add_argument("--warmup", type=_nonneg_int("--warmup"), default=0, help="discarded steps before measuring (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="afdjax",
@@ -85,29 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
             "(tokens per time unit of the hardware coefficients per instance) for each ratio r."
         ),
     )
-    sim.add_argument(
-        "--workload",
-        default=DEFAULT_WORKLOAD,
-        help="geometric:mu_p=100,mu_d=500[,prefill=constant|exponential|lognormal,sigma=1.0] | "
-        "trace:PATH (Azure CSV / Mooncake JSONL, or azure-code, azure-conv, mooncake-conv) | "
-        "trace:PATH,prefill=COLUMN,decode=COLUMN[,tokens_per_step=K]. Decode steps = output tokens. "
-        f"Default: {DEFAULT_WORKLOAD}",
-    )
-    sim.add_argument(
-        "--hardware",
-        default=DEFAULT_HARDWARE,
-        help="preset name (paper-910c), TOML file, or alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=.. "
-        f"[,comm_scaling=batch|ratio_batch]. Default: {DEFAULT_HARDWARE}",
-    )
-    sim.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256, help="slots B per Attention instance (default 256)")
-    sim.add_argument("--ratios", default="1:32", help="ratios r: LO:HI, LO:HI:STEP or 1,2,4 (default 1:32)")
-    sim.add_argument("--steps", type=_positive_int("--steps"), default=4000, help="measured decode steps per replica (default 4000)")
-    sim.add_argument("--replicas", type=_positive_int("--replicas"), default=8, help="independent replicas (default 8)")
-    sim.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
-    sim.add_argument("--start", choices=("stationary", "cold"), default="stationary", help="initial slot state (default stationary)")
-    sim.add_argument("--warmup", type=_nonneg_int("--warmup"), default=0, help="discarded steps before measuring (default 0)")
+    _add_model_options(sim, ratios_default="1:32", steps=4000, replicas=8)
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sim.add_argument("--plot", metavar="PATH", help="write a PNG of throughput per instance against r")
+
+    prov = sub.add_parser(
+        "provision",
+        help="the main job: which A/F ratio? mean field, barrier model and Monte Carlo side by side",
+        description=(
+            "Answer 'how many Attention instances per FFN instance?' three ways: the mean-field closed form "
+            "of arXiv 2601.21351 (r* = max(r_A, r_C, r_peak)), the Gaussian barrier refinement, and Monte Carlo "
+            "simulation, with the confidence of the simulated optimum and the error of each prediction. "
+            "With no arguments: the paper's baseline (Geometric mu_p=100, mu_d=500; paper-910c; B=256)."
+        ),
+    )
+    _add_model_options(prov, ratios_default=None, steps=4000, replicas=16)
+    prov.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    prov.add_argument("--plot", metavar="PATH", help="write a PNG of the three throughput curves and the idle fractions")
+
+    ver = sub.add_parser(
+        "verify",
+        help="reproduce the paper's study (batch and workload ablations) and the bundled traces",
+        description=(
+            "Closed form against simulation on the paper's configurations (B in 128/256/512 with mu_p=100, "
+            "mu_d=500; (mu_p, mu_d) in (100,100)/(100,500)/(500,500) with B=256; paper-910c) and on the bundled "
+            "traces. Writes verification.md, verification.json and plots to --out."
+        ),
+    )
+    ver.add_argument("--out", default="afdjax-verify", metavar="DIR", help="output folder (default afdjax-verify)")
+    ver.add_argument("--steps", type=_positive_int("--steps"), default=4000, help="measured steps per replica (default 4000)")
+    ver.add_argument("--replicas", type=_positive_int("--replicas"), default=16, help="replicas (default 16)")
+    ver.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
+    ver.add_argument("--hardware", default=DEFAULT_HARDWARE, help=f"hardware spec (default {DEFAULT_HARDWARE})")
+    ver.add_argument("--no-traces", action="store_true", help="only the paper's synthetic configurations")
+    ver.add_argument("--json", action="store_true", help="print the JSON summary instead of the Markdown table")
     return parser
 
 
@@ -231,6 +271,86 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_provision(args) -> int:
+    import jax
+
+    from . import __version__
+    from ._io import parse_hardware_spec, parse_workload_spec
+    from ._report import provision
+
+    ratios = parse_ratios(args.ratios) if args.ratios else None
+    workload = parse_workload_spec(args.workload)
+    latency = parse_hardware_spec(args.hardware)
+    settings = dict(
+        workload=args.workload,
+        hardware=args.hardware,
+        seed=args.seed,
+        start=args.start,
+        warmup_steps=args.warmup,
+        afdjax_version=__version__,
+    )
+    report = provision(
+        jax.random.key(args.seed),
+        workload,
+        latency,
+        args.batch_size,
+        ratios,
+        args.steps,
+        args.replicas,
+        settings=settings,
+        start=args.start,
+        warmup_steps=args.warmup,
+    )
+    if args.plot:
+        title = (
+            f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)} | B = {args.batch_size}\n"
+            f"{args.steps} steps x {args.replicas} replicas, seed {args.seed}"
+        )
+        _check_plot_path(args.plot)
+        report.plot(args.plot, title=title)
+    if args.json:
+        out = report.to_dict()
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+        return 0
+    print(report.format_text())
+    if args.plot:
+        print(f"Plot written to {args.plot}")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from ._io import parse_hardware_spec
+    from ._verify import run_verification
+
+    latency = parse_hardware_spec(args.hardware)
+    summary = run_verification(
+        latency,
+        out_dir=args.out,
+        hardware_name=args.hardware,
+        num_steps=args.steps,
+        num_replicas=args.replicas,
+        seed=args.seed,
+        include_traces=not args.no_traces,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary["markdown"])
+        print(f"Results written to {args.out}/ (verification.md, verification.json, *.png)")
+    return 0
+
+
+def _check_plot_path(path: str) -> None:
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"cannot write plot {path!r}: folder {folder!r} does not exist")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -245,6 +365,10 @@ def main(argv=None) -> int:
             return 0
         if args.command == "simulate":
             return _cmd_simulate(args)
+        if args.command == "provision":
+            return _cmd_provision(args)
+        if args.command == "verify":
+            return _cmd_verify(args)
         raise CliError(f"unknown command {args.command!r}")
     except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"afdjax: error: {err}", file=sys.stderr)
@@ -252,6 +376,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("afdjax: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not a user error: still one line unless debugging
+        import os
+
+        if os.environ.get("AFDJAX_DEBUG"):
+            raise
+        print(
+            f"afdjax: internal error: {type(err).__name__}: {err} (set AFDJAX_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -325,10 +325,11 @@ def _simulate_jit(key_words, workload, latency, levels, cfg: _Config):
     )
     fdtype = jnp.zeros(()).dtype
     B, K, R = cfg.batch_size, cfg.num_steps, cfg.num_replicas
+    steps_total = float(K) * float(R)  # Python floats: products of sizes can exceed int32
     ratio = jnp.arange(1, cfg.max_ratio + 1, dtype=fdtype)
     time = sums["tau"]  # (R, rmax)
     total_time = jnp.sum(time, axis=0)
-    tokens = ratio * B * K
+    tokens = ratio * (float(B) * float(K))
     throughput = tokens * R / ((ratio + 1) * total_time)
     per_replica = tokens / ((ratio + 1) * time)
     if R > 1:
@@ -337,10 +338,10 @@ def _simulate_jit(key_words, workload, latency, levels, cfg: _Config):
         rel = jnp.full_like(total_time, jnp.nan)
     stderr = throughput * rel
     attention_idle = 1.0 - jnp.sum(sums["busy"], axis=0) / (ratio * total_time)
-    ffn_idle = 1.0 - K * R * latency.ffn_time(ratio, B) / total_time
-    mean_tau = total_time / (K * R)
-    mean_dev = jnp.sum(sums["dev"], axis=0) / (K * R)
-    var_tau = jnp.maximum(jnp.sum(sums["dev2"], axis=0) / (K * R) - mean_dev**2, 0.0)
+    ffn_idle = 1.0 - steps_total * latency.ffn_time(ratio, B) / total_time
+    mean_tau = total_time / steps_total
+    mean_dev = jnp.sum(sums["dev"], axis=0) / steps_total
+    var_tau = jnp.maximum(jnp.sum(sums["dev2"], axis=0) / steps_total - mean_dev**2, 0.0)
     hist = jnp.sum(sums["hist"], axis=0).reshape(cfg.max_ratio, cfg.num_bins)
     dlog = 2 * math.log(_HIST_SPAN) / cfg.num_bins
     quantiles = _quantiles_from_histogram(
@@ -351,7 +352,7 @@ def _simulate_jit(key_words, workload, latency, levels, cfg: _Config):
         jnp.max(sums["tau_max"], axis=0),
         levels,
     )
-    mean_load = jnp.sum(sums["load"]) / (cfg.max_ratio * K * R * B)
+    mean_load = jnp.sum(sums["load"]) / (float(cfg.max_ratio) * steps_total * B)
     covered = jnp.all(sums["covered"])
     result = SimulationResult(
         ratios=jnp.arange(1, cfg.max_ratio + 1),

@@ -82,6 +82,10 @@ class Workload(eqx.Module):
     def _stationary(self, bits: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Length-biased slot state from four uint32 arrays: ``(prefill, decode_steps, index)``."""
 
+    def describe(self) -> str:
+        """A short human-readable description (for reports)."""
+        return type(self).__name__
+
     @abc.abstractmethod
     def theta(self) -> jax.Array:
         """Stationary mean per-slot KV load (tokens): ``E[D P + D (D-1)/2] / E[D]``."""
@@ -166,6 +170,14 @@ class Geometric(Workload):
         _check_positive("mu_p", self.mu_p, allow_zero=True)
         _check_positive("mu_d", self.mu_d, allow_zero=True)
         _check_positive("prefill_sigma", self.prefill_sigma, allow_zero=True)
+
+    def describe(self) -> str:
+        text = f"geometric:mu_p={_show_float(self.mu_p)},mu_d={_show_float(self.mu_d)}"
+        if self.prefill != "constant":
+            text += f",prefill={self.prefill}"
+            if self.prefill == "lognormal":
+                text += f",sigma={_show_float(self.prefill_sigma)}"
+        return text
 
     @property
     def finish_probability(self) -> jax.Array:
@@ -268,6 +280,9 @@ class Empirical(Workload):
         self.prefill_tokens = jnp.asarray(prefill, dtype=jnp.zeros(()).dtype)
         self.decode_steps = jnp.asarray(decode, dtype=jnp.int32)
 
+    def describe(self) -> str:
+        return f"empirical ({self.num_requests} requests)"
+
     @property
     def num_requests(self) -> int:
         return int(self.decode_steps.shape[0])
@@ -311,6 +326,14 @@ class Empirical(Workload):
         a = np.log(w)[None, :] - t * d[None, :]
         m = a.max(axis=1, keepdims=True)
         return (m + np.log(np.exp(a - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _show_float(x) -> str:
+    """A parameter for display, or '<traced>' when it has no concrete value."""
+    try:
+        return f"{float(x):g}"
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return "<traced>"
 
 
 def _show(x) -> str:
