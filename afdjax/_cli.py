@@ -44,30 +44,27 @@ def parse_ratios(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def _positive_int(name):
+def _int_at_least(name: str, minimum: int):
+    """argparse type: an integer >= minimum, with a one-line message naming the option."""
+
     def conv(text):
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} {text!r} is not an integer") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {v}")
         return v
 
     return conv
+
+
+def _positive_int(name):
+    return _int_at_least(name, 1)
 
 
 def _nonneg_int(name):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} {text!r} is not an integer") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
-        return v
-
-    return conv
+    return _int_at_least(name, 0)
 
 
 def _add_model_options(p, ratios_default, steps, replicas):

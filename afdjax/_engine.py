@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._io import jsonable
 from ._latency import LatencyModel
 from ._workload import Workload
 
@@ -94,12 +95,7 @@ class SimulationResult(eqx.Module):
         """Plain Python lists and numbers (JSON-serialisable; NaN becomes None)."""
 
         def clean(x):
-            a = np.asarray(x)
-            if a.dtype.kind == "f":
-                out = np.where(np.isfinite(a), a, np.nan).astype(object)
-                out[~np.isfinite(a)] = None
-                return out.tolist()
-            return a.tolist()
+            return jsonable(np.asarray(x).tolist())
 
         levels = np.asarray(self.quantile_levels).tolist()
         q = np.asarray(self.cycle_time_quantiles)

@@ -151,6 +151,21 @@ def load_trace(
     return Empirical(prefill, decode)
 
 
+def jsonable(x):
+    """Nested dicts/lists of NumPy or Python numbers -> JSON-safe Python (non-finite -> None)."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 # ------------------------------------------------------------------------- spec parsing
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
     pairs: dict[str, str] = {}

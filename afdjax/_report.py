@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._engine import SimulationResult, simulate
+from ._io import jsonable
 from ._latency import LatencyModel
 from ._theory import (
     barrier_optimum,
@@ -72,18 +73,7 @@ class ProvisionReport:
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (non-finite numbers become None)."""
 
-        def clean(x):
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            if isinstance(x, (float, np.floating)):
-                return float(x) if math.isfinite(x) else None
-            if isinstance(x, np.integer):
-                return int(x)
-            return x
-
-        return clean(
+        return jsonable(
             dict(
                 theta=self.theta,
                 slot_variance=self.slot_variance,

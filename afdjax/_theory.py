@@ -57,6 +57,11 @@ def _float(x):
     return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
 
 
+def _per_instance(ratio, batch_size, cycle_time):
+    """Throughput per instance: ``r B`` tokens per step over ``r + 1`` instances."""
+    return ratio * batch_size / ((ratio + 1.0) * cycle_time)
+
+
 # ----------------------------------------------------------------------------- mean field
 def attention_time_mean_field(workload: Workload, latency: LatencyModel, batch_size) -> jax.Array:
     """``t_A_bar = alpha_a B theta + beta_a``: attention time at the stationary mean load."""
@@ -73,7 +78,7 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 def mean_field_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
     """Mean-field throughput per instance ``r B / ((r + 1) * cycle time)`` (tokens per time unit)."""
     ratio = _float(ratio)
-    return ratio * batch_size / ((ratio + 1.0) * mean_field_cycle_time(workload, latency, batch_size, ratio))
+    return _per_instance(ratio, batch_size, mean_field_cycle_time(workload, latency, batch_size, ratio))
 
 
 class MeanFieldOptimum(eqx.Module):
@@ -212,7 +217,7 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
 def barrier_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
     """Barrier-aware throughput per instance ``r B / ((r+1) E[tau])`` (tokens per time unit)."""
     ratio = _float(ratio)
-    return ratio * batch_size / ((ratio + 1.0) * barrier_cycle_time(workload, latency, batch_size, ratio))
+    return _per_instance(ratio, batch_size, barrier_cycle_time(workload, latency, batch_size, ratio))
 
 
 class BarrierOptimum(eqx.Module):

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._io import load_trace
+from ._io import jsonable, load_trace
 from ._latency import LatencyModel
 from ._report import ProvisionReport, provision
 from ._workload import Geometric
@@ -273,21 +273,7 @@ def run_verification(
     markdown = _markdown(rows, settings)
     plots = _plots(out, rows, reports)
     summary = dict(settings=settings, rows=rows, plots=plots, seconds=time.perf_counter() - t0)
-    (out / "verification.json").write_text(json.dumps(_clean(summary), indent=2))
+    (out / "verification.json").write_text(json.dumps(jsonable(summary), indent=2))
     (out / "verification.md").write_text(markdown + "\n")
     summary["markdown"] = markdown
-    return _clean(summary)
-
-
-def _clean(x):
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+    return jsonable(summary)
