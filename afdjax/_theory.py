@@ -38,7 +38,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr
+from jax.scipy.special import log_ndtr, ndtr
 
 from ._latency import LatencyModel
 from ._workload import Workload
@@ -147,6 +147,10 @@ def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) ->
 def best_integer_neighbour(r_star, throughput_fn, max_ratio: int | None = None) -> jax.Array:
     """The better of ``floor(r*)`` and ``ceil(r*)`` under ``throughput_fn`` (never below 1,
     never above ``max_ratio`` when given); ties go to the smaller ratio."""
+    if max_ratio is not None and (
+        isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, np.integer)) or max_ratio < 1
+    ):
+        raise ValueError(f"max_ratio={max_ratio!r} is invalid: expected an integer >= 1")
     lo = jnp.maximum(jnp.floor(r_star), 1.0)
     hi = jnp.maximum(jnp.ceil(r_star), 1.0)
     if max_ratio is not None:
@@ -183,12 +187,22 @@ def expected_max_normal_excess(z0, ratio) -> jax.Array:
     float64 against adaptive quadrature.
     """
     z0, ratio = jnp.broadcast_arrays(_float(z0), _float(ratio))
-    lower = jnp.clip(z0, _X_LO, _X_HI)
-    x, w = _panel_nodes(lower, _X_HI)
+    lower = jnp.maximum(z0, _X_LO)
+    # The integrand decays like r * phi(x) / x: 8 units past the lower limit it is below
+    # 1e-14 of its value there, so the upper limit follows the lower one beyond _X_HI.
+    upper = jnp.maximum(_X_HI, lower + 8.0)
+    x, w = _panel_nodes(lower, upper)
     r = ratio[..., None, None]
-    integrand = -jnp.expm1(r * log_ndtr(x))
+    integrand = -jnp.expm1(r * _log_ndtr_accurate(x))
     body = jnp.sum(w * integrand, axis=(-2, -1))
     return body + jnp.maximum(_X_LO - z0, 0.0)
+
+
+def _log_ndtr_accurate(x):
+    """``log Phi(x)`` with full relative precision of ``1 - Phi(x)`` for ``x > 0``
+    (``log1p(-Phi(-x))``); ``log_ndtr`` (asymptotic series) below 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.log1p(-ndtr(-jnp.where(positive, x, 0.0))), log_ndtr(jnp.where(positive, 0.0, x)))
 
 
 def attention_time_moments(workload: Workload, latency: LatencyModel, batch_size):
@@ -196,7 +210,10 @@ def attention_time_moments(workload: Workload, latency: LatencyModel, batch_size
     stationary state (``alpha_a B theta + beta_a`` and ``alpha_a sqrt(B) sigma``)."""
     B = _float(batch_size)
     mu = latency.attention_time(B * workload.theta())
-    s = latency.alpha_a * jnp.sqrt(B * jnp.maximum(workload.slot_variance(), 0.0))
+    var = workload.slot_variance()
+    # sqrt guarded so that a zero-variance workload has finite (zero) gradients
+    safe = jnp.where(var > 0, var, 1.0)
+    s = latency.alpha_a * jnp.where(var > 0, jnp.sqrt(B * safe), 0.0)
     return mu, s
 
 

@@ -269,13 +269,6 @@ def test_integer_recommendation_clipping_above(paper_latency):
     assert int(th.mean_field_integer_ratio(wl, paper_latency, 256, max_ratio=12)) == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: mean_field_integer_ratio does not validate max_ratio (barrier_optimum does): "
-        "max_ratio=0 returns 0 and max_ratio=-3 returns -3, breaking 'never below 1'"
-    ),
-)
 @pytest.mark.parametrize("max_ratio", [0, -3])
 def test_integer_recommendation_invalid_max_ratio(paper_latency, max_ratio):
     try:
@@ -337,8 +330,8 @@ def test_ratio_batch_communication_bound():
 
 
 def test_ratio_batch_crossing_optimum():
-    # Comm line 0.256 r + 150 starts above the FFN line 20.992 r + 100... (alpha_f = 0.082)
-    # and is crossed at r_x = 50 / (a_f - a_c); each line alone would peak elsewhere:
+    # Comm line 0.256 r + 150 starts above the FFN line 21.248 r + 100 and is crossed at
+    # r_x = 50 / (a_f - a_c) = 2.38; each line alone would peak elsewhere:
     # FFN at sqrt(b_f / a_f) < r_x, comm at sqrt(b_c / a_c) > r_x -> optimum at the crossing.
     B = 256
     lat = LatencyModel(alpha_a=0.0, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.001, beta_c=150.0,
@@ -598,21 +591,12 @@ def test_excess_absolute_error_full_grid():
     assert np.all(np.abs(got - ref) <= tol), np.max(np.abs(got - ref) / tol)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: relative error up to ~2e-3 for z0 in (6.5, 8) (jax.scipy.special.log_ndtr computes "
-        "log(ndtr(x)) for x < 8, which loses relative precision of 1 - Phi(x) there) and up to "
-        "~8e-2 for z0 in (9, 10) (integral truncated at _X_HI = 10)"
-    ),
-)
 def test_excess_relative_error_upper_tail_6p5_to_10():
     z0s = np.array([6.75, 7.0, 7.75, 9.0, 9.75])
     got, ref = _excess_grid(z0s, R_GRID[::3])
     assert (np.abs(got - ref) / ref).max() <= 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: expected_max_normal_excess returns exactly 0 for z0 >= 10 (true value > 0)")
 def test_excess_relative_error_z0_10_to_12():
     z0s = np.array([10.0, 11.0, 12.0])
     got, ref = _excess_grid(z0s, R_GRID[::3])
@@ -743,14 +727,6 @@ def test_zero_variance_gradients_latency_and_ratio(paper_latency):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: NaN gradient of barrier_throughput w.r.t. workload parameters when the slot "
-        "variance is 0 (attention_time_moments takes jnp.sqrt(B * max(var, 0)) without a "
-        "safe-where, so 0 * inf = NaN); true derivative where G > mu_A is the mean-field one"
-    ),
-)
 def test_zero_variance_gradients_workload(paper_latency):
     r = 8.0  # G = t_F(8) = 269.98 > mu_A = 197.84: the barrier term vanishes (z0 -> +inf)
     for wl in (Geometric(350.0, 0.0), Empirical([350.0, 350.0], [1, 1])):
