@@ -253,6 +253,11 @@ def barrier_optimum(workload: Workload, latency: LatencyModel, batch_size, max_r
     """Integer and continuous maximisers of :func:`barrier_throughput` over ``[1, max_ratio]``."""
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, np.integer)) or max_ratio < 1:
         raise ValueError(f"max_ratio={max_ratio!r} is invalid: expected an integer >= 1")
+    return _barrier_optimum_jit(workload, latency, batch_size, int(max_ratio))
+
+
+@eqx.filter_jit
+def _barrier_optimum_jit(workload, latency, batch_size, max_ratio: int) -> BarrierOptimum:
     integers = jnp.arange(1, max_ratio + 1, dtype=jnp.zeros(()).dtype)
     f = lambda r: barrier_throughput(workload, latency, batch_size, r)  # noqa: E731
     values = jax.vmap(f)(integers)
