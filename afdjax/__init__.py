@@ -36,3 +36,12 @@ from ._theory import (
     mean_field_optimum as mean_field_optimum,
     mean_field_throughput as mean_field_throughput,
 )
+from ._grad import (
+    RatioOptimum as RatioOptimum,
+    ThroughputGradient as ThroughputGradient,
+    expected_throughput as expected_throughput,
+    optimise_ratio as optimise_ratio,
+    plan_buffers as plan_buffers,
+    throughput_estimate as throughput_estimate,
+    throughput_gradients as throughput_gradients,
+)

@@ -79,6 +79,11 @@ class SimulationResult(eqx.Module):
     mean_slot_load_tokens: jax.Array
     """Scalar: long-run mean KV tokens per slot over all ``r_max`` instances (compare
     with ``workload.theta()``)."""
+    decode_log_prob: jax.Array
+    """``(num_replicas, n)``: log-likelihood of the decode lengths drawn for the first
+    ``r`` instances of each replica, as a function of the workload parameters. Its value
+    is not a result; its gradient carries the score-function estimator (see
+    :func:`afdjax.throughput_estimate`)."""
     batch_size: int = eqx.field(static=True)
     num_steps: int = eqx.field(static=True)
     num_replicas: int = eqx.field(static=True)
@@ -203,9 +208,11 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
     if cfg.start == "stationary":
         b1 = _hash(k1, k2, 0, 1)
         prefill, decode, index = workload._stationary((b0[0], b0[1], b1[0], b1[1]))
+        log_prob0 = jnp.sum(workload._stationary_log_prob(decode, index), axis=1)
     else:
         prefill, decode = workload._fresh(b0[0], b0[1])
         index = jnp.zeros_like(decode)
+        log_prob0 = jnp.sum(workload._decode_log_prob(decode), axis=1)
     prefill = prefill.astype(fdtype)
     next_request = jnp.ones((rmax, B), jnp.uint32)
 
@@ -239,6 +246,10 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
         load0 = jnp.sum(prefill + index.astype(fdtype), axis=1)  # (rmax,)
         load = load0[:, None] + B * steps_local.astype(fdtype)[None, :] + _cumsum_last(jumps.reshape(rmax, L))
 
+        # Score-function carrier: log-likelihood of the decode lengths of every request
+        # that started in this chunk (one sum per instance).
+        log_prob = jnp.sum(jnp.where(starts < L, workload._decode_log_prob(new_decode), 0.0), axis=(1, 2))
+
         # Slot state at local step L: the last request started at or before L.
         started = jnp.sum(starts <= L, axis=-1)  # (rmax, B)
         last = jnp.maximum(started - 1, 0)[..., None]
@@ -270,6 +281,7 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
             tau_max=jnp.maximum(acc["tau_max"], jnp.max(jnp.where(measured, tau, -jnp.inf), axis=1)),
             hist=acc["hist"].at[hist_index.reshape(-1)].add(1, mode="drop"),
             covered=acc["covered"] & covered,
+            log_prob=acc["log_prob"] + log_prob,
         )
         return (prefill_next, decode_next, index_next, next_request, acc), None
 
@@ -284,9 +296,12 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
         tau_max=zeros - jnp.inf,
         hist=jnp.zeros(rmax * cfg.num_bins, jnp.int32),
         covered=jnp.array(True),
+        log_prob=log_prob0.astype(fdtype),
     )
     carry0 = (prefill, decode, index, next_request, acc0)
-    (_, _, _, _, acc), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
+    # checkpoint: reverse-mode differentiation stores only the carry between chunks and
+    # recomputes each chunk's internals, so gradient memory does not grow with steps.
+    (_, _, _, _, acc), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))
     acc["log_lo"] = log_lo
     return acc
 
@@ -362,6 +377,7 @@ def _simulate_jit(key_words, workload, latency, levels, cfg: _Config):
         cycle_time_quantiles=quantiles,
         quantile_levels=jnp.asarray(levels, dtype=fdtype),
         mean_slot_load_tokens=mean_load,
+        decode_log_prob=jnp.cumsum(sums["log_prob"], axis=1),
         batch_size=B,
         num_steps=K,
         num_replicas=R,
@@ -385,6 +401,7 @@ def _select_ratios(result: SimulationResult, ratio_index: np.ndarray) -> Simulat
         mean_cycle_time=result.mean_cycle_time[idx],
         cycle_time_std=result.cycle_time_std[idx],
         cycle_time_quantiles=result.cycle_time_quantiles[idx],
+        decode_log_prob=result.decode_log_prob[:, idx],
     )
 
 

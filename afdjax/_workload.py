@@ -98,6 +98,15 @@ class Workload(eqx.Module):
     def mean_decode_steps(self) -> jax.Array:
         """``E[D]``: mean number of decode steps a request holds its slot."""
 
+    def _decode_log_prob(self, decode: jax.Array) -> jax.Array:
+        """``log P(D = decode)`` of a fresh request, as a differentiable function of the
+        workload's parameters (score-function gradients); 0 when D has no parameters."""
+        return jnp.zeros(jnp.shape(decode))
+
+    def _stationary_log_prob(self, decode: jax.Array, index: jax.Array) -> jax.Array:
+        """Log-probability of a stationary slot's ``(decode, index)``; 0 when parameter-free."""
+        return jnp.zeros(jnp.shape(decode))
+
     @abc.abstractmethod
     def _decode_log_mgf_neg(self, t: np.ndarray) -> np.ndarray:
         """Host-side ``log E[exp(-t D)]`` for a grid of ``t > 0`` (sizes the engine's buffers)."""
@@ -219,6 +228,15 @@ class Geometric(Workload):
         remaining = 1 + self._geometric_count(_uniform_open(bits[1]))
         prefill = self._prefill(_uniform_open(bits[2]))
         return prefill, index + remaining, index
+
+    def _decode_log_prob(self, decode):
+        p = self.finish_probability
+        return jnp.log(p) + (decode - 1).astype(p.dtype) * jnp.log1p(-p)
+
+    def _stationary_log_prob(self, decode, index):
+        # age ~ p (1-p)^index and remaining = decode - index ~ p (1-p)^(remaining - 1)
+        p = self.finish_probability
+        return 2 * jnp.log(p) + (decode - 1).astype(p.dtype) * jnp.log1p(-p)
 
     def theta(self):
         return self.mu_p + self.mu_d
