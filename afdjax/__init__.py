@@ -45,3 +45,18 @@ from ._grad import (
     throughput_estimate as throughput_estimate,
     throughput_gradients as throughput_gradients,
 )
+from ._fit_latency import LatencyFit as LatencyFit, fit_latency as fit_latency, read_latency_observations as read_latency_observations
+from ._fit_throughput import (
+    ThroughputFit as ThroughputFit,
+    ThroughputObservations as ThroughputObservations,
+    fit_throughput as fit_throughput,
+    read_throughput_observations as read_throughput_observations,
+)
+from ._fit_workload import (
+    DECODE_FIT_FAMILIES as DECODE_FIT_FAMILIES,
+    PREFILL_FIT_FAMILIES as PREFILL_FIT_FAMILIES,
+    FamilyFit as FamilyFit,
+    WorkloadFit as WorkloadFit,
+    fit_trace as fit_trace,
+    fit_workload as fit_workload,
+)

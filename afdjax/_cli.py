@@ -145,6 +145,54 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--hardware", default=DEFAULT_HARDWARE, help=f"hardware spec (default {DEFAULT_HARDWARE})")
     ver.add_argument("--no-traces", action="store_true", help="only the paper's synthetic configurations")
     ver.add_argument("--json", action="store_true", help="print the JSON summary instead of the Markdown table")
+    fit = sub.add_parser(
+        "fit",
+        help="fit model parameters to observations: workload (trace), latency (step times), throughput",
+        description="Fit afdjax's model to data. See 'afdjax fit workload|latency|throughput --help'.",
+    )
+    fit_sub = fit.add_subparsers(dest="fit_command", parser_class=_Parser)
+    fw = fit_sub.add_parser(
+        "workload",
+        help="maximum-likelihood fits of decode and prefill length distributions of a trace",
+        description="Fit decode-length (geometric, negative_binomial, lognormal, geometric_mixture) and "
+        "prefill-length (exponential, gamma, lognormal) families by maximum likelihood; report KS distance, "
+        "log-likelihood, AIC, and theta of the fitted model against the trace's nonparametric theta.",
+    )
+    fw.add_argument("--trace", required=True, help="CSV/JSONL trace path or bundled name (azure-code, azure-conv, mooncake-conv)")
+    fw.add_argument("--prefill-column", help="prefill column (default: recognised Azure/Mooncake names)")
+    fw.add_argument("--decode-column", help="decode column (default: recognised Azure/Mooncake names)")
+    fw.add_argument("--family", help="comma list of decode families (default: all)")
+    fw.add_argument("--prefill-family", help="comma list of prefill families (default: all)")
+    fw.add_argument("--json", action="store_true", help="print one JSON object")
+    fl = fit_sub.add_parser(
+        "latency",
+        help="fit the six latency coefficients to step-latency measurements",
+        description="Robust (Huber) linear fits of attention, FFN and communication times with bootstrap 95%% "
+        "intervals; writes a hardware TOML usable by --hardware.",
+    )
+    fl.add_argument("--observations", required=True, help="CSV/JSONL: attention_tokens, batch_size[, ratio], attention_time / ffn_time / comm_time")
+    fl.add_argument("--loss", choices=("huber", "l2"), default="huber", help="robust Huber (default) or least squares")
+    fl.add_argument("--comm-scaling", choices=("batch", "ratio_batch"), default="batch", help="communication scales with B (default) or rB")
+    fl.add_argument("--bootstrap", type=_int_at_least("--bootstrap", 10), default=200, help="bootstrap replicates (default 200)")
+    fl.add_argument("--defaults", default=None, help="hardware spec for stages without observations (e.g. paper-910c)")
+    fl.add_argument("--out", metavar="TOML", help="write the fitted coefficients as a hardware TOML")
+    fl.add_argument("--plot", metavar="PNG", help="write measured-vs-fitted and residual plots")
+    fl.add_argument("--json", action="store_true", help="print one JSON object")
+    ft = fit_sub.add_parser(
+        "throughput",
+        help="calibrate coefficients and workload parameters to observed throughput at several ratios",
+        description="Calibrate the stochastic model through the differentiable simulation to throughput per "
+        "instance observed at (batch_size, ratio) points (CSV: batch_size, ratio, throughput[, stderr]).",
+    )
+    ft.add_argument("--observations", required=True, help="CSV with batch_size, ratio, throughput[, stderr]")
+    ft.add_argument("--workload", default=DEFAULT_WORKLOAD, help=f"workload spec (default {DEFAULT_WORKLOAD})")
+    ft.add_argument("--hardware", default=DEFAULT_HARDWARE, help="starting values / fixed coefficients (default paper-910c)")
+    ft.add_argument("--fit", default="alpha_a,beta_a,alpha_f,beta_f", help="parameters to fit (default alpha_a,beta_a,alpha_f,beta_f; also alpha_c, beta_c, mu_p, mu_d)")
+    ft.add_argument("--steps", type=_positive_int("--steps"), default=2000, help="simulated steps per replica (default 2000)")
+    ft.add_argument("--replicas", type=_positive_int("--replicas"), default=8, help="replicas (default 8)")
+    ft.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
+    ft.add_argument("--out", metavar="TOML", help="write the calibrated coefficients as a hardware TOML")
+    ft.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -340,6 +388,85 @@ def _cmd_verify(args) -> int:
     return 0
 
 
+def _split(text):
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
+
+
+def _cmd_fit_workload(args) -> int:
+    from ._fit_workload import DECODE_FIT_FAMILIES, PREFILL_FIT_FAMILIES, fit_trace
+
+    fit = fit_trace(
+        args.trace,
+        prefill_column=args.prefill_column,
+        decode_column=args.decode_column,
+        decode_families=_split(args.family) or DECODE_FIT_FAMILIES,
+        prefill_families=_split(args.prefill_family) or PREFILL_FIT_FAMILIES,
+    )
+    if args.json:
+        print(json.dumps(fit.to_dict(), indent=2))
+    else:
+        print(fit.format_text())
+    return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"cannot write {path!r}: folder {folder!r} does not exist")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _cmd_fit_latency(args) -> int:
+    from ._fit_latency import fit_latency
+    from ._io import parse_hardware_spec
+
+    defaults = parse_hardware_spec(args.defaults) if args.defaults else None
+    fit = fit_latency(args.observations, loss=args.loss, comm_scaling=args.comm_scaling,
+                      n_bootstrap=args.bootstrap, defaults=defaults)
+    if args.out:
+        _write_text(args.out, fit.to_toml())
+    if args.plot:
+        _check_plot_path(args.plot)
+        fit.plot_residuals(args.plot)
+    if args.json:
+        out = fit.to_dict()
+        if args.out:
+            out["toml"] = args.out
+        print(json.dumps(out, indent=2))
+    else:
+        print(fit.format_text())
+        if args.out:
+            print(f"Hardware TOML written to {args.out} (use --hardware {args.out})")
+    return 0
+
+
+def _cmd_fit_throughput(args) -> int:
+    import jax
+
+    from ._fit_throughput import fit_throughput, read_throughput_observations
+    from ._io import latency_to_toml, parse_hardware_spec, parse_workload_spec
+
+    obs = read_throughput_observations(args.observations)
+    workload = parse_workload_spec(args.workload)
+    latency = parse_hardware_spec(args.hardware)
+    fit = fit_throughput(obs, workload, latency, _split(args.fit) or (), key=jax.random.key(args.seed),
+                         num_steps=args.steps, num_replicas=args.replicas)
+    if args.out:
+        _write_text(args.out, latency_to_toml(fit.latency, description=(
+            f"afdjax fit throughput from {args.observations}: {len(obs.throughput)} observations, "
+            f"fitted {', '.join(fit.names)}; max |relative residual| {100 * fit.max_abs_rel_residual:.2f}%")))
+    if args.json:
+        print(json.dumps(fit.to_dict(), indent=2))
+    else:
+        print(fit.format_text())
+        if args.out:
+            print(f"Hardware TOML written to {args.out}")
+    return 0
+
+
 def _check_plot_path(path: str) -> None:
     import os
 
@@ -366,6 +493,12 @@ def main(argv=None) -> int:
             return _cmd_provision(args)
         if args.command == "verify":
             return _cmd_verify(args)
+        if args.command == "fit":
+            if args.fit_command is None:
+                raise CliError("choose what to fit: afdjax fit workload|latency|throughput")
+            return {"workload": _cmd_fit_workload, "latency": _cmd_fit_latency, "throughput": _cmd_fit_throughput}[
+                args.fit_command
+            ](args)
         raise CliError(f"unknown command {args.command!r}")
     except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"afdjax: error: {err}", file=sys.stderr)

@@ -208,7 +208,10 @@ class Geometric(Workload):
         if self.prefill == "exponential":
             return -mu_p * jnp.log(u)
         sigma = self.prefill_sigma
-        return mu_p * jnp.exp(sigma * ndtri(u) - 0.5 * sigma**2)
+        # Phi^-1(u) = sqrt(2) erfinv(2u - 1): XLA's erf_inv is a fused polynomial, ~10x
+        # faster on CPU than ndtri and as accurate on the (0, 1) grid of u used here.
+        z = jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(2.0 * u - 1.0)
+        return mu_p * jnp.exp(sigma * z - 0.5 * sigma**2)
 
     def _prefill_variance(self) -> jax.Array:
         if self.prefill == "constant":
