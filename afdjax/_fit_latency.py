@@ -72,11 +72,11 @@ kept in the result (``notes``, the text report and the TOML header).
 Observed coverage (tests/test_fit_latency.py design: 60 rows, ``x`` spread over its range,
 Gaussian noise of 2 % of the mean time, Huber, 300 seeds): bootstrap 0.94-0.96, sandwich
 0.93-0.96 per coefficient; with 5 % one-sided straggler outliers 0.93-0.97 (Huber's
-estimate is then biased upward by about 0.3 standard errors). Both under-cover when a few
-high-leverage rows carry most of the information and the noise grows with the time (e.g.
-a log-spaced sweep with noise proportional to the time: Huber sandwich ~0.88 for the
-slopes, bootstrap ~0.91, at 60 rows); spread the ``x`` values of a calibration sweep
-evenly.
+estimate is then biased upward by 0.1-0.4 of its standard deviation). The sandwich
+under-covers the slopes when a few high-leverage rows carry most of the information and
+the noise grows with the time (B and r drawn from powers of two, noise sd = 1 + 2 % of the
+time, 60 rows: 0.88-0.90, while the bootstrap held 0.93-0.97); spread the ``x`` values of
+a calibration sweep evenly, and prefer the bootstrap.
 
 **Cost.** The bootstrap re-runs the whole fit per replicate, ``jax.vmap``-ed over
 replicates in chunks of about ``2**19`` (replicate, row) elements under ``lax.map``; the
@@ -167,11 +167,13 @@ class LatencyObservations:
         return int(self.attention_tokens.shape[0])
 
     @classmethod
-    def from_columns(cls, columns: Mapping, source: str = "<arrays>") -> "LatencyObservations":
+    def from_columns(cls, columns: Mapping, source: str = "<arrays>") -> LatencyObservations:
         """From a mapping of column name to a sequence of numbers (``None``/NaN-free;
         ``None`` or ``""`` marks an empty cell). Validated like a file."""
         if not isinstance(columns, Mapping):
-            raise ValueError(f"observations must be a path, a mapping of columns or LatencyObservations, got {columns!r}")
+            raise ValueError(
+                f"observations must be a path, a mapping of columns or LatencyObservations, got {columns!r}"
+            )
         lengths = {name: len(values) for name, values in columns.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{source}: columns have different lengths: {lengths}")
@@ -412,8 +414,17 @@ def _line_statistics(x: jax.Array, y: jax.Array, w: jax.Array, huber: bool) -> d
     else:
         delta_std = jnp.asarray(jnp.nan, dtype)
     return dict(
-        w=w, total=total, mx=mx, my=my, sx=sx, sy=sy, rx=rx, valid=valid, delta_std=delta_std,
-        slope_std=slope_std, through_origin_std=through_origin_std,
+        w=w,
+        total=total,
+        mx=mx,
+        my=my,
+        sx=sx,
+        sy=sy,
+        rx=rx,
+        valid=valid,
+        delta_std=delta_std,
+        slope_std=slope_std,
+        through_origin_std=through_origin_std,
     )
 
 
@@ -868,7 +879,8 @@ class LatencyFit:
             f"  95 % intervals: {self._method_description('bootstrap') if self.n_bootstrap else 'bootstrap off'};"
             f" {self._method_description('sandwich')}",
             "",
-            f"  {'coefficient':<12}{'estimate':>13}   {'bootstrap 95 % CI':<27}{'sandwich 95 % CI':<27}{'sandwich se':>11}",
+            f"  {'coefficient':<12}{'estimate':>13}   {'bootstrap 95 % CI':<27}{'sandwich 95 % CI':<27}"
+            f"{'sandwich se':>11}",
         ]
         fmt = lambda iv: "-" if not all(map(math.isfinite, iv)) else f"[{iv[0]:.5g}, {iv[1]:.5g}]"  # noqa: E731
         boot, sand, se = self.bootstrap_intervals, self.sandwich_intervals, self.standard_errors
@@ -883,7 +895,8 @@ class LatencyFit:
                     tail = "   (at the >= 0 bound)"
                 se_text = f"{se[name]:.3g}" if math.isfinite(se[name]) else "-"
                 lines.append(
-                    f"  {name:<12}{coefficients[name]:>13.6g}   {fmt(boot[name]):<27}{fmt(sand[name]):<27}{se_text:>11}{tail}"
+                    f"  {name:<12}{coefficients[name]:>13.6g}   {fmt(boot[name]):<27}{fmt(sand[name]):<27}"
+                    f"{se_text:>11}{tail}"
                 )
         lines += [
             "",
@@ -913,8 +926,7 @@ class LatencyFit:
         name = Path(self.source).name if self.source and not self.source.startswith("<") else self.source
         header = [
             "Step-latency coefficients fitted by afdjax (afdjax fit latency).",
-            f"observations: {name}, {self.num_rows} rows"
-            + (f", sha256 {self.sha256[:16]}" if self.sha256 else ""),
+            f"observations: {name}, {self.num_rows} rows" + (f", sha256 {self.sha256[:16]}" if self.sha256 else ""),
             f"loss: {self._loss_description()}; comm_scaling: {self.comm_scaling}",
             f"95 % intervals ({self._method_description(self.interval_method)}):",
         ]
@@ -955,7 +967,14 @@ class LatencyFit:
             top.set_title(f"{stage}: {TIME_COLUMNS[stage]}", fontsize=10)
             if fit.source != "fit":
                 for ax in (top, bottom):
-                    ax.text(0.5, 0.5, "no observations:\nkept from defaults", ha="center", va="center", transform=ax.transAxes)
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "no observations:\nkept from defaults",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                    )
                     ax.set_xticks([])
                     ax.set_yticks([])
                 continue
@@ -1020,8 +1039,10 @@ def fit_latency(
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not allowed; expected one of {', '.join(LOSSES)}")
     _check_comm_scaling(comm_scaling)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or not (
-        n_bootstrap == 0 or n_bootstrap >= 20
+    if (
+        isinstance(n_bootstrap, bool)
+        or not isinstance(n_bootstrap, (int, np.integer))
+        or not (n_bootstrap == 0 or n_bootstrap >= 20)
     ):
         raise ValueError(f"n_bootstrap={n_bootstrap!r} is invalid: expected 0 (no bootstrap) or an integer >= 20")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -1041,7 +1062,8 @@ def fit_latency(
         obs = read_latency_observations(observations)
     else:
         raise ValueError(
-            f"observations={observations!r} is invalid: expected a file path, a mapping of columns or LatencyObservations"
+            f"observations={observations!r} is invalid: "
+            "expected a file path, a mapping of columns or LatencyObservations"
         )
     obs.check_identifiable(comm_scaling)
 

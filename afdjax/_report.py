@@ -33,6 +33,22 @@ def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: i
     return list(range(1, top + 1))
 
 
+def _ranges(values: list[int]) -> str:
+    """Compact list of integers: [1, 2, 3, 5, 7, 8] -> '1-3, 5, 7-8'."""
+    parts, start, prev = [], None, None
+    for v in sorted(values):
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+    return ", ".join(parts)
+
+
 def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
     """First r (linear interpolation) where attention idle rises to meet FFN idle."""
     d = a - f
@@ -136,9 +152,7 @@ class ProvisionReport:
                 f"(paired, common random numbers; z = {nb['z']:.1f}): {verdict}"
             )
         near = [r for r in sim["within_2_stderr"] if r != sim["ratio"]]
-        lines.append(
-            "  within 2 paired standard errors of the best: " + (", ".join(map(str, near)) if near else "none")
-        )
+        lines.append("  within 2 paired standard errors of the best: " + (_ranges(near) if near else "none"))
         if self.idle_crossing is not None:
             lines.append(f"  attention and FFN idle fractions cross at r = {self.idle_crossing:.2f}")
         lines += ["", "Per ratio (throughput per instance; rel. err = prediction / simulated - 1)"]

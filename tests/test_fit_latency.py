@@ -162,10 +162,10 @@ def test_huber_resists_gross_outliers_where_l2_does_not():
         columns = synthetic_columns(seed, outlier_fraction=0.05)
         huber = fit_latency(columns)
         l2 = fit_latency(columns, loss="l2")
-        h, l = huber.latency.coefficients(), l2.latency.coefficients()
+        h, q = huber.latency.coefficients(), l2.latency.coefficients()
         se = huber.standard_errors
         huber_z.append([(h[k] - TRUE[k]) / se[k] for k in TRUE])
-        l2_z.append([(l[k] - TRUE[k]) / se[k] for k in TRUE])
+        l2_z.append([(q[k] - TRUE[k]) / se[k] for k in TRUE])
     huber_rms = np.sqrt(np.mean(np.square(huber_z), axis=0))
     l2_rms = np.sqrt(np.mean(np.square(l2_z), axis=0))
     print("\nrms error in Huber standard errors: huber", huber_rms.round(2), "l2", l2_rms.round(2))
@@ -193,9 +193,13 @@ def test_toml_header_records_file_and_defaults(tmp_path):
     columns = synthetic_columns(4)
     rows = [
         (int(t), int(b), int(r), f"{a:.4f}", f"{f:.4f}")
-        for t, b, r, a, f in zip(*(columns[k] for k in ("attention_tokens", "batch_size", "ratio", "attention_time", "ffn_time")))
+        for t, b, r, a, f in zip(
+            *(columns[k] for k in ("attention_tokens", "batch_size", "ratio", "attention_time", "ffn_time"))
+        )
     ]
-    path = write_csv(tmp_path / "bench.csv", ["attention_tokens", "batch_size", "ratio", "attention_time", "ffn_time"], rows)
+    path = write_csv(
+        tmp_path / "bench.csv", ["attention_tokens", "batch_size", "ratio", "attention_time", "ffn_time"], rows
+    )
     with pytest.raises(ValueError, match="no comm observations"):
         fit_latency(path)
     preset = LatencyModel.from_preset("paper-910c")
@@ -231,7 +235,12 @@ def test_validation_errors(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["attention_tokens", "batch_size"], [[1, 2]])
     with pytest.raises(ValueError, match="none of the time columns"):
         read_latency_observations(p)
-    for bad, message in (("abc", "is not a number"), ("-3", "is negative"), ("inf", "is not finite"), ("nan", "is not finite")):
+    for bad, message in (
+        ("abc", "is not a number"),
+        ("-3", "is negative"),
+        ("inf", "is not finite"),
+        ("nan", "is not finite"),
+    ):
         rows = [list(r) for r in good]
         rows[2][4] = bad
         p = write_csv(tmp_path / "b.csv", header, rows)
@@ -261,7 +270,9 @@ def test_validation_errors(tmp_path):
     # values that are not strings are shown as numbers; a time column left empty needs no x column
     with pytest.raises(ValueError, match=r"<arrays>: row 2, column comm_time: -1.5 is negative"):
         LatencyObservations.from_columns({"batch_size": [32, 64], "comm_time": [20.0, -1.5]})
-    obs = LatencyObservations.from_columns({"attention_tokens": [1, 2], "attention_time": [1.0, 2.0], "ffn_time": [None, None]})
+    obs = LatencyObservations.from_columns(
+        {"attention_tokens": [1, 2], "attention_time": [1.0, 2.0], "ffn_time": [None, None]}
+    )
     assert np.isnan(obs.ffn_time).all()
     # fit arguments
     p = write_csv(tmp_path / "ok.csv", header, good)
@@ -365,7 +376,16 @@ def test_negative_unconstrained_estimate_is_refitted_on_the_bound():
 
 # ---------------------------------------------------------------- helpers and outputs
 def test_t_quantile_and_weighted_median():
-    for dof, rtol in ((1, 1e-12), (2, 1e-12), (3, 1.3e-3), (4, 3.5e-4), (5, 1.2e-4), (10, 1e-5), (58, 1e-8), (1000, 1e-12)):
+    for dof, rtol in (
+        (1, 1e-12),
+        (2, 1e-12),
+        (3, 1.3e-3),
+        (4, 3.5e-4),
+        (5, 1.2e-4),
+        (10, 1e-5),
+        (58, 1e-8),
+        (1000, 1e-12),
+    ):
         np.testing.assert_allclose(_t_quantile(0.975, dof), scipy.stats.t.ppf(0.975, dof), rtol=rtol)
     rng = np.random.default_rng(0)
     for n in (5, 6, 11):
@@ -426,7 +446,9 @@ def test_bootstrap_chunks_and_bound():
     xp[:n], yp[:n] = x, y
     runs = [
         jax.device_get(
-            _fit_replicates(jnp.asarray(xp), jnp.asarray(yp), n, jax.random.key(3), huber=True, n_bootstrap=200, chunk=c)
+            _fit_replicates(
+                jnp.asarray(xp), jnp.asarray(yp), n, jax.random.key(3), huber=True, n_bootstrap=200, chunk=c
+            )
         )
         for c in (201, 16)
     ]

@@ -140,3 +140,22 @@ def test_throughput_gradients_validation():
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     with pytest.raises(ValueError, match="ratio=0.5"):
         afdjax.throughput_gradients(jax.random.key(0), Geometric(1.0, 1.0), lat, 8, 0.5, 10, 2)
+
+
+@pytest.mark.parametrize("metric", ["mean_cycle_time", "attention_idle_fraction", "ffn_idle_fraction"])
+@pytest.mark.parametrize("name", ["alpha_a", "beta_f"])
+def test_cycle_time_and_idle_fraction_gradients(setup, metric, name):
+    """Pathwise gradients of the other simulated metrics against central differences (CRN)."""
+    w, lat, sizes, _ = setup
+
+    def metric_at(latency):
+        res = afdjax.simulate(jax.random.key(3), w, latency, B, [2, 3], K, R, **sizes)
+        return getattr(res, metric)[1]
+
+    g = float(getattr(eqx.filter_grad(metric_at)(lat), name))
+    x0 = float(getattr(lat, name))
+    h = 1e-6 * x0
+    up = float(metric_at(eqx.tree_at(lambda m: getattr(m, name), lat, jnp.asarray(x0 + h))))
+    down = float(metric_at(eqx.tree_at(lambda m: getattr(m, name), lat, jnp.asarray(x0 - h))))
+    fd = (up - down) / (2 * h)
+    assert g == pytest.approx(fd, rel=1e-5, abs=1e-12 / h)

@@ -133,3 +133,11 @@ def test_provision_cli_errors(capsys):
     assert "ratios must be >= 1" in capsys.readouterr().err
     assert main(["verify", "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_ratio_ranges_are_compact():
+    from afdjax._report import _ranges
+
+    assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert _ranges([4]) == "4"
+    assert _ranges(list(range(17, 195))) == "17-194"
