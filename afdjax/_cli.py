@@ -437,7 +437,7 @@ def _cmd_fit_latency(args) -> int:
             out["toml"] = args.out
         print(json.dumps(out, indent=2))
     else:
-        print(fit.format_text())
+        print(fit.format_text().rstrip())
         if args.out:
             print(f"Hardware TOML written to {args.out} (use --hardware {args.out})")
     return 0
@@ -475,8 +475,22 @@ def _check_plot_path(path: str) -> None:
         raise CliError(f"cannot write plot {path!r}: folder {folder!r} does not exist")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"afdjax: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = build_parser()
+    previous, warnings.showwarning = warnings.showwarning, _one_line_warning
+    try:
+        return _main(parser, argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _main(parser, argv) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:

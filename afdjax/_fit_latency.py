@@ -168,8 +168,8 @@ class LatencyObservations:
 
     @classmethod
     def from_columns(cls, columns: Mapping, source: str = "<arrays>") -> LatencyObservations:
-        """From a mapping of column name to a sequence of numbers (``None``/NaN-free;
-        ``None`` or ``""`` marks an empty cell). Validated like a file."""
+        """From a mapping of column name to a sequence of values (``None``, NaN or ``""``
+        marks an empty cell), validated like a file; rows are numbered from 1."""
         if not isinstance(columns, Mapping):
             raise ValueError(
                 f"observations must be a path, a mapping of columns or LatencyObservations, got {columns!r}"
