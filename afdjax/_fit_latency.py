@@ -116,8 +116,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._io import jsonable, latency_to_toml
+from ._io import jsonable, latency_to_toml, read_records, resolve_file
 from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
+from ._optim import lbfgs_minimise
 
 STAGES = ("attention", "ffn", "comm")
 LOSSES = ("huber", "l2")
@@ -230,51 +231,6 @@ def _check_comm_scaling(comm_scaling) -> None:
         raise ValueError(f"comm_scaling={comm_scaling!r} is not allowed; expected one of {', '.join(COMM_SCALINGS)}")
 
 
-def _resolve_observation_path(path) -> Path:
-    text = os.fspath(path)
-    p = Path(text).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"observations file {text!r} does not exist")
-    if not p.is_file():
-        raise ValueError(f"observations path {text!r} is not a file")
-    return p
-
-
-def _read_observation_records(p: Path) -> tuple[list[str], list[dict]]:
-    import csv
-    import json
-
-    text = p.read_text(encoding="utf-8-sig")
-    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        columns: list[str] = []
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{p}: line {lineno} is not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{p}: line {lineno} is not a JSON object")
-            for k in record:
-                if k not in columns:
-                    columns.append(k)
-            rows.append(record)
-        return columns, rows
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines)
-    if reader.fieldnames is None:
-        raise ValueError(f"{p}: empty file, expected a CSV header line")
-    fieldnames = [c.strip() for c in reader.fieldnames]
-    rows = []
-    for record in reader:
-        if None in record:
-            raise ValueError(f"{p}: row {len(rows) + 1} has more cells than the header has columns")
-        rows.append({k.strip(): v for k, v in record.items() if k is not None})
-    return fieldnames, rows
-
-
 def _observations_from_rows(columns: list[str], rows: list[dict], source: str, sha256: str | None = None):
     if not rows:
         raise ValueError(f"{source}: no data rows")
@@ -340,8 +296,8 @@ def read_latency_observations(path, comm_scaling: str | None = None) -> LatencyO
     than 2 distinct ``x`` values (the comm stage only when ``comm_scaling`` is given, as its
     ``x`` is ``B`` or ``r*B`` by scaling).
     """
-    p = _resolve_observation_path(path)
-    columns, rows = _read_observation_records(p)
+    p = resolve_file(path, "observations")
+    columns, rows = read_records(p)
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     obs = _observations_from_rows(columns, rows, str(p), sha256=digest)
     if comm_scaling is not None:
@@ -362,28 +318,6 @@ def _weighted_median(values: jax.Array, weights: jax.Array) -> jax.Array:
     lower = jnp.argmax(cumulative >= half)
     upper = jnp.argmax(cumulative > half)
     return 0.5 * (v[lower] + v[upper])
-
-
-def _lbfgs(fun, init: jax.Array, tol, maxiter: int = 200) -> jax.Array:
-    """Minimise ``fun`` from ``init`` with ``optax.lbfgs`` (zoom line search) until the
-    gradient norm is below ``tol`` or ``maxiter`` iterations."""
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
-
-    def step(carry):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
-        return optax.apply_updates(params, updates), state
-
-    def cond(carry):
-        _, state = carry
-        count = optax.tree.get(state, "count")
-        grad = optax.tree.get(state, "grad")
-        return (count == 0) | ((count < maxiter) & (optax.tree.norm(grad) >= tol))
-
-    params, _ = jax.lax.while_loop(cond, step, (init, opt.init(init)))
-    return params
 
 
 def _line_statistics(x: jax.Array, y: jax.Array, w: jax.Array, huber: bool) -> dict:
@@ -451,7 +385,7 @@ def _huber_solve(x, y, st, offset, col0, col1, init):
             fitted = fitted + c[1] * (col1[0] + col1[1] * x)
         return _mean_loss(target - fitted, st, True)
 
-    return _lbfgs(objective, init, tol)
+    return lbfgs_minimise(objective, init, tol)
 
 
 def _free_line(x, y, st, huber: bool) -> tuple[jax.Array, jax.Array]:

@@ -23,20 +23,18 @@ two batch sizes to separate them, or fix one (see the ``fit`` argument).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ._engine import simulate
 from ._grad import throughput_estimate
-from ._io import jsonable
+from ._io import jsonable, read_records, resolve_file
+from ._optim import lbfgs_minimise
 from ._latency import COEFFICIENT_NAMES, LatencyModel
 from ._theory import barrier_throughput
 from ._workload import Geometric, Workload
@@ -76,22 +74,17 @@ class ThroughputObservations:
 
 def read_throughput_observations(path) -> ThroughputObservations:
     """CSV with columns ``batch_size, ratio, throughput`` and optionally ``stderr``."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"observations file {str(path)!r} does not exist")
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("batch_size", "ratio", "throughput") if c not in columns]
-        if missing:
-            raise ValueError(f"{p}: missing column(s) {', '.join(missing)}; columns are: {', '.join(columns) or '(none)'}")
-        rows = list(reader)
+    p = resolve_file(path, "observations")
+    columns, rows = read_records(p)
+    missing = [c for c in ("batch_size", "ratio", "throughput") if c not in columns]
+    if missing:
+        raise ValueError(f"{p}: missing column(s) {', '.join(missing)}; columns are: {', '.join(columns) or '(none)'}")
     has_se = "stderr" in columns
     data = {k: [] for k in ("batch_size", "ratio", "throughput", "stderr")}
     for i, row in enumerate(rows, 1):
         for k in ("batch_size", "ratio", "throughput") + (("stderr",) if has_se else ()):
             try:
-                data[k].append(float(row[k]))
+                data[k].append(float(row.get(k)))
             except (TypeError, ValueError):
                 raise ValueError(f"{p}: row {i}: {k}={row.get(k)!r} is not a number") from None
     return ThroughputObservations(
@@ -215,19 +208,7 @@ def fit_throughput(
         rel = barrier_pred(x) / y - 1.0
         return jnp.sum(rel**2)
 
-    solver = optax.lbfgs()
-    state = solver.init(x0)
-    value_and_grad = optax.value_and_grad_from_state(warm_loss)
-
-    @jax.jit
-    def lbfgs_step(x, state):
-        value, grad = value_and_grad(x, state=state)
-        updates, state = solver.update(grad, state, x, value=value, grad=grad, value_fn=warm_loss)
-        return optax.apply_updates(x, updates), state
-
-    x = x0
-    for _ in range(200):
-        x, state = lbfgs_step(x, state)
+    x = jax.jit(lambda x_init: lbfgs_minimise(warm_loss, x_init, tol=1e-12, maxiter=200))(x0)
     warm = {n: float(v) for n, v in zip(names, jnp.exp(x))}
 
     # ---------------------------------------------------------------- 2. refine through the simulation

@@ -38,41 +38,58 @@ def bundled_trace_path(name: str) -> Path:
     return DATA_DIR / BUNDLED_TRACES[name]
 
 
+def resolve_file(path, what: str) -> Path:
+    """An existing file, or FileNotFoundError / ValueError naming ``what`` (e.g. "trace")."""
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} file {text!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"{what} path {text!r} is not a file")
+    return p
+
+
 def _resolve_trace(path) -> Path:
     text = os.fspath(path)
     if text in BUNDLED_TRACES:
         return bundled_trace_path(text)
-    p = Path(text).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"trace file {text!r} does not exist")
-    if not p.is_file():
-        raise ValueError(f"trace path {text!r} is not a file")
-    return p
+    return resolve_file(text, "trace")
 
 
-def _read_records(p: Path) -> tuple[list[str], list[dict]]:
-    """Rows of a CSV (header line) or JSON Lines file, with the column names seen."""
-    suffix = p.suffix.lower()
-    with open(p, newline="", encoding="utf-8") as f:
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            rows, columns = [], []
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{p}: line {lineno} is not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{p}: line {lineno} is not a JSON object")
-                if not columns:
-                    columns = list(row)
-                rows.append(row)
-            return columns, rows
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise ValueError(f"{p}: empty file, expected a CSV header line")
-        return [c.strip() for c in reader.fieldnames], [{k.strip(): v for k, v in r.items() if k} for r in reader]
+def read_records(p: Path) -> tuple[list[str], list[dict]]:
+    """Rows of a CSV (header line; lines starting with ``#`` are comments) or JSON Lines
+    file, with the column names seen (for JSONL, the union over records in first-seen
+    order). A UTF-8 byte-order mark is ignored; a CSV row with more cells than the header
+    is an error."""
+    text = p.read_text(encoding="utf-8-sig")
+    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        columns: list[str] = []
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{p}: line {lineno} is not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{p}: line {lineno} is not a JSON object")
+            for k in record:
+                if k not in columns:
+                    columns.append(k)
+            rows.append(record)
+        return columns, rows
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None:
+        raise ValueError(f"{p}: empty file, expected a CSV header line")
+    fieldnames = [c.strip() for c in reader.fieldnames]
+    rows = []
+    for record in reader:
+        if None in record:
+            raise ValueError(f"{p}: row {len(rows) + 1} has more cells than the header has columns")
+        rows.append({k.strip(): v for k, v in record.items() if k is not None})
+    return fieldnames, rows
 
 
 def read_trace(path, prefill_column: str | None = None, decode_column: str | None = None):
@@ -89,7 +106,7 @@ def read_trace(path, prefill_column: str | None = None, decode_column: str | Non
     to be finite, integer-valued, prefill ``>= 0`` and output ``>= 1``.
     """
     p = _resolve_trace(path)
-    columns, rows = _read_records(p)
+    columns, rows = read_records(p)
     if not rows:
         raise ValueError(f"{p}: no records")
     if prefill_column is None and decode_column is None:
