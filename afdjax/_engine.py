@@ -133,6 +133,7 @@ class _Config:
     replica_batch_size: int
     start: str
     num_bins: int
+    micro_batches: int | None = None  # None: the paper's barrier step (ideal overlap)
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -328,6 +329,15 @@ def _quantiles_from_histogram(hist, log_lo, dlog, tau_min, tau_max, levels):
 def _simulate_jit(key_words, workload, latency, levels, cfg: _Config):
     """All ratios r = 1..r_max; the caller selects the requested ones outside this jit
     (so a different subset of ratios never recompiles the simulation)."""
+    return _simulate_core(key_words, workload, latency, levels, cfg)
+
+
+def _simulate_core(key_words, workload, latency, levels, cfg: _Config):
+    """The pure (un-jitted) simulation of one configuration: ``(SimulationResult, covered)``.
+
+    ``key_words`` is a ``(2,)`` uint32 array; ``workload`` and ``latency`` may be traced
+    (vmapped over by :mod:`afdjax._sweep`); ``cfg`` is static.
+    """
     replica_ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
     sums = jax.lax.map(
         lambda i: _replica_sums(i, key_words, workload, latency, cfg),
