@@ -622,6 +622,11 @@ def _prepare_dir(out: Path, manifest: dict, overwrite: bool, clean_temporaries: 
         ours = [p for p in entries if p.name.startswith(("chunk-", ".chunk-"))]
         if len(entries) != len(ours) and not path.exists():
             raise ValueError(f"output folder {os.fspath(out)!r} is not empty and is not an afdjax sweep; use another --out")
+        if ours and not path.exists() and not overwrite:
+            raise ValueError(
+                f"output folder {os.fspath(out)!r} holds chunk files but no {MANIFEST}, so they cannot be checked "
+                "against this grid; use another --out, or --overwrite to discard them"
+            )
         if overwrite:
             for p in ours:
                 p.unlink()

@@ -239,6 +239,10 @@ def test_mismatched_grid_is_refused(tmp_path):
     summary = afdjax.sweep(changed, tmp_path, progress=False, overwrite=True)
     assert summary.points_computed == 2
     assert set(afdjax.read_sweep(tmp_path)["alpha_a"]) == {0.001, 0.003}
+    # Chunk files whose manifest is gone are not adopted.
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(ValueError, match="holds chunk files but no _manifest.json"):
+        afdjax.sweep(changed, tmp_path, progress=False)
     # A folder that is not a sweep is left alone.
     other = tmp_path / "other"
     other.mkdir()
