@@ -37,6 +37,7 @@ flow is the engine's, vectorised over points:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -486,7 +487,10 @@ def _batched_latency(g: _Group, floats: dict):
     return LatencyModel(**{k: floats[k] for k in COEFFICIENT_NAMES}, comm_scaling=g.static["comm_scaling"])
 
 
+@functools.lru_cache(maxsize=64)
 def _make_chunk_fn(cfg: _Config, levels: tuple, workload_batched: bool, crn: bool):
+    """One jitted, vmapped engine call per group shape (cached across sweeps in a process;
+    jit itself keys the compiled program on the chunk's shape and sharding)."""
     def one(key_words, workload, latency):
         result, covered = _simulate_core(key_words, workload, latency, levels, cfg)
         out = {name: getattr(result, name) for name in METRICS}
@@ -509,7 +513,6 @@ class _Evaluator:
         mesh = Mesh(np.asarray(self.devices), ("points",))
         self.sharded = NamedSharding(mesh, PartitionSpec("points"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.fns: dict = {}
         self.levels = tuple(settings["quantile_levels"])
 
     def put(self, tree, sharding):
@@ -532,10 +535,7 @@ class _Evaluator:
         latency = self.put(latency, self.sharded)
         while True:
             cfg = _Config(**base, **sizes, micro_batches=g.micro_batches)
-            fkey = (cfg, wl_batched, crn)
-            if fkey not in self.fns:
-                self.fns[fkey] = _make_chunk_fn(cfg, self.levels, wl_batched, crn)
-            out, covered = self.fns[fkey](keys, workload, latency)
+            out, covered = _make_chunk_fn(cfg, self.levels, wl_batched, crn)(keys, workload, latency)
             out = jax.tree_util.tree_map(lambda x: np.asarray(x)[: len(local)], out)
             if bool(np.all(np.asarray(covered)[: len(local)])):
                 return out, floats

@@ -224,6 +224,18 @@ def test_resume_after_sigint(reference, tmp_path):
     _interrupt_and_resume(reference, tmp_path, signal.SIGINT)
 
 
+def test_processes_share_the_points(reference, tmp_path):
+    """The multi-host split: process p of n takes the points whose id is p modulo n."""
+    first = afdjax.sweep(small_grid(), tmp_path, progress=False, process_index=1, process_count=3)
+    assert first.points_computed == 4 and not first.complete
+    assert set(pd.read_parquet(tmp_path)["point"]) == {1, 4, 7, 10}
+    second = afdjax.sweep(small_grid(), tmp_path, progress=False, process_index=0, process_count=2)
+    assert second.points_computed == 4 and second.points_skipped == 2  # 4 and 10 were done
+    rest = afdjax.sweep(small_grid(), tmp_path, progress=False)
+    assert rest.points_computed == 12 - 4 - 4 and rest.complete
+    assert_same(afdjax.read_sweep(tmp_path), reference)
+
+
 def test_mismatched_grid_is_refused(tmp_path):
     grid = small_grid()
     grid["grid"]["workload"] = {"mu_p": 100, "mu_d": 20}
@@ -330,7 +342,8 @@ def test_cli_summary_json_and_errors(tmp_path, capsys):
     grid_file.write_text(toml_text(grid))
     out = tmp_path / "out"
     assert main(["sweep", "--grid", str(grid_file), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
+    assert err == ""  # no progress bar when stderr is not a terminal
     assert "2 points computed, 0 already done, 2 in the grid (complete)" in text and str(out) in text
     assert main(["sweep", "--grid", str(grid_file), "--out", str(out), "--json", "--memory-budget-mb", "64"]) == 0
     data = json.loads(capsys.readouterr().out)
