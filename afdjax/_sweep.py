@@ -45,6 +45,7 @@ import math
 import os
 import time
 import tomllib
+import warnings
 from pathlib import Path
 
 import jax
@@ -54,7 +55,7 @@ import numpy as np
 from ._engine import START_MODES, _MAX_INDEX, _Config, _plan, _replica_bytes, _simulate_core
 from ._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
 from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
-from ._workload import PREFILL_FAMILIES, Empirical, Geometric
+from ._workload import PREFILL_FAMILIES, Geometric
 
 MANIFEST = "_manifest.json"
 _FORMAT = "afdjax-sweep/1"
@@ -468,6 +469,14 @@ def _group_sizes(g: _Group, settings: dict, memory_budget_bytes: int, n_dev: int
     replica_batch = int(min(s["replicas"], max(1, inflight // group_padded)))
     per_point = replica_batch * per_replica + stacked
     chunk = max(1, memory_budget_bytes // per_point)
+    if per_point * n_dev > memory_budget_bytes:
+        warnings.warn(
+            f"afdjax.sweep: one point of group {g.index} (batch_size={g.batch_size}) needs about "
+            f"{per_point / 2**20:.0f} MiB, over memory_budget_bytes / devices = "
+            f"{memory_budget_bytes / n_dev / 2**20:.0f} MiB; running one point per device",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if max_chunk_points is not None:
         chunk = min(chunk, max_chunk_points)
     chunk = max(n_dev, chunk // n_dev * n_dev)

@@ -363,3 +363,20 @@ def test_cli_summary_json_and_errors(tmp_path, capsys):
     assert "holds a different sweep" in err and err.count("\n") == 1
     assert main(["sweep", "--grid", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_chunk_size_follows_the_memory_budget():
+    from afdjax._sweep import _group_sizes
+
+    grid = afdjax.load_grid(small_grid())
+    group, settings = grid.groups[0], grid.settings
+    sizes = {}
+    for budget_mib in (2, 4, 8, 64):
+        _, _, chunk, per_point = _group_sizes(group, settings, budget_mib * 2**20, 2, 4096)
+        assert chunk % 2 == 0 and (chunk * per_point <= budget_mib * 2**20 or chunk == 2)
+        sizes[budget_mib] = chunk
+    assert sizes[2] <= sizes[4] <= sizes[8] <= sizes[64] == 6  # the group (6 points) fits
+    big = afdjax.load_grid(_with("grid.batch_size", 4096))
+    with pytest.warns(RuntimeWarning, match="one point of group 0 .* needs about"):
+        _, _, chunk, _ = _group_sizes(big.groups[0], big.settings, 2**20, 1, None)
+    assert chunk == 1
