@@ -21,6 +21,14 @@ from ._io import (
     read_trace as read_trace,
 )
 from ._plot import plot_simulation as plot_simulation
+from ._sweep import (
+    SweepGrid as SweepGrid,
+    SweepSummary as SweepSummary,
+    load_grid as load_grid,
+    read_manifest as read_manifest,
+    read_sweep as read_sweep,
+    sweep as sweep,
+)
 from ._report import ProvisionReport as ProvisionReport, provision as provision
 from ._theory import (
     REGIMES as REGIMES,

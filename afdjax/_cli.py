@@ -193,7 +193,60 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
     ft.add_argument("--out", metavar="TOML", help="write the calibrated coefficients as a hardware TOML")
     ft.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_sweep_parser(sub)
     return parser
+
+
+# ------------------------------------------------------------------------ afdjax sweep
+def _add_sweep_parser(sub) -> None:
+    sw = sub.add_parser(
+        "sweep",
+        help="large resumable Monte Carlo sweeps over a grid (workloads x hardware x batch sizes), to Parquet",
+        description="Simulate every point of a TOML grid for all ratios r = 1..r_max, in memory-bounded chunks "
+        "sharded over the local devices; results are written to DIR as Parquet files as chunks finish. "
+        "Run the same command again to resume an interrupted sweep. Open the results with "
+        "pandas.read_parquet(DIR) or afdjax.read_sweep(DIR).",
+    )
+    sw.add_argument("--grid", required=True, metavar="GRID.toml", help="the grid (see experiments/sweep_example.toml)")
+    sw.add_argument("--out", required=True, metavar="DIR", help="results folder (created; an existing one is resumed)")
+    sw.add_argument(
+        "--memory-budget-mb",
+        type=_positive_int("--memory-budget-mb"),
+        default=512,
+        help="bound on one chunk's working memory in MiB (default 512)",
+    )
+    sw.add_argument("--max-chunk-points", type=_positive_int("--max-chunk-points"), default=4096,
+                    help="at most this many points per chunk file (default 4096)")
+    sw.add_argument("--overwrite", action="store_true", help="discard the results of a different sweep in DIR")
+    sw.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
+
+
+def _cmd_sweep(args) -> int:
+    from ._sweep import sweep
+
+    try:
+        summary = sweep(
+            args.grid,
+            args.out,
+            memory_budget_bytes=args.memory_budget_mb * 2**20,
+            max_chunk_points=args.max_chunk_points,
+            overwrite=args.overwrite,
+            progress=not args.json,
+        )
+    except KeyboardInterrupt:
+        print(f"afdjax: interrupted; finished chunks are kept in {args.out}: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0
+    state = "complete" if summary.complete else "incomplete"
+    print(
+        f"afdjax sweep: {summary.points_computed} points computed, {summary.points_skipped} already done, "
+        f"{summary.num_points} in the grid ({state}) in {summary.seconds:.1f} s on {summary.num_devices} device(s)"
+    )
+    print(f"Results in {summary.out_dir}/ (pandas.read_parquet({summary.out_dir!r}) or afdjax.read_sweep)")
+    return 0
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -507,6 +560,8 @@ def _main(parser, argv) -> int:
             return _cmd_provision(args)
         if args.command == "verify":
             return _cmd_verify(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         if args.command == "fit":
             if args.fit_command is None:
                 raise CliError("choose what to fit: afdjax fit workload|latency|throughput")

@@ -485,6 +485,13 @@ def _plan(workload, cfg_kwargs, chunk_steps, requests_per_chunk, replica_batch_s
     )
 
 
+def _replica_bytes(cfg_kwargs, chunk_steps: int, requests_per_chunk: int) -> int:
+    """Working memory of one replica in flight: the estimate :func:`_plan` uses to
+    choose ``replica_batch_size`` (kept in step with it), for :mod:`afdjax._sweep`."""
+    rmax, B = cfg_kwargs["max_ratio"], cfg_kwargs["batch_size"]
+    return rmax * B * requests_per_chunk * 64 + rmax * chunk_steps * 96 + rmax * cfg_kwargs["num_bins"] * 8
+
+
 def _as_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
