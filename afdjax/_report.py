@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -264,12 +265,18 @@ def _step_model_line(micro_batches) -> str:
 def _pipeline_optima(workload, latency, batch_size, max_r: int, micro_batches: int):
     """Integer argmax of the pipeline mean-field and barrier-approximation curves over
     ``1..max_r`` and the continuous argmax of the latter (1/64 grid)."""
+    mf, br, cont = _pipeline_optima_jit(workload, latency, batch_size, max_r, micro_batches)
+    return int(mf), int(br), float(cont)
+
+
+@eqx.filter_jit
+def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
     fdtype = jnp.zeros(()).dtype
     ints = jnp.arange(1, max_r + 1, dtype=fdtype)
     mf = jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches))(ints)
     br_fn = jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches))
     grid = jnp.linspace(1.0, float(max_r), 64 * (max_r - 1) + 1, dtype=fdtype) if max_r > 1 else jnp.ones(1, fdtype)
-    return int(jnp.argmax(mf)) + 1, int(jnp.argmax(br_fn(ints))) + 1, float(grid[jnp.argmax(br_fn(grid))])
+    return jnp.argmax(mf) + 1, jnp.argmax(br_fn(ints)) + 1, grid[jnp.argmax(br_fn(grid))]
 
 
 def provision(

@@ -199,8 +199,8 @@ def test_micro_batch_sizes():
 ZV_LAT = dict(alpha_a=0.01, beta_a=2.0, alpha_f=0.3, beta_f=1.5, alpha_c=0.05, beta_c=0.7)
 
 
-@pytest.mark.parametrize("comm_scaling", ["batch", "ratio_batch"])
-@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("m, comm_scaling", [(1, "batch"), (3, "ratio_batch"),
+                                             pytest.param(3, "batch", marks=pytest.mark.slow)])
 def test_zero_variance_matches_event_driven_exactly(m, comm_scaling):
     """Constant loads (every request: P = 37 tokens, D = 1): engine == event-driven
     pipeline at every ratio, unequal micro-batches (B = 10, m = 3: 4, 3, 3 slots)."""
@@ -279,7 +279,7 @@ def _replay_group_loads(key, spec, B, r_max, K, R, start, W, m):
 REPLAY_LAT = dict(alpha_a=0.05, beta_a=1.0, alpha_f=0.7, beta_f=2.0, alpha_c=0.1, beta_c=1.0)
 
 
-@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("m", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_engine_equals_event_driven_replay(m):
     """Random loads, the engine's own random numbers replayed: every metric equals the
     event-driven pipeline on them (chunked, so the pipeline state crosses chunks)."""
@@ -339,7 +339,7 @@ STAT_LAT = dict(alpha_a=48.0 / (12 * 150.0), beta_a=2.0, alpha_f=0.6, beta_f=3.0
 STAT = dict(B=12, ratios=[1, 2, 4], K=600, R=16)
 
 
-@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("m", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_engine_matches_reference_statistically(m):
     wl = Geometric(100.0, 50.0, prefill="lognormal", prefill_sigma=1.0)
     ref_wl = dict(kind="geometric", mu_p=100.0, mu_d=50.0, prefill="lognormal", prefill_sigma=1.0)
@@ -382,8 +382,13 @@ def test_pipeline_throughput_gradients_match_finite_differences():
         return afdjax.expected_throughput(jax.random.key(2), wl, lat, 8, 2.0, 150, 3, **kwargs)
 
     lat0 = LatencyModel(**base)
-    grads = jax.jit(jax.grad(f))(lat0)
+    # reverse mode through the checkpointed chunks and the pipeline scan, via the public
+    # throughput_gradients (which passes micro_batches through to simulate)
+    tg = afdjax.throughput_gradients(jax.random.key(2), wl, lat0, 8, 2.0, 150, 3, micro_batches=2, start="cold",
+                                     warmup_steps=5)
+    grads = tg.latency
     fj = jax.jit(f)
+    assert float(tg.value) == pytest.approx(float(fj(lat0)), rel=1e-10)
     nonzero = 0
     for name in COEF_NAMES:
         v = base[name]
@@ -394,10 +399,6 @@ def test_pipeline_throughput_gradients_match_finite_differences():
         assert g == pytest.approx(fd, rel=1e-5, abs=1e-10), (name, g, fd)
         nonzero += g != 0
     assert nonzero >= 4  # several stages bind somewhere along the path
-    # throughput_gradients passes micro_batches through as well
-    tg = afdjax.throughput_gradients(jax.random.key(2), wl, lat0, 8, 2.0, 150, 3, micro_batches=2, start="cold",
-                                     warmup_steps=5)
-    assert float(tg.value) == pytest.approx(float(fj(lat0)), rel=1e-10)
 
 
 # ======================================================= (e) API, validation, compiles
@@ -460,7 +461,7 @@ _F32_SCRIPT = textwrap.dedent(
     import json, jax, numpy as np, afdjax
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     wl = afdjax.Geometric(100.0, 500.0, prefill="lognormal")
-    res = afdjax.simulate(jax.random.key(0), wl, lat, 64, [1, 2, 4, 8], 20000, 2, micro_batches=3)
+    res = afdjax.simulate(jax.random.key(0), wl, lat, 32, [1, 2, 4, 8], 12000, 2, micro_batches=3)
     print(json.dumps({"dtype": str(res.throughput_per_instance.dtype),
                       "thr": np.asarray(res.throughput_per_instance).tolist(),
                       "bubble": np.asarray(res.pipeline_bubble_fraction).tolist()}))
@@ -475,7 +476,7 @@ def test_float32_matches_float64_long_horizon(paper_latency):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wl = Geometric(100.0, 500.0, prefill="lognormal")
-        res = afdjax.simulate(jax.random.key(0), wl, paper_latency, 64, [1, 2, 4, 8], 20000, 2, micro_batches=3)
+        res = afdjax.simulate(jax.random.key(0), wl, paper_latency, 32, [1, 2, 4, 8], 12000, 2, micro_batches=3)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
