@@ -44,6 +44,18 @@ from ._theory import (
     mean_field_optimum as mean_field_optimum,
     mean_field_throughput as mean_field_throughput,
 )
+from ._pipeline import (
+    PipelineEvents as PipelineEvents,
+    PipelineState as PipelineState,
+    micro_batch_sizes as micro_batch_sizes,
+    pipeline_advance as pipeline_advance,
+    pipeline_barrier_cycle_time as pipeline_barrier_cycle_time,
+    pipeline_barrier_throughput as pipeline_barrier_throughput,
+    pipeline_cycle_time as pipeline_cycle_time,
+    pipeline_event_times as pipeline_event_times,
+    pipeline_period as pipeline_period,
+    pipeline_throughput as pipeline_throughput,
+)
 from ._grad import (
     RatioOptimum as RatioOptimum,
     ThroughputGradient as ThroughputGradient,

@@ -94,6 +94,19 @@ def _add_model_options(p, ratios_default, steps, replicas):
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
     p.add_argument("--start", choices=("stationary", "cold"), default="stationary", help="initial slot state (default stationary)")
     p.add_argument("--warmup", type=_nonneg_int("--warmup"), default=0, help="discarded steps before measuring (default 0)")
+    _add_micro_batches_option(p)
+
+
+def _add_micro_batches_option(p):
+    p.add_argument(
+        "--micro-batches",
+        type=_positive_int("--micro-batches"),
+        default=None,
+        metavar="M",
+        help="split each Attention instance's B slots into M micro-batches and simulate the explicit "
+        "A->F->FFN->F->A pipeline (fixed costs beta paid per micro-batch; 1 <= M <= B). "
+        "Default: none, the paper's idealised overlap (step time max(t_A, t_C, t_F))",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
     ver.add_argument("--hardware", default=DEFAULT_HARDWARE, help=f"hardware spec (default {DEFAULT_HARDWARE})")
     ver.add_argument("--no-traces", action="store_true", help="only the paper's synthetic configurations")
+    _add_micro_batches_option(ver)
     ver.add_argument("--json", action="store_true", help="print the JSON summary instead of the Markdown table")
     fit = sub.add_parser(
         "fit",
@@ -296,6 +310,7 @@ def _cmd_simulate(args) -> int:
         args.replicas,
         start=args.start,
         warmup_steps=args.warmup,
+        micro_batches=args.micro_batches,
     )
     out = result.to_dict()
     thr, se = out["throughput_per_instance"], [float("nan") if s is None else s for s in out["stderr"]]
@@ -312,6 +327,7 @@ def _cmd_simulate(args) -> int:
         "seed": args.seed,
         "start": args.start,
         "warmup_steps": args.warmup,
+        "micro_batches": args.micro_batches,
         "afdjax_version": __version__,
     }
     theta = float(workload.theta())
@@ -342,17 +358,27 @@ def _cmd_simulate(args) -> int:
     coeffs = ", ".join(f"{k}={v:g}" for k, v in latency.coefficients().items())
     print(f"hardware  {args.hardware}   ({coeffs}; comm scales with {latency.comm_scaling.replace('_', '*')})")
     print(f"B = {args.batch_size}, {args.steps} steps x {args.replicas} replicas, seed {args.seed}, {args.start} start")
+    if args.micro_batches is None:
+        print("step      paper's idealised overlap: tau = max(max_j t_A, t_C, t_F) (use --micro-batches M to pipeline)")
+    else:
+        print(f"step      pipeline of {args.micro_batches} micro-batch(es) per instance; bubble = 1 - busiest "
+              "resource's busy time / elapsed time")
     print()
     q = out["cycle_time_quantiles"]
     p99 = q.get("p99", [float("nan")] * len(thr))
     header = f"{'r':>4}  {'throughput/inst':>15}  {'+-stderr':>9}  {'attn idle':>9}  {'FFN idle':>8}  {'mean cycle':>10}  {'p99 cycle':>9}"
+    bubble = args.micro_batches is not None
+    if bubble:
+        header += f"  {'bubble':>6}"
     print(header)
     print("-" * len(header))
     for i, r in enumerate(out["ratios"]):
         mark = "  <- best" if i == best else ""
         print(
             f"{r:>4}  {thr[i]:>15.5g}  {_fmt(se[i], 3):>9}  {out['attention_idle_fraction'][i]:>9.3f}  "
-            f"{out['ffn_idle_fraction'][i]:>8.3f}  {out['mean_cycle_time'][i]:>10.5g}  {p99[i]:>9.5g}{mark}"
+            f"{out['ffn_idle_fraction'][i]:>8.3f}  {out['mean_cycle_time'][i]:>10.5g}  {p99[i]:>9.5g}"
+            + (f"  {max(out['pipeline_bubble_fraction'][i], 0.0):>6.3f}" if bubble else "")
+            + mark
         )
     print()
     print(
@@ -398,6 +424,7 @@ def _cmd_provision(args) -> int:
         settings=settings,
         start=args.start,
         warmup_steps=args.warmup,
+        micro_batches=args.micro_batches,
     )
     if args.plot:
         title = (
@@ -432,6 +459,7 @@ def _cmd_verify(args) -> int:
         seed=args.seed,
         include_traces=not args.no_traces,
         progress=not args.json,
+        micro_batches=args.micro_batches,
     )
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -40,12 +40,14 @@ import numpy as np
 
 from ._io import jsonable
 from ._latency import LatencyModel
+from ._pipeline import PipelineState, micro_batch_sizes, pipeline_advance, pipeline_cycle_time
 from ._workload import Workload
 
 START_MODES = ("stationary", "cold")
 
 _MAX_INDEX = 2**16  # instances and slots are packed into one 32-bit counter word
 _HIST_SPAN = 16.0  # histogram covers [c/16, 16 c] around the mean-field cycle time c
+_KV_SPAN = 64.0  # KV-load histogram covers [T/64, 64 T] around the mean load T = B theta
 
 
 class SimulationResult(eqx.Module):
@@ -68,7 +70,9 @@ class SimulationResult(eqx.Module):
     ffn_idle_fraction: jax.Array
     """``(n,)``: 1 - FFN busy time / elapsed time."""
     mean_cycle_time: jax.Array
-    """``(n,)``: mean step time ``E[tau]``."""
+    """``(n,)``: mean step time ``E[tau]``. With micro-batches: elapsed time of the
+    measured steps / their number, where step ``k`` takes ``C(k) - C(k-1)`` and ``C(k)`` is
+    when the last micro-batch of step ``k`` is back from the FFN (``C(-1) = 0``)."""
     cycle_time_std: jax.Array
     """``(n,)``: standard deviation of the step time across steps."""
     cycle_time_quantiles: jax.Array
@@ -79,6 +83,29 @@ class SimulationResult(eqx.Module):
     mean_slot_load_tokens: jax.Array
     """Scalar: long-run mean KV tokens per slot over all ``r_max`` instances (compare
     with ``workload.theta()``)."""
+    link_idle_fraction: jax.Array
+    """``(n,)``: 1 - busy time of one A<->F link / elapsed time. The barrier step counts
+    one ``t_C`` per step; the pipeline two links (A->F, F->A), each ``sum_g t_C(B_g)``
+    per step."""
+    pipeline_bubble_fraction: jax.Array
+    """``(n,)``: 1 - busy time of the busiest resource / elapsed time, the resources
+    being each of the ``r`` Attention instances, the FFN and a link. 0 when one resource
+    is never idle (a perfect pipeline at its bottleneck); what it is above 0 is time the
+    bottleneck waits: pipeline fill and drain, bubbles from stage imbalance, and (with
+    or without micro-batches) the barrier waiting for the slowest instance."""
+    kv_load_quantiles: jax.Array
+    """``(q,)``: quantiles (at ``quantile_levels``) of one Attention instance's KV load
+    ``T_j`` in tokens, over measured instance-steps pooled over all ``r_max`` instances
+    and replicas (log histogram, relative bin width 0.2 %, clamped to min and max)."""
+    kv_load_min_tokens: jax.Array
+    """Scalar: smallest KV load of an instance over measured steps (exact)."""
+    kv_load_max_tokens: jax.Array
+    """Scalar: largest KV load of an instance over measured steps (exact)."""
+    kv_load_histogram: jax.Array
+    """``(num_bins,)`` int: counts of measured instance-steps per KV-load bin (the first
+    and last bins also hold everything below and above the range)."""
+    kv_load_bin_edges_tokens: jax.Array
+    """``(num_bins + 1,)``: log-spaced bin edges of ``kv_load_histogram`` (tokens)."""
     decode_log_prob: jax.Array
     """``(num_replicas, n)``: log-likelihood of the decode lengths drawn for the first
     ``r`` instances of each replica, as a function of the workload parameters. Its value
@@ -87,6 +114,38 @@ class SimulationResult(eqx.Module):
     batch_size: int = eqx.field(static=True)
     num_steps: int = eqx.field(static=True)
     num_replicas: int = eqx.field(static=True)
+    micro_batches: int | None = eqx.field(static=True, default=None)
+    """Micro-batches per Attention instance, or None for the paper's barrier step."""
+
+    def kv_exceedance_probability(self, capacity_tokens):
+        """Fraction of measured instance-steps whose KV load exceeds ``capacity_tokens``
+        (strictly), pooled over all ``r_max`` instances and replicas.
+
+        Interpolated inside a histogram bin (linear in log load); exactly 0 at or above
+        the observed maximum and 1 below the observed minimum. Host-side (NumPy);
+        ``capacity_tokens`` may be a scalar or an array. Returns float or ndarray.
+        """
+        cap = np.asarray(capacity_tokens, dtype=float)
+        hist = np.asarray(self.kv_load_histogram, dtype=float)
+        edges = np.asarray(self.kv_load_bin_edges_tokens, dtype=float)
+        lo, hi = float(self.kv_load_min_tokens), float(self.kv_load_max_tokens)
+        total = hist.sum()
+        if total == 0:
+            return np.full(cap.shape, np.nan)[()] if cap.shape else float("nan")
+        below = np.concatenate([[0.0], np.cumsum(hist)])  # counts below each edge
+        # effective bin intervals: the outer bins extend to the observed min and max
+        left = np.maximum(edges[:-1], lo)
+        right = np.minimum(edges[1:], hi)
+        left[0], right[-1] = min(lo, edges[1]), max(hi, edges[-2])
+        c = np.clip(cap, lo, hi)
+        i = np.clip(np.searchsorted(edges[1:-1], c, side="right"), 0, len(hist) - 1)
+        width = np.log(np.maximum(right[i], 1e-300)) - np.log(np.maximum(left[i], 1e-300))
+        frac = np.where(width > 0, (np.log(np.maximum(c, 1e-300)) - np.log(np.maximum(left[i], 1e-300)))
+                        / np.where(width > 0, width, 1.0), 1.0)
+        frac = np.clip(frac, 0.0, 1.0)
+        p = 1.0 - (below[i] + frac * hist[i]) / total
+        p = np.where(cap >= hi, 0.0, np.where(cap < lo, 1.0, np.clip(p, 0.0, 1.0)))
+        return float(p) if p.ndim == 0 else p
 
     def best_index(self) -> int:
         """Index into ``ratios`` of the highest simulated throughput per instance."""
@@ -115,6 +174,13 @@ class SimulationResult(eqx.Module):
             "cycle_time_quantiles": {f"p{100 * lv:g}": clean(q[:, i]) for i, lv in enumerate(levels)},
             "mean_slot_load_tokens": float(self.mean_slot_load_tokens),
             "best_ratio": self.best_ratio(),
+            "micro_batches": self.micro_batches,
+            "link_idle_fraction": clean(self.link_idle_fraction),
+            "pipeline_bubble_fraction": clean(self.pipeline_bubble_fraction),
+            "kv_load_quantiles": {f"p{100 * lv:g}": float(np.asarray(self.kv_load_quantiles)[i])
+                                  for i, lv in enumerate(levels)},
+            "kv_load_min_tokens": float(self.kv_load_min_tokens),
+            "kv_load_max_tokens": float(self.kv_load_max_tokens),
         }
 
 
@@ -218,17 +284,36 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
     next_request = jnp.ones((rmax, B), jnp.uint32)
 
     ratio = jnp.arange(1, rmax + 1, dtype=fdtype)
-    floor_time = jnp.maximum(latency.ffn_time(ratio, B), latency.comm_time(ratio, B))  # (rmax,)
-    centre = jnp.maximum(floor_time, latency.attention_time(B * workload.theta()))
+    pipelined = cfg.micro_batches is not None
+    G = cfg.micro_batches if pipelined else 1
+    if pipelined:
+        # micro-batch g holds the slots s with s % G == g
+        group_size = jnp.asarray(micro_batch_sizes(B, G), fdtype)  # (G,)
+        comm_g = latency.comm_time(ratio[:, None], group_size[None, :])  # (rmax ratios, G)
+        ffn_g = latency.ffn_time(ratio[:, None], group_size[None, :])
+        active = jnp.arange(rmax)[None, :] < jnp.arange(1, rmax + 1)[:, None]  # (ratios, instances)
+        centre = pipeline_cycle_time(workload, latency, B, ratio, G)
+        ffn_step = jnp.sum(ffn_g, axis=1)  # (rmax,): FFN busy time per step
+        link_step = jnp.sum(comm_g, axis=1)  # one link's busy time per step
+    else:
+        floor_time = jnp.maximum(latency.ffn_time(ratio, B), latency.comm_time(ratio, B))  # (rmax,)
+        centre = jnp.maximum(floor_time, latency.attention_time(B * workload.theta()))
+        ffn_step = latency.ffn_time(ratio, B)
+        link_step = latency.comm_time(ratio, B)
     log_lo = jnp.log(centre) - math.log(_HIST_SPAN)
     dlog = 2 * math.log(_HIST_SPAN) / cfg.num_bins
+    kv_log_lo, kv_dlog = _kv_histogram_range(workload, B, cfg.num_bins)
 
     steps_local = jnp.arange(L)
     offsets = jnp.arange(M, dtype=jnp.uint32)
-    flat_base = (jnp.arange(rmax) * L)[:, None, None]
+    if pipelined:
+        slot_group = np.arange(B) % G
+        flat_base = jnp.asarray(((np.arange(rmax)[:, None] * G + slot_group[None, :]) * L)[..., None])
+    else:
+        flat_base = (jnp.arange(rmax) * L)[:, None, None]
 
     def chunk(carry, c):
-        prefill, decode, index, next_request, acc = carry
+        prefill, decode, index, next_request, pipe, acc = carry
         remaining = jnp.minimum(decode - index, L + 1)  # >= 1
         bits = _hash(k1[..., None], k2[..., None], next_request[..., None] + offsets, 0)
         new_prefill, new_decode = workload._fresh(bits[0], bits[1])
@@ -242,10 +327,18 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
         prev_prefill = jnp.concatenate([prefill[..., None], new_prefill[..., :-1]], axis=-1)
         prev_decode = jnp.concatenate([decode[..., None], new_decode[..., :-1]], axis=-1)
         jump = new_prefill - prev_prefill - prev_decode.astype(fdtype)
-        flat = jnp.where(starts < L, flat_base + starts, rmax * L)
-        jumps = jnp.zeros(rmax * L, fdtype).at[flat.reshape(-1)].add(jump.reshape(-1), mode="drop")
-        load0 = jnp.sum(prefill + index.astype(fdtype), axis=1)  # (rmax,)
-        load = load0[:, None] + B * steps_local.astype(fdtype)[None, :] + _cumsum_last(jumps.reshape(rmax, L))
+        flat = jnp.where(starts < L, flat_base + starts, rmax * G * L)
+        jumps = jnp.zeros(rmax * G * L, fdtype).at[flat.reshape(-1)].add(jump.reshape(-1), mode="drop")
+        if pipelined:
+            slot_load = prefill + index.astype(fdtype)  # (rmax, B)
+            padded = jnp.pad(slot_load, ((0, 0), (0, (-B) % G))).reshape(rmax, -1, G)
+            load0 = jnp.sum(padded, axis=1)  # (rmax, G)
+            group_load = (load0[:, :, None] + group_size[None, :, None] * steps_local.astype(fdtype)
+                          + _cumsum_last(jumps.reshape(rmax, G, L)))  # (rmax, G, L)
+            load = jnp.sum(group_load, axis=1)  # (rmax, L)
+        else:
+            load0 = jnp.sum(prefill + index.astype(fdtype), axis=1)  # (rmax,)
+            load = load0[:, None] + B * steps_local.astype(fdtype)[None, :] + _cumsum_last(jumps.reshape(rmax, L))
 
         # Score-function carrier: log-likelihood of the decode lengths of every request
         # that started in this chunk (one sum per instance).
@@ -265,10 +358,25 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
         step = c * L + steps_local
         measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
         weight = measured.astype(fdtype)[None, :]
-        attention = latency.attention_time(load)  # (rmax, L): instance j
-        barrier = _prefix(jnp.maximum, attention)  # row r-1: max over the first r instances
+        if pipelined:
+            attention_g = latency.attention_time(group_load)  # (rmax, G, L)
+            attention = jnp.sum(attention_g, axis=1)  # (rmax, L): busy time of instance j
+
+            def pipeline_step(state, att):  # att: (instances, G) at one step
+                state, events = pipeline_advance(state, att, comm_g, ffn_g, active)
+                done = events.step_completion  # (ratios,): relative to the previous step's
+                return state.shift(done), done
+
+            pipe, tau = jax.lax.scan(pipeline_step, pipe, jnp.moveaxis(attention_g, 2, 0))
+            tau = tau.T  # (rmax ratios, L): time of each step
+        else:
+            attention = latency.attention_time(load)  # (rmax, L): instance j
+            barrier = _prefix(jnp.maximum, attention)  # row r-1: max over the first r instances
+            tau = jnp.maximum(barrier, floor_time[:, None])
         busy = _prefix(jnp.add, attention)  # row r-1: sum over the first r instances
-        tau = jnp.maximum(barrier, floor_time[:, None])
+        kv_index = jnp.clip(jnp.floor((jnp.log(jax.lax.stop_gradient(load)) - kv_log_lo) / kv_dlog),
+                            0, cfg.num_bins - 1).astype(jnp.int32)
+        kv_index = jnp.where(measured[None, :], kv_index, cfg.num_bins)
         b = jnp.clip(jnp.floor((jnp.log(tau) - log_lo[:, None]) / dlog), 0, cfg.num_bins - 1).astype(jnp.int32)
         hist_index = jnp.where(measured[None, :], jnp.arange(rmax)[:, None] * cfg.num_bins + b, rmax * cfg.num_bins)
         dev = tau - centre[:, None]  # centred, so the variance does not cancel
@@ -277,6 +385,10 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
             dev=acc["dev"] + jnp.sum(dev * weight, axis=1),
             dev2=acc["dev2"] + jnp.sum(dev**2 * weight, axis=1),
             busy=acc["busy"] + jnp.sum(busy * weight, axis=1),
+            instance_busy=acc["instance_busy"] + jnp.sum(attention * weight, axis=1),
+            kv_hist=acc["kv_hist"].at[kv_index.reshape(-1)].add(1, mode="drop"),
+            kv_min=jnp.minimum(acc["kv_min"], jnp.min(jnp.where(measured[None, :], load, jnp.inf))),
+            kv_max=jnp.maximum(acc["kv_max"], jnp.max(jnp.where(measured[None, :], load, -jnp.inf))),
             load=acc["load"] + jnp.sum(load * weight, axis=1),
             tau_min=jnp.minimum(acc["tau_min"], jnp.min(jnp.where(measured, tau, jnp.inf), axis=1)),
             tau_max=jnp.maximum(acc["tau_max"], jnp.max(jnp.where(measured, tau, -jnp.inf), axis=1)),
@@ -284,7 +396,7 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
             covered=acc["covered"] & covered,
             log_prob=acc["log_prob"] + log_prob,
         )
-        return (prefill_next, decode_next, index_next, next_request, acc), None
+        return (prefill_next, decode_next, index_next, next_request, pipe, acc), None
 
     zeros = jnp.zeros(rmax, fdtype)
     acc0 = dict(
@@ -292,6 +404,10 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
         dev=zeros,
         dev2=zeros,
         busy=zeros,
+        instance_busy=zeros,
+        kv_hist=jnp.zeros(cfg.num_bins, jnp.int32),
+        kv_min=jnp.asarray(jnp.inf, fdtype),
+        kv_max=jnp.asarray(-jnp.inf, fdtype),
         load=zeros,
         tau_min=zeros + jnp.inf,
         tau_max=zeros - jnp.inf,
@@ -299,12 +415,24 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
         covered=jnp.array(True),
         log_prob=log_prob0.astype(fdtype),
     )
-    carry0 = (prefill, decode, index, next_request, acc0)
+    # pipeline state per ratio (instances j >= r masked); None-mode carries a dummy
+    pipe0 = PipelineState.zeros((rmax,), rmax, G, fdtype) if pipelined else jnp.zeros((), fdtype)
+    carry0 = (prefill, decode, index, next_request, pipe0, acc0)
     # checkpoint: reverse-mode differentiation stores only the carry between chunks and
     # recomputes each chunk's internals, so gradient memory does not grow with steps.
-    (_, _, _, _, acc), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))
+    (_, _, _, _, _, acc), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))
     acc["log_lo"] = log_lo
+    acc["kv_log_lo"] = kv_log_lo
+    acc["ffn_step"] = ffn_step
+    acc["link_step"] = link_step
     return acc
+
+
+def _kv_histogram_range(workload: Workload, batch_size: int, num_bins: int):
+    """``(log of the lowest edge, log bin width)`` of the KV-load histogram: ``num_bins``
+    log-spaced bins over ``[T/64, 64 T]`` around the mean load ``T = B theta``."""
+    centre = jnp.maximum(batch_size * workload.theta(), 1.0)
+    return jnp.log(centre) - math.log(_KV_SPAN), 2 * math.log(_KV_SPAN) / num_bins
 
 
 def _quantiles_from_histogram(hist, log_lo, dlog, tau_min, tau_max, levels):
@@ -359,7 +487,15 @@ def _simulate_core(key_words, workload, latency, levels, cfg: _Config):
         rel = jnp.full_like(total_time, jnp.nan)
     stderr = throughput * rel
     attention_idle = 1.0 - jnp.sum(sums["busy"], axis=0) / (ratio * total_time)
-    ffn_idle = 1.0 - steps_total * latency.ffn_time(ratio, B) / total_time
+    ffn_step, link_step = sums["ffn_step"][0], sums["link_step"][0]
+    if cfg.micro_batches is None:
+        ffn_idle = 1.0 - steps_total * latency.ffn_time(ratio, B) / total_time  # (kept bit-for-bit)
+    else:
+        ffn_idle = 1.0 - steps_total * ffn_step / total_time
+    link_idle = 1.0 - steps_total * link_step / total_time
+    busiest_instance = _prefix(jnp.maximum, jnp.sum(sums["instance_busy"], axis=0))  # (rmax,)
+    busiest = jnp.maximum(busiest_instance, steps_total * jnp.maximum(ffn_step, link_step))
+    bubble = 1.0 - busiest / total_time
     mean_tau = total_time / steps_total
     mean_dev = jnp.sum(sums["dev"], axis=0) / steps_total
     var_tau = jnp.maximum(jnp.sum(sums["dev2"], axis=0) / steps_total - mean_dev**2, 0.0)
@@ -374,6 +510,13 @@ def _simulate_core(key_words, workload, latency, levels, cfg: _Config):
         levels,
     )
     mean_load = jnp.sum(sums["load"]) / (float(cfg.max_ratio) * steps_total * B)
+    kv_hist = jnp.sum(sums["kv_hist"], axis=0)
+    kv_min, kv_max = jnp.min(sums["kv_min"]), jnp.max(sums["kv_max"])
+    kv_log_lo = sums["kv_log_lo"][0]
+    kv_dlog = 2 * math.log(_KV_SPAN) / cfg.num_bins
+    kv_quantiles = _quantiles_from_histogram(kv_hist[None], kv_log_lo[None], kv_dlog, kv_min[None], kv_max[None],
+                                             levels)[0]
+    kv_edges = jnp.exp(kv_log_lo + kv_dlog * jnp.arange(cfg.num_bins + 1, dtype=fdtype))
     covered = jnp.all(sums["covered"])
     result = SimulationResult(
         ratios=jnp.arange(1, cfg.max_ratio + 1),
@@ -387,10 +530,18 @@ def _simulate_core(key_words, workload, latency, levels, cfg: _Config):
         cycle_time_quantiles=quantiles,
         quantile_levels=jnp.asarray(levels, dtype=fdtype),
         mean_slot_load_tokens=mean_load,
+        link_idle_fraction=link_idle,
+        pipeline_bubble_fraction=bubble,
+        kv_load_quantiles=kv_quantiles,
+        kv_load_min_tokens=kv_min,
+        kv_load_max_tokens=kv_max,
+        kv_load_histogram=kv_hist,
+        kv_load_bin_edges_tokens=kv_edges,
         decode_log_prob=jnp.cumsum(sums["log_prob"], axis=1),
         batch_size=B,
         num_steps=K,
         num_replicas=R,
+        micro_batches=cfg.micro_batches,
     )
     return result, covered
 
@@ -411,6 +562,8 @@ def _select_ratios(result: SimulationResult, ratio_index: np.ndarray) -> Simulat
         mean_cycle_time=result.mean_cycle_time[idx],
         cycle_time_std=result.cycle_time_std[idx],
         cycle_time_quantiles=result.cycle_time_quantiles[idx],
+        link_idle_fraction=result.link_idle_fraction[idx],
+        pipeline_bubble_fraction=result.pipeline_bubble_fraction[idx],
         decode_log_prob=result.decode_log_prob[:, idx],
     )
 
@@ -472,7 +625,7 @@ def _plan(workload, cfg_kwargs, chunk_steps, requests_per_chunk, replica_batch_s
         # (lax.map), so memory is bounded by the batch. On CPU a batch of about one
         # replica per core measured fastest (XLA splits the batched work across cores
         # while it stays cache-resident); accelerators take as many as the budget allows.
-        per_replica = rmax * B * requests_per_chunk * 64 + rmax * chunk_steps * 96 + rmax * cfg_kwargs["num_bins"] * 8
+        per_replica = _replica_bytes(cfg_kwargs, chunk_steps, requests_per_chunk)
         fit = max(1, memory_budget_bytes // per_replica)
         if jax.default_backend() == "cpu":
             fit = min(fit, os.cpu_count() or 1)
@@ -486,10 +639,14 @@ def _plan(workload, cfg_kwargs, chunk_steps, requests_per_chunk, replica_batch_s
 
 
 def _replica_bytes(cfg_kwargs, chunk_steps: int, requests_per_chunk: int) -> int:
-    """Working memory of one replica in flight: the estimate :func:`_plan` uses to
-    choose ``replica_batch_size`` (kept in step with it), for :mod:`afdjax._sweep`."""
+    """Working memory of one replica in flight (bytes, an estimate): what :func:`_plan`
+    uses to choose ``replica_batch_size``, and :mod:`afdjax._sweep` to size its chunks."""
     rmax, B = cfg_kwargs["max_ratio"], cfg_kwargs["batch_size"]
-    return rmax * B * requests_per_chunk * 64 + rmax * chunk_steps * 96 + rmax * cfg_kwargs["num_bins"] * 8
+    per_replica = rmax * B * requests_per_chunk * 64 + rmax * chunk_steps * 96 + rmax * cfg_kwargs["num_bins"] * 8
+    if cfg_kwargs.get("micro_batches") is not None:  # group loads and the per-ratio pipeline
+        G = cfg_kwargs["micro_batches"]
+        per_replica += rmax * G * chunk_steps * 96 + rmax * rmax * G * 64
+    return per_replica
 
 
 def _as_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
@@ -522,6 +679,7 @@ def simulate(
     replica_batch_size: int | None = None,
     memory_budget_bytes: int = 512 * 2**20,
     num_bins: int = 4096,
+    micro_batches: int | None = None,
 ) -> SimulationResult:
     """Monte Carlo simulation of the saturated rA-1F decode process.
 
@@ -550,7 +708,15 @@ def simulate(
       They never change the numbers, only speed and memory.
     - ``memory_budget_bytes``: rough bound on per-batch working memory used to choose
       ``replica_batch_size``.
-    - ``num_bins``: cycle-time histogram bins (quantile resolution).
+    - ``num_bins``: cycle-time and KV-load histogram bins (quantile resolution).
+    - ``micro_batches``: ``None`` (default) for the paper's idealised barrier step above;
+      an integer ``m`` in ``[1, batch_size]`` for the explicit micro-batch pipeline of
+      :mod:`afdjax._pipeline`: slot ``s`` is in micro-batch ``s % m``, every step each
+      micro-batch passes attention (per instance, ``alpha_a T_{j,g} + beta_a``), A->F,
+      FFN (``alpha_f r B_g + beta_f``) and F->A (``t_C(B_g)`` each), the ``beta`` costs paid
+      per micro-batch, and the step time is the time between completions of the last
+      micro-batch of consecutive steps (from time 0, so the pipeline fill is included).
+      Same random loads whatever ``m`` (common random numbers).
 
     **Returns:** a :class:`SimulationResult`.
 
@@ -587,6 +753,12 @@ def simulate(
         requests_per_chunk = _as_int("requests_per_chunk", requests_per_chunk, 1)
     if replica_batch_size is not None:
         replica_batch_size = _as_int("replica_batch_size", replica_batch_size, 1)
+    if micro_batches is not None:
+        if isinstance(micro_batches, (int, np.integer)) and not isinstance(micro_batches, bool) \
+                and int(micro_batches) > batch_size:
+            raise ValueError(f"micro_batches={int(micro_batches)} is invalid: expected an integer in "
+                             f"[1, batch_size={batch_size}] (or None for the paper's barrier step)")
+        micro_batches = _as_int("micro_batches", micro_batches, 1, batch_size)
 
     base = dict(
         max_ratio=max(ratio_list),
@@ -596,6 +768,7 @@ def simulate(
         num_replicas=num_replicas,
         start=start,
         num_bins=num_bins,
+        micro_batches=micro_batches,
     )
     sizes = _plan(workload, base, chunk_steps, requests_per_chunk, replica_batch_size, memory_budget_bytes)
     key_words = jax.random.bits(key, (2,), dtype=jnp.uint32)

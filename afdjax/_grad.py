@@ -92,7 +92,10 @@ def expected_throughput(
     in the workload, the latency coefficients and the ratio (estimators: module docstring).
 
     Buffer sizes must be given because the parameters may be traced; take them from
-    :func:`plan_buffers`. ``max_ratio`` (static) bounds the ratio.
+    :func:`plan_buffers`. ``max_ratio`` (static) bounds the ratio. Other keyword
+    arguments go to :func:`~afdjax.simulate`, e.g. ``micro_batches=m`` for the
+    micro-batch pipeline (its event times are max/plus of the stage times, so the
+    pathwise gradient is exact there too).
     """
     result = simulate(
         key,
@@ -151,6 +154,8 @@ def throughput_gradients(
 
     Standard errors of the gradient: call with several keys (or see
     ``experiments/bench_grad.py``); the score-function part for ``mu_d`` is the noisiest.
+    ``simulate_kwargs`` (e.g. ``micro_batches=m``, ``start``, ``warmup_steps``) go to
+    :func:`~afdjax.simulate`.
     """
     if not (isinstance(ratio, (int, float, np.integer, np.floating)) and math.isfinite(ratio) and ratio >= 1):
         raise ValueError(f"ratio={ratio!r} is invalid: expected a real number >= 1")

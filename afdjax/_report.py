@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from ._engine import SimulationResult, simulate
 from ._io import jsonable
 from ._latency import LatencyModel
+from ._pipeline import pipeline_barrier_throughput, pipeline_throughput
 from ._theory import (
     barrier_optimum,
     barrier_throughput,
@@ -121,6 +123,7 @@ class ProvisionReport:
             + (f", seed {s['seed']}" if s.get("seed") is not None else "")
             + ", ratios "
             f"{self.table[0]['ratio']}..{self.table[-1]['ratio']}",
+            _step_model_line(s.get("micro_batches")),
             "",
             "Workload",
             f"  theta (stationary mean KV tokens per slot)  {self.theta:12.6g}",
@@ -252,6 +255,30 @@ class ProvisionReport:
         return path
 
 
+def _step_model_line(micro_batches) -> str:
+    if micro_batches is None:
+        return "  step model: the paper's idealised overlap, tau = max(max_j t_A, t_C, t_F)"
+    return (f"  step model: pipeline of {micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
+            "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation")
+
+
+def _pipeline_optima(workload, latency, batch_size, max_r: int, micro_batches: int):
+    """Integer argmax of the pipeline mean-field and barrier-approximation curves over
+    ``1..max_r`` and the continuous argmax of the latter (1/64 grid)."""
+    mf, br, cont = _pipeline_optima_jit(workload, latency, batch_size, max_r, micro_batches)
+    return int(mf), int(br), float(cont)
+
+
+@eqx.filter_jit
+def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
+    fdtype = jnp.zeros(()).dtype
+    ints = jnp.arange(1, max_r + 1, dtype=fdtype)
+    mf = jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches))(ints)
+    br_fn = jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches))
+    grid = jnp.linspace(1.0, float(max_r), 64 * (max_r - 1) + 1, dtype=fdtype) if max_r > 1 else jnp.ones(1, fdtype)
+    return jnp.argmax(mf) + 1, jnp.argmax(br_fn(ints)) + 1, grid[jnp.argmax(br_fn(grid))]
+
+
 def provision(
     key: jax.Array,
     workload: Workload,
@@ -262,6 +289,7 @@ def provision(
     num_replicas: int = 16,
     *,
     settings: dict | None = None,
+    micro_batches: int | None = None,
     **simulate_kwargs,
 ) -> ProvisionReport:
     """Answer "which r?" three ways and compare them.
@@ -269,15 +297,29 @@ def provision(
     Runs :func:`~afdjax.simulate` over ``ratios`` (default :func:`default_ratio_range`)
     and evaluates the mean-field and barrier models at the same ratios.
 
+    With ``micro_batches=m`` the simulation runs the micro-batch pipeline and the theory
+    curves follow it: the mean-field curve is :func:`~afdjax.pipeline_throughput` (the
+    pipeline period at mean loads) and the barrier curve
+    :func:`~afdjax.pipeline_barrier_throughput`, an *approximation* (per-micro-batch
+    attention time replaced by the Gaussian expected maximum over ``r`` instances). Their
+    integer recommendations are the argmax of these curves over ``1..max(ratios)``; the
+    reported ``r_star`` stays the paper's idealised closed form.
+
     **Returns:** a :class:`ProvisionReport` (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
     """
     if ratios is None:
         ratios = default_ratio_range(workload, latency, batch_size)
-    result = simulate(key, workload, latency, batch_size, ratios, num_steps, num_replicas, **simulate_kwargs)
+    result = simulate(key, workload, latency, batch_size, ratios, num_steps, num_replicas,
+                      micro_batches=micro_batches, **simulate_kwargs)
     r = np.asarray(result.ratios)
     rf = jnp.asarray(r, dtype=jnp.zeros(()).dtype)
-    mf_curve = np.asarray(jax.vmap(lambda x: mean_field_throughput(workload, latency, batch_size, x))(rf))
-    br_curve = np.asarray(jax.vmap(lambda x: barrier_throughput(workload, latency, batch_size, x))(rf))
+    if micro_batches is None:
+        mf_curve = np.asarray(jax.vmap(lambda x: mean_field_throughput(workload, latency, batch_size, x))(rf))
+        br_curve = np.asarray(jax.vmap(lambda x: barrier_throughput(workload, latency, batch_size, x))(rf))
+    else:
+        m = result.micro_batches
+        mf_curve = np.asarray(jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, m))(rf))
+        br_curve = np.asarray(jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, m))(rf))
     sim = np.asarray(result.throughput_per_instance, dtype=float)
     se = np.asarray(result.stderr, dtype=float)
     att = np.asarray(result.attention_idle_fraction, dtype=float)
@@ -287,6 +329,10 @@ def provision(
     max_r = int(r.max())
     mf_ratio = int(mean_field_integer_ratio(workload, latency, batch_size, max_ratio=max_r))
     bopt = barrier_optimum(workload, latency, batch_size, max_r)
+    bopt_ratio, bopt_continuous = int(bopt.ratio), float(bopt.r_continuous)
+    if micro_batches is not None:
+        mf_ratio, bopt_ratio, bopt_continuous = _pipeline_optima(workload, latency, batch_size, max_r,
+                                                                 result.micro_batches)
     best = int(np.argmax(sim))
     neighbours = [_paired(result, best, j) for j in (best - 1, best + 1) if 0 <= j < len(r)]
     within = [int(r[j]) for j in range(len(r)) if j == best or _paired(result, best, j)["z"] <= 2]
@@ -318,13 +364,14 @@ def provision(
         max_abs_rel_err_barrier=float(np.abs(rel_br[i_br])),
         worst_ratio_barrier=int(r[i_br]),
         loss_mean_field=1.0 - sim_at(mf_ratio) / sim[best],
-        loss_barrier=1.0 - sim_at(int(bopt.ratio)) / sim[best],
+        loss_barrier=1.0 - sim_at(bopt_ratio) / sim[best],
         rel_gap_r_star=(float(opt.r_star) - int(r[best])) / int(r[best]),
     )
     base_settings = dict(workload=workload.describe(), hardware="custom", seed=None)
     return ProvisionReport(
         settings=dict(base_settings, **(settings or {}), batch_size=int(batch_size), steps=int(num_steps), replicas=int(num_replicas),
-                      latency_coefficients=latency.coefficients(), comm_scaling=latency.comm_scaling),
+                      latency_coefficients=latency.coefficients(), comm_scaling=latency.comm_scaling,
+                      micro_batches=result.micro_batches),
         theta=float(workload.theta()),
         slot_variance=float(workload.slot_variance()),
         mean_field=dict(
@@ -335,7 +382,7 @@ def provision(
             regime=opt.regime_name,
             ratio=mf_ratio,
         ),
-        barrier=dict(ratio=int(bopt.ratio), r_continuous=float(bopt.r_continuous)),
+        barrier=dict(ratio=bopt_ratio, r_continuous=bopt_continuous),
         simulated=dict(
             ratio=int(r[best]),
             throughput=float(sim[best]),

@@ -68,6 +68,8 @@ METRICS = (
     "ffn_idle_fraction",
     "mean_cycle_time",
     "cycle_time_std",
+    "link_idle_fraction",
+    "pipeline_bubble_fraction",
 )
 SETTINGS_DEFAULTS = dict(
     steps=2000,
@@ -343,6 +345,12 @@ class SweepGrid:
                 raise ValueError(f"{source}: [grid]: batch_size={b} is invalid: expected an integer in [1, {_MAX_INDEX}]")
         micro = grid.get("micro_batches")
         micro = [None] if micro is None else _axis(micro, "micro_batches", f"{source}: [grid]", integer=True, minimum=1)
+        for m in micro:
+            if m is not None and m > min(batch):
+                raise ValueError(
+                    f"{source}: [grid]: micro_batches={m} is invalid with batch_size={min(batch)}: "
+                    "expected micro_batches <= every batch_size (each micro-batch needs a slot)"
+                )
         workloads = [
             v
             for i, b in enumerate(_blocks(grid["workload"], "workload"))
@@ -505,6 +513,8 @@ def _make_chunk_fn(cfg: _Config, levels: tuple, workload_batched: bool, crn: boo
         out = {name: getattr(result, name) for name in METRICS}
         out["cycle_time_quantiles"] = result.cycle_time_quantiles
         out["mean_slot_load_tokens"] = result.mean_slot_load_tokens
+        out["kv_load_quantiles"] = result.kv_load_quantiles
+        out["kv_load_max_tokens"] = result.kv_load_max_tokens
         return out, covered
 
     in_axes = (None if crn else 0, 0 if workload_batched else None, 0)
@@ -593,6 +603,10 @@ def _table(g: _Group, points: np.ndarray, floats: dict, out: dict, settings: dic
             np.asarray(q[..., i], np.float64).reshape(-1), pa.float64()
         )
     cols["mean_slot_load_tokens"] = pa.array(rep(out["mean_slot_load_tokens"]), pa.float64())
+    kv = out["kv_load_quantiles"]  # (n, q): per point, pooled over instances (independent of r)
+    for i, level in enumerate(settings["quantile_levels"]):
+        cols[f"kv_load_p{100 * level:g}_tokens".replace(".", "_")] = pa.array(rep(kv[:, i]), pa.float64())
+    cols["kv_load_max_tokens"] = pa.array(rep(out["kv_load_max_tokens"]), pa.float64())
     cols["best_ratio"] = pa.array(rep(best), pa.int64())
     cols["is_best"] = pa.array((np.tile(ratios, n) == rep(best)), pa.bool_())
     return pa.table(cols)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["simulate_reference", "stationary_theta_and_variance"]
+__all__ = ["simulate_reference", "simulate_reference_pipeline", "stationary_theta_and_variance"]
 
 
 # ---------------------------------------------------------------------------
@@ -154,6 +154,13 @@ def simulate_reference(
     if B < 1 or K < 1 or R < 1 or W < 0:
         raise ValueError("need batch_size, num_steps, num_replicas >= 1, warmup_steps >= 0")
     r_max = int(ratios.max())
+    loads = _instance_loads(rng, workload, B, r_max, K, R, start, W, groups=1)[:, :, 0, :]
+    return _barrier_metrics(loads, latency, B, ratios, K, R)
+
+
+def _instance_loads(rng, workload, B, r_max, K, R, start, W, groups):
+    """KV loads ``(R, r_max, groups, K)`` of the measured steps: slot ``s`` counts in group
+    ``s % groups``. The random draws do not depend on ``groups``."""
     shape = (R, r_max, B)
     n_slots = R * r_max * B
 
@@ -170,12 +177,12 @@ def simulate_reference(
     idx = idx.reshape(shape)
 
     # ---- per-step loop ----
-    loads = np.empty((R, r_max, K), dtype=np.float64)
+    loads = np.empty((R, r_max, groups, K), dtype=np.float64)
     for step in range(W + K):
-        # load of every slot at this step, summed over the B slots of each instance
-        T = (pre + idx).sum(axis=2)  # (R, r_max)
+        # load of every slot at this step, summed over the slots of each group of each instance
         if step >= W:
-            loads[:, :, step - W] = T
+            for g in range(groups):
+                loads[:, :, g, step - W] = (pre + idx)[:, :, g::groups].sum(axis=2)
         # advance: every slot emits one token
         idx = idx + 1
         done = idx >= dec  # request finished after index D-1
@@ -185,7 +192,10 @@ def simulate_reference(
             pre[done] = new_pre
             dec[done] = new_dec
             idx[done] = 0
+    return loads
 
+
+def _barrier_metrics(loads, latency, B, ratios, K, R):
     # ---- metrics ----
     a_a, b_a = float(latency["alpha_a"]), float(latency["beta_a"])
     a_f, b_f = float(latency["alpha_f"]), float(latency["beta_f"])
@@ -235,6 +245,91 @@ def simulate_reference(
         "cycle_times": cycle_times,
         "instance_loads": loads,
         "slot_load_per_replica": loads.mean(axis=(1, 2)) / B,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Micro-batch pipeline
+# ---------------------------------------------------------------------------
+
+
+def simulate_reference_pipeline(
+    rng: np.random.Generator,
+    workload: dict,
+    latency: dict,
+    batch_size: int,
+    ratios,
+    num_steps: int,
+    num_replicas: int,
+    micro_batches: int,
+    start: str = "stationary",
+    warmup_steps: int = 0,
+    loads=None,
+) -> dict:
+    """The rA-1F process with ``micro_batches`` micro-batches per Attention instance.
+
+    Loads per (instance, group) come from the same per-step slot loop as
+    :func:`simulate_reference` (slot ``s`` in group ``s % m``); each ratio's pipeline is
+    then run by the event-driven simulator of ``reference_pipeline`` from time 0
+    (warm-up steps included). ``loads`` (``(R, r_max, m, W + K)``) may be given instead
+    of drawing them. Step ``k`` takes ``C(k) - C(k-1)``, ``C(k)`` the end of the last F->A
+    transfer of step ``k``.
+
+    Returns ``throughput_per_instance``, ``stderr``, ``throughput_per_replica``,
+    ``mean_cycle_time``, ``attention_idle_fraction``, ``ffn_idle_fraction``,
+    ``cycle_times`` ``(R, n, K)``, ``elapsed`` ``(R, n)``, ``group_loads`` and
+    ``instance_loads`` ``(R, r_max, K)`` (measured steps).
+    """
+    try:
+        from reference_pipeline import simulate_pipeline_events
+    except ImportError:  # pragma: no cover
+        from tests.reference_pipeline import simulate_pipeline_events
+
+    ratios = np.atleast_1d(np.asarray(ratios, dtype=np.int64))
+    B, K, R, W, m = int(batch_size), int(num_steps), int(num_replicas), int(warmup_steps), int(micro_batches)
+    r_max = int(ratios.max())
+    if loads is None:
+        _validate_workload(workload)
+        loads = _instance_loads(rng, workload, B, r_max, W + K, R, start, 0, groups=m)
+    sizes = np.array([len(range(g, B, m)) for g in range(m)], dtype=np.float64)  # slots per group
+    a_a, b_a = float(latency["alpha_a"]), float(latency["beta_a"])
+    a_f, b_f = float(latency["alpha_f"]), float(latency["beta_f"])
+    a_c, b_c = float(latency["alpha_c"]), float(latency["beta_c"])
+    ratio_batch = latency.get("comm_scaling", "batch") == "ratio_batch"
+    t_attn = a_a * loads + b_a  # (R, r_max, m, W + K)
+    n = len(ratios)
+    cycle = np.empty((R, n, K))
+    busy_attn = np.empty((R, n))
+    t_ffn_step = np.empty(n)
+    for i, r in enumerate(ratios):
+        r = int(r)
+        t_f = a_f * r * sizes + b_f
+        t_c = a_c * (r * sizes if ratio_batch else sizes) + b_c
+        t_ffn_step[i] = t_f.sum()
+        for rep in range(R):
+            att = np.transpose(t_attn[rep, :r], (2, 0, 1))  # (W + K, r, m)
+            ev = simulate_pipeline_events(att, np.tile(t_c, (W + K, 1)), np.tile(t_f, (W + K, 1)))
+            done = ev["f2a_end"][:, -1]
+            before = np.concatenate([[0.0], done])[W:W + K]
+            cycle[rep, i] = done[W:] - before
+            busy_attn[rep, i] = att[W:].sum()
+    elapsed = cycle.sum(axis=2)  # (R, n)
+    tokens = ratios * B * K
+    thr = tokens * R / ((ratios + 1) * elapsed.sum(axis=0))
+    per = tokens[None, :] / ((ratios + 1)[None, :] * elapsed)
+    stderr = thr * np.std(elapsed, axis=0, ddof=1) / (np.mean(elapsed, axis=0) * np.sqrt(R)) if R > 1 else np.nan
+    return {
+        "ratios": ratios,
+        "throughput_per_instance": thr,
+        "stderr": stderr,
+        "throughput_per_replica": per,
+        "mean_cycle_time": elapsed.sum(axis=0) / (R * K),
+        "attention_idle_fraction": 1.0 - busy_attn.sum(axis=0) / (ratios * elapsed.sum(axis=0)),
+        "ffn_idle_fraction": 1.0 - R * K * t_ffn_step / elapsed.sum(axis=0),
+        "cycle_times": cycle,
+        "elapsed": elapsed,
+        "group_loads": loads,
+        "instance_loads": loads[..., W:].sum(axis=2),
     }
 
 

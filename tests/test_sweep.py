@@ -284,6 +284,7 @@ def _with(path: str, value):
         (_with("grid.workload.mu_d", {"start": 1, "stop": 5, "num": 3, "spacing": "cubic"}), r"spacing='cubic' is invalid: expected linear or log"),
         (_with("grid.batch_size", [16, 2.5]), r"batch_size=2.5 is invalid: expected an integer >= 1"),
         (_with("grid.micro_batches", [0]), r"micro_batches=0 is invalid: expected an integer >= 1"),
+        (_with("grid.micro_batches", [4096]), r"micro_batches=4096 is invalid with batch_size=.*: expected micro_batches <= every batch_size"),
         (_with("grid.hardware.preset", "h100"), r"preset='h100' is invalid: expected one of paper-910c"),
         (_with("grid.hardware.alpha_f", "fast"), r"alpha_f='fast' is invalid: expected a finite number >= 0"),
         (_with("grid.hardware.comm_scaling", "ratio"), r"comm_scaling='ratio' is invalid: expected one of batch, ratio_batch"),
@@ -318,20 +319,24 @@ def test_grid_schema_expansion(tmp_path):
 
 
 def test_micro_batches_and_traces_run(tmp_path):
-    """micro_batches is a static column (the engine on this branch ignores it); trace
-    workloads are shared, unbatched leaves."""
+    """micro_batches is a static axis (one group per value) that reaches the engine's
+    pipeline; trace workloads are shared, unbatched leaves."""
     grid = small_grid()
     grid["settings"]["steps"] = 100
     grid["grid"]["workload"] = {"kind": "trace", "trace": "azure-conv"}
     grid["grid"]["hardware"]["alpha_a"] = 0.002
-    grid["grid"]["micro_batches"] = [1]
+    grid["grid"]["micro_batches"] = [1, 2]
     afdjax.sweep(grid, tmp_path, progress=False)
     df = afdjax.read_sweep(tmp_path)
-    assert (df["micro_batches"] == 1).all() and (df["workload"] == "trace:azure-conv").all()
+    assert set(df["micro_batches"]) == {1, 2} and (df["workload"] == "trace:azure-conv").all()
     wl = afdjax.load_trace("azure-conv")
     latency = afdjax.LatencyModel(**(afdjax.PRESETS["paper-910c"] | {"alpha_a": 0.002}))
-    res = afdjax.simulate(jax.random.key(3), wl, latency, 16, range(1, 7), 100, 2)
-    np.testing.assert_allclose(df["throughput_per_instance"], res.throughput_per_instance, rtol=1e-12)
+    for m in (1, 2):
+        res = afdjax.simulate(jax.random.key(3), wl, latency, 16, range(1, 7), 100, 2, micro_batches=m)
+        part = df[df["micro_batches"] == m]
+        np.testing.assert_allclose(part["throughput_per_instance"], res.throughput_per_instance, rtol=1e-12)
+        np.testing.assert_allclose(part["pipeline_bubble_fraction"], res.pipeline_bubble_fraction, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(part["kv_load_max_tokens"], float(res.kv_load_max_tokens), rtol=1e-12)
     np.testing.assert_allclose(df["theta_tokens"], float(wl.theta()))
 
 
