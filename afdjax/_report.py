@@ -264,19 +264,20 @@ def _step_model_line(micro_batches) -> str:
 
 def _pipeline_optima(workload, latency, batch_size, max_r: int, micro_batches: int):
     """Integer argmax of the pipeline mean-field and barrier-approximation curves over
-    ``1..max_r`` and the continuous argmax of the latter (1/64 grid)."""
-    mf, br, cont = _pipeline_optima_jit(workload, latency, batch_size, max_r, micro_batches)
-    return int(mf), int(br), float(cont)
+    ``1..max_r``, and the continuous argmax of each (1/64 grid)."""
+    mf, br, cont, mf_cont = _pipeline_optima_jit(workload, latency, batch_size, max_r, micro_batches)
+    return int(mf), int(br), float(cont), float(mf_cont)
 
 
 @eqx.filter_jit
 def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
     fdtype = jnp.zeros(()).dtype
     ints = jnp.arange(1, max_r + 1, dtype=fdtype)
-    mf = jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches))(ints)
+    mf_fn = jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches))
     br_fn = jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches))
     grid = jnp.linspace(1.0, float(max_r), 64 * (max_r - 1) + 1, dtype=fdtype) if max_r > 1 else jnp.ones(1, fdtype)
-    return jnp.argmax(mf) + 1, jnp.argmax(br_fn(ints)) + 1, grid[jnp.argmax(br_fn(grid))]
+    return (jnp.argmax(mf_fn(ints)) + 1, jnp.argmax(br_fn(ints)) + 1, grid[jnp.argmax(br_fn(grid))],
+            grid[jnp.argmax(mf_fn(grid))])
 
 
 def provision(
@@ -303,7 +304,9 @@ def provision(
     :func:`~afdjax.pipeline_barrier_throughput`, an *approximation* (per-micro-batch
     attention time replaced by the Gaussian expected maximum over ``r`` instances). Their
     integer recommendations are the argmax of these curves over ``1..max(ratios)``; the
-    reported ``r_star`` stays the paper's idealised closed form.
+    reported ``r_star`` stays the paper's idealised closed form, and
+    ``mean_field["r_star_pipeline"]`` is the continuous argmax of the pipeline mean-field
+    curve (1/64 grid, at most ``max(ratios)``).
 
     **Returns:** a :class:`ProvisionReport` (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
     """
@@ -330,9 +333,10 @@ def provision(
     mf_ratio = int(mean_field_integer_ratio(workload, latency, batch_size, max_ratio=max_r))
     bopt = barrier_optimum(workload, latency, batch_size, max_r)
     bopt_ratio, bopt_continuous = int(bopt.ratio), float(bopt.r_continuous)
+    r_star_pipeline = None
     if micro_batches is not None:
-        mf_ratio, bopt_ratio, bopt_continuous = _pipeline_optima(workload, latency, batch_size, max_r,
-                                                                 result.micro_batches)
+        mf_ratio, bopt_ratio, bopt_continuous, r_star_pipeline = _pipeline_optima(
+            workload, latency, batch_size, max_r, result.micro_batches)
     best = int(np.argmax(sim))
     neighbours = [_paired(result, best, j) for j in (best - 1, best + 1) if 0 <= j < len(r)]
     within = [int(r[j]) for j in range(len(r)) if j == best or _paired(result, best, j)["z"] <= 2]
@@ -381,6 +385,7 @@ def provision(
             r_star=float(opt.r_star),
             regime=opt.regime_name,
             ratio=mf_ratio,
+            **({} if r_star_pipeline is None else dict(r_star_pipeline=r_star_pipeline)),
         ),
         barrier=dict(ratio=bopt_ratio, r_continuous=bopt_continuous),
         simulated=dict(
