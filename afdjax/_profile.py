@@ -63,7 +63,7 @@ HOLDOUT_EVERY = 3
 MOE_CAPACITY_FACTOR = 1.25
 
 CPU_DEFAULTS = dict(scale=1 / 16, batch_size=16, kv_lengths=tuple(range(256, 2048 + 1, 128)),
-                    ffn_batches=tuple(range(128, 960 + 1, 64)), comm_batches=tuple(range(32, 512 + 1, 32)),
+                    ffn_batches=tuple(range(96, 672 + 1, 48)), comm_batches=tuple(range(32, 512 + 1, 32)),
                     repeats=21, min_sample_s=0.003)
 ACCEL_DEFAULTS = dict(scale=0.5, batch_size=32, kv_lengths=tuple(range(512, 8192 + 1, 512)),
                       ffn_batches=tuple(range(128, 2048 + 1, 128)), comm_batches=tuple(range(128, 2048 + 1, 128)),
