@@ -5,7 +5,8 @@ uses), for the three stages of an rA-1F decode step (see :mod:`afdjax._latency`)
 
 * **attention** on one Attention instance of ``n_A`` devices holding ``T`` KV tokens:
 
-  - ``alpha_a = max(kv_bytes / (n_A BW e_mem), attn_flops / (n_A P e_cmp))`` per KV token.
+  - ``alpha_a = max(kv_bytes / (n_A BW e_mem), attn_flops / (n_A P_kv e_cmp))`` per KV token
+    (``P_kv``: peak FLOP/s at the KV cache's dtype, BF16 for a 2-byte cache).
     Decode attention reads each cached token once per step (``kv_bytes`` per token per
     layer: ``2 h_kv d_head`` elements for MHA/GQA, ``d_c + d_rope`` for MLA's compressed
     latent) and does ``attn_flops`` per cached token (``4 h_q d_head`` for MHA/GQA,
