@@ -10,7 +10,8 @@
   cache (``d_c + d_rope`` per token) with absorbed up-projections, as in DeepSeek's decode;
 * **FFN** (``t_F`` against the batch ``N``): the gated (SwiGLU) MLP of a dense model, or
   for an MoE model one MoE layer: router, top-``k``, tokens grouped by expert and the
-  expert matmuls, combine, plus the shared experts. On GPU/TPU the grouped matmul is
+  expert matmuls, combine, plus the shared experts (a model with both, like DeepSeek-V3,
+  has its MoE layer timed; its few dense layers are not). On GPU/TPU the grouped matmul is
   ``jax.lax.ragged_dot``; on CPU, where ``ragged_dot`` lowers to a dense masked product
   (about ``E`` times the work), tokens are scattered into per-expert buffers of capacity
   ``ceil(1.25 N k / E)`` (GShard-style; overflow is dropped) and multiplied with one
@@ -151,6 +152,11 @@ def _attention_inputs(model: ModelSpec, batch: int, length: int, dtype, key):
     return x, weights, cache
 
 
+def _at_least_f32(dtype):
+    """Softmax and router precision: float32 for bfloat16 inputs, the input dtype otherwise."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _attention_fn(model: ModelSpec):
     """One decode attention layer: ``(x [B, d], weights, cache) -> [B, d]``."""
     if model.attention == "gqa":
@@ -161,7 +167,7 @@ def _attention_fn(model: ModelSpec):
             q = (x @ w["wq"]).reshape(b, hkv, h // hkv, hd)
             k_new, v_new = x @ w["wk"], x @ w["wv"]  # the new token's K/V (appended outside the kernel)
             s = jnp.einsum("bgqd,blgd->bgql", q, cache["k"]) / math.sqrt(hd)
-            p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(x.dtype)
+            p = jax.nn.softmax(s.astype(_at_least_f32(x.dtype)), axis=-1).astype(x.dtype)
             o = jnp.einsum("bgql,blgd->bgqd", p, cache["v"]).reshape(b, h * hd)
             return o @ w["wo"] + 0 * (k_new.sum() + v_new.sum())
 
@@ -175,7 +181,7 @@ def _attention_fn(model: ModelSpec):
         q_full = jnp.concatenate([q_latent, q[..., nope:]], axis=-1)
         new = x @ w["wkva"]  # the new token's latent (appended outside the kernel)
         s = jnp.einsum("bhe,ble->bhl", q_full, cache["latent"]) / math.sqrt(nope + rope)
-        p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(x.dtype)
+        p = jax.nn.softmax(s.astype(_at_least_f32(x.dtype)), axis=-1).astype(x.dtype)
         o_latent = jnp.einsum("bhl,blc->bhc", p, cache["latent"][..., :c])
         o = jnp.einsum("bhc,hcv->bhv", o_latent, w["wuv"]).reshape(b, -1)
         return o @ w["wo"] + 0 * new.sum()
@@ -217,7 +223,7 @@ def _ffn_fn(model: ModelSpec, grouped: str):
 
     def moe(x, w):
         n, d = x.shape
-        logits = (x @ w["router"]).astype(jnp.float32)
+        logits = (x @ w["router"]).astype(_at_least_f32(x.dtype))
         gate, expert = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), k)  # [N, k]
         flat_expert = expert.reshape(-1)
         flat_gate = gate.reshape(-1).astype(x.dtype)
@@ -391,6 +397,8 @@ class ProfileResult:
                f"{f' + {m.num_shared_experts} shared' if m.num_shared_experts else ''} ({self.grouped_matmul})"
                if m.num_moe_layers else f"dense {m.intermediate_size}"),
             f"  attention: B = {self.batch_size} slots; communication: {self.comm_source}",
+            *([f"  FFN: one MoE layer is timed; the model's {m.num_dense_layers} dense layers are not profiled"]
+              if m.num_moe_layers and m.num_dense_layers else []),
             f"  times in microseconds per layer of this shape; quantile {self.settings['quantile']:g} of "
             f"{self.settings['repeats']} round-robin samples; every {HOLDOUT_EVERY}rd size held out; wall time {self.wall_s:.1f} s",
             "",

@@ -394,3 +394,98 @@ def test_default_profile_acceptance():
     r = afdjax.profile_hardware()
     assert r.wall_s < 120
     assert r.max_held_out_error() < 0.15, r.format_text()
+
+
+# ---------------------------------------------------------------- profiled layers against NumPy references
+def _np(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def _softmax(s):
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _silu(x):
+    return x / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-70b", "deepseek-v3"])
+def test_profiled_attention_matches_a_naive_reference(model):
+    """GQA: per-head loop over query heads; MLA: the *non-absorbed* form (keys and values
+    expanded from the latent per head), which the absorbed kernel must equal."""
+    import jax
+
+    from afdjax._profile import _attention_fn, _attention_inputs, scale_model
+
+    shape = scale_model(afdjax.MODELS[model], 1 / 32)
+    x, w, cache = _attention_inputs(shape, 3, 5, np.float64, jax.random.key(1))
+    got = _np(jax.jit(_attention_fn(shape))(x, w, cache))
+    x, w, cache = _np(x), {k: _np(v) for k, v in w.items()}, {k: _np(v) for k, v in cache.items()}
+    b, h = x.shape[0], shape.num_attention_heads
+    if shape.attention == "gqa":
+        hd, group = shape.head_dim, h // shape.num_kv_heads
+        q = (x @ w["wq"]).reshape(b, h, hd)
+        out = np.zeros((b, h, hd))
+        for i in range(b):
+            for j in range(h):
+                kv = j // group
+                p = _softmax(cache["k"][i, :, kv, :] @ q[i, j] / math.sqrt(hd))
+                out[i, j] = p @ cache["v"][i, :, kv, :]
+        want = out.reshape(b, h * hd) @ w["wo"]
+    else:
+        c, nope, rope = shape.kv_lora_rank, shape.qk_nope_head_dim, shape.qk_rope_head_dim
+        q = np.einsum("br,rhe->bhe", x @ w["wqa"], w["wqb"])
+        latent = cache["latent"]
+        k_nope = np.einsum("blc,hnc->blhn", latent[..., :c], w["wuk"])  # expanded keys
+        v = np.einsum("blc,hcv->blhv", latent[..., :c], w["wuv"])
+        s = np.einsum("bhn,blhn->bhl", q[..., :nope], k_nope) + np.einsum("bhr,blr->bhl", q[..., nope:], latent[..., c:])
+        p = _softmax(s / math.sqrt(nope + rope))
+        want = np.einsum("bhl,blhv->bhv", p, v).reshape(b, -1) @ w["wo"]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_profiled_moe_matches_a_per_token_reference(monkeypatch):
+    """Both grouped matmuls (ragged_dot, capacity buffers with room for every token) equal a
+    per-token loop over its top-k experts plus the shared expert."""
+    import jax
+
+    import afdjax._profile as prof
+
+    shape = prof.scale_model(afdjax.MODELS["deepseek-v3"], 1 / 16)
+    shape = __import__("dataclasses").replace(shape, num_experts_per_token=3)
+    x, w = prof._ffn_inputs(shape, 11, np.float64, jax.random.key(2))
+    xn, wn = _np(x), {k: _np(v) for k, v in w.items()}
+    want = np.zeros_like(xn)
+    for t in range(xn.shape[0]):
+        probs = _softmax(xn[t] @ wn["router"])
+        for e in np.argsort(-probs)[:3]:
+            want[t] += probs[e] * ((_silu(xn[t] @ wn["wg"][e]) * (xn[t] @ wn["wu"][e])) @ wn["wd"][e])
+        want[t] += (_silu(xn[t] @ wn["sg"]) * (xn[t] @ wn["su"])) @ wn["sd"]
+    got = _np(jax.jit(prof._ffn_fn(shape, "ragged_dot"))(x, w))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    monkeypatch.setattr(prof, "MOE_CAPACITY_FACTOR", float(shape.num_routed_experts))  # room for all tokens
+    got = _np(jax.jit(prof._ffn_fn(shape, "capacity"))(x, w))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_profile_device_to_device_with_two_host_devices(tmp_path):
+    """With two devices the communication stage is a device-to-device copy (two XLA host
+    devices in a subprocess, since the device count is fixed at JAX start-up)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import afdjax, json; r = afdjax.profile_hardware('llama-3.1-70b', scale=1/64, batch_size=2, "
+        "kv_lengths=[16, 32, 48], ffn_batches=[8, 16, 24], comm_batches=[64, 128, 192], repeats=2, "
+        "min_sample_s=0.0005); print(json.dumps([r.comm_source, list(map(float, r.measurements['comm'][1]))]))"
+    )
+    repo = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    source, times = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert source.startswith("device-to-device") and all(t > 0 for t in times)
