@@ -341,7 +341,7 @@ def _cmd_profile(args) -> int:
     if args.out:
         _write_text(args.out, result.to_toml())
     if args.plot:
-        result.fit.plot_residuals(args.plot, time_unit="us")
+        result.plot(args.plot)
     if args.json:
         out = result.to_dict()
         if args.out:

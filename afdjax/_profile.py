@@ -63,9 +63,12 @@ COMM_MODES = ("auto", "device", "host", "defaults")
 HOLDOUT_EVERY = 3
 MOE_CAPACITY_FACTOR = 1.25
 
-CPU_DEFAULTS = dict(scale=1 / 16, batch_size=16, kv_lengths=tuple(range(256, 2048 + 1, 128)),
+CPU_DEFAULTS = dict(scale=1 / 16, batch_size=16, kv_lengths=None,  # set from CPU_KV_CACHE_BYTES
                     ffn_batches=tuple(range(96, 672 + 1, 48)), comm_batches=tuple(range(32, 512 + 1, 32)),
                     repeats=21, min_sample_s=0.003)
+CPU_KV_CACHE_BYTES = 2048 * 16 * 36 * 4
+"""Largest KV cache of the default CPU attention grid (4.5 MiB: DeepSeek-V3 / 16, B = 16, 2048
+tokens per slot); larger caches took 25-60 % more time per token on the 2-core machine."""
 ACCEL_DEFAULTS = dict(scale=0.5, batch_size=32, kv_lengths=tuple(range(512, 8192 + 1, 512)),
                       ffn_batches=tuple(range(128, 2048 + 1, 128)), comm_batches=tuple(range(128, 2048 + 1, 128)),
                       repeats=9, min_sample_s=0.002)
@@ -429,6 +432,56 @@ class ProfileResult:
             lines.append(f"    {stage}: " + "; ".join(parts))
         return "\n".join(lines) + "\n"
 
+    def plot(self, path) -> "Path":
+        """Write a PNG: per measured stage, the measured times (fitted sizes as dots, held-out
+        sizes as squares) with the fitted line (top), and the relative residuals
+        ``(fit - measured) / measured`` in percent with the 15 % band (bottom)."""
+        from pathlib import Path
+
+        from ._plot import _pyplot
+
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
+        plt = _pyplot()
+        stages = list(self.measurements)
+        fig, axes = plt.subplots(2, len(stages), figsize=(4.2 * len(stages), 6.2), squeeze=False,
+                                 gridspec_kw=dict(height_ratios=[2, 1]))
+        labels = dict(attention="KV tokens T", ffn="FFN batch N (tokens)", comm="tokens B")
+        lat = self.latency
+        for col, stage in enumerate(stages):
+            sizes, med, _ = self.measurements[stage]
+            hold = np.arange(len(sizes)) % HOLDOUT_EVERY == 1
+            if stage == "attention":
+                line = lambda x: lat.alpha_a * x + lat.beta_a  # noqa: E731
+            elif stage == "ffn":
+                line = lambda x: lat.alpha_f * x + lat.beta_f  # noqa: E731
+            else:
+                line = lambda x: lat.alpha_c * x + lat.beta_c  # noqa: E731
+            fitted = np.array([float(line(x)) for x in sizes])
+            top, bottom = axes[0, col], axes[1, col]
+            top.plot(sizes[~hold], med[~hold], "o", ms=4, color="C0", label="measured, fitted")
+            top.plot(sizes[hold], med[hold], "s", ms=5, mfc="none", color="C3", label="measured, held out")
+            grid = np.linspace(0, sizes.max(), 100)
+            top.plot(grid, [float(line(x)) for x in grid], "-", color="C1", label="fit")
+            top.set_title(f"{stage} (us per layer)", fontsize=10)
+            top.grid(alpha=0.3)
+            top.legend(fontsize=8, loc="upper left")
+            rel = 100 * (fitted - med) / med
+            bottom.axhline(0, color="C1", lw=1)
+            for s_ in (-15, 15):
+                bottom.axhline(s_, color="C3", ls="--", lw=0.8)
+            bottom.plot(sizes[~hold], rel[~hold], "o", ms=4, color="C0")
+            bottom.plot(sizes[hold], rel[hold], "s", ms=5, mfc="none", color="C3")
+            bottom.set_xlabel(labels[stage])
+            bottom.set_ylabel("(fit - measured) / measured, %")
+            bottom.grid(alpha=0.3)
+        fig.suptitle(f"afdjax profile: {self.base_model} x {self.scale:g} on {self.device}, {self.dtype}", fontsize=11)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     def to_toml(self) -> str:
         """Hardware TOML (``--hardware FILE``): fitted ``[latency]`` plus ``[model]`` with the
         profiled shape's layer count and KV bytes per token, and a header with the provenance."""
@@ -532,7 +585,6 @@ def profile_hardware(
     shape = scale_model(base, scale, hidden_size)
     batch_size = d["batch_size"] if batch_size is None else batch_size
     _check_int("batch_size", batch_size, 1)
-    kv_lengths = _grid("kv_lengths", d["kv_lengths"] if kv_lengths is None else kv_lengths)
     ffn_batches = _grid("ffn_batches", d["ffn_batches"] if ffn_batches is None else ffn_batches)
     comm_batches = _grid("comm_batches", d["comm_batches"] if comm_batches is None else comm_batches)
     repeats = d["repeats"] if repeats is None else repeats
@@ -545,6 +597,14 @@ def profile_hardware(
     _check_choice("comm", comm, COMM_MODES)
     dtype = ("float32" if on_cpu else "bfloat16") if dtype is None else dtype
     _check_choice("dtype", dtype, ("float32", "bfloat16"))
+    if kv_lengths is None and on_cpu:
+        # the CPU grid is set in bytes: the per-token time changes regime once the cache leaves
+        # a cache level, so every model's largest cache is the size measured linear for the default
+        itemsize = jnp.dtype(dtype).itemsize
+        per_slot = shape.kv_elements_per_token_per_layer * itemsize * batch_size
+        top = max(64, int(CPU_KV_CACHE_BYTES // per_slot) // 16 * 16)
+        kv_lengths = sorted({max(8, int(round(top * (1 + 3 * i / 14) / 4 / 8)) * 8) for i in range(15)})
+    kv_lengths = _grid("kv_lengths", d["kv_lengths"] if kv_lengths is None else kv_lengths)
     grouped_matmul = ("capacity" if on_cpu else "ragged_dot") if grouped_matmul is None else grouped_matmul
     _check_choice("grouped_matmul", grouped_matmul, ("capacity", "ragged_dot"))
     _check_int("seed", seed, 0)

@@ -69,7 +69,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             f.write(result.to_toml())
     if args.plot:
-        result.fit.plot_residuals(args.plot, time_unit="us")
+        result.plot(args.plot)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
