@@ -253,12 +253,15 @@ def _add_hardware_commands(sub) -> None:
     )
     prof.add_argument("--model", default="deepseek-v3", help="model preset or spec whose shape is profiled (default deepseek-v3)")
     prof.add_argument("--scale", type=float, default=None,
-                      help="width scale of the model shape (default: small enough for about a minute on a CPU, 1 elsewhere)")
+                      help="scale of widths, head and expert counts, in (0, 1] (default 1/16 on CPU, 1/2 on GPU/TPU)")
     prof.add_argument("--hidden-size", type=_positive_int("--hidden-size"), default=None, help="override the (scaled) hidden size")
     prof.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="decode slots B of the attention runs")
-    prof.add_argument("--kv-lengths", default=None, help="KV tokens per slot to time, comma list (default: a built-in grid)")
-    prof.add_argument("--ffn-batches", default=None, help="FFN batch sizes to time, comma list (default: a built-in grid)")
-    prof.add_argument("--repeats", type=_positive_int("--repeats"), default=None, help="timed repeats per size (median)")
+    prof.add_argument("--kv-lengths", default=None, help="KV tokens per slot to time, comma list (default on CPU: 15 lengths up to a 4.5 MiB cache)")
+    prof.add_argument("--ffn-batches", default=None, help="FFN batch sizes to time, comma list (default on CPU: 96..672 step 48)")
+    prof.add_argument("--repeats", type=_positive_int("--repeats"), default=None,
+                      help="timed rounds over all sizes (default 21 on CPU)")
+    prof.add_argument("--quantile", type=float, default=0.25,
+                      help="quantile of each size's samples taken as its time (default 0.25; 0.5: median)")
     prof.add_argument("--comm", choices=("auto", "device", "host", "defaults"), default="auto",
                       help="communication: device-to-device copy, host<->device transfer, or keep --defaults (default auto)")
     prof.add_argument("--defaults", default=None, help="hardware spec whose alpha_c/beta_c are kept with --comm defaults")
@@ -333,6 +336,7 @@ def _cmd_profile(args) -> int:
         kv_lengths=_int_list("--kv-lengths", args.kv_lengths),
         ffn_batches=_int_list("--ffn-batches", args.ffn_batches),
         repeats=args.repeats,
+        quantile=args.quantile,
         comm=args.comm,
         defaults=args.defaults,
         seed=args.seed,
