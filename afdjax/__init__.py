@@ -80,3 +80,17 @@ from ._fit_workload import (
     fit_trace as fit_trace,
     fit_workload as fit_workload,
 )
+from ._hardware import (
+    ACCELERATORS as ACCELERATORS,
+    MODELS as MODELS,
+    Accelerator as Accelerator,
+    Deployment as Deployment,
+    HardwareDerivation as HardwareDerivation,
+    ModelSpec as ModelSpec,
+    derive_latency as derive_latency,
+    deployment_to_toml as deployment_to_toml,
+    load_deployment as load_deployment,
+    parse_accelerator_spec as parse_accelerator_spec,
+    parse_model_spec as parse_model_spec,
+)
+from ._profile import ProfileResult as ProfileResult, profile_hardware as profile_hardware

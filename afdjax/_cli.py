@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", metavar="TOML", help="write the calibrated coefficients as a hardware TOML")
     ft.add_argument("--json", action="store_true", help="print one JSON object")
     _add_sweep_parser(sub)
+    _add_hardware_commands(sub)
     return parser
 
 
@@ -260,6 +261,171 @@ def _cmd_sweep(args) -> int:
         f"{summary.num_points} in the grid ({state}) in {summary.seconds:.1f} s on {summary.num_devices} device(s)"
     )
     print(f"Results in {summary.out_dir}/ (pandas.read_parquet({summary.out_dir!r}) or afdjax.read_sweep)")
+    return 0
+
+
+def _fraction(name):
+    """argparse type: a number in (0, 1]."""
+
+    def conv(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
+        if not (0 < v <= 1):
+            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1], got {v:g}")
+        return v
+
+    return conv
+
+
+def _add_hardware_commands(sub) -> None:
+    hw = sub.add_parser(
+        "hardware",
+        help="derive the six latency coefficients (us per layer) from accelerator and model specs",
+        description="Roofline derivation of alpha_a, beta_a, alpha_f, beta_f, alpha_c, beta_c (microseconds per "
+        "layer) from an accelerator spec and a model spec; prints each formula with its numbers and writes the "
+        "hardware TOML that --hardware reads. The same derivation is available anywhere as "
+        "--hardware ACCELERATOR:MODEL.",
+    )
+    hw.add_argument("--list", action="store_true", help="list the accelerator and model presets with their sources")
+    hw.add_argument("--accelerator", default="h100",
+                    help="preset (h100, h200, a100, b200, mi300x, tpu-v5p), NAME,field=value,... "
+                    "(e.g. h100,hbm_bandwidth_bytes_per_s=3e12) or a TOML file with an [accelerator] table (default h100)")
+    hw.add_argument("--model", default="deepseek-v3",
+                    help="preset (deepseek-v3, qwen3-235b-a22b, llama-3.1-70b), NAME,field=value,... or a TOML file "
+                    "with a [model] table (default deepseek-v3)")
+    hw.add_argument("--dtype", choices=("bf16", "fp8"), default=None, help="weight/compute dtype (default: the model's)")
+    hw.add_argument("--memory-efficiency", type=_fraction("--memory-efficiency"), default=0.8,
+                    help="fraction of peak HBM bandwidth reached (default 0.8)")
+    hw.add_argument("--compute-efficiency", type=_fraction("--compute-efficiency"), default=0.6,
+                    help="fraction of peak FLOP/s reached (default 0.6)")
+    hw.add_argument("--network-efficiency", type=_fraction("--network-efficiency"), default=0.8,
+                    help="fraction of link bandwidth reached (default 0.8)")
+    hw.add_argument("--kernel-overhead-us", type=float, default=2.0, help="fixed time added to beta_a and beta_f (default 2)")
+    hw.add_argument("--attention-devices", type=_positive_int("--attention-devices"), default=None,
+                    help="devices per Attention instance (default: fewest powers of two holding the weights)")
+    hw.add_argument("--ffn-devices", type=_positive_int("--ffn-devices"), default=None,
+                    help="devices per FFN instance (default: fewest powers of two holding the weights)")
+    hw.add_argument("--comm-scaling", choices=("batch", "ratio_batch"), default="batch", help="default batch")
+    hw.add_argument("--out", metavar="TOML", help="write the hardware TOML ([latency], [model], [accelerator], [deployment])")
+    hw.add_argument("--json", action="store_true", help="print one JSON object")
+
+    prof = sub.add_parser(
+        "profile",
+        help="measure JAX decode attention and FFN on this device and fit the latency coefficients",
+        description="Time real JAX decode attention over growing KV caches and FFN/MoE over growing batches on "
+        "the device it runs on, fit the six coefficients with the latency fitter, check them on held-out sizes "
+        "and write a hardware TOML. Times are microseconds per layer of the profiled (by default scaled-down) shape.",
+    )
+    prof.add_argument("--model", default="deepseek-v3", help="model preset or spec whose shape is profiled (default deepseek-v3)")
+    prof.add_argument("--scale", type=float, default=None,
+                      help="scale of widths, head and expert counts, in (0, 1] (default 1/16 on CPU, 1/2 on GPU/TPU)")
+    prof.add_argument("--hidden-size", type=_positive_int("--hidden-size"), default=None, help="override the (scaled) hidden size")
+    prof.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="decode slots B of the attention runs")
+    prof.add_argument("--kv-lengths", default=None, help="KV tokens per slot to time, comma list (default on CPU: 15 lengths up to a 4.5 MiB cache)")
+    prof.add_argument("--ffn-batches", default=None, help="FFN batch sizes to time, comma list (default on CPU: 96..672 step 48)")
+    prof.add_argument("--repeats", type=_positive_int("--repeats"), default=None,
+                      help="timed rounds over all sizes (default 21 on CPU)")
+    prof.add_argument("--quantile", type=float, default=0.25,
+                      help="quantile of each size's samples taken as its time (default 0.25; 0.5: median)")
+    prof.add_argument("--comm", choices=("auto", "device", "host", "defaults"), default="auto",
+                      help="communication: device-to-device copy, host<->device transfer, or keep --defaults (default auto)")
+    prof.add_argument("--defaults", default=None, help="hardware spec whose alpha_c/beta_c are kept with --comm defaults")
+    prof.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed of the inputs (default 0)")
+    prof.add_argument("--out", metavar="TOML", help="write the fitted coefficients as a hardware TOML")
+    prof.add_argument("--plot", metavar="PNG", help="write measured-vs-fitted and residual plots")
+    prof.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_hardware(args) -> int:
+    from ._hardware import derive_latency, format_presets, parse_accelerator_spec, parse_model_spec
+
+    if args.list:
+        print(format_presets(), end="")
+        return 0
+    derivation = derive_latency(
+        parse_accelerator_spec(args.accelerator),
+        parse_model_spec(args.model),
+        dtype=args.dtype,
+        memory_efficiency=args.memory_efficiency,
+        compute_efficiency=args.compute_efficiency,
+        network_efficiency=args.network_efficiency,
+        kernel_overhead_us=args.kernel_overhead_us,
+        attention_devices=args.attention_devices,
+        ffn_devices=args.ffn_devices,
+        comm_scaling=args.comm_scaling,
+    )
+    if args.out:
+        _write_text(args.out, derivation.to_toml())
+    if args.json:
+        out = derivation.to_dict()
+        if args.out:
+            out["toml"] = args.out
+        print(json.dumps(out, indent=2))
+        return 0
+    print(derivation.format_text(), end="")
+    if args.out:
+        print(f"Hardware TOML written to {args.out} (use --hardware {args.out})")
+    return 0
+
+
+def _int_list(option: str, text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CliError(f"{option} {text!r} is malformed: expected a comma list of integers like 64,128,256") from None
+    if len(values) < 3 or min(values) < 1:
+        raise CliError(f"{option} {text!r}: give at least 3 integers >= 1")
+    return values
+
+
+def _cmd_profile(args) -> int:
+    from ._profile import profile_hardware
+
+    if args.scale is not None and not (0 < args.scale <= 1):
+        raise CliError(f"--scale must be in (0, 1], got {args.scale:g}")
+    if args.out:
+        import os
+
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(folder):
+            raise CliError(f"cannot write {args.out!r}: folder {folder!r} does not exist")
+    if args.plot:
+        _check_plot_path(args.plot)
+    result = profile_hardware(
+        model=args.model,
+        scale=args.scale,
+        hidden_size=args.hidden_size,
+        batch_size=args.batch_size,
+        kv_lengths=_int_list("--kv-lengths", args.kv_lengths),
+        ffn_batches=_int_list("--ffn-batches", args.ffn_batches),
+        repeats=args.repeats,
+        quantile=args.quantile,
+        comm=args.comm,
+        defaults=args.defaults,
+        seed=args.seed,
+        progress=not args.json and sys.stdout.isatty(),
+    )
+    if args.out:
+        _write_text(args.out, result.to_toml())
+    if args.plot:
+        result.plot(args.plot)
+    if args.json:
+        out = result.to_dict()
+        if args.out:
+            out["toml"] = args.out
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+        return 0
+    print(result.format_text(), end="")
+    if args.out:
+        print(f"Hardware TOML written to {args.out} (use --hardware {args.out})")
+    if args.plot:
+        print(f"Plot written to {args.plot}")
     return 0
 
 
@@ -590,6 +756,10 @@ def _main(parser, argv) -> int:
             return _cmd_verify(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
+        if args.command == "hardware":
+            return _cmd_hardware(args)
+        if args.command == "profile":
+            return _cmd_profile(args)
         if args.command == "fit":
             if args.fit_command is None:
                 raise CliError("choose what to fit: afdjax fit workload|latency|throughput")

@@ -297,10 +297,24 @@ def parse_hardware_spec(spec: str) -> LatencyModel:
       ``paper-910c,comm_scaling=ratio_batch,alpha_c=0.03``;
     - a TOML file (see :func:`latency_to_toml`);
     - inline coefficients ``alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=..``
-      (optionally ``comm_scaling=batch|ratio_batch``).
+      (optionally ``comm_scaling=batch|ratio_batch``);
+    - ``ACCELERATOR:MODEL[,option=value,...]``, e.g. ``h100:deepseek-v3``: coefficients
+      derived from the specs (``afdjax.derive_latency``; microseconds per layer).
+
+    A TOML file may hold ``[model]``, ``[accelerator]`` and ``[deployment]`` tables besides
+    ``[latency]``; they are ignored here and read by ``afdjax.load_deployment``.
     """
     text = spec.strip()
     head = text.split(",", 1)[0].strip()
+    from ._hardware import ACCELERATORS, MODELS, derive_from_spec, is_accelerator_model_spec
+
+    if is_accelerator_model_spec(text):  # ACCELERATOR:MODEL[,option=value,...] (afdjax hardware)
+        return derive_from_spec(text).latency
+    if head in ACCELERATORS or head in MODELS:
+        raise ValueError(
+            f"hardware spec {head!r} names an {'accelerator' if head in ACCELERATORS else 'model'}; "
+            "give ACCELERATOR:MODEL, e.g. h100:deepseek-v3 (see afdjax hardware --list)"
+        )
     if head.lower().endswith(".toml") or (head and "=" not in head and Path(head).expanduser().is_file()):
         p = Path(head).expanduser()
         if not p.is_file():
