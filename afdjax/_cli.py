@@ -109,6 +109,78 @@ def _add_micro_batches_option(p):
     )
 
 
+def _float_at_least(name: str, minimum: float, strict: bool = True):
+    """argparse type: a finite float > minimum (or >= with strict=False)."""
+
+    def conv(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
+        if not math.isfinite(v) or (v <= minimum if strict else v < minimum):
+            raise argparse.ArgumentTypeError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {text}")
+        return v
+
+    return conv
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``64,128,256`` or ``LO:HI:STEP`` (inclusive) or ``x2:LO:HI`` (powers-of-two ladder)."""
+    t = text.strip()
+    try:
+        if t.startswith("x2:"):
+            lo, hi = (int(p) for p in t[3:].split(":"))
+            values, b = [], lo
+            while b <= hi:
+                values.append(b)
+                b *= 2
+        elif ":" in t:
+            values = parse_ratios(t)
+        else:
+            values = [int(p) for p in t.split(",") if p.strip()]
+    except (ValueError, CliError):
+        raise CliError(f"--batch-sizes {text!r} is malformed: expected a comma list like 64,128,256, LO:HI:STEP "
+                       "or x2:LO:HI (doubling)") from None
+    if not values or min(values) < 1:
+        raise CliError(f"--batch-sizes {text!r}: expected batch sizes >= 1")
+    return sorted(set(values))
+
+
+def _add_constraint_options(p):
+    g = p.add_argument_group(
+        "constraints and costs (any of these switches provision to the joint (B, r) choice under constraints)"
+    )
+    g.add_argument("--batch-sizes", metavar="LIST", help="choose B jointly with r among these: 64,128,256 | "
+                   "LO:HI:STEP | x2:LO:HI (doubling); default: --batch-size only")
+    g.add_argument("--kv-capacity-gb", metavar="GB", help="KV-cache capacity of one Attention instance in GB (1e9 bytes), "
+                   "or 'auto' = devices x HBM - resident weights from the hardware spec (e.g. h100:deepseek-v3)")
+    g.add_argument("--kv-bytes-per-token", type=_float_at_least("--kv-bytes-per-token", 0.0), metavar="BYTES",
+                   help="KV bytes per token over all layers (default: from the hardware spec's model)")
+    g.add_argument("--kv-overflow-prob", type=_float_at_least("--kv-overflow-prob", 0.0, strict=False), default=1e-3,
+                   metavar="P", help="largest allowed P(an instance's KV load > capacity) per step (default 0.001)")
+    g.add_argument("--tpot-ms", type=_float_at_least("--tpot-ms", 0.0), metavar="MS",
+                   help="time-per-output-token target in ms (TPOT = layers x per-layer cycle time)")
+    g.add_argument("--tpot-stat", choices=("p99", "mean"), default="p99", help="which TPOT must meet --tpot-ms (default p99)")
+    g.add_argument("--num-layers", type=_positive_int("--num-layers"), metavar="N",
+                   help="layers per token (default: from the hardware spec's model)")
+    g.add_argument("--time-unit-us", type=_float_at_least("--time-unit-us", 0.0), default=1.0, metavar="US",
+                   help="the coefficients' time unit in microseconds (default 1: us per layer)")
+    g.add_argument("--objective", choices=("per-instance", "per-dollar", "per-joule"), default="per-instance",
+                   help="maximise tokens per instance (the paper's), per dollar or per joule (default per-instance)")
+    g.add_argument("--price-attention", type=_float_at_least("--price-attention", 0.0, strict=False), metavar="USD_PER_H",
+                   help="$ per hour of one Attention instance")
+    g.add_argument("--price-ffn", type=_float_at_least("--price-ffn", 0.0, strict=False), metavar="USD_PER_H",
+                   help="$ per hour of one FFN instance")
+    g.add_argument("--power-attention-w", type=_float_at_least("--power-attention-w", 0.0, strict=False), metavar="W",
+                   help="watts of one Attention instance (default: devices x board power from the hardware spec)")
+    g.add_argument("--power-ffn-w", type=_float_at_least("--power-ffn-w", 0.0, strict=False), metavar="W",
+                   help="watts of one FFN instance (default: devices x board power from the hardware spec)")
+
+
+_CONSTRAINT_FLAGS = ("batch_sizes", "kv_capacity_gb", "tpot_ms", "price_attention", "price_ffn",
+                     "power_attention_w", "power_ffn_w")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="afdjax",
@@ -140,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(prov, ratios_default=None, steps=4000, replicas=16)
     prov.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-    prov.add_argument("--plot", metavar="PATH", help="write a PNG of the three throughput curves and the idle fractions")
+    prov.add_argument("--plot", metavar="PATH", help="write a PNG of the three throughput curves and the idle fractions "
+                      "(with constraints: the feasible (B, r) region and TPOT against r)")
+    _add_constraint_options(prov)
 
     ver = sub.add_parser(
         "verify",
@@ -561,8 +635,111 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _constrained_mode(args) -> bool:
+    return any(getattr(args, k) is not None for k in _CONSTRAINT_FLAGS) or args.objective != "per-instance"
+
+
+def _cmd_provision_constrained(args) -> int:
+    import jax
+
+    from . import __version__
+    from ._constraints import Constraints, Costs, provision_constrained
+    from ._hardware import load_deployment
+    from ._io import parse_workload_spec
+
+    ratios = parse_ratios(args.ratios) if args.ratios else None
+    batch_sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else [args.batch_size]
+    workload = parse_workload_spec(args.workload)
+    deployment = load_deployment(args.hardware)
+    kv_bytes = args.kv_bytes_per_token if args.kv_bytes_per_token is not None else deployment.kv_bytes_per_token
+    capacity = None
+    if args.kv_capacity_gb is not None:
+        if args.kv_capacity_gb.strip().lower() == "auto":
+            capacity = deployment.kv_capacity_bytes()
+            if capacity is None:
+                raise CliError(f"--kv-capacity-gb auto: the hardware spec {args.hardware!r} does not give HBM capacity "
+                               "and resident weights; use an ACCELERATOR:MODEL spec (e.g. h100:deepseek-v3) or a number")
+            if capacity <= 0:
+                raise CliError(f"--kv-capacity-gb auto: the weights ({deployment.attention_weight_bytes / 1e9:.4g} GB) "
+                               "do not fit the Attention instance's HBM; give more attention_devices or a number")
+        else:
+            if not _is_number(args.kv_capacity_gb):
+                raise CliError(f"--kv-capacity-gb {args.kv_capacity_gb!r} is not a number or 'auto'")
+            try:
+                capacity = _float_at_least("--kv-capacity-gb", 0.0)(args.kv_capacity_gb) * 1e9
+            except argparse.ArgumentTypeError as err:
+                raise CliError(str(err)) from None
+        if kv_bytes is None:
+            raise CliError(f"--kv-capacity-gb needs the KV bytes per token: the hardware spec {args.hardware!r} has no "
+                           "model; use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --kv-bytes-per-token")
+    layers = args.num_layers if args.num_layers is not None else deployment.num_layers
+    if args.tpot_ms is not None and layers is None:
+        raise CliError(f"--tpot-ms needs the number of layers: the hardware spec {args.hardware!r} has no model; "
+                       "use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --num-layers")
+    constraints = Constraints(
+        kv_capacity_bytes=capacity,
+        kv_bytes_per_token=kv_bytes,
+        kv_overflow_tolerance=args.kv_overflow_prob,
+        tpot_target_ms=args.tpot_ms,
+        tpot_statistic=args.tpot_stat,
+        num_layers=layers,
+        time_unit_us=args.time_unit_us,
+    )
+    power_a, power_f = args.power_attention_w, args.power_ffn_w
+    if power_a is None and power_f is None and deployment.power_watts is not None:
+        power_a = deployment.power_watts * (deployment.attention_devices or 1)
+        power_f = deployment.power_watts * (deployment.ffn_devices or 1)
+    for a, b, flag in ((args.price_attention, args.price_ffn, "--price-attention and --price-ffn"),
+                       (power_a, power_f, "--power-attention-w and --power-ffn-w")):
+        if (a is None) != (b is None):
+            raise CliError(f"give both {flag}, or neither")
+    objective = args.objective.replace("-", "_")
+    if objective == "per_dollar" and args.price_attention is None:
+        raise CliError("--objective per-dollar needs --price-attention and --price-ffn ($ per instance-hour)")
+    if objective == "per_joule" and power_a is None:
+        raise CliError(f"--objective per-joule needs --power-attention-w and --power-ffn-w (the hardware spec "
+                       f"{args.hardware!r} gives no board power)")
+    costs = Costs(attention_price_per_hour=args.price_attention, ffn_price_per_hour=args.price_ffn,
+                  attention_power_w=power_a, ffn_power_w=power_f)
+    settings = dict(workload=args.workload, hardware=args.hardware, seed=args.seed, start=args.start,
+                    warmup_steps=args.warmup, afdjax_version=__version__,
+                    deployment={k: v for k, v in deployment.to_dict().items() if v is not None})
+    report = provision_constrained(
+        jax.random.key(args.seed), workload, deployment.latency, batch_sizes, ratios, args.steps, args.replicas,
+        constraints=constraints, costs=costs, objective=objective, micro_batches=args.micro_batches,
+        settings=settings, progress=not args.json and sys.stderr.isatty(), start=args.start, warmup_steps=args.warmup,
+    )
+    if args.plot:
+        _check_plot_path(args.plot)
+        title = (f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)}"
+                 + (f" | {args.micro_batches} micro-batches" if args.micro_batches else "")
+                 + f"\n{args.steps} steps x {args.replicas} replicas, seed {args.seed}")
+        report.plot(args.plot, title=title)
+    if args.json:
+        out = report.to_dict()
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+        return 0
+    print(report.format_text())
+    if args.plot:
+        print(f"Plot written to {args.plot}")
+    return 0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _cmd_provision(args) -> int:
     import jax
+
+    if _constrained_mode(args):
+        return _cmd_provision_constrained(args)
 
     from . import __version__
     from ._io import parse_hardware_spec, parse_workload_spec
