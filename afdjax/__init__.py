@@ -94,3 +94,11 @@ from ._hardware import (
     parse_model_spec as parse_model_spec,
 )
 from ._profile import ProfileResult as ProfileResult, profile_hardware as profile_hardware
+from ._constraints import (
+    OBJECTIVES as OBJECTIVES,
+    ConstrainedProvisionReport as ConstrainedProvisionReport,
+    Constraints as Constraints,
+    Costs as Costs,
+    kv_overflow_probability_gaussian as kv_overflow_probability_gaussian,
+    provision_constrained as provision_constrained,
+)
