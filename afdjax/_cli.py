@@ -709,11 +709,16 @@ def _cmd_provision_constrained(args) -> int:
         constraints=constraints, costs=costs, objective=objective, micro_batches=args.micro_batches,
         settings=settings, progress=not args.json and sys.stderr.isatty(), start=args.start, warmup_steps=args.warmup,
     )
+    title = (f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)}"
+             + (f" | {args.micro_batches} micro-batches" if args.micro_batches else "")
+             + f"\n{args.steps} steps x {args.replicas} replicas, seed {args.seed}")
+    return _emit_report(args, report, title)
+
+
+def _emit_report(args, report, title: str) -> int:
+    """Plot (``--plot``), then print the report as JSON (``--json``) or text."""
     if args.plot:
         _check_plot_path(args.plot)
-        title = (f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)}"
-                 + (f" | {args.micro_batches} micro-batches" if args.micro_batches else "")
-                 + f"\n{args.steps} steps x {args.replicas} replicas, seed {args.seed}")
         report.plot(args.plot, title=title)
     if args.json:
         out = report.to_dict()
@@ -769,23 +774,11 @@ def _cmd_provision(args) -> int:
         warmup_steps=args.warmup,
         micro_batches=args.micro_batches,
     )
-    if args.plot:
-        title = (
-            f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)} | B = {args.batch_size}\n"
-            f"{args.steps} steps x {args.replicas} replicas, seed {args.seed}"
-        )
-        _check_plot_path(args.plot)
-        report.plot(args.plot, title=title)
-    if args.json:
-        out = report.to_dict()
-        if args.plot:
-            out["plot"] = args.plot
-        print(json.dumps(out, indent=2))
-        return 0
-    print(report.format_text())
-    if args.plot:
-        print(f"Plot written to {args.plot}")
-    return 0
+    title = (
+        f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)} | B = {args.batch_size}\n"
+        f"{args.steps} steps x {args.replicas} replicas, seed {args.seed}"
+    )
+    return _emit_report(args, report, title)
 
 
 def _cmd_verify(args) -> int:
