@@ -20,7 +20,10 @@ out):
   which every micro-batch advances one layer.
 * **Cost.** Attention and FFN instances need not cost the same. Tokens per dollar
   ``= bundle tokens per hour / (r * price_A + price_F)``, tokens per joule ``= bundle
-  tokens per second / (r * power_A + power_F)``, instead of tokens per instance.
+  tokens per second / (r * power_A + power_F)``, instead of tokens per instance. These
+  count *output tokens*: the bundle emits ``r B`` of them every ``num_layers`` steps,
+  ``bundle_tokens_per_s = r B / (num_layers * E[tau] * time_unit)`` (with no
+  ``num_layers`` a step counts as a token, as in the paper's throughput per instance).
 
 :func:`provision_constrained` evaluates every ``(B, r)`` on a grid (one simulation per
 ``B``, all ratios in one pass), marks each cell feasible or not with the constraint it
@@ -202,8 +205,10 @@ def evaluate_cells(
     se = np.asarray(result.stderr, dtype=float)
     mean_tau = np.asarray(result.mean_cycle_time, dtype=float)
     unit_s = constraints.time_unit_us * 1e-6  # seconds per time unit
-    bundle_tokens_per_s = (r + 1) * thr / unit_s
     layers = constraints.num_layers
+    # A simulated step is one layer-pass of every slot; an output token takes num_layers
+    # of them (without num_layers a step counts as a token, the paper's convention).
+    bundle_tokens_per_s = (r + 1) * thr / (unit_s * (layers or 1))
     tpot_mean = tpot_p99 = None
     if layers is not None:
         tpot_mean = layers * mean_tau * constraints.time_unit_us / 1000.0
@@ -412,7 +417,7 @@ class ConstrainedProvisionReport:
         lines.append(
             f"Recommendation: B = {rec['batch_size']}, r = {rec['ratio']} Attention instances per FFN instance: "
             f"{rec['objective']:.5g} {unit} (+- {rec['objective_stderr']:.2g})"
-            + (f" = {per_s:,.0f} tokens/s per instance" if self.objective == "per_instance" else "")
+            + (f" = {per_s:,.0f} output tokens/s per instance" if c.num_layers else "")
             + (f", TPOT mean {rec['tpot_mean_ms']:.4g} ms / p99 {rec['tpot_p99_ms']:.4g} ms" if rec["tpot_mean_ms"] is not None else "")
             + "."
         )

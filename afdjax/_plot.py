@@ -8,9 +8,16 @@ import numpy as np
 
 
 def _pyplot():
+    """pyplot, with the non-interactive Agg backend unless the user already chose one
+    (an imported pyplot, or ``MPLBACKEND`` as Jupyter kernels set it): figures are only
+    ever written to files, and a notebook's inline plotting must keep working."""
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -72,7 +72,7 @@ def test_zero_variance_cells_by_hand():
     for row, r in zip(rows, ratios):
         tau = _tau(B, r)
         per_instance = r * B / ((r + 1) * tau)
-        tokens_per_s = r * B / tau * 1e6 / unit_us
+        tokens_per_s = r * B / (layers * tau) * 1e6 / unit_us  # output tokens: one per num_layers steps
         assert row["throughput_per_instance"] == pytest.approx(per_instance, rel=1e-10)
         assert row["bundle_tokens_per_s"] == pytest.approx(tokens_per_s, rel=1e-10)
         assert row["tokens_per_dollar"] == pytest.approx(tokens_per_s * 3600 / (2.0 * r + 3.5), rel=1e-10)
