@@ -34,15 +34,17 @@ uses), for the three stages of an rA-1F decode step (see :mod:`afdjax._latency`)
   - The sum ``alpha x + beta`` is the linear stand-in for the roofline ``max``: exact at
     both ends, at most 2x too slow at the ridge.
 
-* **communication** (A->F dispatch plus F->A combine, per layer) over the Attention
-  instance's links:
+* **communication**, one direction per layer (``t_C`` is the A->F dispatch; the F->A
+  combine moves the same bytes the other way and takes the same time: the micro-batch
+  pipeline runs both, the paper's idealised step overlaps them on full-duplex links), over
+  the Attention instance's links:
 
-  - ``alpha_c = 2 f d b_act / (n_A link_BW e_net)`` per token of the instance's batch
+  - ``alpha_c = f d b_act / (n_A link_BW e_net)`` per token of the instance's batch
     (``comm_scaling="batch"``: the Attention instance's own links are the bottleneck), with
     fan-out ``f = min(k, n_F)`` for an MoE layer (a token goes to the devices of its ``k``
     routed experts; shared experts are replicated on every FFN device) and ``f = 1`` for a
     dense layer, averaged over layers.
-  - ``beta_c = 2 link_latency``: one fixed latency per direction.
+  - ``beta_c = link_latency``: the fixed latency of one transfer.
 
 Efficiencies default to ``memory_efficiency = 0.8``, ``compute_efficiency = 0.6``,
 ``network_efficiency = 0.8``: FlashMLA reaches 3000 GB/s of H800's 3.35 TB/s (0.90) in
@@ -676,19 +678,19 @@ def derive_latency(
     fanout = (mod.num_dense_layers * 1 + mod.num_moe_layers * fan_moe) / L
     link = acc.interconnect_bandwidth_bytes_per_s
     n_link = na if comm_scaling == "batch" else nf
-    per_token = 2 * fanout * mod.hidden_size * mod.activation_bytes
+    per_token = fanout * mod.hidden_size * mod.activation_bytes  # one direction (dispatch; combine is symmetric)
     t = per_token / (n_link * link * net_e) * us
     coeffs["alpha_c"] = CoefficientDerivation(
         "alpha_c", t,
-        f"2 f d b_act / (n_{'A' if comm_scaling == 'batch' else 'F'} link_BW e_net) per token "
-        "(dispatch + combine, fan-out f averaged over layers)",
-        f"2 x {fanout:.4g} x {mod.hidden_size} x {mod.activation_bytes} B / ({n_link} x {link:.4g} B/s x {net_e:g}) "
+        f"f d b_act / (n_{'A' if comm_scaling == 'batch' else 'F'} link_BW e_net) per token, one direction "
+        "(A->F dispatch; F->A combine takes the same; fan-out f averaged over layers)",
+        f"{fanout:.4g} x {mod.hidden_size} x {mod.activation_bytes} B / ({n_link} x {link:.4g} B/s x {net_e:g}) "
         f"= {t:.4g} us",
         "network",
     )
     lat = acc.interconnect_latency_us
     coeffs["beta_c"] = CoefficientDerivation(
-        "beta_c", 2 * lat, "2 link_latency (one per direction)", f"2 x {lat:g} us", "network latency"
+        "beta_c", lat, "link_latency (one transfer)", f"{lat:g} us", "network latency"
     )
     notes.append(f"interconnect latency {lat:g} us per transfer and kernel overhead {kernel_overhead_us:g} us are "
                  "assumptions, not datasheet numbers")

@@ -4,7 +4,9 @@
 * FFN on the aggregated ``r * B`` tokens:            ``t_F = alpha_f * r * B + beta_f``
 * A<->F communication: ``t_C = alpha_c * B + beta_c`` (paper v1, ``comm_scaling="batch"``)
   or ``alpha_c * r * B + beta_c`` (``comm_scaling="ratio_batch"``, as in a v4-based
-  third-party implementation).
+  third-party implementation). ``t_C`` is one direction (A->F); the F->A transfer back
+  takes the same time. The paper's step overlaps the two (full-duplex links), the
+  micro-batch pipeline (``simulate(..., micro_batches=m)``) runs both.
 
 Times are in one consistent *time unit*; throughput comes out in tokens per that unit.
 The ``paper-910c`` preset (DeepSeek-V3 on Ascend 910C, arXiv 2601.21351) does not state

@@ -107,8 +107,8 @@ def hand_coefficients(acc, name):
     alpha_f = ffn_flops / (n_f * peak * E_CMP) * 1e6
     beta_f = ffn_w * wbytes / L / (n_f * bw * E_MEM) * 1e6 + OVERHEAD_US
     fan = (n_dense * 1 + n_moe * min(k, n_f)) / L
-    alpha_c = 2 * fan * d * 2 / (n_a * link * E_NET) * 1e6
-    beta_c = 2 * LINK_LATENCY_US
+    alpha_c = fan * d * 2 / (n_a * link * E_NET) * 1e6  # one direction: d activations of 2 bytes to f devices
+    beta_c = LINK_LATENCY_US
     return dict(alpha_a=alpha_a, beta_a=beta_a, alpha_f=alpha_f, beta_f=beta_f, alpha_c=alpha_c, beta_c=beta_c), (
         n_a,
         n_f,
