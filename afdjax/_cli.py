@@ -551,6 +551,7 @@ def _cmd_simulate(args) -> int:
         start=args.start,
         warmup_steps=args.warmup,
         micro_batches=args.micro_batches,
+        progress=not args.json and sys.stderr.isatty(),
     )
     out = result.to_dict()
     thr, se = out["throughput_per_instance"], [float("nan") if s is None else s for s in out["stderr"]]
@@ -773,6 +774,7 @@ def _cmd_provision(args) -> int:
         start=args.start,
         warmup_steps=args.warmup,
         micro_batches=args.micro_batches,
+        progress=not args.json and sys.stderr.isatty(),
     )
     title = (
         f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)} | B = {args.batch_size}\n"

@@ -524,6 +524,7 @@ def provision_constrained(
     - ``objective``: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
     - ``micro_batches``: ``None`` (the paper's idealised overlap) or the number of
       pipelined micro-batches ``m`` (see :func:`afdjax.simulate`).
+    - ``progress``: a progress bar for each batch size's simulation.
 
     **Returns:** a :class:`ConstrainedProvisionReport` (``format_text``, ``to_dict``, ``plot``).
     """
@@ -548,13 +549,9 @@ def provision_constrained(
     cells, per_batch = [], []
     theta = float(workload.theta())
     slot_std = math.sqrt(max(float(workload.slot_variance()), 0.0))
-    iterator = bs
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(bs, desc="batch sizes", unit="B", leave=False)
-    for B in iterator:
-        result = simulate(key, workload, latency, B, ratios, num_steps, num_replicas, quantile_levels=levels, **sim_kwargs)
+    for B in bs:
+        result = simulate(key, workload, latency, B, ratios, num_steps, num_replicas, quantile_levels=levels,
+                          progress=progress, **sim_kwargs)
         rows = evaluate_cells(result, workload, constraints, costs, objective)
         cells += rows
         feasible = [row for row in rows if row["feasible"]]

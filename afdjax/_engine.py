@@ -200,6 +200,18 @@ class _Config:
     start: str
     num_bins: int
     micro_batches: int | None = None  # None: the paper's barrier step (ideal overlap)
+    progress: bool = False  # a host callback per (replica, chunk) drives a progress bar
+
+
+# The progress bar of the simulate() call in flight (host side; see _progress_tick).
+_PROGRESS: dict = {"bar": None, "steps_per_tick": 0}
+
+
+def _progress_tick(*_):
+    """Host callback: one replica finished one chunk of steps."""
+    bar = _PROGRESS["bar"]
+    if bar is not None:
+        bar.update(_PROGRESS["steps_per_tick"])
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -396,6 +408,8 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
             covered=acc["covered"] & covered,
             log_prob=acc["log_prob"] + log_prob,
         )
+        if cfg.progress:  # after this chunk's statistics exist; once per replica and chunk
+            jax.debug.callback(_progress_tick, replica_id, acc["tau"][0])
         return (prefill_next, decode_next, index_next, next_request, pipe, acc), None
 
     zeros = jnp.zeros(rmax, fdtype)
@@ -546,6 +560,27 @@ def _simulate_core(key_words, workload, latency, levels, cfg: _Config):
     return result, covered
 
 
+def _traced(*trees) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+
+
+def _simulate_with_progress(key_words, workload, latency, levels, cfg: _Config):
+    """:func:`_simulate_jit` with a tqdm bar over simulated replica-steps (rate and ETA)."""
+    from tqdm.auto import tqdm
+
+    total = cfg.num_replicas * cfg.num_chunks * cfg.chunk_steps
+    bar = tqdm(total=total, unit="step", unit_scale=True, desc="afdjax.simulate", leave=False, mininterval=0.5)
+    _PROGRESS.update(bar=bar, steps_per_tick=cfg.chunk_steps)
+    try:
+        out = _simulate_jit(key_words, workload, latency, levels, cfg)
+        jax.block_until_ready(out)
+        jax.effects_barrier()  # every callback has run
+        return out
+    finally:
+        _PROGRESS.update(bar=None, steps_per_tick=0)
+        bar.close()
+
+
 def _select_ratios(result: SimulationResult, ratio_index: np.ndarray) -> SimulationResult:
     """Keep the requested ratios (index r - 1) of a result computed for r = 1..r_max."""
     if len(ratio_index) == result.ratios.shape[0] and np.all(ratio_index == np.arange(len(ratio_index))):
@@ -680,6 +715,7 @@ def simulate(
     memory_budget_bytes: int = 512 * 2**20,
     num_bins: int = 4096,
     micro_batches: int | None = None,
+    progress: bool = False,
 ) -> SimulationResult:
     """Monte Carlo simulation of the saturated rA-1F decode process.
 
@@ -709,6 +745,10 @@ def simulate(
     - ``memory_budget_bytes``: rough bound on per-batch working memory used to choose
       ``replica_batch_size``.
     - ``num_bins``: cycle-time and KV-load histogram bins (quantile resolution).
+    - ``progress``: show a progress bar (tqdm, on stderr) with the rate and ETA in
+      simulated replica-steps, fed by a host callback once per replica and chunk. For
+      forward runs; it never changes the numbers (ignored when tracing under
+      ``jit``/``grad``/``vmap``).
     - ``micro_batches``: ``None`` (default) for the paper's idealised barrier step above;
       an integer ``m`` in ``[1, batch_size]`` for the explicit micro-batch pipeline of
       :mod:`afdjax._pipeline`: slot ``s`` is in micro-batch ``s % m``, every step each
@@ -774,8 +814,11 @@ def simulate(
     key_words = jax.random.bits(key, (2,), dtype=jnp.uint32)
     ratio_index = np.asarray(ratio_list, dtype=np.int32) - 1
     while True:
-        cfg = _Config(**base, **sizes)
-        result, covered = _simulate_jit(key_words, workload, latency, levels, cfg)
+        cfg = _Config(**base, **sizes, progress=bool(progress) and not _traced(workload, latency))
+        if cfg.progress:
+            result, covered = _simulate_with_progress(key_words, workload, latency, levels, cfg)
+        else:
+            result, covered = _simulate_jit(key_words, workload, latency, levels, cfg)
         if isinstance(covered, jax.core.Tracer):
             result = eqx.error_if(
                 result,

@@ -911,3 +911,40 @@ def test_unrolled_threefry_is_bit_exact():
     ref = threefry2x32_p.bind(*words)
     np.testing.assert_array_equal(np.asarray(mine[0]), np.asarray(ref[0]))
     np.testing.assert_array_equal(np.asarray(mine[1]), np.asarray(ref[1]))
+
+
+# ============================================================ progress bar
+def test_progress_bar_counts_every_replica_step_and_changes_nothing(monkeypatch):
+    """simulate(progress=True): a host callback per (replica, chunk) feeds a tqdm bar whose
+    total is replicas x chunks x chunk length; the numbers are those of progress=False."""
+    import tqdm.auto
+
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    wl, lat = Geometric(mu_p=50.0, mu_d=30.0), afdjax.LatencyModel.from_preset("paper-910c")
+    for micro_batches in (None, 2):
+        kw = dict(chunk_steps=64, replica_batch_size=2, micro_batches=micro_batches)
+        quiet = afdjax.simulate(jax.random.key(2), wl, lat, 16, [1, 3, 5], 300, 5, **kw)
+        loud = afdjax.simulate(jax.random.key(2), wl, lat, 16, [1, 3, 5], 300, 5, progress=True, **kw)
+        np.testing.assert_array_equal(_np(loud.throughput_per_instance), _np(quiet.throughput_per_instance))
+        np.testing.assert_array_equal(_np(loud.cycle_time_quantiles), _np(quiet.cycle_time_quantiles))
+        bar = bars[-1]
+        assert bar.closed and bar.total == 5 * 5 * 64 and bar.n == bar.total  # 5 chunks of 64 cover 300 steps
+    # under an outer trace the bar is off (no host callbacks inside jit/grad)
+    n_bars = len(bars)
+    jax.grad(lambda a: afdjax.simulate(jax.random.key(2), wl, afdjax.LatencyModel(**(afdjax.PRESETS["paper-910c"] | {"alpha_a": a})),
+                                       16, [1, 3], 100, 2, chunk_steps=64, requests_per_chunk=64,
+                                       progress=True).throughput_per_instance[1])(0.00165)
+    assert len(bars) == n_bars
