@@ -200,18 +200,7 @@ class _Config:
     start: str
     num_bins: int
     micro_batches: int | None = None  # None: the paper's barrier step (ideal overlap)
-    progress: bool = False  # a host callback per (replica, chunk) drives a progress bar
-
-
-# The progress bar of the simulate() call in flight (host side; see _progress_tick).
-_PROGRESS: dict = {"bar": None, "steps_per_tick": 0}
-
-
-def _progress_tick(*_):
-    """Host callback: one replica finished one chunk of steps."""
-    bar = _PROGRESS["bar"]
-    if bar is not None:
-        bar.update(_PROGRESS["steps_per_tick"])
+    progress: bool = False  # replicas run in host-side blocks that drive a progress bar
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -408,8 +397,6 @@ def _replica_sums(replica_id, key_words, workload: Workload, latency: LatencyMod
             covered=acc["covered"] & covered,
             log_prob=acc["log_prob"] + log_prob,
         )
-        if cfg.progress:  # after this chunk's statistics exist; once per replica and chunk
-            jax.debug.callback(_progress_tick, replica_id, acc["tau"][0])
         return (prefill_next, decode_next, index_next, next_request, pipe, acc), None
 
     zeros = jnp.zeros(rmax, fdtype)
@@ -481,11 +468,20 @@ def _simulate_core(key_words, workload, latency, levels, cfg: _Config):
     (vmapped over by :mod:`afdjax._sweep`); ``cfg`` is static.
     """
     replica_ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
-    sums = jax.lax.map(
+    return _aggregate(_block_sums(key_words, workload, latency, cfg, replica_ids), workload, latency, levels, cfg)
+
+
+def _block_sums(key_words, workload, latency, cfg: _Config, replica_ids):
+    """Per-replica sums of the replicas ``replica_ids`` (advanced ``replica_batch_size`` at a time)."""
+    return jax.lax.map(
         lambda i: _replica_sums(i, key_words, workload, latency, cfg),
         replica_ids,
-        batch_size=cfg.replica_batch_size,
+        batch_size=min(cfg.replica_batch_size, replica_ids.shape[0]),
     )
+
+
+def _aggregate(sums, workload, latency, levels, cfg: _Config):
+    """``(SimulationResult, covered)`` from the per-replica sums of all ``num_replicas``."""
     fdtype = jnp.zeros(()).dtype
     B, K, R = cfg.batch_size, cfg.num_steps, cfg.num_replicas
     steps_total = float(K) * float(R)  # Python floats: products of sizes can exceed int32
@@ -564,20 +560,30 @@ def _traced(*trees) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
 
 
+_block_sums_jit = eqx.filter_jit(_block_sums)
+_aggregate_jit = eqx.filter_jit(_aggregate)
+
+
 def _simulate_with_progress(key_words, workload, latency, levels, cfg: _Config):
-    """:func:`_simulate_jit` with a tqdm bar over simulated replica-steps (rate and ETA)."""
+    """The same simulation with the replicas run in host-side blocks of
+    ``replica_batch_size`` (one compiled block, the last one padded), a tqdm bar over
+    simulated replica-steps (rate and ETA) advancing after each block."""
     from tqdm.auto import tqdm
 
-    total = cfg.num_replicas * cfg.num_chunks * cfg.chunk_steps
-    bar = tqdm(total=total, unit="step", unit_scale=True, desc="afdjax.simulate", leave=False, mininterval=0.5)
-    _PROGRESS.update(bar=bar, steps_per_tick=cfg.chunk_steps)
+    R, block = cfg.num_replicas, cfg.replica_batch_size
+    steps = cfg.num_chunks * cfg.chunk_steps
+    bar = tqdm(total=R * steps, unit="step", unit_scale=True, desc="afdjax.simulate", leave=False, mininterval=0.5)
     try:
-        out = _simulate_jit(key_words, workload, latency, levels, cfg)
-        jax.block_until_ready(out)
-        jax.effects_barrier()  # every callback has run
-        return out
+        parts = []
+        for first in range(0, R, block):
+            n = min(block, R - first)
+            ids = np.arange(first, first + block) % R  # pad the last block with replicas already run
+            out = _block_sums_jit(key_words, workload, latency, cfg, jnp.asarray(ids, jnp.uint32))
+            parts.append(jax.tree_util.tree_map(lambda x, n=n: x[:n], jax.block_until_ready(out)))
+            bar.update(n * steps)
+        sums = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+        return _aggregate_jit(sums, workload, latency, levels, cfg)
     finally:
-        _PROGRESS.update(bar=None, steps_per_tick=0)
         bar.close()
 
 
@@ -746,9 +752,9 @@ def simulate(
       ``replica_batch_size``.
     - ``num_bins``: cycle-time and KV-load histogram bins (quantile resolution).
     - ``progress``: show a progress bar (tqdm, on stderr) with the rate and ETA in
-      simulated replica-steps, fed by a host callback once per replica and chunk. For
-      forward runs; it never changes the numbers (ignored when tracing under
-      ``jit``/``grad``/``vmap``).
+      simulated replica-steps. The replicas then run in host-side blocks of
+      ``replica_batch_size`` and the bar advances after each block; the numbers are
+      those of ``progress=False`` (ignored when tracing under ``jit``/``grad``/``vmap``).
     - ``micro_batches``: ``None`` (default) for the paper's idealised barrier step above;
       an integer ``m`` in ``[1, batch_size]`` for the explicit micro-batch pipeline of
       :mod:`afdjax._pipeline`: slot ``s`` is in micro-batch ``s % m``, every step each

@@ -915,7 +915,7 @@ def test_unrolled_threefry_is_bit_exact():
 
 # ============================================================ progress bar
 def test_progress_bar_counts_every_replica_step_and_changes_nothing(monkeypatch):
-    """simulate(progress=True): a host callback per (replica, chunk) feeds a tqdm bar whose
+    """simulate(progress=True): replicas run in host-side blocks that feed a tqdm bar whose
     total is replicas x chunks x chunk length; the numbers are those of progress=False."""
     import tqdm.auto
 
