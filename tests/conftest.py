@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import pathlib
 
@@ -18,6 +19,20 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    The suite compiles thousands of XLA programs in one process; each CPU executable
+    keeps memory mappings for its code, and their number grows towards the kernel's
+    ``vm.max_map_count`` (65,530 here). Late in the suite an XLA compilation then
+    segfaulted (seen on fresh clones, at different tests). Clearing the caches per
+    module keeps the live programs to one module's worth."""
+    yield
+    jax.clear_caches()
+    gc.collect()
+
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "afdjax" / "data"
