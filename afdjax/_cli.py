@@ -109,17 +109,40 @@ def _add_micro_batches_option(p):
     )
 
 
-def _float_at_least(name: str, minimum: float, strict: bool = True):
-    """argparse type: a finite float > minimum (or >= with strict=False)."""
+def _float_in(name: str, ok, allowed: str):
+    """argparse type: a finite float for which ``ok(v)`` holds; ``allowed`` says what is."""
 
     def conv(text):
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
-        if not math.isfinite(v) or (v <= minimum if strict else v < minimum):
-            raise argparse.ArgumentTypeError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {text}")
+        if not math.isfinite(v) or not ok(v):
+            raise argparse.ArgumentTypeError(f"{name} must be {allowed}, got {text}")
         return v
+
+    return conv
+
+
+def _float_at_least(name: str, minimum: float, strict: bool = True):
+    """argparse type: a finite float > minimum (or >= with strict=False)."""
+    if strict:
+        return _float_in(name, lambda v: v > minimum, f"> {minimum:g}")
+    return _float_in(name, lambda v: v >= minimum, f">= {minimum:g}")
+
+
+def _gb_or_auto(name: str):
+    """argparse type: ``auto`` or a capacity in GB (> 0), returned in bytes (1 GB = 1e9 bytes)."""
+    number = _float_at_least(name, 0.0)
+
+    def conv(text):
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number or 'auto'") from None
+        return number(text) * 1e9
 
     return conv
 
@@ -152,7 +175,7 @@ def _add_constraint_options(p):
     )
     g.add_argument("--batch-sizes", metavar="LIST", help="choose B jointly with r among these: 64,128,256 | "
                    "LO:HI:STEP | x2:LO:HI (doubling); default: --batch-size only")
-    g.add_argument("--kv-capacity-gb", metavar="GB", help="KV-cache capacity of one Attention instance in GB (1e9 bytes), "
+    g.add_argument("--kv-capacity-gb", type=_gb_or_auto("--kv-capacity-gb"), metavar="GB", help="KV-cache capacity of one Attention instance in GB (1e9 bytes), "
                    "or 'auto' = devices x HBM - resident weights from the hardware spec (e.g. h100:deepseek-v3)")
     g.add_argument("--kv-bytes-per-token", type=_float_at_least("--kv-bytes-per-token", 0.0), metavar="BYTES",
                    help="KV bytes per token over all layers (default: from the hardware spec's model)")
@@ -340,17 +363,7 @@ def _cmd_sweep(args) -> int:
 
 def _fraction(name):
     """argparse type: a number in (0, 1]."""
-
-    def conv(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
-        if not (0 < v <= 1):
-            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1], got {v:g}")
-        return v
-
-    return conv
+    return _float_in(name, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def _add_hardware_commands(sub) -> None:
@@ -655,7 +668,7 @@ def _cmd_provision_constrained(args) -> int:
     kv_bytes = args.kv_bytes_per_token if args.kv_bytes_per_token is not None else deployment.kv_bytes_per_token
     capacity = None
     if args.kv_capacity_gb is not None:
-        if args.kv_capacity_gb.strip().lower() == "auto":
+        if args.kv_capacity_gb == "auto":
             capacity = deployment.kv_capacity_bytes()
             if capacity is None:
                 raise CliError(f"--kv-capacity-gb auto: the hardware spec {args.hardware!r} does not give HBM capacity "
@@ -664,12 +677,7 @@ def _cmd_provision_constrained(args) -> int:
                 raise CliError(f"--kv-capacity-gb auto: the weights ({deployment.attention_weight_bytes / 1e9:.4g} GB) "
                                "do not fit the Attention instance's HBM; give more attention_devices or a number")
         else:
-            if not _is_number(args.kv_capacity_gb):
-                raise CliError(f"--kv-capacity-gb {args.kv_capacity_gb!r} is not a number or 'auto'")
-            try:
-                capacity = _float_at_least("--kv-capacity-gb", 0.0)(args.kv_capacity_gb) * 1e9
-            except argparse.ArgumentTypeError as err:
-                raise CliError(str(err)) from None
+            capacity = args.kv_capacity_gb  # bytes (the option's type converts GB)
         if kv_bytes is None:
             raise CliError(f"--kv-capacity-gb needs the KV bytes per token: the hardware spec {args.hardware!r} has no "
                            "model; use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --kv-bytes-per-token")
@@ -731,14 +739,6 @@ def _emit_report(args, report, title: str) -> int:
     if args.plot:
         print(f"Plot written to {args.plot}")
     return 0
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _cmd_provision(args) -> int:
