@@ -2,16 +2,16 @@
 
 import importlib.metadata as _metadata
 
-from ._engine import SimulationResult as SimulationResult, simulate as simulate
+from ._engine._simulate import SimulationResult as SimulationResult, simulate as simulate
 from ._latency import PRESETS as PRESETS, LatencyModel as LatencyModel
-from ._workload import Empirical as Empirical, Geometric as Geometric, Workload as Workload
+from ._workload._core import Empirical as Empirical, Geometric as Geometric, Workload as Workload
 
 try:
     __version__ = _metadata.version("afdjax")
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-from ._io import (
+from ._data._io import (
     BUNDLED_TRACES as BUNDLED_TRACES,
     bundled_trace_path as bundled_trace_path,
     latency_to_toml as latency_to_toml,
@@ -21,7 +21,7 @@ from ._io import (
     read_trace as read_trace,
 )
 from ._plot import plot_simulation as plot_simulation
-from ._sweep import (
+from ._sweep._core import (
     SweepGrid as SweepGrid,
     SweepSummary as SweepSummary,
     load_grid as load_grid,
@@ -29,8 +29,8 @@ from ._sweep import (
     read_sweep as read_sweep,
     sweep as sweep,
 )
-from ._report import ProvisionReport as ProvisionReport, provision as provision
-from ._theory import (
+from ._provision._report import ProvisionReport as ProvisionReport, provision as provision
+from ._theory._closed_forms import (
     REGIMES as REGIMES,
     BarrierOptimum as BarrierOptimum,
     MeanFieldOptimum as MeanFieldOptimum,
@@ -44,7 +44,7 @@ from ._theory import (
     mean_field_optimum as mean_field_optimum,
     mean_field_throughput as mean_field_throughput,
 )
-from ._pipeline import (
+from ._step._pipeline import (
     PipelineEvents as PipelineEvents,
     PipelineState as PipelineState,
     micro_batch_sizes as micro_batch_sizes,
@@ -65,14 +65,14 @@ from ._grad import (
     throughput_estimate as throughput_estimate,
     throughput_gradients as throughput_gradients,
 )
-from ._fit_latency import LatencyFit as LatencyFit, fit_latency as fit_latency, read_latency_observations as read_latency_observations
-from ._fit_throughput import (
+from ._fit._latency import LatencyFit as LatencyFit, fit_latency as fit_latency, read_latency_observations as read_latency_observations
+from ._fit._throughput import (
     ThroughputFit as ThroughputFit,
     ThroughputObservations as ThroughputObservations,
     fit_throughput as fit_throughput,
     read_throughput_observations as read_throughput_observations,
 )
-from ._fit_workload import (
+from ._fit._workload import (
     DECODE_FIT_FAMILIES as DECODE_FIT_FAMILIES,
     PREFILL_FIT_FAMILIES as PREFILL_FIT_FAMILIES,
     FamilyFit as FamilyFit,
@@ -80,7 +80,7 @@ from ._fit_workload import (
     fit_trace as fit_trace,
     fit_workload as fit_workload,
 )
-from ._hardware import (
+from ._hardware._core import (
     ACCELERATORS as ACCELERATORS,
     MODELS as MODELS,
     Accelerator as Accelerator,
@@ -93,8 +93,8 @@ from ._hardware import (
     parse_accelerator_spec as parse_accelerator_spec,
     parse_model_spec as parse_model_spec,
 )
-from ._profile import ProfileResult as ProfileResult, profile_hardware as profile_hardware
-from ._constraints import (
+from ._profile._profile import ProfileResult as ProfileResult, profile_hardware as profile_hardware
+from ._provision._constraints import (
     OBJECTIVES as OBJECTIVES,
     ConstrainedProvisionReport as ConstrainedProvisionReport,
     Constraints as Constraints,

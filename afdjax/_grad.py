@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._engine import SimulationResult, _plan, simulate
+from ._engine._simulate import SimulationResult, _plan, simulate
 from ._latency import LatencyModel
-from ._theory import barrier_optimum, barrier_throughput, mean_field_optimum
-from ._workload import Workload
+from ._theory._closed_forms import barrier_optimum, barrier_throughput, mean_field_optimum
+from ._workload._core import Workload
 
 
 def throughput_estimate(result: SimulationResult) -> jax.Array:

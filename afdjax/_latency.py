@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._workload import float_leaf
+from ._validate import float_leaf
 
 COMM_SCALINGS = ("batch", "ratio_batch")
 COEFFICIENT_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     """pyplot, with the non-interactive Agg backend unless the user already chose one
     (an imported pyplot, or ``MPLBACKEND`` as Jupyter kernels set it): figures are only
     ever written to files, and a notebook's inline plotting must keep working."""
@@ -26,7 +26,7 @@ def _pyplot():
 def plot_simulation(result, path, title: str | None = None, time_unit: str = "time unit") -> Path:
     """Write a PNG: throughput per instance against r (error bars: 2 standard errors),
     and the attention / FFN idle fractions below it."""
-    plt = _pyplot()
+    plt = pyplot()
     r = np.asarray(result.ratios)
     thr = np.asarray(result.throughput_per_instance)
     se = np.nan_to_num(np.asarray(result.stderr))

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import afdjax  # noqa: E402
-from afdjax._verify import run_verification  # noqa: E402
+from afdjax._provision._verify import run_verification  # noqa: E402
 
 KEEP_PLOTS = ("rstar_vs_batch.png", "rstar_vs_context.png", "idle_fractions.png",
               "provision_B_256__mu_p_100__mu_d_500.png", "provision_mooncake_conv.png", "provision_azure_conv.png")

@@ -1,7 +1,7 @@
 """Event-driven NumPy reference of the micro-batch pipeline (a test oracle).
 
 A discrete-event simulator written for the tests and sharing no code with
-``afdjax._pipeline``: a priority queue of timed events, and resources (every Attention
+``afdjax._step._pipeline``: a priority queue of timed events, and resources (every Attention
 instance, the A->F link, the FFN, the F->A link) that each serve one micro-batch at a
 time, choosing among the waiting micro-batches the one first in the order (step, group).
 Jobs move on when an event fires: a micro-batch asks for attention on all its

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from afdjax._cli import main, parse_ratios
+from afdjax._cli._main import main, parse_ratios
 
 SMALL = ["--batch-size", "32", "--ratios", "1:6", "--steps", "300", "--replicas", "4"]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import afdjax
-from afdjax._cli import main, parse_batch_sizes
-from afdjax._constraints import kv_overflow_probability_gaussian
+from afdjax._cli._main import main, parse_batch_sizes
+from afdjax._provision._constraints import kv_overflow_probability_gaussian
 
 SMALL = ["--steps", "300", "--replicas", "4", "--ratios", "1:16"]
 

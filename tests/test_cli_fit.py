@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from afdjax._cli import main
-from afdjax._io import DATA_DIR, parse_hardware_spec
+from afdjax._cli._main import main
+from afdjax._data._io import DATA_DIR, parse_hardware_spec
 
 
 def run(capsys, *argv):

@@ -1,4 +1,4 @@
-"""Provisioning under constraints (KV capacity, TPOT, cost): ``afdjax._constraints``.
+"""Provisioning under constraints (KV capacity, TPOT, cost): ``afdjax._provision._constraints``.
 
 References: exact zero-variance systems (every number is known by hand), SciPy's normal
 tail for the Gaussian KV-overflow probability, and hand arithmetic for the costs.
@@ -15,7 +15,7 @@ from scipy import stats
 
 import afdjax
 from afdjax import Empirical, Geometric, LatencyModel
-from afdjax._constraints import (
+from afdjax._provision._constraints import (
     Constraints,
     Costs,
     evaluate_cells,

@@ -1,4 +1,4 @@
-"""Fitting the stage-latency coefficients to step-latency observations (``afdjax._fit_latency``).
+"""Fitting the stage-latency coefficients to step-latency observations (``afdjax._fit._latency``).
 
 Synthetic observations are generated here with NumPy from known coefficients (the
 ``paper-910c`` preset, arXiv 2601.21351), independently of the library. References:
@@ -17,7 +17,7 @@ import pytest
 import scipy.optimize
 import scipy.stats
 
-from afdjax._fit_latency import (
+from afdjax._fit._latency import (
     LatencyFitWarning,
     LatencyObservations,
     _example_observations_csv,
@@ -26,7 +26,7 @@ from afdjax._fit_latency import (
     fit_latency,
     read_latency_observations,
 )
-from afdjax._io import DATA_DIR, parse_hardware_spec
+from afdjax._data._io import DATA_DIR, parse_hardware_spec
 from afdjax._latency import PRESETS, LatencyModel
 
 TRUE = PRESETS["paper-910c"]
@@ -436,7 +436,7 @@ def test_bootstrap_chunks_and_bound():
     import jax
     import jax.numpy as jnp
 
-    from afdjax._fit_latency import _fit_replicates, _padded_size
+    from afdjax._fit._latency import _fit_replicates, _padded_size
 
     rng = np.random.default_rng(8)
     n = 60

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import afdjax
-from afdjax._fit_throughput import ThroughputObservations, fit_throughput, read_throughput_observations
+from afdjax._fit._throughput import ThroughputObservations, fit_throughput, read_throughput_observations
 
 TRUE = afdjax.LatencyModel.from_preset("paper-910c")
 START = afdjax.LatencyModel(alpha_a=0.003, beta_a=30.0, alpha_f=0.05, beta_f=150.0, alpha_c=0.022, beta_c=20.0)

@@ -1,4 +1,4 @@
-"""Tests of afdjax._fit_workload: maximum-likelihood fits of request-length distributions.
+"""Tests of afdjax._fit._workload: maximum-likelihood fits of request-length distributions.
 
 References are independent of the module: samples come from NumPy's generators, pmfs,
 CDFs and moments from scipy.stats (or a brute-force NumPy sum), closed-form MLEs are

@@ -3,7 +3,7 @@
 
 The preset coefficients are recomputed here by hand from the cited spec numbers, typed in
 again below from the datasheets and the Hugging Face ``config.json`` files (not read from
-afdjax), with the arithmetic written out independently of ``afdjax._hardware``.
+afdjax), with the arithmetic written out independently of ``afdjax._hardware._core``.
 """
 
 import json
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import afdjax
-from afdjax._cli import main
-from afdjax._io import latency_to_toml, parse_hardware_spec
+from afdjax._cli._main import main
+from afdjax._data._io import latency_to_toml, parse_hardware_spec
 
 # ---------------------------------------------------------------- spec numbers, typed from the sources
 # (HBM bytes, HBM B/s, dense BF16 FLOP/s, dense FP8 FLOP/s or None, link B/s per direction, W)
@@ -416,7 +416,7 @@ def test_profiled_attention_matches_a_naive_reference(model):
     expanded from the latent per head), which the absorbed kernel must equal."""
     import jax
 
-    from afdjax._profile import _attention_fn, _attention_inputs, scale_model
+    from afdjax._profile._profile import _attention_fn, _attention_inputs, scale_model
 
     shape = scale_model(afdjax.MODELS[model], 1 / 32)
     x, w, cache = _attention_inputs(shape, 3, 5, np.float64, jax.random.key(1))
@@ -450,7 +450,7 @@ def test_profiled_moe_matches_a_per_token_reference(monkeypatch):
     per-token loop over its top-k experts plus the shared expert."""
     import jax
 
-    import afdjax._profile as prof
+    import afdjax._profile._profile as prof
 
     shape = prof.scale_model(afdjax.MODELS["deepseek-v3"], 1 / 16)
     shape = __import__("dataclasses").replace(shape, num_experts_per_token=3)

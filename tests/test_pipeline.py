@@ -4,7 +4,7 @@ Independent oracles:
 
 * ``reference_pipeline.simulate_pipeline_events``: an event-driven simulator (priority
   queue of events, resources serving one micro-batch at a time) sharing no code with
-  ``afdjax._pipeline``; every event time must agree to float rounding.
+  ``afdjax._step._pipeline``; every event time must agree to float rounding.
 * ``reference_sim.simulate_reference_pipeline``: the per-step NumPy load simulator
   (slot ``s`` in group ``s % m``) feeding that event-driven pipeline; compared
   statistically (3 combined standard errors, fixed seeds) and, with zero-variance
@@ -31,10 +31,10 @@ import numpy as np
 import pytest
 
 import afdjax
-import afdjax._engine as engine
+import afdjax._engine._simulate as engine
 from afdjax import Empirical, Geometric, LatencyModel
-from afdjax._cli import main
-from afdjax._pipeline import (
+from afdjax._cli._main import main
+from afdjax._step._pipeline import (
     micro_batch_sizes,
     pipeline_barrier_cycle_time,
     pipeline_cycle_time,

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 import afdjax
-import afdjax._sweep
-from afdjax._cli import main
-from afdjax._sweep import MANIFEST
+import afdjax._sweep._core
+from afdjax._cli._main import main
+from afdjax._sweep._core import MANIFEST
 
 from conftest import REPO_ROOT
 
@@ -76,7 +76,7 @@ def assert_same(a: pd.DataFrame, b: pd.DataFrame):
     results then differ in the last bits, about 1e-16 relative.)"""
     a, b = a.reset_index(drop=True), b.reset_index(drop=True)
     assert list(a.columns) == list(b.columns)
-    floats = [c for c in a.columns if a[c].dtype == np.float64 and c not in afdjax._sweep.WORKLOAD_FLOATS]
+    floats = [c for c in a.columns if a[c].dtype == np.float64 and c not in afdjax._sweep._core.WORKLOAD_FLOATS]
     pd.testing.assert_frame_equal(a.drop(columns=floats), b.drop(columns=floats), check_exact=True)
     for c in floats:
         x, y = a[c].to_numpy(), b[c].to_numpy()
@@ -148,7 +148,7 @@ def test_four_devices_equal_one(reference, tmp_path):
         f"""
         import json, sys
         import jax
-        import afdjax, afdjax._sweep as sw
+        import afdjax, afdjax._sweep._core as sw
         assert len(jax.devices()) == 4, jax.devices()
         seen = []
         make = sw._make_chunk_fn
@@ -371,7 +371,7 @@ def test_cli_summary_json_and_errors(tmp_path, capsys):
 
 
 def test_chunk_size_follows_the_memory_budget():
-    from afdjax._sweep import _group_sizes
+    from afdjax._sweep._core import _group_sizes
 
     grid = afdjax.load_grid(small_grid())
     group, settings = grid.groups[0], grid.settings

@@ -270,7 +270,7 @@ def test_empirical_stationary_large_total_decode_is_unbiased():
 
 
 def test_uniform_int_matches_64bit_formula():
-    from afdjax._workload import _uniform_int
+    from afdjax._random import uniform_int as _uniform_int
 
     rng = np.random.default_rng(0)
     hi = rng.integers(0, 2**32, 10_000, dtype=np.uint64)

@@ -116,9 +116,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._io import jsonable, latency_to_toml, read_records, resolve_file
-from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
-from ._optim import lbfgs_minimise
+from .._json import jsonable
+from .._data._io import latency_to_toml, read_records, resolve_file
+from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
+from ._lbfgs import lbfgs_minimise
 
 STAGES = ("attention", "ffn", "comm")
 LOSSES = ("huber", "l2")
@@ -886,12 +887,12 @@ class LatencyFit:
     def plot_residuals(self, path, time_unit: str = "time unit") -> Path:
         """Write a PNG: for each stage, measured times and the fitted line against ``x``
         (top) and the residuals (bottom; dashed: ``-+ delta`` for Huber)."""
-        from ._plot import _pyplot
+        from .._plot import pyplot
 
         path = Path(path)
         if path.parent and not path.parent.exists():
             raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), gridspec_kw=dict(height_ratios=[2, 1]))
         for col, stage in enumerate(STAGES):
             fit = self.stages[stage]

@@ -31,13 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._engine import simulate
-from ._grad import throughput_estimate
-from ._io import jsonable, read_records, resolve_file
-from ._optim import lbfgs_minimise
-from ._latency import COEFFICIENT_NAMES, LatencyModel
-from ._theory import barrier_throughput
-from ._workload import Geometric, Workload
+from .._engine._simulate import simulate
+from .._grad import throughput_estimate
+from .._json import jsonable
+from .._data._io import read_records, resolve_file
+from ._lbfgs import lbfgs_minimise
+from .._latency import COEFFICIENT_NAMES, LatencyModel
+from .._theory._closed_forms import barrier_throughput
+from .._workload._core import Geometric, Workload
 
 WORKLOAD_PARAMETERS = ("mu_p", "mu_d")
 
@@ -213,7 +214,7 @@ def fit_throughput(
 
     # ---------------------------------------------------------------- 2. refine through the simulation
     w_x, lat_x = _set(workload, latency, names, jnp.exp(x))
-    from ._grad import plan_buffers
+    from .._grad import plan_buffers
 
     sizes = {}
     for b in sorted(set(int(v) for v in obs.batch_size)):

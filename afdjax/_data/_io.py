@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
-from ._workload import PREFILL_FAMILIES, Empirical, Geometric, Workload, _validate_lengths
+from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
+from .._workload._core import PREFILL_FAMILIES, Empirical, Geometric, Workload, validate_lengths
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 BUNDLED_TRACES: dict[str, str] = {
     "azure-code": "AzureLLMInferenceTrace_code.csv",
@@ -138,7 +138,7 @@ def read_trace(path, prefill_column: str | None = None, decode_column: str | Non
     prefill, output = column(prefill_column), column(decode_column)
     for name, values, minimum in ((prefill_column, prefill, 0), (decode_column, output, 1)):
         try:
-            _validate_lengths(name, values, minimum=minimum, integer=True)
+            validate_lengths(name, values, minimum=minimum, integer=True)
         except ValueError as err:
             raise ValueError(f"{p}: {err}") from None
     return prefill, output
@@ -166,21 +166,6 @@ def load_trace(
     prefill, output = read_trace(path, prefill_column, decode_column)
     decode = np.ceil(output / int(tokens_per_step)).astype(np.int64)
     return Empirical(prefill, decode)
-
-
-def jsonable(x):
-    """Nested dicts/lists of NumPy or Python numbers -> JSON-safe Python (non-finite -> None)."""
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 # ------------------------------------------------------------------------- spec parsing
@@ -306,7 +291,7 @@ def parse_hardware_spec(spec: str) -> LatencyModel:
     """
     text = spec.strip()
     head = text.split(",", 1)[0].strip()
-    from ._hardware import ACCELERATORS, MODELS, derive_from_spec, is_accelerator_model_spec
+    from .._hardware._core import ACCELERATORS, MODELS, derive_from_spec, is_accelerator_model_spec
 
     if is_accelerator_model_spec(text):  # ACCELERATOR:MODEL[,option=value,...] (afdjax hardware)
         return derive_from_spec(text).latency

@@ -334,7 +334,7 @@ def _add_sweep_parser(sub) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from ._sweep import sweep
+    from .._sweep._core import sweep
 
     try:
         summary = sweep(
@@ -426,7 +426,7 @@ def _add_hardware_commands(sub) -> None:
 
 
 def _cmd_hardware(args) -> int:
-    from ._hardware import derive_latency, format_presets, parse_accelerator_spec, parse_model_spec
+    from .._hardware._core import derive_latency, format_presets, parse_accelerator_spec, parse_model_spec
 
     if args.list:
         print(format_presets(), end="")
@@ -470,7 +470,7 @@ def _int_list(option: str, text: str | None):
 
 
 def _cmd_profile(args) -> int:
-    from ._profile import profile_hardware
+    from .._profile._profile import profile_hardware
 
     if args.scale is not None and not (0 < args.scale <= 1):
         raise CliError(f"--scale must be in (0, 1], got {args.scale:g}")
@@ -546,9 +546,9 @@ def _cmd_simulate(args) -> int:
     import jax
     import numpy as np
 
-    from . import __version__
-    from ._engine import simulate
-    from ._io import parse_hardware_spec, parse_workload_spec
+    from .. import __version__
+    from .._engine._simulate import simulate
+    from .._data._io import parse_hardware_spec, parse_workload_spec
 
     ratios = parse_ratios(args.ratios)
     workload = parse_workload_spec(args.workload)
@@ -587,7 +587,7 @@ def _cmd_simulate(args) -> int:
     theta = float(workload.theta())
     slot_sd = float(np.sqrt(workload.slot_variance()))
     if args.plot:
-        from ._plot import plot_simulation
+        from .._plot import plot_simulation
 
         title = (
             f"workload {_short_spec(args.workload)} | hardware {_short_spec(args.hardware)}\n"
@@ -656,10 +656,10 @@ def _constrained_mode(args) -> bool:
 def _cmd_provision_constrained(args) -> int:
     import jax
 
-    from . import __version__
-    from ._constraints import Constraints, Costs, provision_constrained
-    from ._hardware import load_deployment
-    from ._io import parse_workload_spec
+    from .. import __version__
+    from .._provision._constraints import Constraints, Costs, provision_constrained
+    from .._hardware._core import load_deployment
+    from .._data._io import parse_workload_spec
 
     ratios = parse_ratios(args.ratios) if args.ratios else None
     batch_sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else [args.batch_size]
@@ -747,9 +747,9 @@ def _cmd_provision(args) -> int:
     if _constrained_mode(args):
         return _cmd_provision_constrained(args)
 
-    from . import __version__
-    from ._io import parse_hardware_spec, parse_workload_spec
-    from ._report import provision
+    from .. import __version__
+    from .._data._io import parse_hardware_spec, parse_workload_spec
+    from .._provision._report import provision
 
     ratios = parse_ratios(args.ratios) if args.ratios else None
     workload = parse_workload_spec(args.workload)
@@ -784,8 +784,8 @@ def _cmd_provision(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from ._io import parse_hardware_spec
-    from ._verify import run_verification
+    from .._data._io import parse_hardware_spec
+    from .._provision._verify import run_verification
 
     latency = parse_hardware_spec(args.hardware)
     summary = run_verification(
@@ -812,7 +812,7 @@ def _split(text):
 
 
 def _cmd_fit_workload(args) -> int:
-    from ._fit_workload import DECODE_FIT_FAMILIES, PREFILL_FIT_FAMILIES, fit_trace
+    from .._fit._workload import DECODE_FIT_FAMILIES, PREFILL_FIT_FAMILIES, fit_trace
 
     fit = fit_trace(
         args.trace,
@@ -839,8 +839,8 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _cmd_fit_latency(args) -> int:
-    from ._fit_latency import fit_latency
-    from ._io import parse_hardware_spec
+    from .._fit._latency import fit_latency
+    from .._data._io import parse_hardware_spec
 
     defaults = parse_hardware_spec(args.defaults) if args.defaults else None
     fit = fit_latency(args.observations, loss=args.loss, comm_scaling=args.comm_scaling,
@@ -865,8 +865,8 @@ def _cmd_fit_latency(args) -> int:
 def _cmd_fit_throughput(args) -> int:
     import jax
 
-    from ._fit_throughput import fit_throughput, read_throughput_observations
-    from ._io import latency_to_toml, parse_hardware_spec, parse_workload_spec
+    from .._fit._throughput import fit_throughput, read_throughput_observations
+    from .._data._io import latency_to_toml, parse_hardware_spec, parse_workload_spec
 
     obs = read_throughput_observations(args.observations)
     workload = parse_workload_spec(args.workload)
@@ -913,7 +913,7 @@ def _main(parser, argv) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from . import __version__
+            from .. import __version__
 
             print(f"afdjax {__version__}")
             return 0

@@ -17,10 +17,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._io import jsonable, load_trace
-from ._latency import LatencyModel
+from .._json import jsonable
+from .._data._io import load_trace
+from .._latency import LatencyModel
 from ._report import ProvisionReport, provision
-from ._workload import Geometric
+from .._workload._core import Geometric
 
 # (study, label, mu_p, mu_d, B, r* reported by the paper, r* the paper's formula gives
 # with its published coefficients, per PAPER.md section 4)
@@ -175,9 +176,9 @@ def _markdown(rows: list[dict], settings: dict) -> str:
 
 
 def _plots(out: Path, rows: list[dict], reports: dict[str, ProvisionReport]) -> list[str]:
-    from ._plot import _pyplot
+    from .._plot import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     batch = [r for r in rows if r["study"] == "batch"]
     if batch:

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr, ndtr
 
-from ._latency import LatencyModel
-from ._workload import Workload
+from .._latency import LatencyModel
+from .._workload._core import Workload
 
 REGIMES = ("attention", "communication", "ffn")
 """Names of the binding regimes, indexed by :attr:`MeanFieldOptimum.regime`."""

@@ -104,8 +104,9 @@ import numpy as np
 import optax
 from jax.scipy.special import betainc, gammainc, gammaln, log_ndtr, ndtr
 
-from ._io import jsonable, read_trace
-from ._workload import _validate_lengths, float_leaf
+from .._json import jsonable
+from .._data._io import read_trace
+from .._workload._core import validate_lengths, float_leaf
 
 DECODE_FIT_FAMILIES = ("geometric", "negative_binomial", "lognormal", "geometric_mixture")
 """Decode-length families :func:`fit_workload` knows, in its default order."""
@@ -998,7 +999,7 @@ def _as_1d(name: str, values) -> np.ndarray:
 
 def _check_decode(decode) -> np.ndarray:
     arr = _as_1d("decode", decode)
-    _validate_lengths("decode", arr, minimum=1, integer=True)
+    validate_lengths("decode", arr, minimum=1, integer=True)
     arr = arr.astype(np.float64)
     if np.unique(arr).size < 2:
         raise ValueError(
@@ -1020,7 +1021,7 @@ def _check_shift(prefill_shift) -> float:
 
 def _check_prefill(prefill, shift: float) -> np.ndarray:
     arr = _as_1d("prefill", prefill)
-    _validate_lengths("prefill", arr, minimum=0, integer=False)
+    validate_lengths("prefill", arr, minimum=0, integer=False)
     arr = arr.astype(np.float64)
     if shift == 0 and np.any(arr == 0):
         i = int(np.argmax(arr == 0))

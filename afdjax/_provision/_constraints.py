@@ -44,10 +44,10 @@ import math
 import jax
 import numpy as np
 
-from ._engine import SimulationResult, simulate
-from ._io import jsonable
-from ._latency import LatencyModel
-from ._workload import Workload
+from .._engine._simulate import SimulationResult, simulate
+from .._json import jsonable
+from .._latency import LatencyModel
+from .._workload._core import Workload
 
 OBJECTIVES = ("per_instance", "per_dollar", "per_joule")
 TPOT_STATISTICS = ("p99", "mean")
@@ -433,9 +433,9 @@ class ConstrainedProvisionReport:
         from matplotlib.colors import Normalize
         from matplotlib.patches import Patch
 
-        from ._plot import _pyplot
+        from .._plot import pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         batches = [p["batch_size"] for p in self.per_batch]
         ratios = sorted({cell["ratio"] for cell in self.cells})
         grid = np.full((len(batches), len(ratios)), np.nan)

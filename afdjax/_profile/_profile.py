@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._hardware import MODELS, ModelSpec, _check_choice, _check_int, parse_model_spec
+from .._hardware._core import MODELS, ModelSpec, _check_choice, _check_int, parse_model_spec
 
 COMM_MODES = ("auto", "device", "host", "defaults")
 HOLDOUT_EVERY = 3
@@ -365,7 +365,7 @@ class ProfileResult:
         return float(max(errs)) if errs else math.nan
 
     def to_dict(self) -> dict:
-        from ._io import jsonable
+        from .._json import jsonable
 
         return jsonable(dict(
             model=dataclasses.asdict(self.model),
@@ -438,12 +438,12 @@ class ProfileResult:
         ``(fit - measured) / measured`` in percent with the 15 % band (bottom)."""
         from pathlib import Path
 
-        from ._plot import _pyplot
+        from .._plot import pyplot
 
         path = Path(path)
         if path.parent and not path.parent.exists():
             raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
-        plt = _pyplot()
+        plt = pyplot()
         stages = list(self.measurements)
         fig, axes = plt.subplots(2, len(stages), figsize=(4.2 * len(stages), 6.2), squeeze=False,
                                  gridspec_kw=dict(height_ratios=[2, 1]))
@@ -485,7 +485,7 @@ class ProfileResult:
     def to_toml(self) -> str:
         """Hardware TOML (``--hardware FILE``): fitted ``[latency]`` plus ``[model]`` with the
         profiled shape's layer count and KV bytes per token, and a header with the provenance."""
-        from ._hardware import Deployment, _deployment_toml
+        from .._hardware._core import Deployment, _deployment_toml
 
         head = [
             f"Latency coefficients measured by afdjax profile on {self.device} ({self.dtype}), microseconds per layer",
@@ -565,9 +565,9 @@ def profile_hardware(
 
     **Returns:** a :class:`ProfileResult`.
     """
-    from ._fit_latency import LatencyObservations, fit_latency
-    from ._io import parse_hardware_spec
-    from ._latency import LatencyModel
+    from .._fit._latency import LatencyObservations, fit_latency
+    from .._data._io import parse_hardware_spec
+    from .._latency import LatencyModel
 
     t_start = time.perf_counter()
     device = jax.devices()[0]

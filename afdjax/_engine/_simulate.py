@@ -38,10 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._io import jsonable
-from ._latency import LatencyModel
-from ._pipeline import PipelineState, micro_batch_sizes, pipeline_advance, pipeline_cycle_time
-from ._workload import Workload
+from .._json import jsonable
+from .._random import threefry2x32 as _hash
+from .._latency import LatencyModel
+from .._step._pipeline import PipelineState, micro_batch_sizes, pipeline_advance, pipeline_cycle_time
+from .._workload._core import Workload
 
 START_MODES = ("stationary", "cold")
 
@@ -201,28 +202,6 @@ class _Config:
     num_bins: int
     micro_batches: int | None = None  # None: the paper's barrier step (ideal overlap)
     progress: bool = False  # replicas run in host-side blocks that drive a progress bar
-
-
-_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def _hash(k1, k2, x1, x2):
-    """Threefry-2x32 (20 rounds) of counters ``(x1, x2)`` under key ``(k1, k2)``.
-
-    Bit-for-bit the same as ``jax.extend.random.threefry2x32_p`` (tested), written out
-    in array operations so that XLA fuses and vectorises it: on CPU this is about ten
-    times faster than the primitive, whose lowering loops over rounds.
-    """
-    k1, k2, x1, x2 = (jnp.asarray(v, jnp.uint32) for v in (k1, k2, x1, x2))
-    keys = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
-    a, b = x1 + keys[0], x2 + keys[1]
-    for i in range(5):
-        for rot in _THREEFRY_ROTATIONS[i % 2]:
-            a = a + b
-            b = ((b << jnp.uint32(rot)) | (b >> jnp.uint32(32 - rot))) ^ a
-        a = a + keys[(i + 1) % 3]
-        b = b + keys[(i + 2) % 3] + jnp.uint32(i + 1)
-    return a, b
 
 
 def _prefix(op, x):

@@ -14,18 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._engine import SimulationResult, simulate
-from ._io import jsonable
-from ._latency import LatencyModel
-from ._pipeline import pipeline_barrier_throughput, pipeline_throughput
-from ._theory import (
+from .._engine._simulate import SimulationResult, simulate
+from .._json import jsonable
+from .._latency import LatencyModel
+from .._step._pipeline import pipeline_barrier_throughput, pipeline_throughput
+from .._theory._closed_forms import (
     barrier_optimum,
     barrier_throughput,
     mean_field_integer_ratio,
     mean_field_optimum,
     mean_field_throughput,
 )
-from ._workload import Workload
+from .._workload._core import Workload
 
 
 def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: int) -> list[int]:
@@ -216,9 +216,9 @@ class ProvisionReport:
     # ------------------------------------------------------------------ plot
     def plot(self, path, title: str | None = None):
         """PNG: mean-field, barrier and simulated throughput against r, and idle fractions."""
-        from ._plot import _pyplot
+        from .._plot import pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         r = np.array([row["ratio"] for row in self.table])
         col = lambda k: np.array([row[k] for row in self.table], dtype=float)  # noqa: E731
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw=dict(height_ratios=[2.2, 1]))

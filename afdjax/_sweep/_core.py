@@ -52,10 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._engine import START_MODES, _MAX_INDEX, _Config, _plan, _replica_bytes, _simulate_core
-from ._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
-from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
-from ._workload import PREFILL_FAMILIES, Geometric
+from .._engine._simulate import START_MODES, _MAX_INDEX, _Config, _plan, _replica_bytes, _simulate_core
+from .._data._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
+from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
+from .._workload._core import PREFILL_FAMILIES, Geometric
 
 MANIFEST = "_manifest.json"
 _FORMAT = "afdjax-sweep/1"
@@ -389,7 +389,7 @@ class SweepGrid:
             head = t.split(",", 1)[0] if t.startswith("trace:") else t
             path = _resolve_trace(head.removeprefix("trace:"))
             traces[t] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        from . import __version__
+        from .. import __version__
 
         return dict(
             format=_FORMAT,
@@ -727,7 +727,7 @@ def sweep(
     pc = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= pi < pc:
         raise ValueError(f"process_index={pi} is invalid: expected 0 <= process_index < process_count={pc}")
-    from . import __version__
+    from .. import __version__
 
     identity = g_obj.identity()
     grid_hash = g_obj.grid_hash()

@@ -28,47 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+from .._random import uniform_int as _uniform_int, uniform_open as _uniform_open
+from .._validate import float_leaf as float_leaf
+
 PREFILL_FAMILIES = ("constant", "exponential", "lognormal")
-
-
-def float_leaf(x) -> jax.Array:
-    """Convert a parameter to an array of the default float dtype (never weak-typed).
-
-    A Python float, a NumPy float64 and a JAX array then all give the same abstract
-    signature, so swapping one for another never recompiles.
-    """
-    return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
-
-
-def _uniform_open(bits: jax.Array) -> jax.Array:
-    """Map uint32 bits to floats strictly inside (0, 1), at the default float dtype."""
-    dtype = jnp.zeros(()).dtype
-    if dtype == jnp.float64:
-        return (bits.astype(jnp.float64) + 0.5) * (2.0**-32)
-    return ((bits >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-24)
-
-
-def _mulhi_u32(a: jax.Array, b: jax.Array) -> jax.Array:
-    """High 32 bits of the 64-bit product of two uint32 arrays (16-bit limbs)."""
-    mask = jnp.uint32(0xFFFF)
-    a0, a1, b0, b1 = a & mask, a >> 16, b & mask, b >> 16
-    low, cross1, cross2 = a0 * b0, a1 * b0, a0 * b1
-    mid = (low >> 16) + (cross1 & mask) + (cross2 & mask)
-    return a1 * b1 + (cross1 >> 16) + (cross2 >> 16) + (mid >> 16)
-
-
-def _uniform_int(hi: jax.Array, lo: jax.Array, n: jax.Array) -> jax.Array:
-    """``floor(x n / 2^64)`` for the 64-bit ``x = hi 2^32 + lo``: an integer in ``[0, n)``.
-
-    Uniform up to a relative bias of at most ``n / 2^64`` (one 32-bit word and ``% n``
-    would be biased by up to ``n / 2^32``, which matters for ``n`` near 2^31).
-    Requires ``1 <= n < 2^31``.
-    """
-    n = jnp.asarray(n).astype(jnp.uint32)
-    low_word = hi * n  # low 32 bits of hi * n (wraps)
-    total = low_word + _mulhi_u32(lo, n)
-    carry = (total < low_word).astype(jnp.uint32)
-    return (_mulhi_u32(hi, n) + carry).astype(jnp.int32)
 
 
 class Workload(eqx.Module):
@@ -287,8 +250,8 @@ class Empirical(Workload):
         if prefill.shape[0] == 0:
             raise ValueError("prefill_tokens and decode_steps are empty: expected at least one request")
         if isinstance(decode, np.ndarray):
-            _validate_lengths("prefill_tokens", prefill, minimum=0, integer=False)
-            _validate_lengths("decode_steps", decode, minimum=1, integer=True)
+            validate_lengths("prefill_tokens", prefill, minimum=0, integer=False)
+            validate_lengths("decode_steps", decode, minimum=1, integer=True)
             if decode.max() >= 2**30:
                 raise ValueError(f"decode_steps has a value {decode.max()} >= 2**30, which is not supported")
             total = int(np.sum(decode, dtype=np.int64))
@@ -363,7 +326,7 @@ def _show(x) -> str:
     return str(int(x)) if math.isfinite(x) and x == int(x) else repr(x)
 
 
-def _validate_lengths(name: str, values: np.ndarray, minimum: int, integer: bool = True) -> None:
+def validate_lengths(name: str, values: np.ndarray, minimum: int, integer: bool = True) -> None:
     """Raise ValueError unless ``values`` are finite (integers if ``integer``) ``>= minimum``."""
     values = np.asarray(values)
     kind = "integers" if integer else "numbers"

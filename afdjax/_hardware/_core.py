@@ -70,7 +70,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from ._latency import COMM_SCALINGS, PRESETS as LATENCY_PRESETS, LatencyModel
+from .._latency import COMM_SCALINGS, PRESETS as LATENCY_PRESETS, LatencyModel
 
 DTYPES = ("bf16", "fp8")
 """Weight / compute dtypes: ``bf16`` (also FP16; 2 bytes) and ``fp8`` (1 byte)."""
@@ -923,7 +923,7 @@ def _toml_value(v) -> str:
 
 def _deployment_toml(latency: LatencyModel, dep: Deployment, description: str | None = None,
                      extra_model=None, extra_accelerator=None, extra_deployment=None) -> str:
-    from ._io import latency_to_toml
+    from .._data._io import latency_to_toml
 
     text = latency_to_toml(latency, description=description)
     if dep.time_unit:
@@ -983,7 +983,7 @@ def load_deployment(spec: str) -> Deployment:
     - a latency preset (``paper-910c``: DeepSeek-V3 layers and KV bytes, nothing about
       the accelerator) or inline coefficients (only ``latency`` known).
     """
-    from ._io import parse_hardware_spec
+    from .._data._io import parse_hardware_spec
 
     if not isinstance(spec, str):
         raise ValueError(f"spec={spec!r} is invalid: expected a hardware spec string")

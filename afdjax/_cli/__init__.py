@@ -1,0 +1,3 @@
+"""The afdjax command line."""
+
+from ._main import main as main
