@@ -120,7 +120,8 @@ def python_outputs() -> dict:
         rep = afdjax.provision(jax.random.key(5), trace, lat, 64, ratios=range(1, 17), num_steps=300,
                                num_replicas=4)
     out["provision"] = json.loads(json.dumps(rep.to_dict()))
-    return json.loads(json.dumps(out))
+    root = str(pathlib.Path(afdjax.__file__).resolve().parent.parent)
+    return json.loads(json.dumps(out).replace(root, "<repo>"))
 
 
 def capture() -> dict:
