@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import afdjax
-from afdjax._data._io import parse_hardware_spec, parse_workload_spec
+from afdjax._specs import parse_hardware_spec, parse_workload_spec
 
 
 def _azure_columns(path):
