@@ -80,6 +80,11 @@ def read_toml(path, what: str) -> dict:
         raise ValueError(f"{what} file {text!r} is not valid TOML: {err}") from None
 
 
+def _bad_content(where: str, what: str) -> ValueError:
+    """A spec or file whose content has the wrong shape: ``"{where}: {what}"``."""
+    return ValueError(f"{where}: {what}")
+
+
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for item in text.split(","):
@@ -119,7 +124,8 @@ def parse_workload_spec(spec: str) -> Workload:
     kind = kind.strip().lower()
     if not sep or kind not in ("geometric", "trace"):
         raise ValueError(
-            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..' or 'trace:PATH[,prefill=COL,decode=COL]'"
+            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..' or "
+            "'trace:PATH[,prefill=COL,decode=COL]'"
         )
     if kind == "geometric":
         pairs = _parse_pairs(rest, "workload spec")
@@ -127,14 +133,17 @@ def parse_workload_spec(spec: str) -> Workload:
         unknown = set(pairs) - allowed
         if unknown:
             raise ValueError(
-                f"workload spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; allowed: mu_p, mu_d, prefill, sigma"
+                f"workload spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                "allowed: mu_p, mu_d, prefill, sigma"
             )
         missing = {"mu_p", "mu_d"} - set(pairs)
         if missing:
             raise ValueError(f"workload spec {spec!r}: missing {', '.join(sorted(missing))}")
         prefill = pairs.get("prefill", "constant")
         if prefill not in PREFILL_FAMILIES:
-            raise ValueError(f"workload spec {spec!r}: prefill={prefill!r}; expected one of {', '.join(PREFILL_FAMILIES)}")
+            raise ValueError(
+                f"workload spec {spec!r}: prefill={prefill!r}; expected one of {', '.join(PREFILL_FAMILIES)}"
+            )
         values = {k: _number(k, pairs[k], f"workload spec {spec!r}") for k in ("mu_p", "mu_d") if k in pairs}
         sigma = _number("sigma", pairs["sigma"], f"workload spec {spec!r}") if "sigma" in pairs else 1.0
         for k, v in {**values, "sigma": sigma}.items():
@@ -148,7 +157,8 @@ def parse_workload_spec(spec: str) -> Workload:
     unknown = set(pairs) - {"prefill", "decode", "tokens_per_step"}
     if unknown:
         raise ValueError(
-            f"workload spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; allowed: prefill, decode, tokens_per_step"
+            f"workload spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+            "allowed: prefill, decode, tokens_per_step"
         )
     tps = pairs.get("tokens_per_step", "1")
     if not tps.isdigit() or int(tps) < 1:
@@ -299,7 +309,8 @@ def derive_from_spec(spec: str) -> HardwareDerivation:
         try:
             kwargs[k] = _DERIVE_OPTIONS[k](v)
         except ValueError:
-            raise ValueError(f"hardware spec {spec!r}: {k}={v!r} is not a valid {_DERIVE_OPTIONS[k].__name__}") from None
+            kind = _DERIVE_OPTIONS[k].__name__
+            raise ValueError(f"hardware spec {spec!r}: {k}={v!r} is not a valid {kind}") from None
     return derive_latency(parse_accelerator_spec(accel), parse_model_spec(model), **kwargs)
 
 
@@ -312,12 +323,13 @@ def is_accelerator_model_spec(text: str) -> bool:
 def _latency_from_mapping(values: dict, source: str) -> LatencyModel:
     table = values.get("latency", values)
     if not isinstance(table, dict):
-        raise ValueError(f"{source}: [latency] must be a table")  # noqa: TRY004 (bad file content)
+        raise _bad_content(source, "[latency] must be a table")
     known = set(COEFFICIENT_NAMES) | {"comm_scaling", *LATENCY_TABLE_KEYS}
     unknown = set(table) - known
     if unknown:
         raise ValueError(
-            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(COEFFICIENT_NAMES)}, comm_scaling"
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(COEFFICIENT_NAMES)}, comm_scaling"
         )
     missing = [k for k in COEFFICIENT_NAMES if k not in table]
     if missing:
@@ -326,7 +338,7 @@ def _latency_from_mapping(values: dict, source: str) -> LatencyModel:
     for k in COEFFICIENT_NAMES:
         v = table[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{source}: {k}={v!r} is not a number")  # noqa: TRY004 (bad file content)
+            raise _bad_content(source, f"{k}={v!r} is not a number")
         kwargs[k] = float(v)
     scaling = table.get("comm_scaling", "batch")
     if scaling not in COMM_SCALINGS:
@@ -399,7 +411,7 @@ def _read_section(data: dict, section: str, keys: dict, where: str) -> dict:
     if table is None:
         return {}
     if not isinstance(table, dict):
-        raise ValueError(f"{where}: [{section}] must be a table")  # noqa: TRY004 (bad file content)
+        raise _bad_content(where, f"[{section}] must be a table")
     out = {}
     for k, kind in keys.items():
         if k not in table:

@@ -58,6 +58,10 @@ def resolve_trace(path) -> Path:
     return resolve_file(text, "trace")
 
 
+def _bad_content(p: Path, what: str) -> ValueError:
+    return ValueError(f"{p}: {what}")
+
+
 def read_records(p: Path) -> tuple[list[str], list[dict]]:
     """Rows of a CSV (header line; lines starting with ``#`` are comments) or JSON Lines
     file, with the column names seen (for JSONL, the union over records in first-seen
@@ -75,7 +79,7 @@ def read_records(p: Path) -> tuple[list[str], list[dict]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{p}: line {lineno} is not valid JSON ({err.msg})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{p}: line {lineno} is not a JSON object")  # noqa: TRY004 (bad file content)
+                raise _bad_content(p, f"line {lineno} is not a JSON object")
             for k in record:
                 if k not in columns:
                     columns.append(k)

@@ -311,7 +311,8 @@ def derive_latency(
     coeffs["beta_f"] = CoefficientDerivation(
         "beta_f", t + kernel_overhead_us,
         "W_ffn / L / (n_F BW e_mem) + overhead" + (" (all experts touched)" if touched is not None else ""),
-        f"{wf:.4g} B / ({nf} x {bw:.4g} B/s x {mem_e:g}) + {kernel_overhead_us:g} us = {t:.4g} + {kernel_overhead_us:g} us",
+        f"{wf:.4g} B / ({nf} x {bw:.4g} B/s x {mem_e:g}) + {kernel_overhead_us:g} us "
+        f"= {t:.4g} + {kernel_overhead_us:g} us",
         "memory (weights)",
     )
     if touched is not None:

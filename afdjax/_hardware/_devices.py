@@ -197,7 +197,8 @@ class ModelSpec:
     @property
     def moe_params_per_layer(self) -> int:
         """All routed and shared experts plus the router of one MoE layer."""
-        experts = (self.num_routed_experts + self.num_shared_experts) * 3 * self.hidden_size * self.moe_intermediate_size
+        expert = 3 * self.hidden_size * self.moe_intermediate_size
+        experts = (self.num_routed_experts + self.num_shared_experts) * expert
         return experts + self.hidden_size * self.num_routed_experts
 
     @property
@@ -212,7 +213,8 @@ class ModelSpec:
     @property
     def moe_flops_per_token(self) -> int:
         """Active path of one MoE layer: ``k`` routed + shared experts and the router."""
-        active = (self.num_experts_per_token + self.num_shared_experts) * 3 * self.hidden_size * self.moe_intermediate_size
+        expert = 3 * self.hidden_size * self.moe_intermediate_size
+        active = (self.num_experts_per_token + self.num_shared_experts) * expert
         return 2 * (active + self.hidden_size * self.num_routed_experts)
 
     @property

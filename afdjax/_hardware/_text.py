@@ -18,7 +18,8 @@ def format_presets() -> str:
                      f"{a.bf16_flops_per_s / 1e12:>9g}{fp8:>9}{a.interconnect_bandwidth_bytes_per_s / 1e9:>11g}{pw:>7}")
         lines.append(f"  {'':<9}{', '.join(a.sources)}")
     lines += ["", "Models", ""]
-    lines.append(f"  {'name':<17}{'layers':>7}{'hidden':>7}{'attn':>5}{'KV B/tok/layer':>16}{'experts':>9}{'weights':>8}")
+    lines.append(f"  {'name':<17}{'layers':>7}{'hidden':>7}{'attn':>5}{'KV B/tok/layer':>16}"
+                 f"{'experts':>9}{'weights':>8}")
     for m in MODELS.values():
         experts = f"{m.num_experts_per_token}/{m.num_routed_experts}" if m.num_moe_layers else "dense"
         lines.append(f"  {m.name:<17}{m.num_layers:>7}{m.hidden_size:>7}{m.attention:>5}"

@@ -190,7 +190,7 @@ def profile_hardware(
         items.append(Timed("attention", batch_size * length, compiled_call(attn, x, w, cache)))
     ffn = ffn_fn(shape, grouped_matmul)
     ffn_key = jax.random.fold_in(key, 10_000)
-    for i, n in enumerate(ffn_batches):
+    for n in ffn_batches:
         # one weight set for all sizes, so that only the batch changes
         x, w = ffn_inputs(shape, n, jdtype, ffn_key)
         items.append(Timed("ffn", n, compiled_call(ffn, x, w)))
@@ -243,7 +243,7 @@ def profile_hardware(
         hold = held_out_mask(len(sizes))
         held_out[stage] = sizes[hold]
         for x, y in zip(sizes[~hold], med[~hold]):
-            row = {"attention_tokens": None, "batch_size": None, "attention_time": None, "ffn_time": None, "comm_time": None}
+            row = dict.fromkeys(columns)
             if stage == "attention":
                 row.update(attention_tokens=x, attention_time=y)
             else:

@@ -68,7 +68,7 @@ class ProfileResult:
             "measurements": {s: {"sizes": list(map(int, v[0])), "median_us": list(v[1]),
                                   "held_out": [int(x) in set(map(int, self.held_out[s])) for x in v[0]]}
                           for s, v in self.measurements.items()},
-            "fit_quality": {s: self.fit.stages[s].quality() for s in self.fit.stages if self.fit.stages[s].source == "fit"},
+            "fit_quality": {s: fit.quality() for s, fit in self.fit.stages.items() if fit.source == "fit"},
             "held_out_relative_error": {s: list(v) for s, v in self.held_out_relative_error.items()},
             "max_held_out_relative_error": self.max_held_out_error(),
             "wall_s": self.wall_s,

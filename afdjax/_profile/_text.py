@@ -25,7 +25,8 @@ def format_profile(result) -> str:
         *([f"  FFN: one MoE layer is timed; the model's {m.num_dense_layers} dense layers are not profiled"]
           if m.num_moe_layers and m.num_dense_layers else []),
         (f"  times in microseconds per layer of this shape; quantile {r.settings['quantile']:g} of "
-        f"{r.settings['repeats']} round-robin samples; every {HOLDOUT_EVERY}rd size held out; wall time {r.wall_s:.1f} s"),
+        f"{r.settings['repeats']} round-robin samples; every {HOLDOUT_EVERY}rd size held out; "
+        f"wall time {r.wall_s:.1f} s"),
         "",
         f"  {'coefficient':<12}{'fitted':>13}",
     ]
