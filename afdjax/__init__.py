@@ -11,14 +11,16 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-from ._data._io import (
+from ._data import (
     BUNDLED_TRACES as BUNDLED_TRACES,
     bundled_trace_path as bundled_trace_path,
-    latency_to_toml as latency_to_toml,
     load_trace as load_trace,
+    read_trace as read_trace,
+)
+from ._specs import (
+    latency_to_toml as latency_to_toml,
     parse_hardware_spec as parse_hardware_spec,
     parse_workload_spec as parse_workload_spec,
-    read_trace as read_trace,
 )
 from ._plot import plot_simulation as plot_simulation
 from ._sweep._core import (
@@ -80,7 +82,7 @@ from ._fit._workload import (
     fit_trace as fit_trace,
     fit_workload as fit_workload,
 )
-from ._hardware._core import (
+from ._hardware import (
     ACCELERATORS as ACCELERATORS,
     MODELS as MODELS,
     Accelerator as Accelerator,
@@ -88,12 +90,14 @@ from ._hardware._core import (
     HardwareDerivation as HardwareDerivation,
     ModelSpec as ModelSpec,
     derive_latency as derive_latency,
+)
+from ._specs import (
     deployment_to_toml as deployment_to_toml,
     load_deployment as load_deployment,
     parse_accelerator_spec as parse_accelerator_spec,
     parse_model_spec as parse_model_spec,
 )
-from ._profile._profile import ProfileResult as ProfileResult, profile_hardware as profile_hardware
+from ._profile import ProfileResult as ProfileResult, profile_hardware as profile_hardware
 from ._provision._constraints import (
     OBJECTIVES as OBJECTIVES,
     ConstrainedProvisionReport as ConstrainedProvisionReport,

@@ -16,14 +16,11 @@ its unit; it is plausibly microseconds per layer. ``alpha_*`` are time units per
 
 from __future__ import annotations
 
-import math
-
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ._validate import float_leaf
+from ._validate import check_array_parameter, check_choice, float_leaf
 
 COMM_SCALINGS = ("batch", "ratio_batch")
 COEFFICIENT_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")
@@ -31,7 +28,9 @@ COEFFICIENT_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_
 PRESETS: dict[str, dict[str, float]] = {
     # arXiv 2601.21351, section 4 (DeepSeek-V3 on Huawei Ascend 910C; linear
     # regression on traces; unit not stated, plausibly microseconds per layer).
-    "paper-910c": dict(alpha_a=0.00165, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.022, beta_c=20.0),
+    "paper-910c": {
+        "alpha_a": 0.00165, "beta_a": 50.0, "alpha_f": 0.083, "beta_f": 100.0, "alpha_c": 0.022, "beta_c": 20.0,
+    },
 }
 
 
@@ -60,21 +59,12 @@ class LatencyModel(eqx.Module):
     comm_scaling: str = eqx.field(static=True, default="batch")
 
     def __check_init__(self):
-        if self.comm_scaling not in COMM_SCALINGS:
-            raise ValueError(
-                f"comm_scaling={self.comm_scaling!r} is not allowed; expected one of {', '.join(COMM_SCALINGS)}"
-            )
-        for name in COEFFICIENT_NAMES:
-            value = getattr(self, name)
-            try:
-                v = float(value)
-            except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-                continue  # traced or batched: checked by the caller
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name}={v!r} is invalid: latency coefficients must be finite and >= 0")
+        check_choice("comm_scaling", self.comm_scaling, COMM_SCALINGS)
+        for name in COEFFICIENT_NAMES:  # every element finite and >= 0; traced values are skipped
+            check_array_parameter(name, getattr(self, name), allow_zero=True)
 
     @classmethod
-    def from_preset(cls, name: str, comm_scaling: str | None = None) -> "LatencyModel":
+    def from_preset(cls, name: str, comm_scaling: str | None = None) -> LatencyModel:
         """A named preset (see ``afdjax.PRESETS``), e.g. ``"paper-910c"``."""
         if name not in PRESETS:
             raise ValueError(f"unknown hardware preset {name!r}; available: {', '.join(sorted(PRESETS))}")

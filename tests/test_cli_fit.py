@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from afdjax._cli._main import main
-from afdjax._data._io import DATA_DIR, parse_hardware_spec
+from afdjax._data import DATA_DIR
+from afdjax._specs import parse_hardware_spec
 
 
 def run(capsys, *argv):

@@ -26,7 +26,8 @@ from afdjax._fit._latency import (
     fit_latency,
     read_latency_observations,
 )
-from afdjax._data._io import DATA_DIR, parse_hardware_spec
+from afdjax._data import DATA_DIR
+from afdjax._specs import parse_hardware_spec
 from afdjax._latency import PRESETS, LatencyModel
 
 TRUE = PRESETS["paper-910c"]

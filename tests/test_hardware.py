@@ -3,7 +3,7 @@
 
 The preset coefficients are recomputed here by hand from the cited spec numbers, typed in
 again below from the datasheets and the Hugging Face ``config.json`` files (not read from
-afdjax), with the arithmetic written out independently of ``afdjax._hardware._core``.
+afdjax), with the arithmetic written out independently of ``afdjax._hardware``.
 """
 
 import json
@@ -14,7 +14,7 @@ import pytest
 
 import afdjax
 from afdjax._cli._main import main
-from afdjax._data._io import latency_to_toml, parse_hardware_spec
+from afdjax._specs import latency_to_toml, parse_hardware_spec
 
 # ---------------------------------------------------------------- spec numbers, typed from the sources
 # (HBM bytes, HBM B/s, dense BF16 FLOP/s, dense FP8 FLOP/s or None, link B/s per direction, W)
@@ -204,8 +204,9 @@ def test_custom_specs_override_and_toml(tmp_path):
     "call, fragment",
     [
         (lambda: afdjax.derive_latency("h100", "deepseek-v3", memory_efficiency=0), "memory_efficiency=0 is invalid"),
-        (lambda: afdjax.derive_latency("h100", "deepseek-v3", compute_efficiency=1.5), "expected a number in (0, 1]"),
-        (lambda: afdjax.derive_latency("h100", "deepseek-v3", dtype="fp4"), "dtype='fp4' is not allowed; expected"),
+        (lambda: afdjax.derive_latency("h100", "deepseek-v3", compute_efficiency=1.5),
+         "expected a finite number in (0, 1]"),
+        (lambda: afdjax.derive_latency("h100", "deepseek-v3", dtype="fp4"), "dtype='fp4' is invalid: expected one of"),
         (lambda: afdjax.derive_latency("a100", "llama-3.1-70b", dtype="fp8"), "not supported by accelerator 'a100'"),
         (lambda: afdjax.derive_latency("h900", "deepseek-v3"), "unknown accelerator 'h900'; available: h100"),
         (lambda: afdjax.derive_latency("h100", "gpt-9"), "unknown model 'gpt-9'; available: deepseek-v3"),
@@ -218,12 +219,37 @@ def test_custom_specs_override_and_toml(tmp_path):
         (lambda: parse_hardware_spec("h100:deepseek-v3,turbo=1"), "unknown option 'turbo'; allowed: dtype"),
         (lambda: parse_hardware_spec("h100"), "names an accelerator; give ACCELERATOR:MODEL"),
         (lambda: afdjax.load_deployment(3), "spec=3 is invalid"),
+        (lambda: afdjax.derive_latency("h100,power_watts=350", "deepseek-v3"), "pass parse_accelerator_spec"),
+        (lambda: afdjax.derive_latency(3, "deepseek-v3"), "accelerator=3 is invalid: expected a Accelerator"),
+        (lambda: afdjax.parse_model_spec("llama-3.1-70b,num_layers=2.5"), "num_layers='2.5' is not an integer"),
+        (lambda: afdjax.Deployment(afdjax.LatencyModel.from_preset("paper-910c"), hbm_capacity_bytes=1.0,
+                                   attention_weight_bytes=0.0).kv_capacity_bytes(1.0), "reserve_fraction=1.0"),
     ],
 )
 def test_validation_errors(call, fragment):
     with pytest.raises(ValueError) as err:
         call()
     assert fragment in str(err.value)
+
+
+def test_model_spec_stores_integer_fields_as_int():
+    m = afdjax.ModelSpec("tiny", num_layers=2.0, hidden_size=64, vocab_size=100, attention="gqa",
+                         num_attention_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
+                         num_dense_layers=2)
+    assert type(m.num_layers) is int and m.num_layers == 2
+
+
+def test_hardware_numerics_import_neither_traces_nor_specs():
+    """_hardware sits below the grammar: it must not import afdjax._data or afdjax._specs (the
+    layer test cannot see this: _data and _hardware share a layer)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(afdjax.__file__).parent / "_hardware"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] not in ("_data", "_specs"), f"{path.name}: {node.module}"
 
 
 # ---------------------------------------------------------------- TOML and Deployment
@@ -327,7 +353,7 @@ def test_cli_hardware_list(capsys):
     ],
 )
 def test_cli_bad_input_one_line_exit_2(capsys, argv, fragment):
-    code, out, err = run(capsys, *argv)
+    code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("afdjax: error:") and fragment in lines[0], err
@@ -416,11 +442,11 @@ def test_profiled_attention_matches_a_naive_reference(model):
     expanded from the latent per head), which the absorbed kernel must equal."""
     import jax
 
-    from afdjax._profile._profile import _attention_fn, _attention_inputs, scale_model
+    from afdjax._profile._layers import attention_fn, attention_inputs, scale_model
 
     shape = scale_model(afdjax.MODELS[model], 1 / 32)
-    x, w, cache = _attention_inputs(shape, 3, 5, np.float64, jax.random.key(1))
-    got = _np(jax.jit(_attention_fn(shape))(x, w, cache))
+    x, w, cache = attention_inputs(shape, 3, 5, np.float64, jax.random.key(1))
+    got = _np(jax.jit(attention_fn(shape))(x, w, cache))
     x, w, cache = _np(x), {k: _np(v) for k, v in w.items()}, {k: _np(v) for k, v in cache.items()}
     b, h = x.shape[0], shape.num_attention_heads
     if shape.attention == "gqa":
@@ -439,7 +465,8 @@ def test_profiled_attention_matches_a_naive_reference(model):
         latent = cache["latent"]
         k_nope = np.einsum("blc,hnc->blhn", latent[..., :c], w["wuk"])  # expanded keys
         v = np.einsum("blc,hcv->blhv", latent[..., :c], w["wuv"])
-        s = np.einsum("bhn,blhn->bhl", q[..., :nope], k_nope) + np.einsum("bhr,blr->bhl", q[..., nope:], latent[..., c:])
+        s = (np.einsum("bhn,blhn->bhl", q[..., :nope], k_nope)
+             + np.einsum("bhr,blr->bhl", q[..., nope:], latent[..., c:]))
         p = _softmax(s / math.sqrt(nope + rope))
         want = np.einsum("bhl,blhv->bhv", p, v).reshape(b, -1) @ w["wo"]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
@@ -450,11 +477,11 @@ def test_profiled_moe_matches_a_per_token_reference(monkeypatch):
     per-token loop over its top-k experts plus the shared expert."""
     import jax
 
-    import afdjax._profile._profile as prof
+    import afdjax._profile._layers as prof
 
     shape = prof.scale_model(afdjax.MODELS["deepseek-v3"], 1 / 16)
     shape = __import__("dataclasses").replace(shape, num_experts_per_token=3)
-    x, w = prof._ffn_inputs(shape, 11, np.float64, jax.random.key(2))
+    x, w = prof.ffn_inputs(shape, 11, np.float64, jax.random.key(2))
     xn, wn = _np(x), {k: _np(v) for k, v in w.items()}
     want = np.zeros_like(xn)
     for t in range(xn.shape[0]):
@@ -462,10 +489,10 @@ def test_profiled_moe_matches_a_per_token_reference(monkeypatch):
         for e in np.argsort(-probs)[:3]:
             want[t] += probs[e] * ((_silu(xn[t] @ wn["wg"][e]) * (xn[t] @ wn["wu"][e])) @ wn["wd"][e])
         want[t] += (_silu(xn[t] @ wn["sg"]) * (xn[t] @ wn["su"])) @ wn["sd"]
-    got = _np(jax.jit(prof._ffn_fn(shape, "ragged_dot"))(x, w))
+    got = _np(jax.jit(prof.ffn_fn(shape, "ragged_dot"))(x, w))
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     monkeypatch.setattr(prof, "MOE_CAPACITY_FACTOR", float(shape.num_routed_experts))  # room for all tokens
-    got = _np(jax.jit(prof._ffn_fn(shape, "capacity"))(x, w))
+    got = _np(jax.jit(prof.ffn_fn(shape, "capacity"))(x, w))
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
@@ -482,8 +509,9 @@ def test_profile_device_to_device_with_two_host_devices(tmp_path):
         "min_sample_s=0.0005); print(json.dumps([r.comm_source, list(map(float, r.measurements['comm'][1]))]))"
     )
     repo = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+    paths = [repo, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+               PYTHONPATH=os.pathsep.join(paths))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                           cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import afdjax
-from afdjax._data._io import parse_hardware_spec, parse_workload_spec
+from afdjax._specs import parse_hardware_spec, parse_workload_spec
 
 
 def _azure_columns(path):
@@ -25,7 +25,7 @@ def test_bundled_traces_load_with_independent_parse(name):
     if path.suffix == ".csv":
         p, d = _azure_columns(path)
     else:
-        rows = [json.loads(line) for line in open(path)]
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
         p = np.array([r["input_length"] for r in rows], float)
         d = np.array([r["output_length"] for r in rows], float)
     w = afdjax.load_trace(name)
@@ -159,3 +159,36 @@ def test_bad_toml(tmp_path):
     f.write_text('[latency]\nalpha_a = "fast"\nbeta_a=1\nalpha_f=1\nbeta_f=1\nalpha_c=1\nbeta_c=1\n')
     with pytest.raises(ValueError, match="alpha_a='fast' is not a number"):
         parse_hardware_spec(str(f))
+
+
+def test_read_toml_is_the_one_toml_reader(tmp_path):
+    """Every TOML file (hardware, accelerator/model, sweep grid) goes through read_toml: one wording."""
+    from afdjax._specs import read_toml
+
+    with pytest.raises(FileNotFoundError, match="grid file '.*nope.toml' does not exist"):
+        read_toml(tmp_path / "nope.toml", "grid")
+    with pytest.raises(ValueError, match="hardware path '.*' is not a file"):
+        read_toml(tmp_path, "hardware")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00[latency]")
+    for call in (lambda: read_toml(binary, "hardware"), lambda: parse_hardware_spec(str(binary)),
+                 lambda: afdjax.load_grid(binary)):
+        with pytest.raises(ValueError, match="binary.toml' is not UTF-8 text"):
+            call()
+    bad = tmp_path / "chip.toml"
+    bad.write_text("[accelerator\n")
+    with pytest.raises(ValueError, match="accelerator file '.*chip.toml' is not valid TOML"):
+        afdjax.parse_accelerator_spec(str(bad))
+    good = tmp_path / "good.toml"
+    good.write_text('[a]\nx = 1.5\ny = "z"\n')
+    assert read_toml(str(good), "test") == {"a": {"x": 1.5, "y": "z"}}
+
+
+def test_tokens_per_step_accepts_integer_valued_numbers_only(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("a,b\n0,3\n1,4\n")
+    steps = afdjax.load_trace(f, prefill_column="a", decode_column="b", tokens_per_step=2.0).decode_steps
+    np.testing.assert_array_equal(np.asarray(steps), [2, 2])
+    for bad in (1.5, True, "2"):
+        with pytest.raises(ValueError, match="tokens_per_step=.* is invalid: expected an integer >= 1"):
+            afdjax.load_trace(f, prefill_column="a", decode_column="b", tokens_per_step=bad)

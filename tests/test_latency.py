@@ -94,3 +94,16 @@ def test_bad_comm_scaling(bad):
         LatencyModel(**COEF, comm_scaling=bad)
     with pytest.raises(ValueError, match="comm_scaling"):
         LatencyModel.from_preset("paper-910c", comm_scaling=bad)
+
+
+def test_array_coefficients_are_checked_element_by_element():
+    """Like a workload's parameters: a batch of coefficients is checked where it is concrete."""
+    lat = LatencyModel(**dict(COEF, alpha_a=np.array([0.5, 0.0, 2.0])))
+    assert np.asarray(lat.alpha_a).shape == (3,)
+    with pytest.raises(ValueError, match=r"alpha_a=.* is invalid: expected a finite number >= 0"):
+        LatencyModel(**dict(COEF, alpha_a=np.array([0.5, -1.0])))
+    with pytest.raises(ValueError, match="beta_f=nan is invalid"):
+        LatencyModel(**dict(COEF, beta_f=math.nan))
+    # traced coefficients are not checked here (nothing concrete to check)
+    out = jax.jit(lambda a: LatencyModel(**dict(COEF, alpha_a=a)).attention_time(2.0))(jnp.asarray(-1.0))
+    assert float(out) == -2.0 + COEF["beta_a"]

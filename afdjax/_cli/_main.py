@@ -426,7 +426,8 @@ def _add_hardware_commands(sub) -> None:
 
 
 def _cmd_hardware(args) -> int:
-    from .._hardware._core import derive_latency, format_presets, parse_accelerator_spec, parse_model_spec
+    from .._hardware import derive_latency, format_presets
+    from .._specs import parse_accelerator_spec, parse_model_spec
 
     if args.list:
         print(format_presets(), end="")
@@ -470,7 +471,7 @@ def _int_list(option: str, text: str | None):
 
 
 def _cmd_profile(args) -> int:
-    from .._profile._profile import profile_hardware
+    from .._profile import profile_hardware
 
     if args.scale is not None and not (0 < args.scale <= 1):
         raise CliError(f"--scale must be in (0, 1], got {args.scale:g}")
@@ -548,7 +549,7 @@ def _cmd_simulate(args) -> int:
 
     from .. import __version__
     from .._engine._simulate import simulate
-    from .._data._io import parse_hardware_spec, parse_workload_spec
+    from .._specs import parse_hardware_spec, parse_workload_spec
 
     ratios = parse_ratios(args.ratios)
     workload = parse_workload_spec(args.workload)
@@ -658,8 +659,7 @@ def _cmd_provision_constrained(args) -> int:
 
     from .. import __version__
     from .._provision._constraints import Constraints, Costs, provision_constrained
-    from .._hardware._core import load_deployment
-    from .._data._io import parse_workload_spec
+    from .._specs import load_deployment, parse_workload_spec
 
     ratios = parse_ratios(args.ratios) if args.ratios else None
     batch_sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else [args.batch_size]
@@ -748,7 +748,7 @@ def _cmd_provision(args) -> int:
         return _cmd_provision_constrained(args)
 
     from .. import __version__
-    from .._data._io import parse_hardware_spec, parse_workload_spec
+    from .._specs import parse_hardware_spec, parse_workload_spec
     from .._provision._report import provision
 
     ratios = parse_ratios(args.ratios) if args.ratios else None
@@ -784,7 +784,7 @@ def _cmd_provision(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .._data._io import parse_hardware_spec
+    from .._specs import parse_hardware_spec
     from .._provision._verify import run_verification
 
     latency = parse_hardware_spec(args.hardware)
@@ -840,7 +840,7 @@ def _write_text(path: str, text: str) -> None:
 
 def _cmd_fit_latency(args) -> int:
     from .._fit._latency import fit_latency
-    from .._data._io import parse_hardware_spec
+    from .._specs import parse_hardware_spec
 
     defaults = parse_hardware_spec(args.defaults) if args.defaults else None
     fit = fit_latency(args.observations, loss=args.loss, comm_scaling=args.comm_scaling,
@@ -866,7 +866,7 @@ def _cmd_fit_throughput(args) -> int:
     import jax
 
     from .._fit._throughput import fit_throughput, read_throughput_observations
-    from .._data._io import latency_to_toml, parse_hardware_spec, parse_workload_spec
+    from .._specs import latency_to_toml, parse_hardware_spec, parse_workload_spec
 
     obs = read_throughput_observations(args.observations)
     workload = parse_workload_spec(args.workload)

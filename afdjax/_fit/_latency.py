@@ -117,7 +117,8 @@ import numpy as np
 import optax
 
 from .._json import jsonable
-from .._data._io import latency_to_toml, read_records, resolve_file
+from .._data import read_records, resolve_file
+from .._hardware import latency_to_toml
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
 from ._lbfgs import lbfgs_minimise
 

@@ -34,7 +34,7 @@ import numpy as np
 from .._engine._simulate import simulate
 from .._grad import throughput_estimate
 from .._json import jsonable
-from .._data._io import read_records, resolve_file
+from .._data import read_records, resolve_file
 from ._lbfgs import lbfgs_minimise
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._theory._closed_forms import barrier_throughput

@@ -105,7 +105,7 @@ import optax
 from jax.scipy.special import betainc, gammainc, gammaln, log_ndtr, ndtr
 
 from .._json import jsonable
-from .._data._io import read_trace
+from .._data import read_trace
 from .._workload._core import validate_lengths, float_leaf
 
 DECODE_FIT_FAMILIES = ("geometric", "negative_binomial", "lognormal", "geometric_mixture")

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from .._json import jsonable
-from .._data._io import load_trace
+from .._data import load_trace
 from .._latency import LatencyModel
 from ._report import ProvisionReport, provision
 from .._workload._core import Geometric

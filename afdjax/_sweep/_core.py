@@ -44,7 +44,6 @@ import json
 import math
 import os
 import time
-import tomllib
 import warnings
 from pathlib import Path
 
@@ -53,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._engine._simulate import START_MODES, _MAX_INDEX, _Config, _plan, _replica_bytes, _simulate_core
-from .._data._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
+from .._data import BUNDLED_TRACES, load_trace, resolve_trace
+from .._specs import parse_hardware_spec, parse_workload_spec, read_toml
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
 from .._workload._core import PREFILL_FAMILIES, Geometric
 
@@ -387,7 +387,7 @@ class SweepGrid:
         traces = {}
         for t in self._traces:
             head = t.split(",", 1)[0] if t.startswith("trace:") else t
-            path = _resolve_trace(head.removeprefix("trace:"))
+            path = resolve_trace(head.removeprefix("trace:"))
             traces[t] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         from .. import __version__
 
@@ -411,13 +411,7 @@ def load_grid(grid) -> SweepGrid:
         return grid
     if isinstance(grid, dict):
         return SweepGrid(grid)
-    path = Path(os.fspath(grid)).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {os.fspath(grid)!r} does not exist")
-    try:
-        mapping = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"grid file {os.fspath(grid)!r} is not valid TOML: {err}") from None
+    mapping = read_toml(grid, "grid")
     return SweepGrid(mapping, source=f"grid file {os.fspath(grid)!r}")
 
 

@@ -1,0 +1,478 @@
+"""Every user-facing string and file grammar of afdjax, in one module.
+
+- workload specs: ``geometric:...`` and ``trace:PATH,...`` (:func:`parse_workload_spec`);
+- accelerator and model specs: ``NAME``, ``NAME,field=value,...`` or a TOML file with an
+  ``[accelerator]`` / ``[model]`` table (:func:`parse_accelerator_spec`,
+  :func:`parse_model_spec`);
+- hardware specs: a latency preset with overrides, inline coefficients, a hardware TOML
+  file, or ``ACCELERATOR:MODEL[,option=value,...]`` (:func:`parse_hardware_spec`,
+  :func:`load_deployment`);
+- TOML: the one TOML file reader (:func:`read_toml`); the hardware TOML writers
+  (:func:`latency_to_toml`, :func:`deployment_to_toml`) are re-exported from
+  :mod:`afdjax._hardware`, which shares the table layout with the reader below.
+
+Layer "specs": above the numerics it builds (workloads, latency models, hardware, traces,
+fitting), below the applications and the CLI. Nothing here is traced by JAX; every parser
+raises ``ValueError`` (or ``FileNotFoundError``) with a message naming the spec and what is
+wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from pathlib import Path
+
+from ._data import load_trace, resolve_file
+from ._hardware import (
+    ACCELERATOR_TABLE_KEYS,
+    ACCELERATORS,
+    DEPLOYMENT_TABLE_KEYS,
+    LATENCY_PRESET_MODELS,
+    LATENCY_TABLE_KEYS,
+    MODEL_TABLE_KEYS,
+    MODELS,
+    Accelerator,
+    Deployment,
+    HardwareDerivation,
+    ModelSpec,
+    deployment_to_toml,
+    derive_latency,
+    latency_to_toml,
+)
+from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
+from ._validate import invalid
+from ._workload._core import PREFILL_FAMILIES, Geometric, Workload
+
+__all__ = [
+    "deployment_to_toml",
+    "derive_from_spec",
+    "is_accelerator_model_spec",
+    "latency_to_toml",
+    "load_deployment",
+    "parse_accelerator_spec",
+    "parse_hardware_spec",
+    "parse_model_spec",
+    "parse_workload_spec",
+    "read_toml",
+]
+
+
+# ============================================================================ TOML files and key=value lists
+def read_toml(path, what: str) -> dict:
+    """The parsed mapping of a TOML file.
+
+    **Arguments:** ``path`` (a path, ``~`` expanded) and ``what`` (what the file is, e.g.
+    ``"hardware"`` or ``"grid"``: errors say ``"{what} file 'PATH' ..."``).
+
+    Raises ``FileNotFoundError`` if the file does not exist, ``ValueError`` if it is not a
+    file, not UTF-8 text or not valid TOML.
+    """
+    text = os.fspath(path)
+    p = resolve_file(text, what)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {text!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{what} file {text!r} is not valid TOML: {err}") from None
+
+
+def _bad_content(where: str, what: str) -> ValueError:
+    """A spec or file whose content has the wrong shape: ``"{where}: {what}"``."""
+    return ValueError(f"{where}: {what}")
+
+
+def _parse_pairs(text: str, what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"malformed {what} {text!r}: expected key=value items separated by commas, got {item!r}")
+        k, v = item.split("=", 1)
+        k, v = k.strip(), v.strip()
+        if k in pairs:
+            raise ValueError(f"malformed {what} {text!r}: {k!r} given twice")
+        pairs[k] = v
+    return pairs
+
+
+def _number(key: str, value: str, what: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"{what}: {key}={value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{what}: {key}={value!r} is not finite")
+    return x
+
+
+def parse_workload_spec(spec: str) -> Workload:
+    """Build a workload from a command-line spec.
+
+    - ``geometric:mu_p=100,mu_d=500`` with optional ``prefill=constant|exponential|lognormal``
+      and ``sigma=1.0`` (lognormal log-sd);
+    - ``trace:PATH`` (Azure LLM inference CSV or Mooncake JSONL, or a bundled name
+      ``azure-code``, ``azure-conv``, ``mooncake-conv``), optionally
+      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``.
+    """
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("geometric", "trace"):
+        raise ValueError(
+            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..' or "
+            "'trace:PATH[,prefill=COL,decode=COL]'"
+        )
+    if kind == "geometric":
+        pairs = _parse_pairs(rest, "workload spec")
+        allowed = {"mu_p", "mu_d", "prefill", "sigma"}
+        unknown = set(pairs) - allowed
+        if unknown:
+            raise ValueError(
+                f"workload spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                "allowed: mu_p, mu_d, prefill, sigma"
+            )
+        missing = {"mu_p", "mu_d"} - set(pairs)
+        if missing:
+            raise ValueError(f"workload spec {spec!r}: missing {', '.join(sorted(missing))}")
+        prefill = pairs.get("prefill", "constant")
+        if prefill not in PREFILL_FAMILIES:
+            raise ValueError(
+                f"workload spec {spec!r}: prefill={prefill!r}; expected one of {', '.join(PREFILL_FAMILIES)}"
+            )
+        values = {k: _number(k, pairs[k], f"workload spec {spec!r}") for k in ("mu_p", "mu_d") if k in pairs}
+        sigma = _number("sigma", pairs["sigma"], f"workload spec {spec!r}") if "sigma" in pairs else 1.0
+        for k, v in {**values, "sigma": sigma}.items():
+            if v < 0:
+                raise ValueError(f"workload spec {spec!r}: {k}={v:g} must be >= 0")
+        return Geometric(values["mu_p"], values["mu_d"], prefill=prefill, prefill_sigma=sigma)
+    path, _, options = rest.partition(",")
+    if not path.strip():
+        raise ValueError(f"workload spec {spec!r}: missing trace path after 'trace:'")
+    pairs = _parse_pairs(options, "workload spec")
+    unknown = set(pairs) - {"prefill", "decode", "tokens_per_step"}
+    if unknown:
+        raise ValueError(
+            f"workload spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+            "allowed: prefill, decode, tokens_per_step"
+        )
+    tps = pairs.get("tokens_per_step", "1")
+    if not tps.isdigit() or int(tps) < 1:
+        raise ValueError(f"workload spec {spec!r}: tokens_per_step={tps!r} must be an integer >= 1")
+    return load_trace(
+        path.strip(),
+        prefill_column=pairs.get("prefill"),
+        decode_column=pairs.get("decode"),
+        tokens_per_step=int(tps),
+    )
+
+
+# ============================================================================ accelerator and model specs
+_ACCEL_TABLE, _MODEL_TABLE = "accelerator", "model"
+
+
+def _coerce(cls, name: str, key: str, value, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields or key in ("description",):
+        allowed = [f for f in fields if f not in ("name", "description", "sources")]
+        raise ValueError(f"{where}: unknown {name} field {key!r}; allowed: {', '.join(allowed)}")
+    kind = fields[key].type
+    if key == "sources":
+        return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
+    if isinstance(value, str):
+        text = value.strip()
+        if "int" in str(kind) and "float" not in str(kind):
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"{where}: {key}={value!r} is not an integer") from None
+        if "float" in str(kind):
+            if text.lower() in ("none", "null", ""):
+                return None
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"{where}: {key}={value!r} is not a number") from None
+        if "bool" in str(kind):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"{where}: {key}={value!r} is not true or false")
+            return text.lower() == "true"
+        return text
+    if "float" in str(kind) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _parse_spec(text: str, presets: dict, cls, what: str):
+    """``NAME``, ``NAME,key=value,...`` (override preset fields) or a TOML file with a
+    ``[accelerator]`` / ``[model]`` table (full spec, or ``base = "NAME"`` plus fields)."""
+    spec = text.strip()
+    head, _, rest = spec.partition(",")
+    head = head.strip()
+    table_name = _ACCEL_TABLE if cls is Accelerator else _MODEL_TABLE
+    if head.lower().endswith(".toml"):
+        p = Path(head).expanduser()
+        data = read_toml(head, what)
+        table = data.get(table_name)
+        if not isinstance(table, dict):
+            raise ValueError(f"{what} file {head!r}: no [{table_name}] table")
+        table = dict(table)
+        base = table.pop("base", None)
+        where = f"{what} file {head!r}"
+        values = {} if base is None else dataclasses.asdict(_parse_spec(str(base), presets, cls, what))
+        if base is None and "name" not in table:
+            table["name"] = p.stem
+        for k, v in table.items():
+            values[k] = v if k == "name" else _coerce(cls, what, k, v, where)
+        if rest.strip():
+            values.update(_overrides(rest, cls, what, f"{what} spec {text!r}"))
+    else:
+        if head not in presets:
+            raise ValueError(f"unknown {what} {head!r}; available: {', '.join(presets)} "
+                             f"(or NAME,field=value,... or a TOML file with a [{table_name}] table)")
+        values = dataclasses.asdict(presets[head])
+        over = _overrides(rest, cls, what, f"{what} spec {text!r}")
+        if over:
+            values.update(over)
+            values["sources"] = tuple(values["sources"]) + (f"overridden: {', '.join(sorted(over))}",)
+    values["sources"] = tuple(values.get("sources", ()))
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ValueError(f"{what} spec {text!r}: {err}") from None
+
+
+def _overrides(text: str, cls, what: str, where: str) -> dict:
+    out = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"{where}: expected field=value items after the name, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k == "name":
+            out[k] = v
+            continue
+        out[k] = _coerce(cls, what, k, v, where)
+    return out
+
+
+def parse_accelerator_spec(text: str) -> Accelerator:
+    """An :class:`Accelerator` from a spec string.
+
+    - ``NAME``: a preset (``afdjax.ACCELERATORS``), e.g. ``h100``;
+    - ``NAME,field=value,...``: a preset with fields overridden (field names and SI units as
+      in :class:`Accelerator`), e.g. ``h100,hbm_bandwidth_bytes_per_s=1.675e12``;
+    - ``FILE.toml[,field=value,...]``: an ``[accelerator]`` table, a full spec or
+      ``base = "NAME"`` plus fields (the name defaults to the file's stem).
+    """
+    return _parse_spec(text, ACCELERATORS, Accelerator, "accelerator")
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """A :class:`ModelSpec` from a spec string: ``NAME`` (``afdjax.MODELS``),
+    ``NAME,field=value,...`` (fields as in :class:`ModelSpec`, e.g.
+    ``llama-3.1-70b,num_layers=40``) or ``FILE.toml[,field=value,...]`` with a ``[model]``
+    table (a full spec or ``base = "NAME"`` plus fields)."""
+    return _parse_spec(text, MODELS, ModelSpec, "model")
+
+
+# ============================================================================ hardware specs
+_DERIVE_OPTIONS = {
+    "dtype": str, "memory_efficiency": float, "compute_efficiency": float, "network_efficiency": float,
+    "kernel_overhead_us": float, "attention_devices": int, "ffn_devices": int, "comm_scaling": str,
+}
+
+
+def derive_from_spec(spec: str) -> HardwareDerivation:
+    """``ACCELERATOR:MODEL[,option=value,...]`` (options: the keyword arguments of
+    :func:`derive_latency`), e.g. ``h100:deepseek-v3,dtype=bf16,ffn_devices=32``."""
+    accel, sep, rest = spec.strip().partition(":")
+    if not sep:
+        raise ValueError(f"hardware spec {spec!r}: expected ACCELERATOR:MODEL")
+    model, _, options = rest.partition(",")
+    kwargs = {}
+    for item in options.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"hardware spec {spec!r}: expected option=value after ACCELERATOR:MODEL, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k not in _DERIVE_OPTIONS:
+            raise ValueError(f"hardware spec {spec!r}: unknown option {k!r}; allowed: {', '.join(_DERIVE_OPTIONS)}")
+        try:
+            kwargs[k] = _DERIVE_OPTIONS[k](v)
+        except ValueError:
+            kind = _DERIVE_OPTIONS[k].__name__
+            raise ValueError(f"hardware spec {spec!r}: {k}={v!r} is not a valid {kind}") from None
+    return derive_latency(parse_accelerator_spec(accel), parse_model_spec(model), **kwargs)
+
+
+def is_accelerator_model_spec(text: str) -> bool:
+    """True for ``ACCELERATOR:MODEL[,...]`` (a colon before any comma or ``=``, not a file)."""
+    head = text.strip().split(",", 1)[0]
+    return ":" in head and "=" not in head and not head.lower().endswith(".toml") and not Path(head).is_file()
+
+
+def _latency_from_mapping(values: dict, source: str) -> LatencyModel:
+    table = values.get("latency", values)
+    if not isinstance(table, dict):
+        raise _bad_content(source, "[latency] must be a table")
+    known = set(COEFFICIENT_NAMES) | {"comm_scaling", *LATENCY_TABLE_KEYS}
+    unknown = set(table) - known
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(COEFFICIENT_NAMES)}, comm_scaling"
+        )
+    missing = [k for k in COEFFICIENT_NAMES if k not in table]
+    if missing:
+        raise ValueError(f"{source}: missing coefficient(s) {', '.join(missing)}")
+    kwargs = {}
+    for k in COEFFICIENT_NAMES:
+        v = table[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _bad_content(source, f"{k}={v!r} is not a number")
+        kwargs[k] = float(v)
+    scaling = table.get("comm_scaling", "batch")
+    if scaling not in COMM_SCALINGS:
+        raise ValueError(f"{source}: comm_scaling={scaling!r}; expected one of {', '.join(COMM_SCALINGS)}")
+    return LatencyModel(**kwargs, comm_scaling=scaling)
+
+
+def parse_hardware_spec(spec: str) -> LatencyModel:
+    """Build a latency model from a command-line spec.
+
+    - a preset name (``paper-910c``), optionally with overrides:
+      ``paper-910c,comm_scaling=ratio_batch,alpha_c=0.03``;
+    - a TOML file (see :func:`latency_to_toml`);
+    - inline coefficients ``alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=..``
+      (optionally ``comm_scaling=batch|ratio_batch``);
+    - ``ACCELERATOR:MODEL[,option=value,...]``, e.g. ``h100:deepseek-v3``: coefficients
+      derived from the specs (``afdjax.derive_latency``; microseconds per layer).
+
+    A TOML file may hold ``[model]``, ``[accelerator]`` and ``[deployment]`` tables besides
+    ``[latency]``; they are ignored here and read by ``afdjax.load_deployment``.
+    """
+    return _read_hardware(spec)[0]
+
+
+def _names_a_file(head: str) -> bool:
+    """Whether the first item of a hardware spec is a TOML file (by suffix, or an existing file)."""
+    return head.lower().endswith(".toml") or (bool(head) and "=" not in head and Path(head).expanduser().is_file())
+
+
+def _read_hardware(spec: str) -> tuple[LatencyModel, dict | None]:
+    """The latency model of a hardware spec, and the parsed TOML file when the spec is one."""
+    text = spec.strip()
+    head = text.split(",", 1)[0].strip()
+    if is_accelerator_model_spec(text):  # ACCELERATOR:MODEL[,option=value,...] (afdjax hardware)
+        return derive_from_spec(text).latency, None
+    if head in ACCELERATORS or head in MODELS:
+        raise ValueError(
+            f"hardware spec {head!r} names an {'accelerator' if head in ACCELERATORS else 'model'}; "
+            "give ACCELERATOR:MODEL, e.g. h100:deepseek-v3 (see afdjax hardware --list)"
+        )
+    if _names_a_file(head):
+        data = read_toml(head, "hardware")
+        return _latency_from_mapping(data, f"hardware file {head!r}"), data
+    if head and "=" not in head:
+        if head not in PRESETS:
+            raise ValueError(
+                f"unknown hardware preset {head!r}; available: {', '.join(sorted(PRESETS))} "
+                "(or a TOML file, or inline alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=..)"
+            )
+        base: dict = dict(PRESETS[head])
+        overrides = text[len(head) :].lstrip(",")
+    else:
+        base, overrides = {}, text
+    pairs = _parse_pairs(overrides, "hardware spec")
+    for k, v in pairs.items():
+        if k == "comm_scaling":
+            base[k] = v
+        elif k in COEFFICIENT_NAMES:
+            base[k] = _number(k, v, f"hardware spec {spec!r}")
+        else:
+            raise ValueError(
+                f"hardware spec {spec!r}: unknown key {k!r}; allowed: {', '.join(COEFFICIENT_NAMES)}, comm_scaling"
+            )
+    return _latency_from_mapping(base, f"hardware spec {spec!r}"), None
+
+
+# ============================================================================ deployment
+def _read_section(data: dict, section: str, keys: dict, where: str) -> dict:
+    table = data.get(section)
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise _bad_content(where, f"[{section}] must be a table")
+    out = {}
+    for k, kind in keys.items():
+        if k not in table:
+            continue
+        v = table[k]
+        ok = isinstance(v, kind) and not isinstance(v, bool)
+        if not ok:
+            want = "a string" if kind is str else ("an integer" if kind is int else "a number")
+            raise ValueError(f"{where}: [{section}] {k}={v!r} is invalid: expected {want}")
+        if kind is not str and (not math.isfinite(v) or v < (1 if kind is int else 0)):
+            raise ValueError(f"{where}: [{section}] {k}={v!r} is invalid: expected "
+                             f"{'an integer >= 1' if kind is int else 'a finite number >= 0'}")
+        out[k] = v
+    return out
+
+
+def load_deployment(spec: str) -> Deployment:
+    """A :class:`Deployment` from any ``--hardware`` spec.
+
+    - ``ACCELERATOR:MODEL[,option=value,...]``: derived by :func:`derive_latency`
+      (everything known);
+    - a TOML file: ``[latency]`` plus the optional ``[model]`` (``name``, ``num_layers``,
+      ``kv_bytes_per_token`` over all layers), ``[accelerator]`` (``name``,
+      ``hbm_capacity_bytes`` or ``hbm_capacity_gb`` (1e9 bytes), ``power_watts``) and
+      ``[deployment]`` (``attention_devices``, ``ffn_devices``, ``attention_weight_bytes``)
+      tables, and ``units`` in ``[latency]``;
+    - a latency preset (``paper-910c``: DeepSeek-V3 layers and KV bytes, nothing about
+      the accelerator) or inline coefficients (only ``latency`` known).
+    """
+    if not isinstance(spec, str):
+        raise invalid("spec", spec, "a hardware spec string")
+    if is_accelerator_model_spec(spec):
+        return derive_from_spec(spec).deployment()
+    latency, data = _read_hardware(spec)
+    head = spec.strip().split(",", 1)[0].strip()
+    if data is not None:
+        where = f"hardware file {head!r}"
+        model = _read_section(data, "model", MODEL_TABLE_KEYS, where)
+        accel = _read_section(data, "accelerator", ACCELERATOR_TABLE_KEYS, where)
+        dep = _read_section(data, "deployment", DEPLOYMENT_TABLE_KEYS, where)
+        if "hbm_capacity_bytes" in accel and "hbm_capacity_gb" in accel:
+            raise ValueError(f"{where}: [accelerator] gives both hbm_capacity_bytes and hbm_capacity_gb; give one")
+        hbm = accel.get("hbm_capacity_bytes", accel["hbm_capacity_gb"] * 1e9 if "hbm_capacity_gb" in accel else None)
+        units = data.get("latency", {}).get("units") if isinstance(data.get("latency"), dict) else None
+        return Deployment(
+            latency=latency,
+            num_layers=model.get("num_layers"),
+            kv_bytes_per_token=model.get("kv_bytes_per_token"),
+            hbm_capacity_bytes=None if hbm is None else float(hbm),
+            accelerator=accel.get("name"),
+            model=model.get("name"),
+            power_watts=None if "power_watts" not in accel else float(accel["power_watts"]),
+            attention_devices=dep.get("attention_devices"),
+            ffn_devices=dep.get("ffn_devices"),
+            attention_weight_bytes=dep.get("attention_weight_bytes"),
+            time_unit=units if isinstance(units, str) else dep.get("time_unit"),
+        )
+    if head in PRESETS and head in LATENCY_PRESET_MODELS:
+        m = MODELS[LATENCY_PRESET_MODELS[head]]
+        return Deployment(latency=latency, num_layers=m.num_layers, kv_bytes_per_token=m.kv_bytes_per_token,
+                          model=m.name, accelerator="ascend-910c" if head == "paper-910c" else None,
+                          time_unit="unstated (plausibly us per layer)")
+    return Deployment(latency=latency)
+
