@@ -9,6 +9,7 @@ import pytest
 
 import afdjax
 from afdjax._cli._main import main
+from afdjax._provision._text import _explain
 from afdjax._provision._verify import PAPER_CONFIGS, run_verification
 
 PAPER = dict(alpha_a=0.00165, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.022, beta_c=20.0)
@@ -98,7 +99,7 @@ def test_paper_configurations(paper_study):
         assert row["r_star"] == pytest.approx(formula, abs=0.006)  # PAPER.md prints 2 decimals
         # the paper's claim: simulated integer optimum within 10 % of r*, or explained
         if not row["within_10_percent"]:
-            assert "cannot be met" in afdjax._provision._verify._explain(row) or "moving the optimum" in afdjax._provision._verify._explain(row)
+            assert "cannot be met" in _explain(row) or "moving the optimum" in _explain(row)
         assert row["barrier_exceptions"] == []
     md = (out / "verification.md").read_text()
     assert "| batch | B=128, mu_p=100, mu_d=500 |" in md and "## Findings" in md
@@ -136,7 +137,7 @@ def test_provision_cli_errors(capsys):
 
 
 def test_ratio_ranges_are_compact():
-    from afdjax._provision._report import _ranges
+    from afdjax._provision._text import _ranges
 
     assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
     assert _ranges([4]) == "4"
