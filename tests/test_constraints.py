@@ -197,3 +197,89 @@ def test_costs_and_objective_validation():
         provision_constrained(jax.random.key(0), _zv(), lat, [64], [1], 10, 2, objective="per_dollar")
     with pytest.raises(ValueError, match="batch_sizes"):
         provision_constrained(jax.random.key(0), _zv(), lat, [0, 64], [1], 10, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(attention_power_w=True, ffn_power_w=1.0),
+        dict(attention_power_w=700.0, ffn_power_w=False),
+        dict(attention_price_per_hour=np.bool_(True), ffn_price_per_hour=2.0),
+    ],
+)
+def test_boolean_costs_are_refused(kwargs):
+    name = next(k for k, v in kwargs.items() if isinstance(v, (bool, np.bool_)))
+    with pytest.raises(ValueError, match=f"{name}=(np.)?True|{name}=(np.)?False"):
+        Costs(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kv_capacity_bytes=True, kv_bytes_per_token=1.0),
+                                    dict(tpot_target_ms=True, num_layers=2), dict(num_layers=True)])
+def test_boolean_constraints_are_refused(kwargs):
+    with pytest.raises(ValueError, match="is invalid"):
+        Constraints(**kwargs)
+
+
+def test_duplicate_ratios_are_refused():
+    lat = LatencyModel(**LAT)
+    with pytest.raises(ValueError, match=r"ratios=\[1, 2, 2\] is invalid: expected distinct ratios \(repeated: 2\)"):
+        provision_constrained(jax.random.key(0), _zv(), lat, [64], [1, 2, 2], 10, 2)
+    with pytest.raises(ValueError, match="repeated: 3"):
+        afdjax.provision(jax.random.key(0), _zv(), lat, 64, np.array([3, 1, 3]), 10, 2)
+
+
+def test_deployment_decisions_by_hand():
+    """Automatic KV capacity and per-instance power: HBM x devices - weights, devices x board power."""
+    dep = afdjax.load_deployment("h100:deepseek-v3")
+    by_hand = dep.attention_devices * dep.hbm_capacity_bytes - dep.attention_weight_bytes
+    assert afdjax.deployment_kv_capacity_bytes(dep) == pytest.approx(by_hand, rel=1e-15)
+    assert afdjax.deployment_instance_power_w(dep) == (700.0 * dep.attention_devices, 700.0 * dep.ffn_devices)
+    cons = Constraints.for_deployment(dep, kv_capacity_bytes="auto", tpot_target_ms=50.0)
+    assert cons.kv_capacity_bytes == pytest.approx(by_hand, rel=1e-15)
+    assert cons.kv_bytes_per_token == dep.kv_bytes_per_token and cons.num_layers == dep.num_layers == 61
+    assert Constraints.for_deployment(dep, num_layers=3, kv_bytes_per_token=10.0).num_layers == 3
+    costs = Costs.for_deployment(dep, attention_price_per_hour=1.0, ffn_price_per_hour=2.0)
+    assert (costs.attention_power_w, costs.ffn_power_w) == (700.0 * dep.attention_devices, 700.0 * dep.ffn_devices)
+    assert Costs.for_deployment(dep, attention_power_w=1.0, ffn_power_w=2.0).ffn_power_w == 2.0
+    paper = afdjax.load_deployment("paper-910c")
+    with pytest.raises(ValueError, match="does not give HBM capacity"):
+        Constraints.for_deployment(paper, kv_capacity_bytes="auto")
+    with pytest.raises(ValueError, match="kv_capacity_bytes='lots' is invalid"):
+        Constraints.for_deployment(dep, kv_capacity_bytes="lots")
+    assert afdjax.deployment_instance_power_w(paper) is None
+    assert Costs.for_deployment(paper).attention_power_w is None
+
+
+def _column_ends(header: str, labels) -> list[int]:
+    ends, start = [], 0
+    for label in labels:
+        i = header.index(label, start)
+        ends.append(i + len(label))
+        start = ends[-1]
+    return ends
+
+
+@pytest.mark.parametrize("with_kv", [False, True])
+def test_constrained_table_columns_are_aligned(with_kv):
+    """Every value of the per-batch-size table ends under its header, with or without a KV
+    capacity (missing values print '-', right-aligned like the numbers)."""
+    kv = dict(kv_capacity_bytes=300 * P * 1000.0, kv_bytes_per_token=1000.0) if with_kv else {}
+    cons = Constraints(**kv)
+    report = provision_constrained(jax.random.key(0), _zv(), LatencyModel(**LAT), [64, 256, 512], [1, 2, 3], 20, 2,
+                                   constraints=cons)
+    lines = report.format_text().splitlines()
+    h = next(i for i, line in enumerate(lines) if line.lstrip().startswith("B "))
+    header = lines[h]
+    labels = ["B", "KV load mean", "P(KV>cap) sim", "Gaussian", "best r", "objective", "TPOT mean", "TPOT p99"]
+    ends = _column_ends(header, labels)
+    rows = lines[h + 2 : h + 5]
+    assert len(rows) == 3
+    for row in rows:
+        for end in ends:
+            assert row[end - 1] != " " and row[end] == " ", (row, end)
+            # the cell is exactly the column's width: blank just before it
+        assert row[ends[-1] : ends[-1] + 2] == "  "
+    if with_kv:  # B = 512 overflows: no best ratio; the dashes are aligned too
+        assert rows[2].split()[4:8] == ["-", "-", "-", "-"]
+    else:
+        assert rows[0].split()[2:4] == ["-", "-"]

@@ -385,3 +385,10 @@ def test_chunk_size_follows_the_memory_budget():
     with pytest.warns(RuntimeWarning, match="one point of group 0 .* needs about"):
         _, _, chunk, _ = _group_sizes(big.groups[0], big.settings, 2**20, 1, None)
     assert chunk == 1
+
+
+def test_read_sweep_names_the_pandas_extra(tmp_path, monkeypatch):
+    """Without pandas (not a dependency of a plain install) read_sweep says which extra to install."""
+    monkeypatch.setitem(sys.modules, "pandas", None)  # "import pandas" now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'afdjax\[pandas\]'"):
+        afdjax.read_sweep(tmp_path)

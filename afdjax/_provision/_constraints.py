@@ -305,23 +305,23 @@ def evaluate_cells(
             if tpot > constraints.tpot_target_ms:
                 violated.append("tpot")
         rows.append(
-            dict(
-                batch_size=B,
-                ratio=ratio,
-                throughput_per_instance=float(thr[i]),
-                stderr=float(se[i]),
-                bundle_tokens_per_s=float(bundle_tokens_per_s[i]),
-                tokens_per_dollar=None if per_dollar is None else float(per_dollar),
-                tokens_per_joule=None if per_joule is None else float(per_joule),
-                objective=None if value is None else float(value),
-                objective_stderr=float(se[i] * scale),
-                tpot_mean_ms=None if tpot_mean is None else float(tpot_mean[i]),
-                tpot_p99_ms=None if tpot_p99 is None else float(tpot_p99[i]),
-                kv_overflow_simulated=kv_sim,
-                kv_overflow_gaussian=kv_gauss,
-                feasible=not violated,
-                violated=violated,
-            )
+            {
+                "batch_size": B,
+                "ratio": ratio,
+                "throughput_per_instance": float(thr[i]),
+                "stderr": float(se[i]),
+                "bundle_tokens_per_s": float(bundle_tokens_per_s[i]),
+                "tokens_per_dollar": None if per_dollar is None else float(per_dollar),
+                "tokens_per_joule": None if per_joule is None else float(per_joule),
+                "objective": None if value is None else float(value),
+                "objective_stderr": float(se[i] * scale),
+                "tpot_mean_ms": None if tpot_mean is None else float(tpot_mean[i]),
+                "tpot_p99_ms": None if tpot_p99 is None else float(tpot_p99[i]),
+                "kv_overflow_simulated": kv_sim,
+                "kv_overflow_gaussian": kv_gauss,
+                "feasible": not violated,
+                "violated": violated,
+            }
         )
     return rows
 
@@ -336,18 +336,18 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
     rec_value = recommendation["objective"]
     better = [cell for cell in cells if cell["objective"] > rec_value]
     if not better:
-        return dict(constraint=[], text="none: the recommendation is the objective's own peak on the grid"
-                    + ("" if constraints.active() else " (no constraints given)"), relaxations={})
+        return {"constraint": [], "text": "none: the recommendation is the objective's own peak on the grid"
+                    + ("" if constraints.active() else " (no constraints given)"), "relaxations": {}}
     relaxations = {}
     for name in constraints.active():
         alone = [cell for cell in better if cell["violated"] == [name]]
         if alone:
             top = max(alone, key=lambda cell: cell["objective"])
-            relaxations[name] = dict(batch_size=top["batch_size"], ratio=top["ratio"], objective=top["objective"],
-                                     gain=top["objective"] / rec_value - 1.0, violation=_describe_violation(top, constraints))
+            relaxations[name] = {"batch_size": top["batch_size"], "ratio": top["ratio"], "objective": top["objective"],
+                                     "gain": top["objective"] / rec_value - 1.0, "violation": _describe_violation(top, constraints)}
     unconstrained = max(better, key=lambda cell: cell["objective"])
-    unc = dict(batch_size=unconstrained["batch_size"], ratio=unconstrained["ratio"], objective=unconstrained["objective"],
-               gain=unconstrained["objective"] / rec_value - 1.0, violated=unconstrained["violated"])
+    unc = {"batch_size": unconstrained["batch_size"], "ratio": unconstrained["ratio"], "objective": unconstrained["objective"],
+               "gain": unconstrained["objective"] / rec_value - 1.0, "violated": unconstrained["violated"]}
     if relaxations:
         order = sorted(relaxations, key=lambda k: -relaxations[k]["gain"])
         parts = [
@@ -359,14 +359,14 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
         if unc["gain"] > max(v["gain"] for v in relaxations.values()) + 1e-12:
             text += (f"; relaxing {' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} together would allow "
                      f"B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)")
-        return dict(constraint=order, text=text, relaxations=relaxations, unconstrained_best=unc)
-    return dict(
-        constraint=list(unc["violated"]),
-        text=(f"{' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} jointly: no single relaxation helps, "
+        return {"constraint": order, "text": text, "relaxations": relaxations, "unconstrained_best": unc}
+    return {
+        "constraint": list(unc["violated"]),
+        "text": (f"{' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} jointly: no single relaxation helps, "
               f"both together would allow B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)"),
-        relaxations={},
-        unconstrained_best=unc,
-    )
+        "relaxations": {},
+        "unconstrained_best": unc,
+    }
 
 
 @dataclasses.dataclass
@@ -386,20 +386,20 @@ class ConstrainedProvisionReport:
 
     def to_dict(self) -> dict:
         return jsonable(
-            dict(
-                objective=self.objective,
-                objective_unit=OBJECTIVE_UNITS[self.objective],
-                recommendation=self.recommendation,
-                binding=self.binding,
-                per_batch_size=self.per_batch,
-                cells=self.cells,
-                constraints=dataclasses.asdict(self.constraints),
-                kv_capacity_tokens=self.constraints.kv_capacity_tokens,
-                costs=dataclasses.asdict(self.costs),
-                theta=self.theta,
-                slot_std=self.slot_std,
-                settings=self.settings,
-            )
+            {
+                "objective": self.objective,
+                "objective_unit": OBJECTIVE_UNITS[self.objective],
+                "recommendation": self.recommendation,
+                "binding": self.binding,
+                "per_batch_size": self.per_batch,
+                "cells": self.cells,
+                "constraints": dataclasses.asdict(self.constraints),
+                "kv_capacity_tokens": self.constraints.kv_capacity_tokens,
+                "costs": dataclasses.asdict(self.costs),
+                "theta": self.theta,
+                "slot_std": self.slot_std,
+                "settings": self.settings,
+            }
         )
 
     # ------------------------------------------------------------------ typed views

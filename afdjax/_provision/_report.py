@@ -1,7 +1,8 @@
 """``provision``: the three answers to "which r?" (mean field, barrier, Monte Carlo), side by side.
 
 Host-side assembly around the pure functions of ``_theory`` and ``_engine``; the
-numbers are computed by those, this module only compares and formats them.
+numbers are computed by those, this module compares them (paired comparisons:
+``_compare``). The report's text is in ``_text``, its figure in ``_plots``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .._theory._closed_forms import (
     mean_field_optimum,
     mean_field_throughput,
 )
+from .._validate import invalid
 from .._workload._core import Workload
 from ._compare import check_ratio_list, paired_difference, ratios_within_2_stderr
 
@@ -66,25 +68,25 @@ class ProvisionReport:
         """A JSON-serialisable dict (non-finite numbers become None)."""
 
         return jsonable(
-            dict(
-                theta=self.theta,
-                slot_variance=self.slot_variance,
-                slot_std=math.sqrt(max(self.slot_variance, 0.0)),
-                r_star=self.mean_field["r_star"],
-                regime=self.mean_field["regime"],
-                r_attention=self.mean_field["r_attention"],
-                r_communication=self.mean_field["r_communication"],
-                r_peak=self.mean_field["r_peak"],
-                ratio_mean_field=self.mean_field["ratio"],
-                ratio_barrier=self.barrier["ratio"],
-                r_barrier_continuous=self.barrier["r_continuous"],
-                ratio_simulated=self.simulated["ratio"],
-                simulated=self.simulated,
-                idle_crossing=self.idle_crossing,
-                errors=self.errors,
-                table=self.table,
-                settings=self.settings,
-            )
+            {
+                "theta": self.theta,
+                "slot_variance": self.slot_variance,
+                "slot_std": math.sqrt(max(self.slot_variance, 0.0)),
+                "r_star": self.mean_field["r_star"],
+                "regime": self.mean_field["regime"],
+                "r_attention": self.mean_field["r_attention"],
+                "r_communication": self.mean_field["r_communication"],
+                "r_peak": self.mean_field["r_peak"],
+                "ratio_mean_field": self.mean_field["ratio"],
+                "ratio_barrier": self.barrier["ratio"],
+                "r_barrier_continuous": self.barrier["r_continuous"],
+                "ratio_simulated": self.simulated["ratio"],
+                "simulated": self.simulated,
+                "idle_crossing": self.idle_crossing,
+                "errors": self.errors,
+                "table": self.table,
+                "settings": self.settings,
+            }
         )
 
 
@@ -124,7 +126,7 @@ class ProvisionReport:
         ``"barrier"``, ``"stderr"``, ``"attention_idle_fraction"``, ...)."""
         if not self.table or name not in self.table[0]:
             allowed = ", ".join(self.table[0]) if self.table else "none"
-            raise ValueError(f"name={name!r} is invalid: expected one of {allowed}")
+            raise invalid("name", name, f"one of {allowed}")
         return np.array([row[name] for row in self.table], dtype=float)
 
     # ------------------------------------------------------------------ text and plot

@@ -44,8 +44,8 @@ def _row(study, label, workload_spec, report: ProvisionReport, paper_reported=No
     # Exceptions: ratios where the barrier model misses simulation by more than 2 %
     # (beyond 2 standard errors of the simulated value).
     exceptions = [
-        dict(ratio=row["ratio"], rel_err_barrier=row["rel_err_barrier"],
-             stderr_rel=row["stderr"] / row["simulated"])
+        {"ratio": row["ratio"], "rel_err_barrier": row["rel_err_barrier"],
+             "stderr_rel": row["stderr"] / row["simulated"]}
         for row in table
         if abs(row["rel_err_barrier"]) > BARRIER_TOLERANCE + 2 * row["stderr"] / row["simulated"]
     ]
@@ -53,38 +53,38 @@ def _row(study, label, workload_spec, report: ProvisionReport, paper_reported=No
     # With a micro-batch pipeline the closed-form benchmark is the pipeline mean field's
     # own optimum, not the paper's idealised r*.
     r_ref = mf.get("r_star_pipeline", mf["r_star"])
-    return dict(
-        study=study,
-        label=label,
-        workload=workload_spec,
-        batch_size=report.settings["batch_size"],
-        theta=report.theta,
-        slot_std=math.sqrt(max(report.slot_variance, 0.0)),
-        r_star=mf["r_star"],
-        regime=mf["regime"],
-        r_star_paper_reported=paper_reported,
-        r_star_paper_formula=paper_formula,
-        ratio_mean_field=mf["ratio"],
-        ratio_barrier=br["ratio"],
-        r_barrier_continuous=br["r_continuous"],
-        ratio_simulated=sim["ratio"],
-        simulated_distinguishable=sim["distinguishable"],
-        ratios_within_2_stderr=sim["within_2_stderr"],
-        r_star_pipeline=mf.get("r_star_pipeline"),
-        rel_gap_r_star=(r_ref - sim["ratio"]) / sim["ratio"],
-        within_10_percent=abs(r_ref - sim["ratio"]) / sim["ratio"] <= 0.10,
-        loss_mean_field=err["loss_mean_field"],
-        loss_barrier=err["loss_barrier"],
-        idle_crossing=report.idle_crossing,
-        max_abs_rel_err_mean_field=err["max_abs_rel_err_mean_field"],
-        worst_ratio_mean_field=err["worst_ratio_mean_field"],
-        max_abs_rel_err_barrier=err["max_abs_rel_err_barrier"],
-        worst_ratio_barrier=err["worst_ratio_barrier"],
-        max_abs_rel_err_mean_field_r_le_32=max(abs(r["rel_err_mean_field"]) for r in in_32),
-        max_abs_rel_err_barrier_r_le_32=max(abs(r["rel_err_barrier"]) for r in in_32),
-        barrier_exceptions=exceptions,
-        ratio_range=[table[0]["ratio"], table[-1]["ratio"]],
-    )
+    return {
+        "study": study,
+        "label": label,
+        "workload": workload_spec,
+        "batch_size": report.settings["batch_size"],
+        "theta": report.theta,
+        "slot_std": math.sqrt(max(report.slot_variance, 0.0)),
+        "r_star": mf["r_star"],
+        "regime": mf["regime"],
+        "r_star_paper_reported": paper_reported,
+        "r_star_paper_formula": paper_formula,
+        "ratio_mean_field": mf["ratio"],
+        "ratio_barrier": br["ratio"],
+        "r_barrier_continuous": br["r_continuous"],
+        "ratio_simulated": sim["ratio"],
+        "simulated_distinguishable": sim["distinguishable"],
+        "ratios_within_2_stderr": sim["within_2_stderr"],
+        "r_star_pipeline": mf.get("r_star_pipeline"),
+        "rel_gap_r_star": (r_ref - sim["ratio"]) / sim["ratio"],
+        "within_10_percent": abs(r_ref - sim["ratio"]) / sim["ratio"] <= 0.10,
+        "loss_mean_field": err["loss_mean_field"],
+        "loss_barrier": err["loss_barrier"],
+        "idle_crossing": report.idle_crossing,
+        "max_abs_rel_err_mean_field": err["max_abs_rel_err_mean_field"],
+        "worst_ratio_mean_field": err["worst_ratio_mean_field"],
+        "max_abs_rel_err_barrier": err["max_abs_rel_err_barrier"],
+        "worst_ratio_barrier": err["worst_ratio_barrier"],
+        "max_abs_rel_err_mean_field_r_le_32": max(abs(r["rel_err_mean_field"]) for r in in_32),
+        "max_abs_rel_err_barrier_r_le_32": max(abs(r["rel_err_barrier"]) for r in in_32),
+        "barrier_exceptions": exceptions,
+        "ratio_range": [table[0]["ratio"], table[-1]["ratio"]],
+    }
 
 
 def run_verification(
@@ -107,9 +107,9 @@ def run_verification(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
-    settings = dict(hardware=hardware_name, steps=num_steps, replicas=num_replicas, seed=seed,
-                    latency_coefficients=latency.coefficients(), comm_scaling=latency.comm_scaling,
-                    micro_batches=micro_batches)
+    settings = {"hardware": hardware_name, "steps": num_steps, "replicas": num_replicas, "seed": seed,
+                    "latency_coefficients": latency.coefficients(), "comm_scaling": latency.comm_scaling,
+                    "micro_batches": micro_batches}
     jobs = [
         (study, label, f"geometric:mu_p={mp:g},mu_d={md:g}", Geometric(mp, md), B, rep, form)
         for study, label, mp, md, B, rep, form in PAPER_CONFIGS
@@ -128,13 +128,13 @@ def run_verification(
         if label not in reports:
             reports[label] = provision(
                 key, workload, latency, B, None, num_steps, num_replicas,
-                settings=dict(workload=spec, hardware=hardware_name, seed=seed),
+                settings={"workload": spec, "hardware": hardware_name, "seed": seed},
                 micro_batches=micro_batches,
             )
         rows.append(_row(study, label, spec, reports[label], reported, formula))
     markdown = _markdown(rows, settings)
     plots = verification_plots(out, rows, reports)
-    summary = dict(settings=settings, rows=rows, plots=plots, seconds=time.perf_counter() - t0)
+    summary = {"settings": settings, "rows": rows, "plots": plots, "seconds": time.perf_counter() - t0}
     (out / "verification.json").write_text(json.dumps(jsonable(summary), indent=2))
     (out / "verification.md").write_text(markdown + "\n")
     summary["markdown"] = markdown

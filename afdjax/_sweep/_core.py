@@ -53,6 +53,7 @@ import numpy as np
 
 from .._engine._simulate import _Config, _plan, _replica_bytes, _simulate_core
 from .._latency import COEFFICIENT_NAMES, LatencyModel
+from .._validate import check_int
 from .._workload._core import Geometric
 from ._grid import _FORMAT, WORKLOAD_FLOATS, SweepGrid, _Group, load_grid
 from ._store import (
@@ -249,10 +250,9 @@ def sweep(
 
     g_obj = load_grid(grid)
     s = g_obj.settings
-    if isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, (int, np.integer)) or memory_budget_bytes < 2**20:
-        raise ValueError(f"memory_budget_bytes={memory_budget_bytes!r} is invalid: expected an integer >= 1 MiB")
-    if max_chunk_points is not None and (not isinstance(max_chunk_points, (int, np.integer)) or max_chunk_points < 1):
-        raise ValueError(f"max_chunk_points={max_chunk_points!r} is invalid: expected an integer >= 1 or None")
+    memory_budget_bytes = check_int("memory_budget_bytes", memory_budget_bytes, 2**20)  # at least 1 MiB
+    if max_chunk_points is not None:
+        max_chunk_points = check_int("max_chunk_points", max_chunk_points, 1)
     devices = list(jax.local_devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices=[] is invalid: expected at least one device")
@@ -264,19 +264,19 @@ def sweep(
 
     identity = g_obj.identity()
     grid_hash = g_obj.grid_hash()
-    manifest = dict(
-        format=_FORMAT,
-        grid_hash=grid_hash,
-        identity=identity,
-        num_points=g_obj.num_points,
-        key=dict(
-            seed=s["seed"],
-            key_words=_key_words(s["seed"]).tolist(),
-            common_random_numbers=s["common_random_numbers"],
-            rule="every point uses jax.random.key(seed)" if s["common_random_numbers"] else "point i uses fold_in(key(seed), i)",
-        ),
-        afdjax_version=__version__,
-        groups=[
+    manifest = {
+        "format": _FORMAT,
+        "grid_hash": grid_hash,
+        "identity": identity,
+        "num_points": g_obj.num_points,
+        "key": {
+            "seed": s["seed"],
+            "key_words": _key_words(s["seed"]).tolist(),
+            "common_random_numbers": s["common_random_numbers"],
+            "rule": "every point uses jax.random.key(seed)" if s["common_random_numbers"] else "point i uses fold_in(key(seed), i)",
+        },
+        "afdjax_version": __version__,
+        "groups": [
             dict(
                 index=i,
                 first_point=g.first_point,
@@ -287,7 +287,7 @@ def sweep(
             )
             for i, g in enumerate(g_obj.groups)
         ],
-    )
+    }
     out = Path(os.fspath(out_dir)).expanduser()
     _prepare_dir(out, manifest, overwrite, clean_temporaries=pc == 1)
     done = _done_points(out)

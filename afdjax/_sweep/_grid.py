@@ -30,17 +30,17 @@ from .._workload._core import PREFILL_FAMILIES, Geometric
 _FORMAT = "afdjax-sweep/1"
 
 WORKLOAD_FLOATS = ("mu_p", "mu_d", "prefill_sigma")
-SETTINGS_DEFAULTS = dict(
-    steps=2000,
-    replicas=8,
-    seed=0,
-    start="stationary",
-    warmup=0,
-    ratios=None,  # default 1..32
-    quantile_levels=[0.5, 0.9, 0.99],
-    num_bins=4096,
-    common_random_numbers=True,
-)
+SETTINGS_DEFAULTS = {
+    "steps": 2000,
+    "replicas": 8,
+    "seed": 0,
+    "start": "stationary",
+    "warmup": 0,
+    "ratios": None,  # default 1..32
+    "quantile_levels": [0.5, 0.9, 0.99],
+    "num_bins": 4096,
+    "common_random_numbers": True,
+}
 _WORKLOAD_KEYS = {
     "geometric": ("kind", "mu_p", "mu_d", "prefill", "sigma"),
     "trace": ("kind", "trace", "prefill_column", "decode_column", "tokens_per_step"),
@@ -83,7 +83,7 @@ def _axis(value, key: str, source: str, *, integer: bool = False, minimum: float
             step = _scalar(value["step"], f"{key}.step", source, integer=False, minimum=-math.inf)
             if step <= 0 or stop < start:
                 raise ValueError(f"{_where(source, key)}={value!r}: expected step > 0 and stop >= start")
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            n = math.floor((stop - start) / step + 1e-9) + 1
             values = [start + i * step for i in range(n)]
         if integer:
             rounded = [round(v) for v in values]
@@ -101,7 +101,7 @@ def _axis(value, key: str, source: str, *, integer: bool = False, minimum: float
 def _scalar(value, key: str, source: str, *, integer: bool, minimum: float):
     kind = "an integer" if integer else "a finite number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{_where(source, key)}={value!r} is invalid: expected {kind} >= {minimum:g}")
+        raise ValueError(f"{_where(source, key)}={value!r} is invalid: expected {kind} >= {minimum:g}")  # noqa: TRY004 (a bad grid value is a ValueError)
     if integer:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"{_where(source, key)}={value!r} is invalid: expected {kind} >= {minimum:g}")
@@ -126,7 +126,7 @@ def _strings(value, key: str, source: str, allowed=None) -> list[str]:
 
 def _check_keys(table, allowed, source: str) -> None:
     if not isinstance(table, dict):
-        raise ValueError(f"{source} must be a table, got {table!r}")
+        raise ValueError(f"{source} must be a table, got {table!r}")  # noqa: TRY004 (a bad grid value is a ValueError)
     unknown = [k for k in table if k not in allowed]
     if unknown:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
@@ -170,8 +170,8 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
         out = []
         for family in _strings(block.get("prefill", "constant"), "prefill", source, PREFILL_FAMILIES):
             # sigma only shapes the lognormal family; other families ignore it (NaN column).
-            floats = _product(dict(mu_p=mu_p, mu_d=mu_d, prefill_sigma=sigma if family == "lognormal" else [math.nan]))
-            static = dict(workload="geometric", prefill=family, trace="", tokens_per_step=1)
+            floats = _product({"mu_p": mu_p, "mu_d": mu_d, "prefill_sigma": sigma if family == "lognormal" else [math.nan]})
+            static = {"workload": "geometric", "prefill": family, "trace": "", "tokens_per_step": 1}
             out.append(_Variant(static, floats))
         return out
     if kind == "trace":
@@ -188,22 +188,22 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
         for trace in _strings(block["trace"], "trace", source):
             for tps in _axis(block.get("tokens_per_step", 1), "tokens_per_step", source, integer=True, minimum=1):
                 wl = load_trace(trace, tokens_per_step=tps, **columns)
-                static = dict(workload=f"trace:{trace}", prefill="trace", trace=trace, tokens_per_step=tps, _workload=wl)
-                out.append(_Variant(static, dict(mu_p=nan, mu_d=nan, prefill_sigma=nan)))
+                static = {"workload": f"trace:{trace}", "prefill": "trace", "trace": trace, "tokens_per_step": tps, "_workload": wl}
+                out.append(_Variant(static, {"mu_p": nan, "mu_d": nan, "prefill_sigma": nan}))
         return out
     out = []
     for spec in _strings(block["spec"], "spec", source):
         wl = parse_workload_spec(spec)
         if isinstance(wl, Geometric):
-            floats = dict(
-                mu_p=np.array([float(wl.mu_p)]),
-                mu_d=np.array([float(wl.mu_d)]),
-                prefill_sigma=np.array([float(wl.prefill_sigma) if wl.prefill == "lognormal" else math.nan]),
-            )
-            out.append(_Variant(dict(workload="geometric", prefill=wl.prefill, trace="", tokens_per_step=1), floats))
+            floats = {
+                "mu_p": np.array([float(wl.mu_p)]),
+                "mu_d": np.array([float(wl.mu_d)]),
+                "prefill_sigma": np.array([float(wl.prefill_sigma) if wl.prefill == "lognormal" else math.nan]),
+            }
+            out.append(_Variant({"workload": "geometric", "prefill": wl.prefill, "trace": "", "tokens_per_step": 1}, floats))
         else:
-            static = dict(workload=spec, prefill="trace", trace=spec, tokens_per_step=1, _workload=wl)
-            out.append(_Variant(static, dict(mu_p=nan, mu_d=nan, prefill_sigma=nan)))
+            static = {"workload": spec, "prefill": "trace", "trace": spec, "tokens_per_step": 1, "_workload": wl}
+            out.append(_Variant(static, {"mu_p": nan, "mu_d": nan, "prefill_sigma": nan}))
     return out
 
 
@@ -233,7 +233,7 @@ def _hardware_variants(block: dict, source: str) -> list[_Variant]:
         axes = {k: _axis(block[k], k, source) if k in block else [base[k]] for k in COEFFICIENT_NAMES}
         floats = _product(axes)
         for scaling in scalings:
-            out.append(_Variant(dict(hardware=label, comm_scaling=scaling), floats))
+            out.append(_Variant({"hardware": label, "comm_scaling": scaling}, floats))
     return out
 
 
@@ -248,7 +248,7 @@ def _settings(table: dict, source: str) -> dict:
     if s["start"] not in START_MODES:
         raise ValueError(f"{source}: start={s['start']!r} is invalid: expected one of {', '.join(START_MODES)}")
     if not isinstance(s["common_random_numbers"], bool):
-        raise ValueError(f"{source}: common_random_numbers={s['common_random_numbers']!r} is invalid: expected true or false")
+        raise ValueError(f"{source}: common_random_numbers={s['common_random_numbers']!r} is invalid: expected true or false")  # noqa: TRY004 (a bad grid value is a ValueError)
     ratios = s["ratios"] if s["ratios"] is not None else {"start": 1, "stop": 32, "step": 1}
     ratios = sorted(set(_axis(ratios, "ratios", source, integer=True, minimum=1)))
     if ratios[-1] > _MAX_INDEX:
@@ -286,7 +286,7 @@ class SweepGrid:
 
     def __init__(self, mapping: dict, source: str = "grid"):
         if not isinstance(mapping, dict):
-            raise ValueError(f"{source}: expected a table with [grid] and [settings]")
+            raise ValueError(f"{source}: expected a table with [grid] and [settings]")  # noqa: TRY004 (a bad grid value is a ValueError)
         _check_keys(mapping, ("grid", "settings"), source)
         if "grid" not in mapping:
             raise ValueError(f"{source}: missing the [grid] table")
@@ -349,14 +349,14 @@ class SweepGrid:
             traces[t] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         from .. import __version__
 
-        return dict(
-            format=_FORMAT,
-            grid=self.mapping.get("grid"),
-            settings=self.settings,
-            trace_sha256=traces,
-            afdjax_version=__version__,
-            float_dtype=str(jnp.zeros(()).dtype),
-        )
+        return {
+            "format": _FORMAT,
+            "grid": self.mapping.get("grid"),
+            "settings": self.settings,
+            "trace_sha256": traces,
+            "afdjax_version": __version__,
+            "float_dtype": str(jnp.zeros(()).dtype),
+        }
 
     def grid_hash(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
