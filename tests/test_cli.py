@@ -86,7 +86,7 @@ def test_paper_baseline_peak_is_reported(capsys):
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, argv, fragment):
-    code, out, err = run(capsys, "simulate", *SMALL, *argv)
+    code, _, err = run(capsys, "simulate", *SMALL, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

@@ -97,10 +97,16 @@ def test_tpot_binds_and_kv_limits_batch_size():
     # target: TPOT of (B = 128, r = 9) exactly representable between r = 9 and r = 10
     target_ms = layers * 0.5 * (_tau(128, 9, lat) + _tau(128, 10, lat)) / 1000
     kv_bytes = 1000.0
-    cons = Constraints(kv_capacity_bytes=200 * P * kv_bytes, kv_bytes_per_token=kv_bytes, tpot_target_ms=target_ms,
-                       tpot_statistic="mean", num_layers=layers)
-    report = provision_constrained(jax.random.key(1), _zv(), LatencyModel(**lat), batch_sizes, ratios, 30, 2,
-                                   constraints=cons)
+    cons = Constraints(
+        kv_capacity_bytes=200 * P * kv_bytes,
+        kv_bytes_per_token=kv_bytes,
+        tpot_target_ms=target_ms,
+        tpot_statistic="mean",
+        num_layers=layers,
+    )
+    report = provision_constrained(
+        jax.random.key(1), _zv(), LatencyModel(**lat), batch_sizes, ratios, 30, 2, constraints=cons
+    )
     # by hand: feasible = B <= 128 (KV) and layers * tau <= target (TPOT); maximise per-instance throughput
     best, best_val = None, -1.0
     for B in batch_sizes:
@@ -121,6 +127,7 @@ def test_tpot_binds_and_kv_limits_batch_size():
     unc = report.binding["unconstrained_best"]
     vals = {(B, r): r * B / ((r + 1) * _tau(B, r, lat)) for B in batch_sizes for r in ratios}
     assert (unc["batch_size"], unc["ratio"]) == max(vals, key=vals.get)
+
     # binding: the best cell that relaxing one constraint alone would admit, by hand
     def violated(B, r):
         v = []
@@ -148,9 +155,17 @@ def test_tpot_binds_and_kv_limits_batch_size():
 
 
 def test_no_constraints_recommends_the_peak(tmp_path):
-    report = provision_constrained(jax.random.key(0), _zv(), LatencyModel(**LAT), [128], list(range(1, 16)), 30, 2,
-                                   costs=Costs(attention_price_per_hour=1.0, ffn_price_per_hour=4.0),
-                                   objective="per_dollar")
+    report = provision_constrained(
+        jax.random.key(0),
+        _zv(),
+        LatencyModel(**LAT),
+        [128],
+        list(range(1, 16)),
+        30,
+        2,
+        costs=Costs(attention_price_per_hour=1.0, ffn_price_per_hour=4.0),
+        objective="per_dollar",
+    )
     vals = {r: (r * 128 / _tau(128, r)) * 3600e6 / (r * 1.0 + 4.0) for r in range(1, 16)}
     assert report.recommendation["ratio"] == max(vals, key=vals.get)
     assert report.binding["constraint"] == []
@@ -160,7 +175,9 @@ def test_no_constraints_recommends_the_peak(tmp_path):
 
 def test_nothing_feasible_is_reported():
     cons = Constraints(tpot_target_ms=1e-6, num_layers=61)
-    report = provision_constrained(jax.random.key(0), _zv(), LatencyModel(**LAT), [64], [1, 2, 3], 20, 2, constraints=cons)
+    report = provision_constrained(
+        jax.random.key(0), _zv(), LatencyModel(**LAT), [64], [1, 2, 3], 20, 2, constraints=cons
+    )
     assert report.recommendation is None
     assert "TPOT" in report.binding["text"]
     assert "No (B, r)" in report.format_text()
@@ -213,8 +230,14 @@ def test_boolean_costs_are_refused(kwargs):
         Costs(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(kv_capacity_bytes=True, kv_bytes_per_token=1.0),
-                                    dict(tpot_target_ms=True, num_layers=2), dict(num_layers=True)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kv_capacity_bytes=True, kv_bytes_per_token=1.0),
+        dict(tpot_target_ms=True, num_layers=2),
+        dict(num_layers=True),
+    ],
+)
 def test_boolean_constraints_are_refused(kwargs):
     with pytest.raises(ValueError, match="is invalid"):
         Constraints(**kwargs)
@@ -265,8 +288,9 @@ def test_constrained_table_columns_are_aligned(with_kv):
     capacity (missing values print '-', right-aligned like the numbers)."""
     kv = dict(kv_capacity_bytes=300 * P * 1000.0, kv_bytes_per_token=1000.0) if with_kv else {}
     cons = Constraints(**kv)
-    report = provision_constrained(jax.random.key(0), _zv(), LatencyModel(**LAT), [64, 256, 512], [1, 2, 3], 20, 2,
-                                   constraints=cons)
+    report = provision_constrained(
+        jax.random.key(0), _zv(), LatencyModel(**LAT), [64, 256, 512], [1, 2, 3], 20, 2, constraints=cons
+    )
     lines = report.format_text().splitlines()
     h = next(i for i, line in enumerate(lines) if line.lstrip().startswith("B "))
     header = lines[h]

@@ -34,7 +34,16 @@ def baseline_report():
 def test_report_numbers_are_consistent(baseline_report):
     rep = baseline_report
     d = rep.to_dict()
-    for k in ("theta", "slot_variance", "r_star", "regime", "ratio_mean_field", "ratio_barrier", "ratio_simulated", "table"):
+    for k in (
+        "theta",
+        "slot_variance",
+        "r_star",
+        "regime",
+        "ratio_mean_field",
+        "ratio_barrier",
+        "ratio_simulated",
+        "table",
+    ):
         assert k in d
     assert d["theta"] == pytest.approx(600.0)
     assert d["r_star"] == pytest.approx(hand_r_star(100, 500, 256), rel=1e-6)
@@ -92,7 +101,7 @@ def test_paper_configurations(paper_study):
     out, summary = paper_study
     rows = summary["rows"]
     assert len(rows) == 6
-    for row, (study, label, mu_p, mu_d, B, reported, formula) in zip(rows, PAPER_CONFIGS):
+    for row, (_, label, mu_p, mu_d, B, _, formula) in zip(rows, PAPER_CONFIGS):
         assert row["label"] == label
         # the report's mean-field r* against the paper's formula, to 1e-3 relative
         assert row["r_star"] == pytest.approx(hand_r_star(mu_p, mu_d, B), rel=1e-3)
@@ -111,8 +120,22 @@ def test_paper_configurations(paper_study):
 
 def test_provision_cli_json_and_plot(capsys, tmp_path):
     png = tmp_path / "p.png"
-    code = main(["provision", "--steps", "1000", "--replicas", "4", "--batch-size", "64", "--ratios", "1:12",
-                 "--json", "--plot", str(png)])
+    code = main(
+        [
+            "provision",
+            "--steps",
+            "1000",
+            "--replicas",
+            "4",
+            "--batch-size",
+            "64",
+            "--ratios",
+            "1:12",
+            "--json",
+            "--plot",
+            str(png),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     d = json.loads(out)
@@ -164,8 +187,9 @@ def test_within_2_stderr_is_a_paired_t_statistic(baseline_report):
     res = afdjax.simulate(jax.random.key(0), afdjax.Geometric(100.0, 500.0), lat, 256, range(1, 33), 3000, 12)
     per = np.asarray(res.throughput_per_replica, dtype=float)
     best = int(np.argmax(np.asarray(res.throughput_per_instance)))
-    expected = [best + 1] + [j + 1 for j in range(per.shape[1])
-                             if j != best and stats.ttest_rel(per[:, best], per[:, j]).statistic <= 2]
+    expected = [best + 1] + [
+        j + 1 for j in range(per.shape[1]) if j != best and stats.ttest_rel(per[:, best], per[:, j]).statistic <= 2
+    ]
     assert afdjax.ratios_within_2_stderr(res) == sorted(expected)
     # provision and the simulate report use the same definition on the same run
     assert baseline_report.simulated["within_2_stderr"] == sorted(expected)
@@ -181,8 +205,9 @@ def test_simulation_report_is_the_cli_json(capsys):
     cli = json.loads(capsys.readouterr().out)
     wl, lat = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c")
     res = afdjax.simulate(jax.random.key(3), wl, lat, 32, range(1, 7), 300, 4)
-    settings = {k: cli["settings"][k] for k in ("workload", "hardware", "seed", "start", "warmup_steps",
-                                                 "afdjax_version")}
+    settings = {
+        k: cli["settings"][k] for k in ("workload", "hardware", "seed", "start", "warmup_steps", "afdjax_version")
+    }
     report = afdjax.simulation_report(res, wl, lat, settings=settings)
     assert report.to_dict() == cli
     assert report.best_ratio == cli["best_ratio"] and report.theta == pytest.approx(600.0)

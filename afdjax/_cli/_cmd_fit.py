@@ -25,14 +25,14 @@ def cmd_fit_workload(args) -> int:
     return 0
 
 
-
 def cmd_fit_latency(args) -> int:
     from .._data._io import parse_hardware_spec
     from .._fit._latency import fit_latency
 
     defaults = parse_hardware_spec(args.defaults) if args.defaults else None
-    fit = fit_latency(args.observations, loss=args.loss, comm_scaling=args.comm_scaling,
-                      n_bootstrap=args.bootstrap, defaults=defaults)
+    fit = fit_latency(
+        args.observations, loss=args.loss, comm_scaling=args.comm_scaling, n_bootstrap=args.bootstrap, defaults=defaults
+    )
     if args.out:
         write_text(args.out, fit.to_toml())
     if args.plot:
@@ -59,12 +59,26 @@ def cmd_fit_throughput(args) -> int:
     obs = read_throughput_observations(args.observations)
     workload = parse_workload_spec(args.workload)
     latency = parse_hardware_spec(args.hardware)
-    fit = fit_throughput(obs, workload, latency, split_names(args.fit) or (), key=jax.random.key(args.seed),
-                         num_steps=args.steps, num_replicas=args.replicas)
+    fit = fit_throughput(
+        obs,
+        workload,
+        latency,
+        split_names(args.fit) or (),
+        key=jax.random.key(args.seed),
+        num_steps=args.steps,
+        num_replicas=args.replicas,
+    )
     if args.out:
-        write_text(args.out, latency_to_toml(fit.latency, description=(
-            f"afdjax fit throughput from {args.observations}: {len(obs.throughput)} observations, "
-            f"fitted {', '.join(fit.names)}; max |relative residual| {100 * fit.max_abs_rel_residual:.2f}%")))
+        write_text(
+            args.out,
+            latency_to_toml(
+                fit.latency,
+                description=(
+                    f"afdjax fit throughput from {args.observations}: {len(obs.throughput)} observations, "
+                    f"fitted {', '.join(fit.names)}; max |relative residual| {100 * fit.max_abs_rel_residual:.2f}%"
+                ),
+            ),
+        )
     if args.json:
         print(json.dumps(fit.to_dict(), indent=2))
     else:

@@ -41,11 +41,15 @@ def _cmd_provision_constrained(args) -> int:
             message = str(err).replace("the hardware spec", f"the hardware spec {args.hardware!r}")
             raise CliError(f"--kv-capacity-gb auto: {message}") from None
     if capacity is not None and args.kv_bytes_per_token is None and deployment.kv_bytes_per_token is None:
-        raise CliError(f"--kv-capacity-gb needs the KV bytes per token: the hardware spec {args.hardware!r} has no "
-                       "model; use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --kv-bytes-per-token")
+        raise CliError(
+            f"--kv-capacity-gb needs the KV bytes per token: the hardware spec {args.hardware!r} has no "
+            "model; use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --kv-bytes-per-token"
+        )
     if args.tpot_ms is not None and args.num_layers is None and deployment.num_layers is None:
-        raise CliError(f"--tpot-ms needs the number of layers: the hardware spec {args.hardware!r} has no model; "
-                       "use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --num-layers")
+        raise CliError(
+            f"--tpot-ms needs the number of layers: the hardware spec {args.hardware!r} has no model; "
+            "use ACCELERATOR:MODEL (e.g. h100:deepseek-v3) or --num-layers"
+        )
     constraints = Constraints.for_deployment(
         deployment,
         kv_capacity_bytes=capacity,
@@ -56,32 +60,60 @@ def _cmd_provision_constrained(args) -> int:
         num_layers=args.num_layers,
         time_unit_us=args.time_unit_us,
     )
-    for a, b, flag in ((args.price_attention, args.price_ffn, "--price-attention and --price-ffn"),
-                       (args.power_attention_w, args.power_ffn_w, "--power-attention-w and --power-ffn-w")):
+    for a, b, flag in (
+        (args.price_attention, args.price_ffn, "--price-attention and --price-ffn"),
+        (args.power_attention_w, args.power_ffn_w, "--power-attention-w and --power-ffn-w"),
+    ):
         if (a is None) != (b is None):
             raise CliError(f"give both {flag}, or neither")
-    costs = Costs.for_deployment(deployment, attention_price_per_hour=args.price_attention,
-                                 ffn_price_per_hour=args.price_ffn, attention_power_w=args.power_attention_w,
-                                 ffn_power_w=args.power_ffn_w)
+    costs = Costs.for_deployment(
+        deployment,
+        attention_price_per_hour=args.price_attention,
+        ffn_price_per_hour=args.price_ffn,
+        attention_power_w=args.power_attention_w,
+        ffn_power_w=args.power_ffn_w,
+    )
     objective = args.objective.replace("-", "_")
     if objective == "per_dollar" and costs.attention_price_per_hour is None:
         raise CliError("--objective per-dollar needs --price-attention and --price-ffn ($ per instance-hour)")
     if objective == "per_joule" and costs.attention_power_w is None:
-        raise CliError(f"--objective per-joule needs --power-attention-w and --power-ffn-w (the hardware spec "
-                       f"{args.hardware!r} gives no board power)")
+        raise CliError(
+            f"--objective per-joule needs --power-attention-w and --power-ffn-w (the hardware spec "
+            f"{args.hardware!r} gives no board power)"
+        )
     if args.plot:
         check_plot_path(args.plot)
-    settings = {"workload": args.workload, "hardware": args.hardware, "seed": args.seed, "start": args.start,
-                    "warmup_steps": args.warmup, "afdjax_version": __version__,
-                    "deployment": {k: v for k, v in deployment.to_dict().items() if v is not None}}
+    settings = {
+        "workload": args.workload,
+        "hardware": args.hardware,
+        "seed": args.seed,
+        "start": args.start,
+        "warmup_steps": args.warmup,
+        "afdjax_version": __version__,
+        "deployment": {k: v for k, v in deployment.to_dict().items() if v is not None},
+    }
     report = provision_constrained(
-        jax.random.key(args.seed), workload, deployment.latency, batch_sizes, ratios, args.steps, args.replicas,
-        constraints=constraints, costs=costs, objective=objective, micro_batches=args.micro_batches,
-        settings=settings, progress=not args.json and sys.stderr.isatty(), start=args.start, warmup_steps=args.warmup,
+        jax.random.key(args.seed),
+        workload,
+        deployment.latency,
+        batch_sizes,
+        ratios,
+        args.steps,
+        args.replicas,
+        constraints=constraints,
+        costs=costs,
+        objective=objective,
+        micro_batches=args.micro_batches,
+        settings=settings,
+        progress=not args.json and sys.stderr.isatty(),
+        start=args.start,
+        warmup_steps=args.warmup,
     )
-    title = (f"workload {short_spec(args.workload)} | hardware {short_spec(args.hardware)}"
-             + (f" | {args.micro_batches} micro-batches" if args.micro_batches else "")
-             + f"\n{args.steps} steps x {args.replicas} replicas, seed {args.seed}")
+    title = (
+        f"workload {short_spec(args.workload)} | hardware {short_spec(args.hardware)}"
+        + (f" | {args.micro_batches} micro-batches" if args.micro_batches else "")
+        + f"\n{args.steps} steps x {args.replicas} replicas, seed {args.seed}"
+    )
     return _emit_report(args, report, title)
 
 

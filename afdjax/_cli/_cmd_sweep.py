@@ -19,8 +19,10 @@ def cmd_sweep(args) -> int:
             progress=not args.json,
         )
     except KeyboardInterrupt:
-        print(f"afdjax: interrupted; finished chunks are kept in {args.out}: run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"afdjax: interrupted; finished chunks are kept in {args.out}: run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

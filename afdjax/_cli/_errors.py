@@ -10,7 +10,6 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
-
 def one_line_warning(message, category, filename, lineno, file=None, line=None):
     """``warnings.showwarning`` replacement: ``afdjax: warning: ...`` on stderr, one line."""
     print(f"afdjax: warning: {message}", file=sys.stderr)

@@ -80,6 +80,9 @@ def check_ratio_list(ratios) -> list[int]:
             dups.append(v)
         seen.add(v)
     if dups:
-        raise invalid("ratios", ratios if isinstance(ratios, (list, tuple)) else values,
-                      f"distinct ratios (repeated: {', '.join(map(str, dups))})")
+        raise invalid(
+            "ratios",
+            ratios if isinstance(ratios, (list, tuple)) else values,
+            f"distinct ratios (repeated: {', '.join(map(str, dups))})",
+        )
     return values

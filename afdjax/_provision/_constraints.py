@@ -145,7 +145,8 @@ class Constraints:
 
     def active(self) -> list[str]:
         """Names of the limits switched on: ``"kv"``, ``"tpot"``."""
-        return [name for name, on in (("kv", self.kv_capacity_bytes is not None), ("tpot", self.tpot_target_ms is not None)) if on]
+        limits = (("kv", self.kv_capacity_bytes is not None), ("tpot", self.tpot_target_ms is not None))
+        return [name for name, on in limits if on]
 
     @classmethod
     def for_deployment(
@@ -343,11 +344,21 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
         alone = [cell for cell in better if cell["violated"] == [name]]
         if alone:
             top = max(alone, key=lambda cell: cell["objective"])
-            relaxations[name] = {"batch_size": top["batch_size"], "ratio": top["ratio"], "objective": top["objective"],
-                                     "gain": top["objective"] / rec_value - 1.0, "violation": _describe_violation(top, constraints)}
+            relaxations[name] = {
+                "batch_size": top["batch_size"],
+                "ratio": top["ratio"],
+                "objective": top["objective"],
+                "gain": top["objective"] / rec_value - 1.0,
+                "violation": _describe_violation(top, constraints),
+            }
     unconstrained = max(better, key=lambda cell: cell["objective"])
-    unc = {"batch_size": unconstrained["batch_size"], "ratio": unconstrained["ratio"], "objective": unconstrained["objective"],
-               "gain": unconstrained["objective"] / rec_value - 1.0, "violated": unconstrained["violated"]}
+    unc = {
+        "batch_size": unconstrained["batch_size"],
+        "ratio": unconstrained["ratio"],
+        "objective": unconstrained["objective"],
+        "gain": unconstrained["objective"] / rec_value - 1.0,
+        "violated": unconstrained["violated"],
+    }
     if relaxations:
         order = sorted(relaxations, key=lambda k: -relaxations[k]["gain"])
         parts = [

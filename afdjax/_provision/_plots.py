@@ -20,16 +20,25 @@ def provision_plot(report, path, title: str | None = None):
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     ax.plot(r, col("mean_field"), "-", color="C1", lw=1.6, label="mean field (closed form)")
     ax.plot(r, col("barrier"), "-", color="C2", lw=1.6, label="barrier refinement (Gaussian)")
-    ax.errorbar(r, col("simulated"), yerr=2 * np.nan_to_num(col("stderr")), fmt="o", ms=3.2, capsize=2,
-                color="C0", label="Monte Carlo (±2 s.e.)")
+    ax.errorbar(
+        r,
+        col("simulated"),
+        yerr=2 * np.nan_to_num(col("stderr")),
+        fmt="o",
+        ms=3.2,
+        capsize=2,
+        color="C0",
+        label="Monte Carlo (±2 s.e.)",
+    )
     mf, br, sim = report.mean_field, report.barrier, report.simulated
     ax.axvline(mf["r_star"], color="C1", ls=":", lw=1.2)
     ax.axvline(br["r_continuous"], color="C2", ls=":", lw=1.2)
     ax.axvline(sim["ratio"], color="C0", ls="--", lw=1.0)
     ymin, ymax = ax.get_ylim()
     ax.text(mf["r_star"], ymin + 0.04 * (ymax - ymin), f" r*={mf['r_star']:.2f}", color="C1", fontsize=8)
-    ax.text(br["r_continuous"], ymin + 0.10 * (ymax - ymin), f" barrier {br['r_continuous']:.2f}",
-            color="C2", fontsize=8)
+    ax.text(
+        br["r_continuous"], ymin + 0.10 * (ymax - ymin), f" barrier {br['r_continuous']:.2f}", color="C2", fontsize=8
+    )
     ax.text(sim["ratio"], ymin + 0.16 * (ymax - ymin), f" simulated best {sim['ratio']}", color="C0", fontsize=8)
     ax.set_ylabel("throughput per instance\n(tokens / time unit / instance)")
     ax.grid(alpha=0.3)
@@ -68,8 +77,14 @@ def constrained_plot(report, path, title: str | None = None):
     fig, axes = plt.subplots(2 if has_tpot else 1, 1, figsize=(9, 7 if has_tpot else 4.2), squeeze=False)
     ax = axes[0, 0]
     norm = Normalize(vmin=np.nanmin(grid), vmax=np.nanmax(grid))
-    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", norm=norm,
-                   extent=(ratios[0] - 0.5, ratios[-1] + 0.5, -0.5, len(batches) - 0.5))
+    im = ax.imshow(
+        grid,
+        aspect="auto",
+        origin="lower",
+        cmap="viridis",
+        norm=norm,
+        extent=(ratios[0] - 0.5, ratios[-1] + 0.5, -0.5, len(batches) - 0.5),
+    )
     for cell in report.cells:
         if not cell["feasible"]:
             y = batches.index(cell["batch_size"])
@@ -77,16 +92,32 @@ def constrained_plot(report, path, title: str | None = None):
             ax.add_patch(plt.Rectangle((cell["ratio"] - 0.5, y - 0.5), 1, 1, fc="white", alpha=0.55, ec="none"))
             ax.text(cell["ratio"], y, mark, ha="center", va="center", fontsize=6, color="black")
     if report.recommendation:
-        ax.plot(report.recommendation["ratio"], batches.index(report.recommendation["batch_size"]), "*", ms=14,
-                color="red", mec="white", label="recommendation")
+        ax.plot(
+            report.recommendation["ratio"],
+            batches.index(report.recommendation["batch_size"]),
+            "*",
+            ms=14,
+            color="red",
+            mec="white",
+            label="recommendation",
+        )
     ax.set_yticks(range(len(batches)), [str(b) for b in batches])
     ax.set_xlabel("A/F ratio r")
     ax.set_ylabel("batch size B")
     fig.colorbar(im, ax=ax, label=OBJECTIVE_UNITS[report.objective])
-    ax.legend(handles=[Patch(fc="white", ec="gray", alpha=0.55, label="infeasible (K: KV capacity, T: TPOT)")]
-              + ([plt.Line2D([], [], marker="*", ls="", color="red", ms=10, label="recommendation")]
-                 if report.recommendation else []), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
-              fontsize=7, frameon=False)
+    ax.legend(
+        handles=[Patch(fc="white", ec="gray", alpha=0.55, label="infeasible (K: KV capacity, T: TPOT)")]
+        + (
+            [plt.Line2D([], [], marker="*", ls="", color="red", ms=10, label="recommendation")]
+            if report.recommendation
+            else []
+        ),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=2,
+        fontsize=7,
+        frameon=False,
+    )
     if title:
         fig.suptitle(title, fontsize=9)
     if has_tpot:
@@ -94,8 +125,14 @@ def constrained_plot(report, path, title: str | None = None):
         key = "tpot_p99_ms" if report.constraints.tpot_statistic == "p99" else "tpot_mean_ms"
         for k, b in enumerate(batches):
             rows = [cell for cell in report.cells if cell["batch_size"] == b]
-            ax2.plot([cell["ratio"] for cell in rows], [cell[key] for cell in rows], "o-", ms=2.5, color=f"C{k}",
-                     label=f"B = {b}")
+            ax2.plot(
+                [cell["ratio"] for cell in rows],
+                [cell[key] for cell in rows],
+                "o-",
+                ms=2.5,
+                color=f"C{k}",
+                label=f"B = {b}",
+            )
         if report.constraints.tpot_target_ms is not None:
             ax2.axhline(report.constraints.tpot_target_ms, color="red", ls="--", lw=1, label="target")
         ax2.set_xlabel("A/F ratio r")
@@ -139,8 +176,13 @@ def verification_plots(out: Path, rows: list[dict], reports: dict) -> list[str]:
         ax.plot(th, [r["r_barrier_continuous"] for r in ctx], "s", mfc="none", label="barrier optimum")
         ax.plot(th, [r["ratio_simulated"] for r in ctx], "D", ms=4, label="simulated best")
         for r in ctx:
-            ax.annotate(r["label"].replace("B=256, ", ""), (r["theta"], r["r_star"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.annotate(
+                r["label"].replace("B=256, ", ""),
+                (r["theta"], r["r_star"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("context length: stationary mean KV tokens per slot theta")

@@ -109,8 +109,7 @@ def simulation_report(
     **Returns:** a :class:`SimulationReport` (``to_dict()``, ``format_text()``, ``plot(path)``).
     """
     if not isinstance(result, SimulationResult):
-        raise ValueError(  # noqa: TRY004 (every bad argument is a ValueError in afdjax)
-            f"result={type(result).__name__} is invalid: expected an afdjax SimulationResult")
+        raise ValueError(f"result={type(result).__name__} is invalid: expected an afdjax SimulationResult")
     base = {
         "workload": workload.describe(),
         "hardware": "custom",
@@ -127,11 +126,15 @@ def simulation_report(
     ratios = [int(r) for r in np.asarray(result.ratios).tolist()]
     warnings = []
     if len(ratios) > 1 and ratios[best] == max(ratios):
-        warnings.append(f"the best ratio r = {ratios[best]} is the largest simulated: the peak may lie beyond it "
-                        "(simulate larger ratios)")
+        warnings.append(
+            f"the best ratio r = {ratios[best]} is the largest simulated: the peak may lie beyond it "
+            "(simulate larger ratios)"
+        )
     if int(result.num_replicas) < 2:
-        warnings.append("with one replica there are no standard errors, so no ratio can be told apart from the "
-                        "best (use 2 or more replicas)")
+        warnings.append(
+            "with one replica there are no standard errors, so no ratio can be told apart from the "
+            "best (use 2 or more replicas)"
+        )
     return SimulationReport(
         result=result,
         settings=base,

@@ -43,8 +43,10 @@ def _ranges(values: list[int]) -> str:
 def _step_model_line(micro_batches) -> str:
     if micro_batches is None:
         return "  step model: the paper's idealised overlap, tau = max(max_j t_A, t_C, t_F)"
-    return (f"  step model: pipeline of {micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
-            "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation")
+    return (
+        f"  step model: pipeline of {micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
+        "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation"
+    )
 
 
 def provision_text(report, max_rows: int = 40) -> str:
@@ -130,12 +132,18 @@ def provision_text(report, max_rows: int = 40) -> str:
     lines += [
         "",
         "Accuracy against simulation over all ratios shown",
-        f"  mean field: max |rel. err| {100 * err['max_abs_rel_err_mean_field']:.2f}% (at r = {err['worst_ratio_mean_field']})",
-        f"  barrier:    max |rel. err| {100 * err['max_abs_rel_err_barrier']:.2f}% (at r = {err['worst_ratio_barrier']})",
-        (f"  throughput lost by choosing r = {mf['ratio']} (mean field) instead of the simulated best: "
-        f"{100 * err['loss_mean_field']:.2f}%"),
-        (f"  throughput lost by choosing r = {br['ratio']} (barrier) instead of the simulated best: "
-        f"{100 * err['loss_barrier']:.2f}%"),
+        f"  mean field: max |rel. err| {100 * err['max_abs_rel_err_mean_field']:.2f}% "
+        f"(at r = {err['worst_ratio_mean_field']})",
+        f"  barrier:    max |rel. err| {100 * err['max_abs_rel_err_barrier']:.2f}% "
+        f"(at r = {err['worst_ratio_barrier']})",
+        (
+            f"  throughput lost by choosing r = {mf['ratio']} (mean field) instead of the simulated best: "
+            f"{100 * err['loss_mean_field']:.2f}%"
+        ),
+        (
+            f"  throughput lost by choosing r = {br['ratio']} (barrier) instead of the simulated best: "
+            f"{100 * err['loss_barrier']:.2f}%"
+        ),
         "",
         f"Recommendation: r = {sim['ratio']} Attention instances per FFN instance"
         + (
@@ -154,12 +162,16 @@ def _slack(row: dict, constraints) -> list[str]:
     """How far the recommendation is from each active constraint."""
     out = []
     if constraints.kv_capacity_bytes is not None:
-        out.append(f"P(KV overflow) {row['kv_overflow_simulated']:.3g} simulated / {row['kv_overflow_gaussian']:.3g} "
-                   f"Gaussian (limit {constraints.kv_overflow_tolerance:g})")
+        out.append(
+            f"P(KV overflow) {row['kv_overflow_simulated']:.3g} simulated / {row['kv_overflow_gaussian']:.3g} "
+            f"Gaussian (limit {constraints.kv_overflow_tolerance:g})"
+        )
     if constraints.tpot_target_ms is not None:
         key = "tpot_p99_ms" if constraints.tpot_statistic == "p99" else "tpot_mean_ms"
-        out.append(f"TPOT {constraints.tpot_statistic} {row[key]:.4g} ms (target {constraints.tpot_target_ms:g} ms, "
-                   f"{100 * (1 - row[key] / constraints.tpot_target_ms):.0f}% headroom)")
+        out.append(
+            f"TPOT {constraints.tpot_statistic} {row[key]:.4g} ms (target {constraints.tpot_target_ms:g} ms, "
+            f"{100 * (1 - row[key] / constraints.tpot_target_ms):.0f}% headroom)"
+        )
     return out
 
 
@@ -231,7 +243,11 @@ def constrained_text(report) -> str:
         f"Recommendation: B = {rec['batch_size']}, r = {rec['ratio']} Attention instances per FFN instance: "
         f"{rec['objective']:.5g} {unit} (+- {rec['objective_stderr']:.2g})"
         + (f" = {per_s:,.0f} output tokens/s per instance" if c.num_layers else "")
-        + (f", TPOT mean {rec['tpot_mean_ms']:.4g} ms / p99 {rec['tpot_p99_ms']:.4g} ms" if rec["tpot_mean_ms"] is not None else "")
+        + (
+            f", TPOT mean {rec['tpot_mean_ms']:.4g} ms / p99 {rec['tpot_p99_ms']:.4g} ms"
+            if rec["tpot_mean_ms"] is not None
+            else ""
+        )
         + "."
     )
     slack = _slack(rec, c)
@@ -252,8 +268,14 @@ def _explain(row: dict) -> str:
         )
     else:
         parts.append(f"mean field within {gap_pp:.2f}% everywhere")
-    verb = "cuts the worst error to" if row["max_abs_rel_err_barrier"] < 0.8 * row["max_abs_rel_err_mean_field"] else "has worst error"
-    parts.append(f"the barrier model {verb} {100 * row['max_abs_rel_err_barrier']:.2f}% (r = {row['worst_ratio_barrier']})")
+    verb = (
+        "cuts the worst error to"
+        if row["max_abs_rel_err_barrier"] < 0.8 * row["max_abs_rel_err_mean_field"]
+        else "has worst error"
+    )
+    parts.append(
+        f"the barrier model {verb} {100 * row['max_abs_rel_err_barrier']:.2f}% (r = {row['worst_ratio_barrier']})"
+    )
     if row["barrier_exceptions"]:
         worst = max(row["barrier_exceptions"], key=lambda e: abs(e["rel_err_barrier"]))
         parts.append(
@@ -262,7 +284,9 @@ def _explain(row: dict) -> str:
             "max over instances larger than the Gaussian predicts)"
         )
     if not row["within_10_percent"]:
-        name, r_ref = ("pipeline r*", row["r_star_pipeline"]) if row.get("r_star_pipeline") is not None else ("r*", row["r_star"])
+        name, r_ref = (
+            ("pipeline r*", row["r_star_pipeline"]) if row.get("r_star_pipeline") is not None else ("r*", row["r_star"])
+        )
         if row["regime"] == "ffn" or row["ratio_simulated"] <= 3:
             parts.append(
                 f"{name} = {r_ref:.2f} vs simulated {row['ratio_simulated']}: at small r an integer step is "
@@ -280,14 +304,20 @@ def _markdown(rows: list[dict], settings: dict) -> str:
     lines = [
         "# afdjax verify: closed form against simulation",
         "",
-        (f"Hardware `{settings['hardware']}`; Monte Carlo {settings['steps']} steps x {settings['replicas']} replicas, "
-        f"seed {settings['seed']}; integer ratios over the range shown. Throughput per instance; "
-        "'loss' = throughput lost by choosing that model's integer ratio instead of the simulated best."),
+        (
+            f"Hardware `{settings['hardware']}`; Monte Carlo {settings['steps']} steps x {settings['replicas']} "
+            "replicas, "
+            f"seed {settings['seed']}; integer ratios over the range shown. Throughput per instance; "
+            "'loss' = throughput lost by choosing that model's integer ratio instead of the simulated best."
+        ),
         "",
-        ("Step model: the paper's idealised overlap (tau = max(max_j t_A, t_C, t_F))."
-         if settings.get("micro_batches") is None else
-         f"Step model: pipeline of {settings['micro_batches']} micro-batches per instance; the mean-field and barrier "
-         "columns use the pipeline period (barrier: Gaussian expected-max approximation)."),
+        (
+            "Step model: the paper's idealised overlap (tau = max(max_j t_A, t_C, t_F))."
+            if settings.get("micro_batches") is None
+            else f"Step model: pipeline of {settings['micro_batches']} micro-batches per instance; the mean-field and "
+            "barrier "
+            "columns use the pipeline period (barrier: Gaussian expected-max approximation)."
+        ),
         "",
         "| study | configuration | theta | r* (paper reported / formula) | r* afdjax"
         + (" (pipeline)" if settings.get("micro_batches") is not None else "")
@@ -306,8 +336,10 @@ def _markdown(rows: list[dict], settings: dict) -> str:
         sim = f"{row['ratio_simulated']}" + ("" if row["simulated_distinguishable"] else " (tie)")
         lines.append(
             f"| {row['study']} | {row['label']} | {row['theta']:.0f} | {paper} | {row['r_star']:.3f}"
-            + (f" ({row['r_star_pipeline']:.3f})" if row.get("r_star_pipeline") is not None else "") + " | "
-            f"{row['regime']} | {row['ratio_mean_field']} | {row['ratio_barrier']} ({row['r_barrier_continuous']:.2f}) | "
+            + (f" ({row['r_star_pipeline']:.3f})" if row.get("r_star_pipeline") is not None else "")
+            + " | "
+            f"{row['regime']} | {row['ratio_mean_field']} | "
+            f"{row['ratio_barrier']} ({row['r_barrier_continuous']:.2f}) | "
             f"{sim} | {100 * row['rel_gap_r_star']:+.1f}% | {100 * row['loss_mean_field']:.2f}% | "
             f"{100 * row['loss_barrier']:.2f}% | {crossing} | {100 * row['max_abs_rel_err_mean_field']:.2f}% | "
             f"{100 * row['max_abs_rel_err_barrier']:.2f}% |"
@@ -320,12 +352,16 @@ def _markdown(rows: list[dict], settings: dict) -> str:
     exc = [(r["label"], e) for r in rows for e in r["barrier_exceptions"]]
     lines += [
         "",
-        (f"- Simulated integer optimum within 10% of the closed-form r*: {n_ok} of {n_paper} paper configurations "
-        "(the paper's claim); the others are explained above."),
+        (
+            f"- Simulated integer optimum within 10% of the closed-form r*: {n_ok} of {n_paper} paper configurations "
+            "(the paper's claim); the others are explained above."
+        ),
         "- Barrier throughput within 2% of simulation (beyond 2 s.e.) at every ratio: "
         + ("yes, for every configuration." if not exc else f"no: {len(exc)} exception(s), listed above."),
-        ("- '(tie)' marks a simulated best that is not distinguishable from a neighbouring ratio (paired "
-        "difference under 2 standard errors, common random numbers)."),
+        (
+            "- '(tie)' marks a simulated best that is not distinguishable from a neighbouring ratio (paired "
+            "difference under 2 standard errors, common random numbers)."
+        ),
     ]
     return "\n".join(lines)
 
@@ -351,15 +387,21 @@ def simulation_text(report) -> str:
         run,
     ]
     if s.get("micro_batches") is None:
-        lines.append("step      paper's idealised overlap: tau = max(max_j t_A, t_C, t_F) (use --micro-batches M to pipeline)")
+        lines.append(
+            "step      paper's idealised overlap: tau = max(max_j t_A, t_C, t_F) (use --micro-batches M to pipeline)"
+        )
     else:
-        lines.append(f"step      pipeline of {s['micro_batches']} micro-batch(es) per instance; bubble = 1 - busiest "
-                     "resource's busy time / elapsed time")
+        lines.append(
+            f"step      pipeline of {s['micro_batches']} micro-batch(es) per instance; bubble = 1 - busiest "
+            "resource's busy time / elapsed time"
+        )
     lines.append("")
     q = out["cycle_time_quantiles"]
     p99 = q.get("p99", [float("nan")] * len(thr))
-    header = (f"{'r':>4}  {'throughput/inst':>15}  {'+-stderr':>9}  {'attn idle':>9}  {'FFN idle':>8}  "
-              f"{'mean cycle':>10}  {'p99 cycle':>9}")
+    header = (
+        f"{'r':>4}  {'throughput/inst':>15}  {'+-stderr':>9}  {'attn idle':>9}  {'FFN idle':>8}  "
+        f"{'mean cycle':>10}  {'p99 cycle':>9}"
+    )
     bubble = s.get("micro_batches") is not None
     if bubble:
         header += f"  {'bubble':>6}"
@@ -374,8 +416,10 @@ def simulation_text(report) -> str:
         )
     lines += [
         "",
-        (f"Simulated throughput peaks at r = {out['ratios'][best]} "
-        f"({thr[best]:.5g} +- {_fmt(se[best], 3)} tokens per time unit per instance)."),
+        (
+            f"Simulated throughput peaks at r = {out['ratios'][best]} "
+            f"({thr[best]:.5g} +- {_fmt(se[best], 3)} tokens per time unit per instance)."
+        ),
     ]
     others = [r for r in report.within_2_stderr if r != out["ratios"][best]]
     if s["replicas"] < 2:

@@ -44,8 +44,11 @@ def _row(study, label, workload_spec, report: ProvisionReport, paper_reported=No
     # Exceptions: ratios where the barrier model misses simulation by more than 2 %
     # (beyond 2 standard errors of the simulated value).
     exceptions = [
-        {"ratio": row["ratio"], "rel_err_barrier": row["rel_err_barrier"],
-             "stderr_rel": row["stderr"] / row["simulated"]}
+        {
+            "ratio": row["ratio"],
+            "rel_err_barrier": row["rel_err_barrier"],
+            "stderr_rel": row["stderr"] / row["simulated"],
+        }
         for row in table
         if abs(row["rel_err_barrier"]) > BARRIER_TOLERANCE + 2 * row["stderr"] / row["simulated"]
     ]
@@ -107,9 +110,15 @@ def run_verification(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
-    settings = {"hardware": hardware_name, "steps": num_steps, "replicas": num_replicas, "seed": seed,
-                    "latency_coefficients": latency.coefficients(), "comm_scaling": latency.comm_scaling,
-                    "micro_batches": micro_batches}
+    settings = {
+        "hardware": hardware_name,
+        "steps": num_steps,
+        "replicas": num_replicas,
+        "seed": seed,
+        "latency_coefficients": latency.coefficients(),
+        "comm_scaling": latency.comm_scaling,
+        "micro_batches": micro_batches,
+    }
     jobs = [
         (study, label, f"geometric:mu_p={mp:g},mu_d={md:g}", Geometric(mp, md), B, rep, form)
         for study, label, mp, md, B, rep, form in PAPER_CONFIGS
@@ -127,7 +136,13 @@ def run_verification(
     for study, label, spec, workload, B, reported, formula in iterator:
         if label not in reports:
             reports[label] = provision(
-                key, workload, latency, B, None, num_steps, num_replicas,
+                key,
+                workload,
+                latency,
+                B,
+                None,
+                num_steps,
+                num_replicas,
                 settings={"workload": spec, "hardware": hardware_name, "seed": seed},
                 micro_batches=micro_batches,
             )

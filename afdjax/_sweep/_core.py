@@ -273,7 +273,11 @@ def sweep(
             "seed": s["seed"],
             "key_words": _key_words(s["seed"]).tolist(),
             "common_random_numbers": s["common_random_numbers"],
-            "rule": "every point uses jax.random.key(seed)" if s["common_random_numbers"] else "point i uses fold_in(key(seed), i)",
+            "rule": (
+                "every point uses jax.random.key(seed)"
+                if s["common_random_numbers"]
+                else "point i uses fold_in(key(seed), i)"
+            ),
         },
         "afdjax_version": __version__,
         "groups": [

@@ -22,12 +22,22 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from .._data._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
-from .._engine._simulate import _MAX_INDEX, START_MODES
+from .._data._io import (
+    BUNDLED_TRACES,
+    bundled_trace_path,
+    load_trace,
+    parse_hardware_spec,
+    parse_workload_spec,
+    resolve_file,
+)
+from .._engine._simulate import START_MODES
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS
 from .._workload._core import PREFILL_FAMILIES, Geometric
 
 _FORMAT = "afdjax-sweep/1"
+# The engine's bound on batch size and ratio (instances and slots share one 32-bit
+# counter word; afdjax.simulate refuses more); tests/test_sweep.py checks they agree.
+MAX_INDEX = 2**16
 
 WORKLOAD_FLOATS = ("mu_p", "mu_d", "prefill_sigma")
 SETTINGS_DEFAULTS = {
@@ -49,6 +59,7 @@ _WORKLOAD_KEYS = {
 _HARDWARE_KEYS = ("preset", "spec", "comm_scaling", *COEFFICIENT_NAMES)
 _GRID_KEYS = ("workload", "hardware", "batch_size", "micro_batches")
 
+
 # ------------------------------------------------------------------------ grid parsing
 def _where(source: str, key: str) -> str:
     return f"{source}: {key}"
@@ -65,7 +76,9 @@ def _axis(value, key: str, source: str, *, integer: bool = False, minimum: float
                 f"{_where(source, key)}={value!r} is not a valid range: expected {{start, stop, num[, spacing]}} "
                 "or {start, stop, step}"
             )
-        start, stop = (_scalar(value[k], f"{key}.{k}", source, integer=False, minimum=-math.inf) for k in ("start", "stop"))
+        start, stop = (
+            _scalar(value[k], f"{key}.{k}", source, integer=False, minimum=-math.inf) for k in ("start", "stop")
+        )
         if "num" in value:
             num = _scalar(value["num"], f"{key}.num", source, integer=True, minimum=1)
             spacing = value.get("spacing", "linear")
@@ -101,7 +114,7 @@ def _axis(value, key: str, source: str, *, integer: bool = False, minimum: float
 def _scalar(value, key: str, source: str, *, integer: bool, minimum: float):
     kind = "an integer" if integer else "a finite number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{_where(source, key)}={value!r} is invalid: expected {kind} >= {minimum:g}")  # noqa: TRY004 (a bad grid value is a ValueError)
+        raise ValueError(f"{_where(source, key)}={value!r} is invalid: expected {kind} >= {minimum:g}")
     if integer:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"{_where(source, key)}={value!r} is invalid: expected {kind} >= {minimum:g}")
@@ -126,7 +139,7 @@ def _strings(value, key: str, source: str, allowed=None) -> list[str]:
 
 def _check_keys(table, allowed, source: str) -> None:
     if not isinstance(table, dict):
-        raise ValueError(f"{source} must be a table, got {table!r}")  # noqa: TRY004 (a bad grid value is a ValueError)
+        raise ValueError(f"{source} must be a table, got {table!r}")
     unknown = [k for k in table if k not in allowed]
     if unknown:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
@@ -163,14 +176,16 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
     if kind == "geometric":
         for k in ("mu_p", "mu_d"):
             if k not in block:
-                raise ValueError(f"{source}: missing key {k!r} (kind = \"geometric\" needs mu_p and mu_d)")
+                raise ValueError(f'{source}: missing key {k!r} (kind = "geometric" needs mu_p and mu_d)')
         mu_p = _axis(block["mu_p"], "mu_p", source)
         mu_d = _axis(block["mu_d"], "mu_d", source)
         sigma = _axis(block.get("sigma", 1.0), "sigma", source)
         out = []
         for family in _strings(block.get("prefill", "constant"), "prefill", source, PREFILL_FAMILIES):
             # sigma only shapes the lognormal family; other families ignore it (NaN column).
-            floats = _product({"mu_p": mu_p, "mu_d": mu_d, "prefill_sigma": sigma if family == "lognormal" else [math.nan]})
+            floats = _product(
+                {"mu_p": mu_p, "mu_d": mu_d, "prefill_sigma": sigma if family == "lognormal" else [math.nan]}
+            )
             static = {"workload": "geometric", "prefill": family, "trace": "", "tokens_per_step": 1}
             out.append(_Variant(static, floats))
         return out
@@ -188,7 +203,13 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
         for trace in _strings(block["trace"], "trace", source):
             for tps in _axis(block.get("tokens_per_step", 1), "tokens_per_step", source, integer=True, minimum=1):
                 wl = load_trace(trace, tokens_per_step=tps, **columns)
-                static = {"workload": f"trace:{trace}", "prefill": "trace", "trace": trace, "tokens_per_step": tps, "_workload": wl}
+                static = {
+                    "workload": f"trace:{trace}",
+                    "prefill": "trace",
+                    "trace": trace,
+                    "tokens_per_step": tps,
+                    "_workload": wl,
+                }
                 out.append(_Variant(static, {"mu_p": nan, "mu_d": nan, "prefill_sigma": nan}))
         return out
     out = []
@@ -200,7 +221,9 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
                 "mu_d": np.array([float(wl.mu_d)]),
                 "prefill_sigma": np.array([float(wl.prefill_sigma) if wl.prefill == "lognormal" else math.nan]),
             }
-            out.append(_Variant({"workload": "geometric", "prefill": wl.prefill, "trace": "", "tokens_per_step": 1}, floats))
+            out.append(
+                _Variant({"workload": "geometric", "prefill": wl.prefill, "trace": "", "tokens_per_step": 1}, floats)
+            )
         else:
             static = {"workload": spec, "prefill": "trace", "trace": spec, "tokens_per_step": 1, "_workload": wl}
             out.append(_Variant(static, {"mu_p": nan, "mu_d": nan, "prefill_sigma": nan}))
@@ -223,8 +246,8 @@ def _hardware_variants(block: dict, source: str) -> list[_Variant]:
         missing = [k for k in COEFFICIENT_NAMES if k not in block]
         if missing:
             raise ValueError(
-                f"{source}: missing coefficient {missing[0]!r}: give preset = \"...\" ({', '.join(sorted(PRESETS))}), "
-                f"spec = \"...\", or all of {', '.join(COEFFICIENT_NAMES)}"
+                f'{source}: missing coefficient {missing[0]!r}: give preset = "..." ({", ".join(sorted(PRESETS))}), '
+                f'spec = "...", or all of {", ".join(COEFFICIENT_NAMES)}'
             )
         bases.append(("custom", {"comm_scaling": "batch"}))
     out = []
@@ -248,15 +271,19 @@ def _settings(table: dict, source: str) -> dict:
     if s["start"] not in START_MODES:
         raise ValueError(f"{source}: start={s['start']!r} is invalid: expected one of {', '.join(START_MODES)}")
     if not isinstance(s["common_random_numbers"], bool):
-        raise ValueError(f"{source}: common_random_numbers={s['common_random_numbers']!r} is invalid: expected true or false")  # noqa: TRY004 (a bad grid value is a ValueError)
+        raise ValueError(
+            f"{source}: common_random_numbers={s['common_random_numbers']!r} is invalid: expected true or false"
+        )
     ratios = s["ratios"] if s["ratios"] is not None else {"start": 1, "stop": 32, "step": 1}
     ratios = sorted(set(_axis(ratios, "ratios", source, integer=True, minimum=1)))
-    if ratios[-1] > _MAX_INDEX:
-        raise ValueError(f"{source}: ratios has max {ratios[-1]}: expected ratios <= {_MAX_INDEX}")
+    if ratios[-1] > MAX_INDEX:
+        raise ValueError(f"{source}: ratios has max {ratios[-1]}: expected ratios <= {MAX_INDEX}")
     s["ratios"] = ratios
     levels = s["quantile_levels"]
-    if not isinstance(levels, list) or not levels or not all(
-        isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1 for q in levels
+    if (
+        not isinstance(levels, list)
+        or not levels
+        or not all(isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1 for q in levels)
     ):
         raise ValueError(f"{source}: quantile_levels={levels!r} is invalid: expected a list of levels in (0, 1)")
     s["quantile_levels"] = [float(q) for q in levels]
@@ -286,7 +313,7 @@ class SweepGrid:
 
     def __init__(self, mapping: dict, source: str = "grid"):
         if not isinstance(mapping, dict):
-            raise ValueError(f"{source}: expected a table with [grid] and [settings]")  # noqa: TRY004 (a bad grid value is a ValueError)
+            raise ValueError(f"{source}: expected a table with [grid] and [settings]")
         _check_keys(mapping, ("grid", "settings"), source)
         if "grid" not in mapping:
             raise ValueError(f"{source}: missing the [grid] table")
@@ -299,8 +326,10 @@ class SweepGrid:
         self.settings = _settings(mapping.get("settings", {}), f"{source}: [settings]")
         batch = _axis(grid.get("batch_size", 256), "batch_size", f"{source}: [grid]", integer=True, minimum=1)
         for b in batch:
-            if b > _MAX_INDEX:
-                raise ValueError(f"{source}: [grid]: batch_size={b} is invalid: expected an integer in [1, {_MAX_INDEX}]")
+            if b > MAX_INDEX:
+                raise ValueError(
+                    f"{source}: [grid]: batch_size={b} is invalid: expected an integer in [1, {MAX_INDEX}]"
+                )
         micro = grid.get("micro_batches")
         micro = [None] if micro is None else _axis(micro, "micro_batches", f"{source}: [grid]", integer=True, minimum=1)
         for m in micro:
@@ -345,7 +374,8 @@ class SweepGrid:
         traces = {}
         for t in self._traces:
             head = t.split(",", 1)[0] if t.startswith("trace:") else t
-            path = _resolve_trace(head.removeprefix("trace:"))
+            name = head.removeprefix("trace:")
+            path = bundled_trace_path(name) if name in BUNDLED_TRACES else resolve_file(name, "trace")
             traces[t] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         from .. import __version__
 

@@ -46,7 +46,7 @@ def _table(g: _Group, points: np.ndarray, floats: dict, out: dict, settings: dic
     n, k = len(points), len(ratios)
     thr = out["throughput_per_instance"][:, idx]  # (n, k)
     best = ratios[np.argmax(thr, axis=1)]
-    rep = lambda a: np.repeat(np.asarray(a)[: n], k)
+    rep = lambda a: np.repeat(np.asarray(a)[:n], k)
     cols = {
         "point": pa.array(rep(points), pa.int64()),
         "group": pa.array(np.full(n * k, g.index), pa.int32()),
@@ -90,7 +90,10 @@ def _chunk_name(g: _Group, points: np.ndarray) -> str:
 def _done_points(out: Path) -> np.ndarray:
     import pyarrow.parquet as pq
 
-    done = [np.unique(pq.read_table(f, columns=["point"]).column("point").to_numpy()) for f in sorted(out.glob("chunk-*.parquet"))]
+    done = [
+        np.unique(pq.read_table(f, columns=["point"]).column("point").to_numpy())
+        for f in sorted(out.glob("chunk-*.parquet"))
+    ]
     return np.concatenate(done) if done else np.zeros(0, np.int64)
 
 
@@ -114,7 +117,9 @@ def _prepare_dir(out: Path, manifest: dict, overwrite: bool, clean_temporaries: 
         entries = [p for p in out.iterdir() if p.name != MANIFEST]
         ours = [p for p in entries if p.name.startswith(("chunk-", ".chunk-"))]
         if len(entries) != len(ours) and not path.exists():
-            raise ValueError(f"output folder {os.fspath(out)!r} is not empty and is not an afdjax sweep; use another --out")
+            raise ValueError(
+                f"output folder {os.fspath(out)!r} is not empty and is not an afdjax sweep; use another --out"
+            )
         if ours and not path.exists() and not overwrite:
             raise ValueError(
                 f"output folder {os.fspath(out)!r} holds chunk files but no {MANIFEST}, so they cannot be checked "
