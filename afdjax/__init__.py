@@ -106,3 +106,16 @@ from ._provision._constraints import (
     kv_overflow_probability_gaussian as kv_overflow_probability_gaussian,
     provision_constrained as provision_constrained,
 )
+
+# What the commands decide and print, reachable from Python (issue 10: the library decides, the CLI prints).
+from ._provision._compare import (
+    PairedDifference as PairedDifference,
+    paired_difference as paired_difference,
+    ratios_within_2_stderr as ratios_within_2_stderr,
+)
+from ._provision._constraints import (
+    deployment_instance_power_w as deployment_instance_power_w,
+    deployment_kv_capacity_bytes as deployment_kv_capacity_bytes,
+)
+from ._provision._report import default_ratio_range as default_ratio_range
+from ._provision._simulation import SimulationReport as SimulationReport, simulation_report as simulation_report

@@ -31,7 +31,7 @@ def plot_simulation(result, path, title: str | None = None, time_unit: str = "ti
     thr = np.asarray(result.throughput_per_instance)
     se = np.nan_to_num(np.asarray(result.stderr))
     best = result.best_index()
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     ax.errorbar(r, thr, yerr=2 * se, fmt="o-", ms=3.5, capsize=2.5, color="C0", label="simulated (±2 s.e.)")
     ax.axvline(r[best], color="C3", ls="--", lw=1)
     right_half = r[best] > (r.min() + r.max()) / 2

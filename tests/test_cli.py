@@ -21,7 +21,7 @@ def run(capsys, *argv):
 def test_parse_ratios():
     assert parse_ratios("1:4") == [1, 2, 3, 4]
     assert parse_ratios("2:10:4") == [2, 6, 10]
-    assert parse_ratios("8,1,4,4") == [1, 4, 8]
+    assert parse_ratios("8,1,4") == [1, 4, 8]
 
 
 def test_simulate_json(capsys):
@@ -78,13 +78,15 @@ def test_paper_baseline_peak_is_reported(capsys):
         (["--ratios", "5:1"], "empty range"),
         (["--ratios", "a:b"], "malformed"),
         (["--ratios", "0:3"], "must be >= 1"),
+        (["--ratios", "1,1"], "--ratios '1,1' repeats 1: give each ratio once"),
+        (["--ratios", "3,1,3,2,1"], "repeats 1, 3"),
         (["--steps", "many"], "not an integer"),
         (["--plot", "/no/such/dir/x.png"], "does not exist"),
         (["--bogus"], "unrecognized arguments"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, argv, fragment):
-    code, out, err = run(capsys, "simulate", *SMALL, *argv)
+    code, _, err = run(capsys, "simulate", *SMALL, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

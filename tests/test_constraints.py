@@ -97,10 +97,16 @@ def test_tpot_binds_and_kv_limits_batch_size():
     # target: TPOT of (B = 128, r = 9) exactly representable between r = 9 and r = 10
     target_ms = layers * 0.5 * (_tau(128, 9, lat) + _tau(128, 10, lat)) / 1000
     kv_bytes = 1000.0
-    cons = Constraints(kv_capacity_bytes=200 * P * kv_bytes, kv_bytes_per_token=kv_bytes, tpot_target_ms=target_ms,
-                       tpot_statistic="mean", num_layers=layers)
-    report = provision_constrained(jax.random.key(1), _zv(), LatencyModel(**lat), batch_sizes, ratios, 30, 2,
-                                   constraints=cons)
+    cons = Constraints(
+        kv_capacity_bytes=200 * P * kv_bytes,
+        kv_bytes_per_token=kv_bytes,
+        tpot_target_ms=target_ms,
+        tpot_statistic="mean",
+        num_layers=layers,
+    )
+    report = provision_constrained(
+        jax.random.key(1), _zv(), LatencyModel(**lat), batch_sizes, ratios, 30, 2, constraints=cons
+    )
     # by hand: feasible = B <= 128 (KV) and layers * tau <= target (TPOT); maximise per-instance throughput
     best, best_val = None, -1.0
     for B in batch_sizes:
@@ -121,6 +127,7 @@ def test_tpot_binds_and_kv_limits_batch_size():
     unc = report.binding["unconstrained_best"]
     vals = {(B, r): r * B / ((r + 1) * _tau(B, r, lat)) for B in batch_sizes for r in ratios}
     assert (unc["batch_size"], unc["ratio"]) == max(vals, key=vals.get)
+
     # binding: the best cell that relaxing one constraint alone would admit, by hand
     def violated(B, r):
         v = []
@@ -148,9 +155,17 @@ def test_tpot_binds_and_kv_limits_batch_size():
 
 
 def test_no_constraints_recommends_the_peak(tmp_path):
-    report = provision_constrained(jax.random.key(0), _zv(), LatencyModel(**LAT), [128], list(range(1, 16)), 30, 2,
-                                   costs=Costs(attention_price_per_hour=1.0, ffn_price_per_hour=4.0),
-                                   objective="per_dollar")
+    report = provision_constrained(
+        jax.random.key(0),
+        _zv(),
+        LatencyModel(**LAT),
+        [128],
+        list(range(1, 16)),
+        30,
+        2,
+        costs=Costs(attention_price_per_hour=1.0, ffn_price_per_hour=4.0),
+        objective="per_dollar",
+    )
     vals = {r: (r * 128 / _tau(128, r)) * 3600e6 / (r * 1.0 + 4.0) for r in range(1, 16)}
     assert report.recommendation["ratio"] == max(vals, key=vals.get)
     assert report.binding["constraint"] == []
@@ -160,7 +175,9 @@ def test_no_constraints_recommends_the_peak(tmp_path):
 
 def test_nothing_feasible_is_reported():
     cons = Constraints(tpot_target_ms=1e-6, num_layers=61)
-    report = provision_constrained(jax.random.key(0), _zv(), LatencyModel(**LAT), [64], [1, 2, 3], 20, 2, constraints=cons)
+    report = provision_constrained(
+        jax.random.key(0), _zv(), LatencyModel(**LAT), [64], [1, 2, 3], 20, 2, constraints=cons
+    )
     assert report.recommendation is None
     assert "TPOT" in report.binding["text"]
     assert "No (B, r)" in report.format_text()
@@ -197,3 +214,96 @@ def test_costs_and_objective_validation():
         provision_constrained(jax.random.key(0), _zv(), lat, [64], [1], 10, 2, objective="per_dollar")
     with pytest.raises(ValueError, match="batch_sizes"):
         provision_constrained(jax.random.key(0), _zv(), lat, [0, 64], [1], 10, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(attention_power_w=True, ffn_power_w=1.0),
+        dict(attention_power_w=700.0, ffn_power_w=False),
+        dict(attention_price_per_hour=np.bool_(True), ffn_price_per_hour=2.0),
+    ],
+)
+def test_boolean_costs_are_refused(kwargs):
+    name = next(k for k, v in kwargs.items() if isinstance(v, (bool, np.bool_)))
+    with pytest.raises(ValueError, match=f"{name}=(np.)?True|{name}=(np.)?False"):
+        Costs(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kv_capacity_bytes=True, kv_bytes_per_token=1.0),
+        dict(tpot_target_ms=True, num_layers=2),
+        dict(num_layers=True),
+    ],
+)
+def test_boolean_constraints_are_refused(kwargs):
+    with pytest.raises(ValueError, match="is invalid"):
+        Constraints(**kwargs)
+
+
+def test_duplicate_ratios_are_refused():
+    lat = LatencyModel(**LAT)
+    with pytest.raises(ValueError, match=r"ratios=\[1, 2, 2\] is invalid: expected distinct ratios \(repeated: 2\)"):
+        provision_constrained(jax.random.key(0), _zv(), lat, [64], [1, 2, 2], 10, 2)
+    with pytest.raises(ValueError, match="repeated: 3"):
+        afdjax.provision(jax.random.key(0), _zv(), lat, 64, np.array([3, 1, 3]), 10, 2)
+
+
+def test_deployment_decisions_by_hand():
+    """Automatic KV capacity and per-instance power: HBM x devices - weights, devices x board power."""
+    dep = afdjax.load_deployment("h100:deepseek-v3")
+    by_hand = dep.attention_devices * dep.hbm_capacity_bytes - dep.attention_weight_bytes
+    assert afdjax.deployment_kv_capacity_bytes(dep) == pytest.approx(by_hand, rel=1e-15)
+    assert afdjax.deployment_instance_power_w(dep) == (700.0 * dep.attention_devices, 700.0 * dep.ffn_devices)
+    cons = Constraints.for_deployment(dep, kv_capacity_bytes="auto", tpot_target_ms=50.0)
+    assert cons.kv_capacity_bytes == pytest.approx(by_hand, rel=1e-15)
+    assert cons.kv_bytes_per_token == dep.kv_bytes_per_token and cons.num_layers == dep.num_layers == 61
+    assert Constraints.for_deployment(dep, num_layers=3, kv_bytes_per_token=10.0).num_layers == 3
+    costs = Costs.for_deployment(dep, attention_price_per_hour=1.0, ffn_price_per_hour=2.0)
+    assert (costs.attention_power_w, costs.ffn_power_w) == (700.0 * dep.attention_devices, 700.0 * dep.ffn_devices)
+    assert Costs.for_deployment(dep, attention_power_w=1.0, ffn_power_w=2.0).ffn_power_w == 2.0
+    paper = afdjax.load_deployment("paper-910c")
+    with pytest.raises(ValueError, match="does not give HBM capacity"):
+        Constraints.for_deployment(paper, kv_capacity_bytes="auto")
+    with pytest.raises(ValueError, match="kv_capacity_bytes='lots' is invalid"):
+        Constraints.for_deployment(dep, kv_capacity_bytes="lots")
+    assert afdjax.deployment_instance_power_w(paper) is None
+    assert Costs.for_deployment(paper).attention_power_w is None
+
+
+def _column_ends(header: str, labels) -> list[int]:
+    ends, start = [], 0
+    for label in labels:
+        i = header.index(label, start)
+        ends.append(i + len(label))
+        start = ends[-1]
+    return ends
+
+
+@pytest.mark.parametrize("with_kv", [False, True])
+def test_constrained_table_columns_are_aligned(with_kv):
+    """Every value of the per-batch-size table ends under its header, with or without a KV
+    capacity (missing values print '-', right-aligned like the numbers)."""
+    kv = dict(kv_capacity_bytes=300 * P * 1000.0, kv_bytes_per_token=1000.0) if with_kv else {}
+    cons = Constraints(**kv)
+    report = provision_constrained(
+        jax.random.key(0), _zv(), LatencyModel(**LAT), [64, 256, 512], [1, 2, 3], 20, 2, constraints=cons
+    )
+    lines = report.format_text().splitlines()
+    h = next(i for i, line in enumerate(lines) if line.lstrip().startswith("B "))
+    header = lines[h]
+    labels = ["B", "KV load mean", "P(KV>cap) sim", "Gaussian", "best r", "objective", "TPOT mean", "TPOT p99"]
+    ends = _column_ends(header, labels)
+    rows = lines[h + 2 : h + 5]
+    assert len(rows) == 3
+    for row in rows:
+        for end in ends:
+            assert row[end - 1] != " " and row[end] == " ", (row, end)
+            # the cell is exactly the column's width: blank just before it
+        assert row[ends[-1] : ends[-1] + 2] == "  "
+    if with_kv:  # B = 512 overflows: no best ratio; the dashes are aligned too
+        assert rows[2].split()[4:8] == ["-", "-", "-", "-"]
+    else:
+        assert rows[0].split()[2:4] == ["-", "-"]

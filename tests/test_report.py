@@ -9,6 +9,7 @@ import pytest
 
 import afdjax
 from afdjax._cli._main import main
+from afdjax._provision._text import _explain
 from afdjax._provision._verify import PAPER_CONFIGS, run_verification
 
 PAPER = dict(alpha_a=0.00165, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.022, beta_c=20.0)
@@ -33,7 +34,16 @@ def baseline_report():
 def test_report_numbers_are_consistent(baseline_report):
     rep = baseline_report
     d = rep.to_dict()
-    for k in ("theta", "slot_variance", "r_star", "regime", "ratio_mean_field", "ratio_barrier", "ratio_simulated", "table"):
+    for k in (
+        "theta",
+        "slot_variance",
+        "r_star",
+        "regime",
+        "ratio_mean_field",
+        "ratio_barrier",
+        "ratio_simulated",
+        "table",
+    ):
         assert k in d
     assert d["theta"] == pytest.approx(600.0)
     assert d["r_star"] == pytest.approx(hand_r_star(100, 500, 256), rel=1e-6)
@@ -91,14 +101,14 @@ def test_paper_configurations(paper_study):
     out, summary = paper_study
     rows = summary["rows"]
     assert len(rows) == 6
-    for row, (study, label, mu_p, mu_d, B, reported, formula) in zip(rows, PAPER_CONFIGS):
+    for row, (_, label, mu_p, mu_d, B, _, formula) in zip(rows, PAPER_CONFIGS):
         assert row["label"] == label
         # the report's mean-field r* against the paper's formula, to 1e-3 relative
         assert row["r_star"] == pytest.approx(hand_r_star(mu_p, mu_d, B), rel=1e-3)
         assert row["r_star"] == pytest.approx(formula, abs=0.006)  # PAPER.md prints 2 decimals
         # the paper's claim: simulated integer optimum within 10 % of r*, or explained
         if not row["within_10_percent"]:
-            assert "cannot be met" in afdjax._provision._verify._explain(row) or "moving the optimum" in afdjax._provision._verify._explain(row)
+            assert "cannot be met" in _explain(row) or "moving the optimum" in _explain(row)
         assert row["barrier_exceptions"] == []
     md = (out / "verification.md").read_text()
     assert "| batch | B=128, mu_p=100, mu_d=500 |" in md and "## Findings" in md
@@ -110,8 +120,22 @@ def test_paper_configurations(paper_study):
 
 def test_provision_cli_json_and_plot(capsys, tmp_path):
     png = tmp_path / "p.png"
-    code = main(["provision", "--steps", "1000", "--replicas", "4", "--batch-size", "64", "--ratios", "1:12",
-                 "--json", "--plot", str(png)])
+    code = main(
+        [
+            "provision",
+            "--steps",
+            "1000",
+            "--replicas",
+            "4",
+            "--batch-size",
+            "64",
+            "--ratios",
+            "1:12",
+            "--json",
+            "--plot",
+            str(png),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     d = json.loads(out)
@@ -136,8 +160,67 @@ def test_provision_cli_errors(capsys):
 
 
 def test_ratio_ranges_are_compact():
-    from afdjax._provision._report import _ranges
+    from afdjax._provision._text import _ranges
 
     assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
     assert _ranges([4]) == "4"
     assert _ranges(list(range(17, 195))) == "17-194"
+
+
+def test_report_typed_views(baseline_report):
+    rep = baseline_report
+    assert rep.ratio_simulated == rep.simulated["ratio"] == rep.to_dict()["ratio_simulated"]
+    assert rep.ratio_mean_field == rep.mean_field["ratio"] and rep.ratio_barrier == rep.barrier["ratio"]
+    assert rep.r_star == rep.mean_field["r_star"] and rep.ratios == list(range(1, 33))
+    assert rep.ratios_within_2_stderr == rep.simulated["within_2_stderr"]
+    np.testing.assert_array_equal(rep.column("simulated"), [row["simulated"] for row in rep.table])
+    with pytest.raises(ValueError, match="name='nope' is invalid"):
+        rep.column("nope")
+
+
+def test_within_2_stderr_is_a_paired_t_statistic(baseline_report):
+    """The ratios within 2 standard errors of the best: paired t statistic <= 2 (SciPy's
+    ttest_rel on the per-replica throughputs, an independent computation)."""
+    from scipy import stats
+
+    lat = afdjax.LatencyModel.from_preset("paper-910c")
+    res = afdjax.simulate(jax.random.key(0), afdjax.Geometric(100.0, 500.0), lat, 256, range(1, 33), 3000, 12)
+    per = np.asarray(res.throughput_per_replica, dtype=float)
+    best = int(np.argmax(np.asarray(res.throughput_per_instance)))
+    expected = [best + 1] + [
+        j + 1 for j in range(per.shape[1]) if j != best and stats.ttest_rel(per[:, best], per[:, j]).statistic <= 2
+    ]
+    assert afdjax.ratios_within_2_stderr(res) == sorted(expected)
+    # provision and the simulate report use the same definition on the same run
+    assert baseline_report.simulated["within_2_stderr"] == sorted(expected)
+    report = afdjax.simulation_report(res, afdjax.Geometric(100.0, 500.0), lat)
+    assert report.within_2_stderr == sorted(expected) and report.best_ratio == baseline_report.ratio_simulated
+    nb = afdjax.paired_difference(res, best, best + 1)
+    assert nb.z == pytest.approx(stats.ttest_rel(per[:, best], per[:, best + 1]).statistic, rel=1e-9)
+
+
+def test_simulation_report_is_the_cli_json(capsys):
+    argv = ["simulate", "--batch-size", "32", "--ratios", "1:6", "--steps", "300", "--replicas", "4", "--seed", "3"]
+    assert main([*argv, "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    wl, lat = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c")
+    res = afdjax.simulate(jax.random.key(3), wl, lat, 32, range(1, 7), 300, 4)
+    settings = {
+        k: cli["settings"][k] for k in ("workload", "hardware", "seed", "start", "warmup_steps", "afdjax_version")
+    }
+    report = afdjax.simulation_report(res, wl, lat, settings=settings)
+    assert report.to_dict() == cli
+    assert report.best_ratio == cli["best_ratio"] and report.theta == pytest.approx(600.0)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == report.format_text()
+
+
+def test_simulation_report_warnings():
+    wl, lat = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c")
+    res = afdjax.simulate(jax.random.key(0), wl, lat, 32, [1, 2, 3], 100, 1)
+    report = afdjax.simulation_report(res, wl, lat)
+    assert report.best_ratio == 3 and len(report.warnings) == 2
+    assert "largest simulated" in report.warnings[0] and "one replica" in report.warnings[1]
+    text = report.format_text()
+    assert "Warning: with one replica" in text and "No other ratio" not in text
+    assert report.settings["hardware"] == "custom" and report.settings["replicas"] == 1

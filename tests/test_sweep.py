@@ -15,13 +15,12 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 
 import afdjax
 import afdjax._sweep._core
 from afdjax._cli._main import main
 from afdjax._sweep._core import MANIFEST
-
-from conftest import REPO_ROOT
 
 RATIOS = {"start": 1, "stop": 6, "step": 1}
 
@@ -145,7 +144,7 @@ def _subprocess_env(**extra):
 
 def test_four_devices_equal_one(reference, tmp_path):
     script = textwrap.dedent(
-        f"""
+        """
         import json, sys
         import jax
         import afdjax, afdjax._sweep._core as sw
@@ -163,13 +162,16 @@ def test_four_devices_equal_one(reference, tmp_path):
         grid = json.loads(sys.argv[1])
         s = afdjax.sweep(grid, sys.argv[2], progress=False, max_chunk_points=4)
         assert s.num_devices == 4 and s.complete
-        assert seen and set(seen) == {{4}}, seen
+        assert seen and set(seen) == {4}, seen
         """
     )
     env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run(
         [sys.executable, "-c", script, json.dumps(small_grid()), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same(afdjax.read_sweep(tmp_path), reference)
@@ -180,8 +182,18 @@ def _interrupt_and_resume(reference, tmp_path, sig):
     grid = small_grid(steps=3000)
     grid_file.write_text(toml_text(grid))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "afdjax._cli", "sweep", "--grid", str(grid_file), "--out", str(out),
-           "--max-chunk-points", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "afdjax._cli",
+        "sweep",
+        "--grid",
+        str(grid_file),
+        "--out",
+        str(out),
+        "--max-chunk-points",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not list(out.glob("chunk-*.parquet")):
@@ -278,19 +290,37 @@ def _with(path: str, value):
     [
         (_with("grid.workload.mu_q", 1), r"unknown key 'mu_q'; allowed: kind, mu_p, mu_d, prefill, sigma"),
         (_with("grid.workload.mu_d", -5), r"mu_d=-5 is invalid: expected a finite number >= 0"),
-        (_with("grid.workload.prefill", "gamma"), r"prefill='gamma' is invalid: expected one of constant, exponential, lognormal"),
+        (
+            _with("grid.workload.prefill", "gamma"),
+            r"prefill='gamma' is invalid: expected one of constant, exponential, lognormal",
+        ),
         (_with("grid.workload.kind", "poisson"), r"kind='poisson' is invalid: expected one of geometric, trace, spec"),
-        (_with("grid.workload.mu_d", {"start": 1, "stop": 5}), r"mu_d=.* is not a valid range: expected \{start, stop, num"),
-        (_with("grid.workload.mu_d", {"start": 1, "stop": 5, "num": 3, "spacing": "cubic"}), r"spacing='cubic' is invalid: expected linear or log"),
+        (
+            _with("grid.workload.mu_d", {"start": 1, "stop": 5}),
+            r"mu_d=.* is not a valid range: expected \{start, stop, num",
+        ),
+        (
+            _with("grid.workload.mu_d", {"start": 1, "stop": 5, "num": 3, "spacing": "cubic"}),
+            r"spacing='cubic' is invalid: expected linear or log",
+        ),
         (_with("grid.batch_size", [16, 2.5]), r"batch_size=2.5 is invalid: expected an integer >= 1"),
         (_with("grid.micro_batches", [0]), r"micro_batches=0 is invalid: expected an integer >= 1"),
-        (_with("grid.micro_batches", [4096]), r"micro_batches=4096 is invalid with batch_size=.*: expected micro_batches <= every batch_size"),
+        (
+            _with("grid.micro_batches", [4096]),
+            r"micro_batches=4096 is invalid with batch_size=.*: expected micro_batches <= every batch_size",
+        ),
         (_with("grid.hardware.preset", "h100"), r"preset='h100' is invalid: expected one of paper-910c"),
         (_with("grid.hardware.alpha_f", "fast"), r"alpha_f='fast' is invalid: expected a finite number >= 0"),
-        (_with("grid.hardware.comm_scaling", "ratio"), r"comm_scaling='ratio' is invalid: expected one of batch, ratio_batch"),
+        (
+            _with("grid.hardware.comm_scaling", "ratio"),
+            r"comm_scaling='ratio' is invalid: expected one of batch, ratio_batch",
+        ),
         (_with("settings.start", "warm"), r"start='warm' is invalid: expected one of stationary, cold"),
         (_with("settings.stepz", 10), r"\[settings\]: unknown key 'stepz'; allowed: steps, replicas"),
-        (_with("settings.quantile_levels", [0.5, 1.5]), r"quantile_levels=\[0.5, 1.5\] is invalid: expected a list of levels in \(0, 1\)"),
+        (
+            _with("settings.quantile_levels", [0.5, 1.5]),
+            r"quantile_levels=\[0.5, 1.5\] is invalid: expected a list of levels in \(0, 1\)",
+        ),
         ({"grid": {"workload": {"mu_p": 1, "mu_d": 1}}}, r"\[grid\] is missing 'hardware'"),
         (_with("grid.hardware", {"alpha_a": 0.001}), r"missing coefficient 'beta_a'"),
     ],
@@ -307,7 +337,10 @@ def test_grid_schema_expansion(tmp_path):
     assert len(example.groups) == 6
     grid = small_grid()
     grid["grid"]["workload"] = [
-        {"mu_p": {"start": 50, "stop": 150, "step": 50}, "mu_d": {"start": 10, "stop": 1000, "num": 3, "spacing": "log"}},
+        {
+            "mu_p": {"start": 50, "stop": 150, "step": 50},
+            "mu_d": {"start": 10, "stop": 1000, "num": 3, "spacing": "log"},
+        },
         {"kind": "spec", "spec": ["geometric:mu_p=5,mu_d=10,prefill=exponential"]},
     ]
     grid["grid"]["micro_batches"] = [1]
@@ -335,7 +368,9 @@ def test_micro_batches_and_traces_run(tmp_path):
         res = afdjax.simulate(jax.random.key(3), wl, latency, 16, range(1, 7), 100, 2, micro_batches=m)
         part = df[df["micro_batches"] == m]
         np.testing.assert_allclose(part["throughput_per_instance"], res.throughput_per_instance, rtol=1e-12)
-        np.testing.assert_allclose(part["pipeline_bubble_fraction"], res.pipeline_bubble_fraction, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            part["pipeline_bubble_fraction"], res.pipeline_bubble_fraction, rtol=1e-9, atol=1e-12
+        )
         np.testing.assert_allclose(part["kv_load_max_tokens"], float(res.kv_load_max_tokens), rtol=1e-12)
     np.testing.assert_allclose(df["theta_tokens"], float(wl.theta()))
 
@@ -385,3 +420,17 @@ def test_chunk_size_follows_the_memory_budget():
     with pytest.warns(RuntimeWarning, match="one point of group 0 .* needs about"):
         _, _, chunk, _ = _group_sizes(big.groups[0], big.settings, 2**20, 1, None)
     assert chunk == 1
+
+
+def test_read_sweep_names_the_pandas_extra(tmp_path, monkeypatch):
+    """Without pandas (not a dependency of a plain install) read_sweep says which extra to install."""
+    monkeypatch.setitem(sys.modules, "pandas", None)  # "import pandas" now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'afdjax\[pandas\]'"):
+        afdjax.read_sweep(tmp_path)
+
+
+def test_grid_limit_is_the_engines():
+    import afdjax._engine._simulate
+    import afdjax._sweep._grid
+
+    assert afdjax._sweep._grid.MAX_INDEX == afdjax._engine._simulate._MAX_INDEX

@@ -47,28 +47,41 @@ import numpy as np
 from .._engine._simulate import SimulationResult, simulate
 from .._json import jsonable
 from .._latency import LatencyModel
+from .._validate import check_choice, check_int, check_optional_number, invalid
 from .._workload._core import Workload
+from ._compare import check_ratio_list
+from ._text import _CONSTRAINT_NAMES, OBJECTIVE_UNITS, _describe_violation
 
 OBJECTIVES = ("per_instance", "per_dollar", "per_joule")
 TPOT_STATISTICS = ("p99", "mean")
-OBJECTIVE_UNITS = {
-    "per_instance": "tokens / time unit / instance",
-    "per_dollar": "tokens / $",
-    "per_joule": "tokens / J",
-}
 
 
-def _positive_or_none(name: str, value, allow_zero: bool = False):
-    if value is None:
+def deployment_kv_capacity_bytes(deployment) -> float:
+    """The automatic KV capacity of one Attention instance (``--kv-capacity-gb auto``):
+    ``attention_devices x HBM per device - resident Attention weights``, in bytes, from
+    a :class:`~afdjax.Deployment` (e.g. ``afdjax.load_deployment("h100:deepseek-v3")``).
+
+    Raises ``ValueError`` when the deployment does not give the HBM capacity and the
+    resident weights (a spec without ``ACCELERATOR:MODEL``), or when the weights leave
+    no room (capacity <= 0)."""
+    capacity = deployment.kv_capacity_bytes()
+    if capacity is None:
+        raise ValueError("the hardware spec does not give HBM capacity and resident weights; use an "
+                         "ACCELERATOR:MODEL spec (e.g. h100:deepseek-v3) or a number")
+    if capacity <= 0:
+        raise ValueError(f"the weights ({deployment.attention_weight_bytes / 1e9:.4g} GB) do not fit the Attention "
+                         "instance's HBM; give more attention_devices or a number")
+    return float(capacity)
+
+
+def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
+    """Watts of one Attention and one FFN instance from a :class:`~afdjax.Deployment`:
+    ``devices per instance x board power per device`` (``attention_devices`` and
+    ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
+    if deployment.power_watts is None:
         return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is invalid: expected a number") from None
-    ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: expected a finite number {'>= 0' if allow_zero else '> 0'}")
-    return v
+    return (deployment.power_watts * (deployment.attention_devices or 1),
+            deployment.power_watts * (deployment.ffn_devices or 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,19 +111,19 @@ class Constraints:
     time_unit_us: float = 1.0
 
     def __post_init__(self):
-        _positive_or_none("kv_capacity_bytes", self.kv_capacity_bytes)
-        _positive_or_none("kv_bytes_per_token", self.kv_bytes_per_token)
-        _positive_or_none("tpot_target_ms", self.tpot_target_ms)
-        _positive_or_none("time_unit_us", self.time_unit_us)
+        check_optional_number("kv_capacity_bytes", self.kv_capacity_bytes)
+        check_optional_number("kv_bytes_per_token", self.kv_bytes_per_token)
+        check_optional_number("tpot_target_ms", self.tpot_target_ms)
+        check_optional_number("time_unit_us", self.time_unit_us)
         tol = self.kv_overflow_tolerance
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0.0 <= float(tol) < 1.0):
-            raise ValueError(f"kv_overflow_tolerance={tol!r} is invalid: expected a probability in [0, 1)")
-        if self.tpot_statistic not in TPOT_STATISTICS:
-            raise ValueError(f"tpot_statistic={self.tpot_statistic!r} is invalid: expected one of {', '.join(TPOT_STATISTICS)}")
-        if self.num_layers is not None and (
-            isinstance(self.num_layers, bool) or not isinstance(self.num_layers, (int, np.integer)) or self.num_layers < 1
-        ):
-            raise ValueError(f"num_layers={self.num_layers!r} is invalid: expected an integer >= 1")
+        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+                or not (0.0 <= float(tol) < 1.0):
+            raise invalid("kv_overflow_tolerance", tol, "a probability in [0, 1)")
+        check_choice("tpot_statistic", self.tpot_statistic, TPOT_STATISTICS)
+        if self.num_layers is not None:
+            if not isinstance(self.num_layers, (int, np.integer)):  # 61.0 is not a layer count
+                raise invalid("num_layers", self.num_layers, "an integer >= 1")
+            check_int("num_layers", self.num_layers, 1)
         if self.kv_capacity_bytes is not None and self.kv_bytes_per_token is None:
             raise ValueError(
                 "kv_bytes_per_token=None is invalid with a KV capacity: the KV bytes per token (all layers) are "
@@ -131,7 +144,44 @@ class Constraints:
         return self.kv_capacity_bytes / self.kv_bytes_per_token
 
     def active(self) -> list[str]:
-        return [name for name, on in (("kv", self.kv_capacity_bytes is not None), ("tpot", self.tpot_target_ms is not None)) if on]
+        """Names of the limits switched on: ``"kv"``, ``"tpot"``."""
+        limits = (("kv", self.kv_capacity_bytes is not None), ("tpot", self.tpot_target_ms is not None))
+        return [name for name, on in limits if on]
+
+    @classmethod
+    def for_deployment(
+        cls,
+        deployment,
+        *,
+        kv_capacity_bytes: float | str | None = None,
+        kv_bytes_per_token: float | None = None,
+        kv_overflow_tolerance: float = 1e-3,
+        tpot_target_ms: float | None = None,
+        tpot_statistic: str = "p99",
+        num_layers: int | None = None,
+        time_unit_us: float = 1.0,
+    ) -> Constraints:
+        """Constraints whose unspecified model quantities come from a
+        :class:`~afdjax.Deployment` (what ``afdjax provision --hardware ACCEL:MODEL`` does).
+
+        - ``kv_capacity_bytes``: bytes, ``"auto"`` (:func:`deployment_kv_capacity_bytes`:
+          HBM minus resident weights) or ``None`` (no KV limit).
+        - ``kv_bytes_per_token``, ``num_layers``: default to the deployment's model.
+        - the other arguments as for :class:`Constraints`.
+        """
+        if isinstance(kv_capacity_bytes, str):
+            if kv_capacity_bytes != "auto":
+                raise invalid("kv_capacity_bytes", kv_capacity_bytes, "a number of bytes, 'auto' or None")
+            kv_capacity_bytes = deployment_kv_capacity_bytes(deployment)
+        return cls(
+            kv_capacity_bytes=kv_capacity_bytes,
+            kv_bytes_per_token=deployment.kv_bytes_per_token if kv_bytes_per_token is None else kv_bytes_per_token,
+            kv_overflow_tolerance=kv_overflow_tolerance,
+            tpot_target_ms=tpot_target_ms,
+            tpot_statistic=tpot_statistic,
+            num_layers=deployment.num_layers if num_layers is None else num_layers,
+            time_unit_us=time_unit_us,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +199,33 @@ class Costs:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            _positive_or_none(f.name, getattr(self, f.name), allow_zero=True)
+            check_optional_number(f.name, getattr(self, f.name), minimum=0.0, strict=False)
         for a, b in (("attention_price_per_hour", "ffn_price_per_hour"), ("attention_power_w", "ffn_power_w")):
             va, vb = getattr(self, a), getattr(self, b)
             if (va is None) != (vb is None):
                 raise ValueError(f"{a}={va!r}, {b}={vb!r} is invalid: give both or neither")
             if va is not None and va + vb <= 0:
                 raise ValueError(f"{a}={va!r}, {b}={vb!r} is invalid: they cannot both be 0")
+
+    @classmethod
+    def for_deployment(
+        cls,
+        deployment,
+        *,
+        attention_price_per_hour: float | None = None,
+        ffn_price_per_hour: float | None = None,
+        attention_power_w: float | None = None,
+        ffn_power_w: float | None = None,
+    ) -> Costs:
+        """Costs whose powers, when neither is given, are the per-instance powers of a
+        :class:`~afdjax.Deployment` (:func:`deployment_instance_power_w`: devices x board
+        power), as ``afdjax provision`` does; prices are never guessed."""
+        if attention_power_w is None and ffn_power_w is None:
+            powers = deployment_instance_power_w(deployment)
+            if powers is not None:
+                attention_power_w, ffn_power_w = powers
+        return cls(attention_price_per_hour=attention_price_per_hour, ffn_price_per_hour=ffn_price_per_hour,
+                   attention_power_w=attention_power_w, ffn_power_w=ffn_power_w)
 
 
 def kv_overflow_probability_gaussian(workload: Workload, batch_size: int, capacity_tokens: float) -> float:
@@ -236,28 +306,25 @@ def evaluate_cells(
             if tpot > constraints.tpot_target_ms:
                 violated.append("tpot")
         rows.append(
-            dict(
-                batch_size=B,
-                ratio=ratio,
-                throughput_per_instance=float(thr[i]),
-                stderr=float(se[i]),
-                bundle_tokens_per_s=float(bundle_tokens_per_s[i]),
-                tokens_per_dollar=None if per_dollar is None else float(per_dollar),
-                tokens_per_joule=None if per_joule is None else float(per_joule),
-                objective=None if value is None else float(value),
-                objective_stderr=float(se[i] * scale),
-                tpot_mean_ms=None if tpot_mean is None else float(tpot_mean[i]),
-                tpot_p99_ms=None if tpot_p99 is None else float(tpot_p99[i]),
-                kv_overflow_simulated=kv_sim,
-                kv_overflow_gaussian=kv_gauss,
-                feasible=not violated,
-                violated=violated,
-            )
+            {
+                "batch_size": B,
+                "ratio": ratio,
+                "throughput_per_instance": float(thr[i]),
+                "stderr": float(se[i]),
+                "bundle_tokens_per_s": float(bundle_tokens_per_s[i]),
+                "tokens_per_dollar": None if per_dollar is None else float(per_dollar),
+                "tokens_per_joule": None if per_joule is None else float(per_joule),
+                "objective": None if value is None else float(value),
+                "objective_stderr": float(se[i] * scale),
+                "tpot_mean_ms": None if tpot_mean is None else float(tpot_mean[i]),
+                "tpot_p99_ms": None if tpot_p99 is None else float(tpot_p99[i]),
+                "kv_overflow_simulated": kv_sim,
+                "kv_overflow_gaussian": kv_gauss,
+                "feasible": not violated,
+                "violated": violated,
+            }
         )
     return rows
-
-
-_CONSTRAINT_NAMES = {"kv": "KV capacity", "tpot": "TPOT target"}
 
 
 def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) -> dict:
@@ -270,18 +337,28 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
     rec_value = recommendation["objective"]
     better = [cell for cell in cells if cell["objective"] > rec_value]
     if not better:
-        return dict(constraint=[], text="none: the recommendation is the objective's own peak on the grid"
-                    + ("" if constraints.active() else " (no constraints given)"), relaxations={})
+        return {"constraint": [], "text": "none: the recommendation is the objective's own peak on the grid"
+                    + ("" if constraints.active() else " (no constraints given)"), "relaxations": {}}
     relaxations = {}
     for name in constraints.active():
         alone = [cell for cell in better if cell["violated"] == [name]]
         if alone:
             top = max(alone, key=lambda cell: cell["objective"])
-            relaxations[name] = dict(batch_size=top["batch_size"], ratio=top["ratio"], objective=top["objective"],
-                                     gain=top["objective"] / rec_value - 1.0, violation=_describe_violation(top, constraints))
+            relaxations[name] = {
+                "batch_size": top["batch_size"],
+                "ratio": top["ratio"],
+                "objective": top["objective"],
+                "gain": top["objective"] / rec_value - 1.0,
+                "violation": _describe_violation(top, constraints),
+            }
     unconstrained = max(better, key=lambda cell: cell["objective"])
-    unc = dict(batch_size=unconstrained["batch_size"], ratio=unconstrained["ratio"], objective=unconstrained["objective"],
-               gain=unconstrained["objective"] / rec_value - 1.0, violated=unconstrained["violated"])
+    unc = {
+        "batch_size": unconstrained["batch_size"],
+        "ratio": unconstrained["ratio"],
+        "objective": unconstrained["objective"],
+        "gain": unconstrained["objective"] / rec_value - 1.0,
+        "violated": unconstrained["violated"],
+    }
     if relaxations:
         order = sorted(relaxations, key=lambda k: -relaxations[k]["gain"])
         parts = [
@@ -293,40 +370,14 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
         if unc["gain"] > max(v["gain"] for v in relaxations.values()) + 1e-12:
             text += (f"; relaxing {' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} together would allow "
                      f"B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)")
-        return dict(constraint=order, text=text, relaxations=relaxations, unconstrained_best=unc)
-    return dict(
-        constraint=list(unc["violated"]),
-        text=(f"{' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} jointly: no single relaxation helps, "
+        return {"constraint": order, "text": text, "relaxations": relaxations, "unconstrained_best": unc}
+    return {
+        "constraint": list(unc["violated"]),
+        "text": (f"{' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} jointly: no single relaxation helps, "
               f"both together would allow B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)"),
-        relaxations={},
-        unconstrained_best=unc,
-    )
-
-
-def _slack(row: dict, constraints: Constraints) -> list[str]:
-    """How far the recommendation is from each active constraint."""
-    out = []
-    if constraints.kv_capacity_bytes is not None:
-        out.append(f"P(KV overflow) {row['kv_overflow_simulated']:.3g} simulated / {row['kv_overflow_gaussian']:.3g} "
-                   f"Gaussian (limit {constraints.kv_overflow_tolerance:g})")
-    if constraints.tpot_target_ms is not None:
-        key = "tpot_p99_ms" if constraints.tpot_statistic == "p99" else "tpot_mean_ms"
-        out.append(f"TPOT {constraints.tpot_statistic} {row[key]:.4g} ms (target {constraints.tpot_target_ms:g} ms, "
-                   f"{100 * (1 - row[key] / constraints.tpot_target_ms):.0f}% headroom)")
-    return out
-
-
-def _describe_violation(row: dict, constraints: Constraints) -> str:
-    parts = []
-    if "kv" in row["violated"]:
-        parts.append(
-            f"KV capacity (P(overflow) = {row['kv_overflow_simulated']:.3g} simulated, "
-            f"{row['kv_overflow_gaussian']:.3g} Gaussian > {constraints.kv_overflow_tolerance:g})"
-        )
-    if "tpot" in row["violated"]:
-        key = "tpot_p99_ms" if constraints.tpot_statistic == "p99" else "tpot_mean_ms"
-        parts.append(f"TPOT {constraints.tpot_statistic} {row[key]:.4g} ms > {constraints.tpot_target_ms:g} ms")
-    return "; ".join(parts)
+        "relaxations": {},
+        "unconstrained_best": unc,
+    }
 
 
 @dataclasses.dataclass
@@ -346,144 +397,59 @@ class ConstrainedProvisionReport:
 
     def to_dict(self) -> dict:
         return jsonable(
-            dict(
-                objective=self.objective,
-                objective_unit=OBJECTIVE_UNITS[self.objective],
-                recommendation=self.recommendation,
-                binding=self.binding,
-                per_batch_size=self.per_batch,
-                cells=self.cells,
-                constraints=dataclasses.asdict(self.constraints),
-                kv_capacity_tokens=self.constraints.kv_capacity_tokens,
-                costs=dataclasses.asdict(self.costs),
-                theta=self.theta,
-                slot_std=self.slot_std,
-                settings=self.settings,
-            )
+            {
+                "objective": self.objective,
+                "objective_unit": OBJECTIVE_UNITS[self.objective],
+                "recommendation": self.recommendation,
+                "binding": self.binding,
+                "per_batch_size": self.per_batch,
+                "cells": self.cells,
+                "constraints": dataclasses.asdict(self.constraints),
+                "kv_capacity_tokens": self.constraints.kv_capacity_tokens,
+                "costs": dataclasses.asdict(self.costs),
+                "theta": self.theta,
+                "slot_std": self.slot_std,
+                "settings": self.settings,
+            }
         )
 
+    # ------------------------------------------------------------------ typed views
+    @property
+    def recommended_batch_size(self) -> int | None:
+        """``B`` of the recommended cell (``recommendation["batch_size"]``), ``None`` if nothing is feasible."""
+        return None if self.recommendation is None else self.recommendation["batch_size"]
+
+    @property
+    def recommended_ratio(self) -> int | None:
+        """``r`` of the recommended cell (``recommendation["ratio"]``), ``None`` if nothing is feasible."""
+        return None if self.recommendation is None else self.recommendation["ratio"]
+
+    @property
+    def binding_constraints(self) -> list[str]:
+        """Names of the binding constraints (``"kv"``, ``"tpot"``), most costly first
+        (``binding["constraint"]``); empty when the recommendation is the objective's own peak."""
+        return list((self.binding or {}).get("constraint", []))
+
+    def cell(self, batch_size: int, ratio: int) -> dict:
+        """The grid cell at ``(batch_size, ratio)`` (a row of ``cells``)."""
+        for c in self.cells:
+            if c["batch_size"] == batch_size and c["ratio"] == ratio:
+                return c
+        raise ValueError(f"(batch_size, ratio)={(batch_size, ratio)!r} is invalid: expected a cell of the grid")
+
+    # ------------------------------------------------------------------ text and plot
     def format_text(self) -> str:
-        c, s = self.constraints, self.settings
-        unit = OBJECTIVE_UNITS[self.objective]
-        lines = [
-            f"afdjax provision (constrained)   workload {s.get('workload')}   hardware {s.get('hardware')}",
-            f"  batch sizes {', '.join(str(p['batch_size']) for p in self.per_batch)}; "
-            f"{s.get('steps')} steps x {s.get('replicas')} replicas"
-            + (f", seed {s['seed']}" if s.get("seed") is not None else "")
-            + (f"; {s['micro_batches']} micro-batches" if s.get("micro_batches") else "; ideal overlap (paper's step)"),
-            f"  objective: {self.objective.replace('_', ' ')} ({unit})",
-            "",
-            "Constraints",
-        ]
-        if c.kv_capacity_bytes is not None:
-            lines.append(
-                f"  KV capacity per Attention instance  {c.kv_capacity_bytes / 1e9:.4g} GB = "
-                f"{c.kv_capacity_tokens:.6g} tokens at {c.kv_bytes_per_token:.6g} bytes/token; "
-                f"P(overflow) <= {c.kv_overflow_tolerance:g}"
-            )
-        if c.tpot_target_ms is not None:
-            lines.append(
-                f"  TPOT {c.tpot_statistic} <= {c.tpot_target_ms:g} ms   ({c.num_layers} layers x cycle time, "
-                f"time unit {c.time_unit_us:g} us)"
-            )
-        if not c.active():
-            lines.append("  none (cost objective only)")
-        lines += ["", "Per batch size (best feasible ratio)"]
-        header = (
-            f"{'B':>6} {'KV load mean':>13} {'P(KV>cap) sim':>14} {'Gaussian':>9} {'best r':>7} "
-            f"{'objective':>11} {'TPOT mean':>10} {'TPOT p99':>9}  note"
-        )
-        lines += [header, "-" * len(header)]
-        for p in self.per_batch:
-            best = p["best"]
-            fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-            lines.append(
-                f"{p['batch_size']:>6} {p['kv_load_mean_tokens']:>13.6g} {fmt(p['kv_overflow_simulated'], '>14.3g')} "
-                f"{fmt(p['kv_overflow_gaussian'], '>9.3g')} "
-                + (
-                    f"{best['ratio']:>7d} {best['objective']:>11.5g} {fmt(best['tpot_mean_ms'], '>10.4g')} "
-                    f"{fmt(best['tpot_p99_ms'], '>9.4g')}  "
-                    if best
-                    else f"{'-':>7} {'-':>11} {'-':>10} {'-':>9}  "
-                )
-                + p["note"]
-            )
-        lines.append("")
-        rec = self.recommendation
-        if rec is None:
-            lines.append("No (B, r) on the grid meets the constraints. " + (self.binding or {}).get("text", ""))
-            return "\n".join(lines)
-        per_s = rec["bundle_tokens_per_s"] / (rec["ratio"] + 1)
-        lines.append(
-            f"Recommendation: B = {rec['batch_size']}, r = {rec['ratio']} Attention instances per FFN instance: "
-            f"{rec['objective']:.5g} {unit} (+- {rec['objective_stderr']:.2g})"
-            + (f" = {per_s:,.0f} output tokens/s per instance" if c.num_layers else "")
-            + (f", TPOT mean {rec['tpot_mean_ms']:.4g} ms / p99 {rec['tpot_p99_ms']:.4g} ms" if rec["tpot_mean_ms"] is not None else "")
-            + "."
-        )
-        slack = _slack(rec, c)
-        if slack:
-            lines.append("  at the recommendation: " + "; ".join(slack))
-        lines.append(f"Binding constraint: {self.binding['text']}")
-        return "\n".join(lines)
+        """The report as text (what ``afdjax provision`` prints with constraints)."""
+        from ._text import constrained_text
+
+        return constrained_text(self)
 
     def plot(self, path, title: str | None = None):
         """PNG: the (B, r) grid coloured by the objective, infeasible cells marked by the
         constraint they violate, the recommendation starred; and TPOT against r per B."""
-        from matplotlib.colors import Normalize
-        from matplotlib.patches import Patch
+        from ._plots import constrained_plot
 
-        from .._plot import pyplot
-
-        plt = pyplot()
-        batches = [p["batch_size"] for p in self.per_batch]
-        ratios = sorted({cell["ratio"] for cell in self.cells})
-        grid = np.full((len(batches), len(ratios)), np.nan)
-        for cell in self.cells:
-            if cell["objective"] is not None:
-                grid[batches.index(cell["batch_size"]), ratios.index(cell["ratio"])] = cell["objective"]
-        has_tpot = self.constraints.num_layers is not None
-        fig, axes = plt.subplots(2 if has_tpot else 1, 1, figsize=(9, 7 if has_tpot else 4.2), squeeze=False)
-        ax = axes[0, 0]
-        norm = Normalize(vmin=np.nanmin(grid), vmax=np.nanmax(grid))
-        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", norm=norm,
-                       extent=(ratios[0] - 0.5, ratios[-1] + 0.5, -0.5, len(batches) - 0.5))
-        for cell in self.cells:
-            if not cell["feasible"]:
-                y = batches.index(cell["batch_size"])
-                mark = "".join(sorted({"kv": "K", "tpot": "T"}[v] for v in cell["violated"]))
-                ax.add_patch(plt.Rectangle((cell["ratio"] - 0.5, y - 0.5), 1, 1, fc="white", alpha=0.55, ec="none"))
-                ax.text(cell["ratio"], y, mark, ha="center", va="center", fontsize=6, color="black")
-        if self.recommendation:
-            ax.plot(self.recommendation["ratio"], batches.index(self.recommendation["batch_size"]), "*", ms=14,
-                    color="red", mec="white", label="recommendation")
-        ax.set_yticks(range(len(batches)), [str(b) for b in batches])
-        ax.set_xlabel("A/F ratio r")
-        ax.set_ylabel("batch size B")
-        fig.colorbar(im, ax=ax, label=OBJECTIVE_UNITS[self.objective])
-        ax.legend(handles=[Patch(fc="white", ec="gray", alpha=0.55, label="infeasible (K: KV capacity, T: TPOT)")]
-                  + ([plt.Line2D([], [], marker="*", ls="", color="red", ms=10, label="recommendation")]
-                     if self.recommendation else []), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
-                  fontsize=7, frameon=False)
-        if title:
-            fig.suptitle(title, fontsize=9)
-        if has_tpot:
-            ax2 = axes[1, 0]
-            key = "tpot_p99_ms" if self.constraints.tpot_statistic == "p99" else "tpot_mean_ms"
-            for k, b in enumerate(batches):
-                rows = [cell for cell in self.cells if cell["batch_size"] == b]
-                ax2.plot([cell["ratio"] for cell in rows], [cell[key] for cell in rows], "o-", ms=2.5, color=f"C{k}",
-                         label=f"B = {b}")
-            if self.constraints.tpot_target_ms is not None:
-                ax2.axhline(self.constraints.tpot_target_ms, color="red", ls="--", lw=1, label="target")
-            ax2.set_xlabel("A/F ratio r")
-            ax2.set_ylabel(f"TPOT {self.constraints.tpot_statistic} (ms)")
-            ax2.grid(alpha=0.3)
-            ax2.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return constrained_plot(self, path, title)
 
 
 def _default_ratios(workload, latency, batch_size) -> list[int]:
@@ -540,6 +506,7 @@ def provision_constrained(
     bs = sorted({int(b) for b in bs.tolist()})
     if ratios is None:
         ratios = _default_ratios(workload, latency, max(bs))
+    check_ratio_list(ratios)
     levels = tuple(simulate_kwargs.pop("quantile_levels", (0.5, 0.9, 0.99)))
     if 0.99 not in levels:
         levels = levels + (0.99,)

@@ -1,7 +1,8 @@
 """``provision``: the three answers to "which r?" (mean field, barrier, Monte Carlo), side by side.
 
 Host-side assembly around the pure functions of ``_theory`` and ``_engine``; the
-numbers are computed by those, this module only compares and formats them.
+numbers are computed by those, this module compares them (paired comparisons:
+``_compare``). The report's text is in ``_text``, its figure in ``_plots``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._engine._simulate import SimulationResult, simulate
+from .._engine._simulate import simulate
 from .._json import jsonable
 from .._latency import LatencyModel
 from .._step._pipeline import pipeline_barrier_throughput, pipeline_throughput
@@ -25,7 +26,9 @@ from .._theory._closed_forms import (
     mean_field_optimum,
     mean_field_throughput,
 )
+from .._validate import invalid
 from .._workload._core import Workload
+from ._compare import check_ratio_list, paired_difference, ratios_within_2_stderr
 
 
 def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: int) -> list[int]:
@@ -34,21 +37,6 @@ def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: i
     top = 32 if not math.isfinite(r_star) else max(32, math.ceil(1.5 * r_star))
     return list(range(1, top + 1))
 
-
-def _ranges(values: list[int]) -> str:
-    """Compact list of integers: [1, 2, 3, 5, 7, 8] -> '1-3, 5, 7-8'."""
-    parts, start, prev = [], None, None
-    for v in sorted(values):
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            parts.append(f"{start}-{prev}" if prev > start else f"{start}")
-            start = prev = v
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
-    return ", ".join(parts)
 
 
 def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
@@ -60,18 +48,6 @@ def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
             return float(ratios[i - 1] + t * (ratios[i] - ratios[i - 1]))
     return None
 
-
-def _paired(result: SimulationResult, i: int, j: int) -> dict:
-    """Paired (common random numbers) comparison of ratios at indices i and j."""
-    per = np.asarray(result.throughput_per_replica, dtype=float)
-    d = per[:, i] - per[:, j]
-    mean = float(np.mean(d))
-    se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    if se > 0:
-        z = mean / se
-    else:
-        z = math.inf if mean > 0 else (0.0 if mean == 0 else -math.inf)
-    return dict(ratio=int(np.asarray(result.ratios)[j]), difference=mean, stderr=se, z=z)
 
 
 @dataclasses.dataclass
@@ -92,174 +68,81 @@ class ProvisionReport:
         """A JSON-serialisable dict (non-finite numbers become None)."""
 
         return jsonable(
-            dict(
-                theta=self.theta,
-                slot_variance=self.slot_variance,
-                slot_std=math.sqrt(max(self.slot_variance, 0.0)),
-                r_star=self.mean_field["r_star"],
-                regime=self.mean_field["regime"],
-                r_attention=self.mean_field["r_attention"],
-                r_communication=self.mean_field["r_communication"],
-                r_peak=self.mean_field["r_peak"],
-                ratio_mean_field=self.mean_field["ratio"],
-                ratio_barrier=self.barrier["ratio"],
-                r_barrier_continuous=self.barrier["r_continuous"],
-                ratio_simulated=self.simulated["ratio"],
-                simulated=self.simulated,
-                idle_crossing=self.idle_crossing,
-                errors=self.errors,
-                table=self.table,
-                settings=self.settings,
-            )
+            {
+                "theta": self.theta,
+                "slot_variance": self.slot_variance,
+                "slot_std": math.sqrt(max(self.slot_variance, 0.0)),
+                "r_star": self.mean_field["r_star"],
+                "regime": self.mean_field["regime"],
+                "r_attention": self.mean_field["r_attention"],
+                "r_communication": self.mean_field["r_communication"],
+                "r_peak": self.mean_field["r_peak"],
+                "ratio_mean_field": self.mean_field["ratio"],
+                "ratio_barrier": self.barrier["ratio"],
+                "r_barrier_continuous": self.barrier["r_continuous"],
+                "ratio_simulated": self.simulated["ratio"],
+                "simulated": self.simulated,
+                "idle_crossing": self.idle_crossing,
+                "errors": self.errors,
+                "table": self.table,
+                "settings": self.settings,
+            }
         )
 
-    # ------------------------------------------------------------------ text
+
+    # ------------------------------------------------------------------ typed views
+    @property
+    def ratio_simulated(self) -> int:
+        """The simulated best ratio (``simulated["ratio"]``)."""
+        return self.simulated["ratio"]
+
+    @property
+    def ratio_mean_field(self) -> int:
+        """The mean-field integer recommendation (``mean_field["ratio"]``)."""
+        return self.mean_field["ratio"]
+
+    @property
+    def ratio_barrier(self) -> int:
+        """The barrier model's integer recommendation (``barrier["ratio"]``)."""
+        return self.barrier["ratio"]
+
+    @property
+    def r_star(self) -> float:
+        """The paper's continuous mean-field optimum r* (``mean_field["r_star"]``)."""
+        return self.mean_field["r_star"]
+
+    @property
+    def ratios_within_2_stderr(self) -> list[int]:
+        """Ratios within 2 paired standard errors of the simulated best (``simulated["within_2_stderr"]``)."""
+        return self.simulated["within_2_stderr"]
+
+    @property
+    def ratios(self) -> list[int]:
+        """The simulated ratios, in table order."""
+        return [row["ratio"] for row in self.table]
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of the per-ratio table as an array (``"simulated"``, ``"mean_field"``,
+        ``"barrier"``, ``"stderr"``, ``"attention_idle_fraction"``, ...)."""
+        if not self.table or name not in self.table[0]:
+            allowed = ", ".join(self.table[0]) if self.table else "none"
+            raise invalid("name", name, f"one of {allowed}")
+        return np.array([row[name] for row in self.table], dtype=float)
+
+    # ------------------------------------------------------------------ text and plot
     def format_text(self, max_rows: int = 40) -> str:
-        mf, br, sim, err = self.mean_field, self.barrier, self.simulated, self.errors
-        s = self.settings
-        lines = [
-            f"afdjax provision   workload {s['workload']}   hardware {s['hardware']}   B = {s['batch_size']}",
-            f"  Monte Carlo: {s['steps']} steps x {s['replicas']} replicas"
-            + (f", seed {s['seed']}" if s.get("seed") is not None else "")
-            + ", ratios "
-            f"{self.table[0]['ratio']}..{self.table[-1]['ratio']}",
-            _step_model_line(s.get("micro_batches")),
-            "",
-            "Workload",
-            f"  theta (stationary mean KV tokens per slot)  {self.theta:12.6g}",
-            f"  slot standard deviation (tokens)            {math.sqrt(max(self.slot_variance, 0)):12.6g}",
-            "",
-            "Mean field (arXiv 2601.21351)",
-            f"  r_A (attention)     {mf['r_attention']:9.4f}",
-            (
-                f"  r_C (communication) {mf['r_communication']:9.4f}"
-                + ("   (< 1: communication never binds)" if mf["r_communication"] < 1 else "")
-            )
-            if mf["r_communication"] is not None and math.isfinite(mf["r_communication"])
-            else "  r_C (communication)       n/a  (communication scales with rB)",
-            f"  r_peak (FFN)        {mf['r_peak']:9.4f}",
-            f"  r* = max(...)       {mf['r_star']:9.4f}   binding regime: {mf['regime']}",
-            f"  integer choice      {mf['ratio']:9d}   (better of floor/ceil under the mean field, >= 1)",
-            "",
-            "Barrier refinement (Gaussian attention times, max over r instances)",
-            f"  best integer ratio  {br['ratio']:9d}   (continuous optimum {br['r_continuous']:.3f})",
-            "",
-            "Monte Carlo",
-            f"  best ratio          {sim['ratio']:9d}   throughput {sim['throughput']:.5g} +- {sim['stderr']:.2g}",
-        ]
-        for nb in sim["neighbours"]:
-            verdict = "distinguishable" if abs(nb["z"]) > 2 else "NOT distinguishable"
-            se = "0" if nb["stderr"] == 0 else f"{nb['stderr']:.2g}"
-            lines.append(
-                f"  vs r = {nb['ratio']:<4d}         better by {nb['difference']:.3g} +- {se} "
-                f"(paired, common random numbers; z = {nb['z']:.1f}): {verdict}"
-            )
-        near = [r for r in sim["within_2_stderr"] if r != sim["ratio"]]
-        lines.append("  within 2 paired standard errors of the best: " + (_ranges(near) if near else "none"))
-        if self.idle_crossing is not None:
-            lines.append(f"  attention and FFN idle fractions cross at r = {self.idle_crossing:.2f}")
-        lines += ["", "Per ratio (throughput per instance; rel. err = prediction / simulated - 1)"]
-        header = (
-            f"{'r':>4} {'mean field':>11} {'barrier':>9} {'simulated':>10} {'+-stderr':>9} "
-            f"{'err MF':>8} {'err bar':>8} {'attn idle':>9} {'FFN idle':>8}"
-        )
-        lines += [header, "-" * len(header)]
-        rows = self.table
-        if len(rows) > max_rows:
-            keep = {0, len(rows) - 1}
-            marks = {mf["ratio"], br["ratio"], sim["ratio"]}
-            for i, row in enumerate(rows):
-                if any(abs(row["ratio"] - m) <= 2 for m in marks):
-                    keep.add(i)
-            step = max(1, len(rows) // (max_rows - len(keep)) if max_rows > len(keep) else len(rows))
-            keep |= set(range(0, len(rows), step))
-            rows_to_show = [rows[i] for i in sorted(keep)]
-        else:
-            rows_to_show = rows
-        last = None
-        for row in rows_to_show:
-            if last is not None and row["ratio"] != last + 1:
-                lines.append(f"{'...':>4}")
-            tags = []
-            if row["ratio"] == sim["ratio"]:
-                tags.append("sim")
-            if row["ratio"] == br["ratio"]:
-                tags.append("barrier")
-            if row["ratio"] == mf["ratio"]:
-                tags.append("MF")
-            lines.append(
-                f"{row['ratio']:>4} {row['mean_field']:>11.5g} {row['barrier']:>9.5g} {row['simulated']:>10.5g} "
-                f"{row['stderr']:>9.2g} {100 * row['rel_err_mean_field']:>7.2f}% {100 * row['rel_err_barrier']:>7.2f}% "
-                f"{max(row['attention_idle_fraction'], 0.0):>9.3f} {max(row['ffn_idle_fraction'], 0.0):>8.3f}"
-                + (f"  <- {', '.join(tags)}" if tags else "")
-            )
-            last = row["ratio"]
-        lines += [
-            "",
-            "Accuracy against simulation over all ratios shown",
-            f"  mean field: max |rel. err| {100 * err['max_abs_rel_err_mean_field']:.2f}% (at r = {err['worst_ratio_mean_field']})",
-            f"  barrier:    max |rel. err| {100 * err['max_abs_rel_err_barrier']:.2f}% (at r = {err['worst_ratio_barrier']})",
-            f"  throughput lost by choosing r = {mf['ratio']} (mean field) instead of the simulated best: "
-            f"{100 * err['loss_mean_field']:.2f}%",
-            f"  throughput lost by choosing r = {br['ratio']} (barrier) instead of the simulated best: "
-            f"{100 * err['loss_barrier']:.2f}%",
-            "",
-            f"Recommendation: r = {sim['ratio']} Attention instances per FFN instance"
-            + (
-                f" (mean field says {mf['ratio']}, barrier model {br['ratio']})."
-                if (mf["ratio"], br["ratio"]) != (sim["ratio"], sim["ratio"])
-                else " (mean field, barrier model and simulation agree)."
-            ),
-        ]
-        return "\n".join(lines)
+        """The report as text (what ``afdjax provision`` prints); at most ``max_rows``
+        rows of the per-ratio table (around the recommendations)."""
+        from ._text import provision_text
 
-    # ------------------------------------------------------------------ plot
+        return provision_text(self, max_rows)
+
     def plot(self, path, title: str | None = None):
         """PNG: mean-field, barrier and simulated throughput against r, and idle fractions."""
-        from .._plot import pyplot
+        from ._plots import provision_plot
 
-        plt = pyplot()
-        r = np.array([row["ratio"] for row in self.table])
-        col = lambda k: np.array([row[k] for row in self.table], dtype=float)  # noqa: E731
-        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw=dict(height_ratios=[2.2, 1]))
-        ax.plot(r, col("mean_field"), "-", color="C1", lw=1.6, label="mean field (closed form)")
-        ax.plot(r, col("barrier"), "-", color="C2", lw=1.6, label="barrier refinement (Gaussian)")
-        ax.errorbar(r, col("simulated"), yerr=2 * np.nan_to_num(col("stderr")), fmt="o", ms=3.2, capsize=2,
-                    color="C0", label="Monte Carlo (±2 s.e.)")
-        mf, br, sim = self.mean_field, self.barrier, self.simulated
-        ax.axvline(mf["r_star"], color="C1", ls=":", lw=1.2)
-        ax.axvline(br["r_continuous"], color="C2", ls=":", lw=1.2)
-        ax.axvline(sim["ratio"], color="C0", ls="--", lw=1.0)
-        ymin, ymax = ax.get_ylim()
-        ax.text(mf["r_star"], ymin + 0.04 * (ymax - ymin), f" r*={mf['r_star']:.2f}", color="C1", fontsize=8)
-        ax.text(br["r_continuous"], ymin + 0.10 * (ymax - ymin), f" barrier {br['r_continuous']:.2f}",
-                color="C2", fontsize=8)
-        ax.text(sim["ratio"], ymin + 0.16 * (ymax - ymin), f" simulated best {sim['ratio']}", color="C0", fontsize=8)
-        ax.set_ylabel("throughput per instance\n(tokens / time unit / instance)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-        if title:
-            ax.set_title(title, fontsize=9)
-        ax2.plot(r, col("attention_idle_fraction"), "o-", ms=2.5, label="attention idle")
-        ax2.plot(r, col("ffn_idle_fraction"), "s-", ms=2.5, label="FFN idle")
-        if self.idle_crossing is not None:
-            ax2.axvline(self.idle_crossing, color="gray", ls=":", lw=1)
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.set_xlabel("A/F ratio r (Attention instances per FFN instance)")
-        ax2.set_ylabel("idle fraction (simulated)")
-        ax2.grid(alpha=0.3)
-        ax2.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return provision_plot(self, path, title)
 
-
-def _step_model_line(micro_batches) -> str:
-    if micro_batches is None:
-        return "  step model: the paper's idealised overlap, tau = max(max_j t_A, t_C, t_F)"
-    return (f"  step model: pipeline of {micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
-            "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation")
 
 
 def _pipeline_optima(workload, latency, batch_size, max_r: int, micro_batches: int):
@@ -312,6 +195,7 @@ def provision(
     """
     if ratios is None:
         ratios = default_ratio_range(workload, latency, batch_size)
+    check_ratio_list(ratios)
     result = simulate(key, workload, latency, batch_size, ratios, num_steps, num_replicas,
                       micro_batches=micro_batches, **simulate_kwargs)
     r = np.asarray(result.ratios)
@@ -338,8 +222,8 @@ def provision(
         mf_ratio, bopt_ratio, bopt_continuous, r_star_pipeline = _pipeline_optima(
             workload, latency, batch_size, max_r, result.micro_batches)
     best = int(np.argmax(sim))
-    neighbours = [_paired(result, best, j) for j in (best - 1, best + 1) if 0 <= j < len(r)]
-    within = [int(r[j]) for j in range(len(r)) if j == best or _paired(result, best, j)["z"] <= 2]
+    neighbours = [paired_difference(result, best, j).to_dict() for j in (best - 1, best + 1) if 0 <= j < len(r)]
+    within = ratios_within_2_stderr(result, best)
     rel_mf = mf_curve / sim - 1.0
     rel_br = br_curve / sim - 1.0
 

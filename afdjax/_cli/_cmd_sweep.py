@@ -1,0 +1,36 @@
+"""``afdjax sweep``: a large resumable sweep over a TOML grid, to Parquet."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def cmd_sweep(args) -> int:
+    from .._sweep._core import sweep
+
+    try:
+        summary = sweep(
+            args.grid,
+            args.out,
+            memory_budget_bytes=args.memory_budget_mb * 2**20,
+            max_chunk_points=args.max_chunk_points,
+            overwrite=args.overwrite,
+            progress=not args.json,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"afdjax: interrupted; finished chunks are kept in {args.out}: run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0
+    state = "complete" if summary.complete else "incomplete"
+    print(
+        f"afdjax sweep: {summary.points_computed} points computed, {summary.points_skipped} already done, "
+        f"{summary.num_points} in the grid ({state}) in {summary.seconds:.1f} s on {summary.num_devices} device(s)"
+    )
+    print(f"Results in {summary.out_dir}/ (pandas.read_parquet({summary.out_dir!r}) or afdjax.read_sweep)")
+    return 0

@@ -1,0 +1,88 @@
+"""Comparing simulated ratios: paired differences on common random numbers.
+
+Every ratio of one :func:`afdjax.simulate` run is simulated on the same random numbers
+(the system with ratio ``r`` is the first ``r`` instances of each replica), so the
+difference between two ratios is measured replica by replica and its standard error is
+that of the paired differences, much smaller than two independent standard errors
+combined. ``afdjax simulate`` and ``afdjax provision`` both report "the ratios within 2
+standard errors of the best" with :func:`ratios_within_2_stderr` (one definition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .._validate import invalid
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """``throughput(ratios[i]) - throughput(ratios[j])`` over replicas (paired).
+
+    - ``ratio``: the ratio compared with (``ratios[j]``).
+    - ``difference``: mean over replicas of the per-replica throughput difference
+      (tokens per time unit per instance).
+    - ``stderr``: its standard error (NaN with one replica).
+    - ``z``: ``difference / stderr`` (``+-inf`` when the standard error is 0 and the
+      difference is not, 0 for an exact tie).
+    """
+
+    ratio: int
+    difference: float
+    stderr: float
+    z: float
+
+    def to_dict(self) -> dict:
+        return {"ratio": self.ratio, "difference": self.difference, "stderr": self.stderr, "z": self.z}
+
+
+def paired_difference(result, i: int, j: int) -> PairedDifference:
+    """Paired (common random numbers) comparison of the ratios at indices ``i`` and ``j``
+    of a :class:`~afdjax.SimulationResult`: the difference of ``i`` over ``j``."""
+    per = np.asarray(result.throughput_per_replica, dtype=float)
+    d = per[:, i] - per[:, j]
+    mean = float(np.mean(d))
+    se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    if se > 0:
+        z = mean / se
+    else:
+        z = math.inf if mean > 0 else (0.0 if mean == 0 else -math.inf)
+    return PairedDifference(ratio=int(np.asarray(result.ratios)[j]), difference=mean, stderr=se, z=z)
+
+
+def ratios_within_2_stderr(result, best: int | None = None) -> list[int]:
+    """The ratios whose throughput is within 2 paired standard errors of the best one
+    (``z <= 2`` in :func:`paired_difference`), the best included, in the order of
+    ``result.ratios``. ``best``: index of the best ratio (default: the highest simulated
+    throughput per instance). With one replica no standard error exists: only exact
+    ties with the best are kept."""
+    ratios = np.asarray(result.ratios)
+    if best is None:
+        best = int(np.argmax(np.asarray(result.throughput_per_instance, dtype=float)))
+    if not 0 <= best < len(ratios):
+        raise invalid("best", best, f"an index in [0, {len(ratios) - 1}]")
+    return [int(ratios[j]) for j in range(len(ratios)) if j == best or paired_difference(result, best, j).z <= 2]
+
+
+def check_ratio_list(ratios) -> list[int]:
+    """Ratios as a list of Python ints, refusing duplicates (``ValueError``); the other
+    checks are :func:`afdjax.simulate`'s."""
+    try:
+        values = [int(r) if float(r) == int(r) else r for r in np.atleast_1d(np.asarray(ratios)).tolist()]
+    except (TypeError, ValueError, OverflowError):
+        return ratios  # malformed: simulate says what is wrong
+    seen, dups = set(), []
+    for v in values:
+        if v in seen and v not in dups:
+            dups.append(v)
+        seen.add(v)
+    if dups:
+        raise invalid(
+            "ratios",
+            ratios if isinstance(ratios, (list, tuple)) else values,
+            f"distinct ratios (repeated: {', '.join(map(str, dups))})",
+        )
+    return values
