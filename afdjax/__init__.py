@@ -102,3 +102,19 @@ from ._provision._constraints import (
     kv_overflow_probability_gaussian as kv_overflow_probability_gaussian,
     provision_constrained as provision_constrained,
 )
+
+# Workloads: serving-benchmark specs and fitted families (issue 10).
+from ._workload import (
+    DecodeDistribution as DecodeDistribution,
+    ExponentialPrefill as ExponentialPrefill,
+    FittedWorkload as FittedWorkload,
+    Fixed as Fixed,
+    GammaPrefill as GammaPrefill,
+    GeometricDecode as GeometricDecode,
+    GeometricMixtureDecode as GeometricMixtureDecode,
+    LogNormalDecode as LogNormalDecode,
+    LogNormalPrefill as LogNormalPrefill,
+    NegativeBinomialDecode as NegativeBinomialDecode,
+    PrefillDistribution as PrefillDistribution,
+    Uniform as Uniform,
+)

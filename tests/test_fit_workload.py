@@ -24,7 +24,7 @@ import scipy.special
 import scipy.stats
 
 import afdjax
-from afdjax import _fit_workload as fw
+from afdjax._fit import _workload as fw
 
 SEEDS = range(100)
 N_RECOVERY = 2000

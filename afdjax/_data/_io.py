@@ -17,6 +17,7 @@ import numpy as np
 
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
 from .._workload._core import PREFILL_FAMILIES, Empirical, Geometric, Workload, validate_lengths
+from .._workload import FIXED_SPEC, UNIFORM_SPEC, parse_fixed_spec, parse_uniform_spec
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -202,13 +203,18 @@ def parse_workload_spec(spec: str) -> Workload:
       and ``sigma=1.0`` (lognormal log-sd);
     - ``trace:PATH`` (Azure LLM inference CSV or Mooncake JSONL, or a bundled name
       ``azure-code``, ``azure-conv``, ``mooncake-conv``), optionally
-      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``.
+      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``;
+    - ``fixed:prefill=P,decode=D`` (every request the same, :class:`~afdjax.Fixed`);
+    - ``uniform:prefill=A..B,decode=C..D`` (integer ranges, inclusive, :class:`~afdjax.Uniform`).
     """
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
+    if sep and kind in ("fixed", "uniform"):  # serving-benchmark workloads (issue 10)
+        return (parse_fixed_spec if kind == "fixed" else parse_uniform_spec)(rest, spec)
     if not sep or kind not in ("geometric", "trace"):
         raise ValueError(
-            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..' or 'trace:PATH[,prefill=COL,decode=COL]'"
+            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..', 'trace:PATH[,prefill=COL,decode=COL]', "
+            f"'{FIXED_SPEC}' or '{UNIFORM_SPEC}'"
         )
     if kind == "geometric":
         pairs = _parse_pairs(rest, "workload spec")
