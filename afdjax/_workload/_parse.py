@@ -74,8 +74,11 @@ def _range(spec: str, key: str, text: str, minimum: int) -> tuple[int, int]:
     low_text, dots, high_text = text.partition("..")
     if not dots:
         high_text = low_text
-    low = _integer(spec, key, low_text.strip(), minimum, what) if low_text.strip() else None
-    high = _integer(spec, key, high_text.strip(), minimum, what) if high_text.strip() else None
+    try:
+        low = _integer(spec, key, low_text.strip(), minimum, what)
+        high = _integer(spec, key, high_text.strip(), minimum, what)
+    except ValueError:
+        low = high = None
     if low is None or high is None or high < low:
         raise ValueError(f"workload spec {spec!r}: {key}={text!r} is invalid: expected {what}")
     return low, high
