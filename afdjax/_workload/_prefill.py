@@ -64,15 +64,19 @@ def gamma_quantile(shape: jax.Array, u: jax.Array) -> jax.Array:
     # from the lower bound, Newton on the first increases monotonically to the root.
     y = jnp.where(lower, jnp.log(low), jnp.log(jnp.maximum(wh, low)))
     target = jnp.where(lower, jnp.log(u), jnp.log1p(-u))
-    for _ in range(GAMMA_NEWTON_STEPS):
+
+    def newton(_, y):
         x = jnp.exp(y)
         density_times_x = jnp.exp(k * y - x - gammaln(k))
         tail = jnp.where(lower, gammainc(k, x), gammaincc(k, x))
         slope = jnp.where(lower, density_times_x, -density_times_x) / tail
         step = (jnp.log(tail) - target) / slope
         step = jnp.where(jnp.isfinite(step), step, 0.0)
-        y = y - jnp.where(lower, step, jnp.clip(step, -2.0, 2.0))
-    return jnp.exp(y)
+        return y - jnp.where(lower, step, jnp.clip(step, -2.0, 2.0))
+
+    # A rolled loop (static trip count: reverse-mode differentiable) keeps the compiled
+    # program small; unrolled, the incomplete-gamma kernels dominate compile time.
+    return jnp.exp(jax.lax.fori_loop(0, GAMMA_NEWTON_STEPS, newton, y))
 
 
 class PrefillDistribution(eqx.Module):
