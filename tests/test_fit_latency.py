@@ -17,6 +17,7 @@ import pytest
 import scipy.optimize
 import scipy.stats
 
+from afdjax._data._io import DATA_DIR, parse_hardware_spec
 from afdjax._fit._latency import (
     LatencyFitWarning,
     LatencyObservations,
@@ -26,7 +27,6 @@ from afdjax._fit._latency import (
     fit_latency,
     read_latency_observations,
 )
-from afdjax._data._io import DATA_DIR, parse_hardware_spec
 from afdjax._latency import PRESETS, LatencyModel
 
 TRUE = PRESETS["paper-910c"]

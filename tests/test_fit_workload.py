@@ -240,6 +240,7 @@ def test_optimised_families_match_independent_references():
         return fit, ref.x
 
     d = 1 + rng.negative_binomial(1.7, 0.02, 3000)
+
     def nll_nb(t):
         return -np.sum(scipy.stats.nbinom.logpmf(d - 1, np.exp(t[0]), scipy.special.expit(t[1])))
 
@@ -397,7 +398,7 @@ def test_stationary_index_gradient_matches_finite_differences():
         (fw.GeometricMixtureDecode, np.array([0.8, -3.0, -5.3])),
     ]:
         index = jax.jit(lambda v, cls=cls: cls.from_unconstrained(v).stationary_mean_index())
-        f = lambda v: float(index(jnp.asarray(v)))  # noqa: E731
+        f = lambda v: float(index(jnp.asarray(v)))
         grad = np.asarray(jax.jit(jax.grad(index))(jnp.asarray(u)))
         h = 1e-5
         fd = np.array([(f(u + h * e) - f(u - h * e)) / (2 * h) for e in np.eye(u.size)])
@@ -529,7 +530,7 @@ def test_pd_correlation_shows_in_the_gap_not_in_the_fit():
 TRACES = ["azure-code", "azure-conv", "mooncake-conv"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bundled_fit(name):
     """``fit_trace(name)`` (all families), shared by the tests that need it."""
     return fw.fit_trace(name)
@@ -659,7 +660,7 @@ def test_invalid_options():
 
 
 # =========================================================================== to_workload
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _synthetic_fit():
     rng = np.random.default_rng(21)
     P = np.floor(rng.gamma(1.3, 700.0, 3000))
@@ -713,8 +714,11 @@ def test_azure_conv_fit_is_a_simulatable_workload():
     assert math.isfinite(float(afdjax.mean_field_optimum(w, lat, 256).r_star))
     assert 1 <= int(afdjax.barrier_optimum(w, lat, 128, max_ratio=40).ratio) <= 40
     means = [
-        float(afdjax.simulate(jax.random.key(k), w, lat, batch_size=64, ratios=[1], num_steps=256,
-                              num_replicas=2).mean_slot_load_tokens)
+        float(
+            afdjax.simulate(
+                jax.random.key(k), w, lat, batch_size=64, ratios=[1], num_steps=256, num_replicas=2
+            ).mean_slot_load_tokens
+        )
         for k in range(6)
     ]
     se = np.std(means, ddof=1) / math.sqrt(len(means))

@@ -8,10 +8,10 @@ the delta method for ratio estimators.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax
 import scipy.stats
 
 import afdjax
@@ -132,7 +132,7 @@ def test_prefill_families(family):
     P, _ = Geometric(mu_p, 5.0, prefill=family, prefill_sigma=sigma).sample(jax.random.key(4), (N_BIG,))
     P = _np(P)
     if family == "constant":
-        assert np.all(P == mu_p)
+        assert np.all(mu_p == P)
         return
     se = P.std(ddof=1) / np.sqrt(P.size)
     assert abs(P.mean() - mu_p) <= Z * se
@@ -277,7 +277,9 @@ def test_uniform_int_matches_64bit_formula():
     lo = rng.integers(0, 2**32, 10_000, dtype=np.uint64)
     n = rng.integers(1, 2**31, 10_000, dtype=np.uint64)
     expected = (hi * n + ((lo * n) >> np.uint64(32))) >> np.uint64(32)
-    got = _uniform_int(jnp.asarray(hi.astype(np.uint32)), jnp.asarray(lo.astype(np.uint32)), jnp.asarray(n.astype(np.uint32)))
+    got = _uniform_int(
+        jnp.asarray(hi.astype(np.uint32)), jnp.asarray(lo.astype(np.uint32)), jnp.asarray(n.astype(np.uint32))
+    )
     np.testing.assert_array_equal(np.asarray(got).astype(np.uint64), expected)
     assert np.all(np.asarray(got) < n.astype(np.int64))
 
@@ -439,8 +441,7 @@ def test_benchmark_workloads_in_closed_forms_and_the_engine():
         assert math.isfinite(float(mf.r_star))
         bo = afdjax.barrier_optimum(w, lat, 64, max_ratio=12)
         assert 1 <= int(bo.ratio) <= 12
-        res = afdjax.simulate(jax.random.key(5), w, lat, batch_size=32, ratios=[1, 2], num_steps=160,
-                              num_replicas=2)
+        res = afdjax.simulate(jax.random.key(5), w, lat, batch_size=32, ratios=[1, 2], num_steps=160, num_replicas=2)
         # Stationary start: the mean slot load is unbiased for theta. Slot loads repeat
         # with the request (at most 80 steps), so 160 steps x 32 slots x 2 instances x 2
         # replicas give >= 256 independent request cycles: 4 sd / sqrt(256) bounds the error.
@@ -503,7 +504,7 @@ def test_decode_family_fresh_and_stationary_sampling(family):
     assert d.min() >= 1
     _check_discrete_cdf(d, pmf, f"{family} fresh")
     biased = d_grid * pmf / np.sum(d_grid * pmf)
-    p, ds, i = w.sample_stationary(jax.random.key(11), (N_FAMILY,))
+    _, ds, i = w.sample_stationary(jax.random.key(11), (N_FAMILY,))
     ds, i = _np(ds), _np(i)
     assert np.all((i >= 0) & (i < ds))
     _check_discrete_cdf(ds, biased, f"{family} stationary")
@@ -516,8 +517,9 @@ def test_decode_family_fresh_and_stationary_sampling(family):
     assert abs(i.mean() - index_mean) < Z * i.std() / math.sqrt(N_FAMILY)
     # Score-function hooks: log P(D = d) and log P(D* = d, I = i) = log P(d) - log E[D].
     assert np.allclose(np.exp(_np(w._decode_log_prob(jnp.arange(1, 50)))), pmf[:49], rtol=1e-6)
-    assert np.allclose(np.exp(_np(w._stationary_log_prob(jnp.arange(1, 50), jnp.zeros(49, int)))),
-                       pmf[:49] / m[0], rtol=1e-6)
+    assert np.allclose(
+        np.exp(_np(w._stationary_log_prob(jnp.arange(1, 50), jnp.zeros(49, int)))), pmf[:49] / m[0], rtol=1e-6
+    )
     # Host-side Laplace transform (sizes the engine's buffers).
     t = np.array([1e-3, 0.05, 1.0])
     ref = np.log(np.array([np.sum(pmf * np.exp(-s * d_grid)) for s in t]))
@@ -542,7 +544,7 @@ def test_fitted_workload_moments_against_sums(decode):
     w = afdjax.FittedWorkload(DECODE_MODELS[decode], model)
     d = np.arange(1, 200_001, dtype=float)
     pmf = _decode_pmf(decode, d)
-    m1, m2, m3 = (np.sum(d**k * pmf) for k in (1, 2, 3))
+    m1, m2, _ = (np.sum(d**k * pmf) for k in (1, 2, 3))
     mean_p, var_p = dist.mean() - 1.0, dist.var()
     theta = mean_p + (m2 - m1) / (2 * m1)
     index_var = np.sum(d * (d - 1) * (2 * d - 1) / 6 * pmf) / m1 - ((m2 - m1) / (2 * m1)) ** 2

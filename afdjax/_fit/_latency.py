@@ -136,10 +136,25 @@ from ._latency_observations import (
 )
 
 __all__ = [
-    "CONFIDENCE", "HUBER_EFFICIENCY_CONSTANT", "LOSSES", "MAD_TO_SIGMA", "OBSERVATION_COLUMNS", "STAGES",
-    "STAGE_COEFFICIENTS", "TIME_COLUMNS", "LatencyFit", "LatencyFitWarning", "LatencyObservations", "StageFit",
-    "_example_observations_csv", "_fit_replicates", "_padded_size", "_t_quantile", "_weighted_median",
-    "fit_latency", "read_latency_observations",
+    "CONFIDENCE",
+    "HUBER_EFFICIENCY_CONSTANT",
+    "LOSSES",
+    "MAD_TO_SIGMA",
+    "OBSERVATION_COLUMNS",
+    "STAGES",
+    "STAGE_COEFFICIENTS",
+    "TIME_COLUMNS",
+    "LatencyFit",
+    "LatencyFitWarning",
+    "LatencyObservations",
+    "StageFit",
+    "_example_observations_csv",
+    "_fit_replicates",
+    "_padded_size",
+    "_t_quantile",
+    "_weighted_median",
+    "fit_latency",
+    "read_latency_observations",
 ]
 
 CONFIDENCE = 0.95
@@ -147,7 +162,6 @@ CONFIDENCE = 0.95
 
 class LatencyFitWarning(UserWarning):
     """A fitted coefficient hit the ``>= 0`` bound (its unconstrained estimate was negative)."""
-
 
 
 # ==================================================================== statistics (host)
@@ -589,4 +603,3 @@ def fit_latency(
         notes=tuple(notes),
         defaults_name=defaults_name,
     )
-

@@ -195,4 +195,3 @@ _CHUNK_ELEMENTS = 1 << 19
 def _padded_size(n: int) -> int:
     """Rows are padded (weight 0) to a power of two >= 8: few distinct shapes, few compiles."""
     return max(8, 1 << (n - 1).bit_length())
-

@@ -184,7 +184,6 @@ def read_latency_observations(path, comm_scaling: str | None = None) -> LatencyO
     return obs
 
 
-
 # ====================================================================== bundled example
 def _example_observations_csv(seed: int = 0) -> str:
     """The text of ``afdjax/data/example_step_latency.csv``: SYNTHETIC data, not measured.

@@ -15,7 +15,6 @@ _X_LABELS = {
 }
 
 
-
 def plot_latency_residuals(self, path, time_unit: str = "time unit") -> Path:
     """Write a PNG: for each stage, measured times and the fitted line against ``x``
     (top) and the residuals (bottom; dashed: ``-+ delta`` for Huber)."""
@@ -46,9 +45,7 @@ def plot_latency_residuals(self, path, time_unit: str = "time unit") -> Path:
                 ax.set_yticks([])
             continue
         a, b = fit.estimate
-        far = (
-            np.abs(fit.residuals) > fit.huber_delta if fit.huber_delta is not None else np.zeros(fit.num_rows, bool)
-        )
+        far = np.abs(fit.residuals) > fit.huber_delta if fit.huber_delta is not None else np.zeros(fit.num_rows, bool)
         ms = 3 if fit.num_rows <= 500 else 1
         top.plot(fit.x[~far], fit.y[~far], "o", ms=ms, color="C0", label="measured")
         if far.any():
@@ -74,4 +71,3 @@ def plot_latency_residuals(self, path, time_unit: str = "time unit") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-

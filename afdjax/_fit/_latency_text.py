@@ -32,8 +32,7 @@ def format_latency_fit(self) -> str:
         f"  95 % intervals: {method_description(self, 'bootstrap') if self.n_bootstrap else 'bootstrap off'};"
         f" {method_description(self, 'sandwich')}",
         "",
-        f"  {'coefficient':<12}{'estimate':>13}   {'bootstrap 95 % CI':<27}{'sandwich 95 % CI':<27}"
-        f"{'sandwich se':>11}",
+        f"  {'coefficient':<12}{'estimate':>13}   {'bootstrap 95 % CI':<27}{'sandwich 95 % CI':<27}{'sandwich se':>11}",
     ]
     fmt = lambda iv: "-" if not all(map(math.isfinite, iv)) else f"[{iv[0]:.5g}, {iv[1]:.5g}]"
     boot, sand, se = self.bootstrap_intervals, self.sandwich_intervals, self.standard_errors

@@ -144,10 +144,29 @@ from ._workload_engine import (
 )
 
 __all__ = [
-    "DECODE_CLASSES", "DECODE_FIT_FAMILIES", "LOGNORMAL_SUM_TERMS", "PREFILL_CLASSES", "PREFILL_FIT_FAMILIES", "Z95",
-    "DecodeDistribution", "ExponentialPrefill", "FamilyFit", "GammaPrefill", "GeometricDecode",
-    "GeometricMixtureDecode", "LogNormalDecode", "LogNormalPrefill", "NegativeBinomialDecode", "PrefillDistribution",
-    "WorkloadFit", "fit_decode", "fit_prefill", "fit_trace", "fit_workload", "model_slot_variance", "model_theta",
+    "DECODE_CLASSES",
+    "DECODE_FIT_FAMILIES",
+    "LOGNORMAL_SUM_TERMS",
+    "PREFILL_CLASSES",
+    "PREFILL_FIT_FAMILIES",
+    "Z95",
+    "DecodeDistribution",
+    "ExponentialPrefill",
+    "FamilyFit",
+    "GammaPrefill",
+    "GeometricDecode",
+    "GeometricMixtureDecode",
+    "LogNormalDecode",
+    "LogNormalPrefill",
+    "NegativeBinomialDecode",
+    "PrefillDistribution",
+    "WorkloadFit",
+    "fit_decode",
+    "fit_prefill",
+    "fit_trace",
+    "fit_workload",
+    "model_slot_variance",
+    "model_theta",
 ]
 
 
@@ -366,6 +385,7 @@ def fit_workload(
     prefill_fits = {
         f: _fit_family("prefill", PREFILL_CLASSES[f], p + shift, shift, True, max_iter) for f in prefill_families
     }
+
     def aic(fit: FamilyFit) -> float:  # a failed fit (NaN) never wins
         return fit.aic if math.isfinite(fit.aic) else math.inf
 

@@ -233,10 +233,10 @@ def _check_families(name: str, families, allowed: tuple[str, ...]) -> tuple[str,
 
 def _as_1d(name: str, values) -> np.ndarray:
     if isinstance(values, (str, bytes)):
-        raise ValueError(f"{name} must be an array of numbers, got {type(values).__name__}")  # noqa: TRY004
+        raise ValueError(f"{name} must be an array of numbers, got {type(values).__name__}")
     try:
         arr = np.asarray(values)
-    except Exception as err:  # noqa: BLE001 (ragged input and the like)
+    except Exception as err:  # ragged input and the like
         raise ValueError(f"{name} must be a 1-D array of numbers ({err})") from None
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array; got shape {arr.shape}")
@@ -253,8 +253,7 @@ def _check_decode(decode) -> np.ndarray:
     arr = arr.astype(np.float64)
     if np.unique(arr).size < 2:
         raise ValueError(
-            f"decode has a single distinct value ({arr[0]:g}): a length distribution cannot be fitted "
-            "to constant data"
+            f"decode has a single distinct value ({arr[0]:g}): a length distribution cannot be fitted to constant data"
         )
     return arr
 
@@ -275,8 +274,7 @@ def _check_prefill(prefill, shift: float) -> np.ndarray:
         )
     if np.unique(arr).size < 2:
         raise ValueError(
-            f"prefill has a single distinct value ({arr[0]:g}): a length distribution cannot be fitted to "
-            "constant data"
+            f"prefill has a single distinct value ({arr[0]:g}): a length distribution cannot be fitted to constant data"
         )
     return arr
 
@@ -397,4 +395,3 @@ def fit_prefill(
     shift = _check_shift(prefill_shift)
     p = _check_prefill(prefill, shift)
     return _fit_family("prefill", cls, p + shift, shift, bool(closed_form), max_iter)
-

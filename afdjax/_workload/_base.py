@@ -162,4 +162,6 @@ def validate_lengths(name: str, values: np.ndarray, minimum: int, integer: bool 
     bad = v != np.round(v)
     if integer and bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name} in record {i + 1} is {_show(values[i])}: not an integer; expected {kind} >= {minimum}")
+        raise ValueError(
+            f"{name} in record {i + 1} is {_show(values[i])}: not an integer; expected {kind} >= {minimum}"
+        )

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._random import mulhi_u32, uniform_int as _uniform_int
+from .._random import mulhi_u32
+from .._random import uniform_int as _uniform_int
 from .._validate import check_array_parameter, check_int, float_leaf, invalid
 from ._base import Workload, independent_load_moments, show_float
 
@@ -121,9 +122,7 @@ class Uniform(Workload):
         return _power_sums(self.decode_high)[0] - _power_sums(self.decode_low - 1)[0]
 
     def describe(self) -> str:
-        return (
-            f"uniform:prefill={self.prefill_low}..{self.prefill_high},decode={self.decode_low}..{self.decode_high}"
-        )
+        return f"uniform:prefill={self.prefill_low}..{self.prefill_high},decode={self.decode_low}..{self.decode_high}"
 
     @property
     def _num_prefill(self) -> int:

@@ -61,11 +61,12 @@ class FittedWorkload(Workload):
 
     def __check_init__(self):
         if not isinstance(self.decode, DecodeDistribution):
-            raise ValueError(  # noqa: TRY004 (house style: ValueError names the argument)
-                f"decode={self.decode!r} is invalid: expected a decode family such as GeometricDecode or LogNormalDecode"
+            raise ValueError(
+                f"decode={self.decode!r} is invalid: expected a decode family such as GeometricDecode or "
+                "LogNormalDecode"
             )
         if not isinstance(self.prefill, PrefillDistribution):
-            raise ValueError(  # noqa: TRY004
+            raise ValueError(
                 f"prefill={self.prefill!r} is invalid: expected a prefill family such as GammaPrefill or "
                 "LogNormalPrefill"
             )
@@ -112,4 +113,3 @@ class FittedWorkload(Workload):
 
     def mean_decode_steps(self):
         return self.decode.mean()
-

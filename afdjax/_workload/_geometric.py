@@ -45,8 +45,7 @@ class Geometric(Workload):
     def __check_init__(self):
         if self.prefill not in PREFILL_FAMILIES:
             raise ValueError(
-                f"prefill={self.prefill!r} is not a known prefill family; "
-                f"expected one of {', '.join(PREFILL_FAMILIES)}"
+                f"prefill={self.prefill!r} is not a known prefill family; expected one of {', '.join(PREFILL_FAMILIES)}"
             )
         check_array_parameter("mu_p", self.mu_p, allow_zero=True)
         check_array_parameter("mu_d", self.mu_d, allow_zero=True)

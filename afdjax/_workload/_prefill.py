@@ -342,4 +342,3 @@ class LogNormalPrefill(PrefillDistribution):
 PREFILL_CLASSES: dict[str, type[PrefillDistribution]] = {
     c.family: c for c in (ExponentialPrefill, GammaPrefill, LogNormalPrefill)
 }
-
