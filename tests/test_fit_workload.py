@@ -723,3 +723,28 @@ def test_azure_conv_fit_is_a_simulatable_workload():
     ]
     se = np.std(means, ddof=1) / math.sqrt(len(means))
     assert abs(np.mean(means) - theta) < 4.5 * se, (np.mean(means), theta, se)
+
+
+def test_fitted_spec(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 400
+    rows = ["ContextTokens,GeneratedTokens"] + [
+        f"{int(p)},{int(d)}" for p, d in zip(rng.gamma(1.5, 300.0, n), rng.geometric(0.02, n))
+    ]
+    path = tmp_path / "trace.csv"
+    path.write_text("\n".join(rows) + "\n")
+    from afdjax._fit import parse_fitted_spec
+
+    spec = f"fitted:{path},decode=geometric,prefill=gamma"
+    w = parse_fitted_spec(spec.partition(":")[2], spec)
+    fit = fw.fit_trace(str(path), decode_families=["geometric"], prefill_families=["gamma"])
+    assert isinstance(w, afdjax.FittedWorkload)
+    assert float(w.theta()) == pytest.approx(fit.theta_fit, rel=1e-12)
+    for bad, match in [
+        (f"{path},decode=weibull", "decode='weibull' is invalid: expected one of geometric"),
+        (f"{path},colour=red", "unknown key 'colour'"),
+        (f"{path},tokens_per_step=0", "tokens_per_step='0' is invalid"),
+        ("", "missing trace"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_fitted_spec(bad, "fitted:" + bad)
