@@ -572,3 +572,19 @@ def test_geometric_decode_pair_matches_the_geometric_workload():
     # The fitted prefill is X - 1 with X exponential of mean 251: variance 251^2, not 250^2.
     assert float(w.slot_variance()) == pytest.approx(float(g.slot_variance()) + 251.0**2 - 250.0**2, rel=1e-12)
     assert np.allclose(w._decode_log_mgf_neg(np.array([0.01, 1.0])), g._decode_log_mgf_neg(np.array([0.01, 1.0])))
+
+
+def test_benchmark_specs_in_a_sweep_grid():
+    """A sweep grid takes the new specs (the grid's identity hashes trace files only)."""
+    grid = {
+        "settings": {"steps": 64, "replicas": 2, "ratios": [1, 2]},
+        "grid": {
+            "batch_size": [16],
+            "workload": {"kind": "spec", "spec": ["fixed:prefill=200,decode=30", "uniform:prefill=1..9,decode=2..4"]},
+            "hardware": {"preset": "paper-910c"},
+        },
+    }
+    g = afdjax.load_grid(grid)
+    assert g.num_points == 2
+    assert g.identity()["trace_sha256"] == {}
+    assert sorted(grp.static["prefill"] for grp in g.groups) == ["fixed", "uniform"]

@@ -244,7 +244,10 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
             )
             out.append(_Variant(dict(workload="geometric", prefill=wl.prefill, trace="", tokens_per_step=1), floats))
         else:
-            static = dict(workload=spec, prefill="trace", trace=spec, tokens_per_step=1, _workload=wl)
+            kind = spec.partition(":")[0].strip().lower()  # trace, or a parametric spec (fixed:, uniform:)
+            trace = spec if kind == "trace" else ""
+            prefill = "trace" if trace else kind
+            static = dict(workload=spec, prefill=prefill, trace=trace, tokens_per_step=1, _workload=wl)
             out.append(_Variant(static, dict(mu_p=nan, mu_d=nan, prefill_sigma=nan)))
     return out
 
@@ -380,7 +383,7 @@ class SweepGrid:
             first += g.size
         self.num_points = first
         self.mapping = json.loads(json.dumps(mapping))  # plain JSON types
-        self._traces = sorted({g.static["trace"] for g in self.groups if "_workload" in g.static})
+        self._traces = sorted({g.static["trace"] for g in self.groups if g.static.get("trace")})
 
     def identity(self) -> dict:
         """What a sweep's numbers depend on (compared on resume)."""
