@@ -37,7 +37,7 @@ from .._grad import throughput_estimate
 from .._json import jsonable
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._theory._closed_forms import barrier_throughput
-from .._workload._core import Geometric, Workload
+from .._workload import Geometric, Workload
 from ._lbfgs import lbfgs_minimise
 
 WORKLOAD_PARAMETERS = ("mu_p", "mu_d")
