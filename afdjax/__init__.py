@@ -119,3 +119,19 @@ from ._provision._constraints import (
 )
 from ._provision._report import default_ratio_range as default_ratio_range
 from ._provision._simulation import SimulationReport as SimulationReport, simulation_report as simulation_report
+
+# Workloads: serving-benchmark specs and fitted families (issue 10).
+from ._workload import (
+    DecodeDistribution as DecodeDistribution,
+    ExponentialPrefill as ExponentialPrefill,
+    FittedWorkload as FittedWorkload,
+    Fixed as Fixed,
+    GammaPrefill as GammaPrefill,
+    GeometricDecode as GeometricDecode,
+    GeometricMixtureDecode as GeometricMixtureDecode,
+    LogNormalDecode as LogNormalDecode,
+    LogNormalPrefill as LogNormalPrefill,
+    NegativeBinomialDecode as NegativeBinomialDecode,
+    PrefillDistribution as PrefillDistribution,
+    Uniform as Uniform,
+)

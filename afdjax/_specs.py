@@ -44,6 +44,8 @@ from ._hardware import (
 )
 from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
 from ._validate import invalid
+from ._fit import FITTED_SPEC, parse_fitted_spec
+from ._workload import FIXED_SPEC, UNIFORM_SPEC, parse_fixed_spec, parse_uniform_spec
 from ._workload._core import PREFILL_FAMILIES, Geometric, Workload
 
 __all__ = [
@@ -118,14 +120,23 @@ def parse_workload_spec(spec: str) -> Workload:
       and ``sigma=1.0`` (lognormal log-sd);
     - ``trace:PATH`` (Azure LLM inference CSV or Mooncake JSONL, or a bundled name
       ``azure-code``, ``azure-conv``, ``mooncake-conv``), optionally
-      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``.
+      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``;
+    - ``fixed:prefill=P,decode=D`` (every request the same, :class:`~afdjax.Fixed`);
+    - ``uniform:prefill=A..B,decode=C..D`` (integer ranges, inclusive, :class:`~afdjax.Uniform`);
+    - ``fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]``: the length families
+      fitted to a trace (best by AIC unless named), as a simulatable
+      :class:`~afdjax.FittedWorkload` (it ignores the P-D correlation that ``trace:`` keeps).
     """
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
+    if sep and kind in ("fixed", "uniform"):  # serving-benchmark workloads
+        return (parse_fixed_spec if kind == "fixed" else parse_uniform_spec)(rest, spec)
+    if sep and kind == "fitted":
+        return parse_fitted_spec(rest, spec)
     if not sep or kind not in ("geometric", "trace"):
         raise ValueError(
-            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..' or "
-            "'trace:PATH[,prefill=COL,decode=COL]'"
+            f"malformed workload spec {spec!r}: expected 'geometric:mu_p=..,mu_d=..', "
+            f"'trace:PATH[,prefill=COL,decode=COL]', '{FIXED_SPEC}', '{UNIFORM_SPEC}' or '{FITTED_SPEC}'"
         )
     if kind == "geometric":
         pairs = _parse_pairs(rest, "workload spec")

@@ -18,8 +18,18 @@ def run(capsys, *argv):
 
 def test_fit_latency_writes_usable_toml(capsys, tmp_path):
     toml = tmp_path / "hw.toml"
-    code, out, err = run(capsys, "fit", "latency", "--observations", str(DATA_DIR / "example_step_latency.csv"),
-                         "--bootstrap", "50", "--out", str(toml), "--json")
+    code, out, err = run(
+        capsys,
+        "fit",
+        "latency",
+        "--observations",
+        str(DATA_DIR / "example_step_latency.csv"),
+        "--bootstrap",
+        "50",
+        "--out",
+        str(toml),
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
     lat = parse_hardware_spec(str(toml))
@@ -29,8 +39,21 @@ def test_fit_latency_writes_usable_toml(capsys, tmp_path):
     assert coeffs["alpha_f"] == pytest.approx(0.083, rel=0.05)
     assert "toml" in data
     # and the TOML drives a simulation
-    code, out, err = run(capsys, "simulate", "--hardware", str(toml), "--batch-size", "32", "--ratios", "1:3",
-                         "--steps", "100", "--replicas", "2", "--json")
+    code, out, err = run(
+        capsys,
+        "simulate",
+        "--hardware",
+        str(toml),
+        "--batch-size",
+        "32",
+        "--ratios",
+        "1:3",
+        "--steps",
+        "100",
+        "--replicas",
+        "2",
+        "--json",
+    )
     assert code == 0, err
 
 
@@ -40,8 +63,18 @@ def test_fit_workload_on_a_small_trace(capsys, tmp_path):
     p = rng.gamma(2.0, 300.0, 3000).round()
     f = tmp_path / "t.csv"
     f.write_text("ContextTokens,GeneratedTokens\n" + "\n".join(f"{int(a)},{int(b)}" for a, b in zip(p, d)) + "\n")
-    code, out, err = run(capsys, "fit", "workload", "--trace", str(f), "--family", "geometric,negative_binomial",
-                         "--prefill-family", "gamma", "--json")
+    code, out, err = run(
+        capsys,
+        "fit",
+        "workload",
+        "--trace",
+        str(f),
+        "--family",
+        "geometric,negative_binomial",
+        "--prefill-family",
+        "gamma",
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
     text = json.dumps(data)
@@ -52,13 +85,22 @@ def test_fit_throughput_small(capsys, tmp_path):
     f = tmp_path / "obs.csv"
     # two batch sizes, several ratios: values near the paper baseline model
     rows = ["batch_size,ratio,throughput,stderr"]
-    for b, r, t in [(128, 2, 0.468), (128, 4, 0.550), (128, 8, 0.591), (128, 12, 0.520),
-                    (256, 2, 0.549), (256, 4, 0.646), (256, 8, 0.706), (256, 12, 0.663)]:
+    for b, r, t in [
+        (128, 2, 0.468),
+        (128, 4, 0.550),
+        (128, 8, 0.591),
+        (128, 12, 0.520),
+        (256, 2, 0.549),
+        (256, 4, 0.646),
+        (256, 8, 0.706),
+        (256, 12, 0.663),
+    ]:
         rows.append(f"{b},{r},{t},0.004")
     f.write_text("\n".join(rows) + "\n")
     toml = tmp_path / "cal.toml"
-    code, out, err = run(capsys, "fit", "throughput", "--observations", str(f), "--steps", "400", "--replicas", "4",
-                         "--out", str(toml))
+    code, out, err = run(
+        capsys, "fit", "throughput", "--observations", str(f), "--steps", "400", "--replicas", "4", "--out", str(toml)
+    )
     assert code == 0, err
     assert "95% interval" in out
     assert parse_hardware_spec(str(toml)).coefficients()["alpha_a"] > 0
@@ -75,7 +117,7 @@ def test_fit_throughput_small(capsys, tmp_path):
     ],
 )
 def test_fit_errors_one_line(capsys, argv, fragment):
-    code, out, err = run(capsys, *argv)
+    code, _out, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], err

@@ -11,6 +11,7 @@ interval misses with probability about 1 % per parameter.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -24,7 +25,7 @@ import scipy.special
 import scipy.stats
 
 import afdjax
-from afdjax import _fit_workload as fw
+from afdjax._fit import _workload as fw
 
 SEEDS = range(100)
 N_RECOVERY = 2000
@@ -239,6 +240,7 @@ def test_optimised_families_match_independent_references():
         return fit, ref.x
 
     d = 1 + rng.negative_binomial(1.7, 0.02, 3000)
+
     def nll_nb(t):
         return -np.sum(scipy.stats.nbinom.logpmf(d - 1, np.exp(t[0]), scipy.special.expit(t[1])))
 
@@ -396,7 +398,7 @@ def test_stationary_index_gradient_matches_finite_differences():
         (fw.GeometricMixtureDecode, np.array([0.8, -3.0, -5.3])),
     ]:
         index = jax.jit(lambda v, cls=cls: cls.from_unconstrained(v).stationary_mean_index())
-        f = lambda v: float(index(jnp.asarray(v)))  # noqa: E731
+        f = lambda v: float(index(jnp.asarray(v)))
         grad = np.asarray(jax.jit(jax.grad(index))(jnp.asarray(u)))
         h = 1e-5
         fd = np.array([(f(u + h * e) - f(u - h * e)) / (2 * h) for e in np.eye(u.size)])
@@ -528,10 +530,16 @@ def test_pd_correlation_shows_in_the_gap_not_in_the_fit():
 TRACES = ["azure-code", "azure-conv", "mooncake-conv"]
 
 
+@functools.cache
+def _bundled_fit(name):
+    """``fit_trace(name)`` (all families), shared by the tests that need it."""
+    return fw.fit_trace(name)
+
+
 @pytest.mark.parametrize("name", TRACES)
 def test_bundled_traces_theta_fit_vs_plugin(name):
     prefill, output = afdjax.read_trace(name)
-    fit = fw.fit_workload(prefill, output, source=name)
+    fit = _bundled_fit(name)
     # Plug-ins recomputed here.
     P, D = prefill, output
     assert fit.theta_np == pytest.approx(np.sum(D * P + D * (D - 1) / 2) / D.sum(), rel=1e-12)
@@ -596,12 +604,14 @@ def test_fit_trace_matches_fit_workload():
 
 
 def test_refitting_new_data_does_not_recompile():
+    from afdjax._fit._workload_engine import _fit_core
+
     rng = np.random.default_rng(9)
     fw.fit_decode(rng.geometric(0.02, 1000), "negative_binomial")
-    size = fw._fit_core._cache_size()
+    size = _fit_core._cache_size()
     for n in (1200, 3000):
         fw.fit_decode(1 + rng.negative_binomial(3.0, 0.05, n), "negative_binomial")
-    assert fw._fit_core._cache_size() == size
+    assert _fit_core._cache_size() == size
 
 
 # =========================================================================== 6. validation
@@ -649,3 +659,94 @@ def test_invalid_options():
         fw.fit_trace("azure-code", tokens_per_step=0)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fw.fit_trace("no-such-trace")
+
+
+# =========================================================================== to_workload
+@functools.cache
+def _synthetic_fit():
+    rng = np.random.default_rng(21)
+    P = np.floor(rng.gamma(1.3, 700.0, 3000))
+    D = np.ceil(rng.lognormal(4.0, 0.8, 3000))
+    return fw.fit_workload(P, D, source="synthetic")
+
+
+@pytest.mark.parametrize("decode", fw.DECODE_FIT_FAMILIES)
+def test_to_workload_every_family_pair(decode):
+    """Each fitted pair is a workload whose theta and slot variance are the families'
+    closed forms, and whose stationary slots (drawn independently) average to theta."""
+    fit = _synthetic_fit()
+    n = 40_000
+    for k, prefill in enumerate(fw.PREFILL_FIT_FAMILIES):
+        w = fit.to_workload(decode, prefill)
+        assert isinstance(w, afdjax.FittedWorkload) and isinstance(w, afdjax.Workload)
+        assert w.decode.family == decode and w.prefill.family == prefill
+        theta = fit.theta_for(decode, prefill)
+        assert float(w.theta()) == pytest.approx(theta, rel=1e-12)
+        d_model, p_model = fit.decode[decode].model, fit.prefill[prefill].model
+        assert float(w.slot_variance()) == pytest.approx(float(fw.model_slot_variance(d_model, p_model)), rel=1e-9)
+        p, _, i = w.sample_stationary(jax.random.key(100 + k), (n,))
+        load = np.asarray(p) + np.asarray(i)
+        assert abs(load.mean() - theta) < 4 * load.std() / math.sqrt(n), (decode, prefill)
+    best = fit.to_workload()
+    assert (best.decode.family, best.prefill.family) == (fit.best_decode, fit.best_prefill)
+    assert float(best.theta()) == pytest.approx(fit.theta_fit, rel=1e-12)
+    assert float(best.slot_variance()) == pytest.approx(fit.slot_variance_fit, rel=1e-9)
+
+
+def test_to_workload_rejects_unknown_families():
+    fit = _synthetic_fit()
+    with pytest.raises(ValueError, match="decode_family='weibull' is not a known family"):
+        fit.to_workload("weibull")
+    with pytest.raises(ValueError, match="prefill_family='pareto' is not a known family"):
+        fit.to_workload(prefill_family="pareto")
+
+
+def test_azure_conv_fit_is_a_simulatable_workload():
+    """Acceptance (issue 10): ``fit_trace("azure-conv").to_workload()`` simulates, its
+    theta is the fitted families' closed form, and the simulated mean slot load agrees
+    with it. The engine starts in the stationary state, so each run's mean slot load is
+    unbiased for theta; the tolerance is 4.5 standard errors of the mean of six
+    independent runs (Student t with 5 degrees of freedom: two-sided p of about 0.6 %)."""
+    fit = _bundled_fit("azure-conv")
+    w = fit.to_workload()
+    theta = float(w.theta())
+    assert theta == pytest.approx(fit.theta_fit, rel=1e-12)
+    assert theta == pytest.approx(fit.theta_for(fit.best_decode, fit.best_prefill), rel=1e-12)
+    lat = afdjax.LatencyModel.from_preset("paper-910c")
+    assert math.isfinite(float(afdjax.mean_field_optimum(w, lat, 256).r_star))
+    assert 1 <= int(afdjax.barrier_optimum(w, lat, 128, max_ratio=40).ratio) <= 40
+    means = [
+        float(
+            afdjax.simulate(
+                jax.random.key(k), w, lat, batch_size=64, ratios=[1], num_steps=256, num_replicas=2
+            ).mean_slot_load_tokens
+        )
+        for k in range(6)
+    ]
+    se = np.std(means, ddof=1) / math.sqrt(len(means))
+    assert abs(np.mean(means) - theta) < 4.5 * se, (np.mean(means), theta, se)
+
+
+def test_fitted_spec(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 400
+    rows = ["ContextTokens,GeneratedTokens"] + [
+        f"{int(p)},{int(d)}" for p, d in zip(rng.gamma(1.5, 300.0, n), rng.geometric(0.02, n))
+    ]
+    path = tmp_path / "trace.csv"
+    path.write_text("\n".join(rows) + "\n")
+    from afdjax._fit import parse_fitted_spec
+
+    spec = f"fitted:{path},decode=geometric,prefill=gamma"
+    w = parse_fitted_spec(spec.partition(":")[2], spec)
+    fit = fw.fit_trace(str(path), decode_families=["geometric"], prefill_families=["gamma"])
+    assert isinstance(w, afdjax.FittedWorkload)
+    assert float(w.theta()) == pytest.approx(fit.theta_fit, rel=1e-12)
+    for bad, match in [
+        (f"{path},decode=weibull", "decode='weibull' is invalid: expected one of geometric"),
+        (f"{path},colour=red", "unknown key 'colour'"),
+        (f"{path},tokens_per_step=0", "tokens_per_step='0' is invalid"),
+        ("", "missing trace"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_fitted_spec(bad, "fitted:" + bad)

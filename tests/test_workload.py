@@ -8,10 +8,10 @@ the delta method for ratio estimators.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax
 import scipy.stats
 
 import afdjax
@@ -132,7 +132,7 @@ def test_prefill_families(family):
     P, _ = Geometric(mu_p, 5.0, prefill=family, prefill_sigma=sigma).sample(jax.random.key(4), (N_BIG,))
     P = _np(P)
     if family == "constant":
-        assert np.all(P == mu_p)
+        assert np.all(mu_p == P)
         return
     se = P.std(ddof=1) / np.sqrt(P.size)
     assert abs(P.mean() - mu_p) <= Z * se
@@ -277,7 +277,9 @@ def test_uniform_int_matches_64bit_formula():
     lo = rng.integers(0, 2**32, 10_000, dtype=np.uint64)
     n = rng.integers(1, 2**31, 10_000, dtype=np.uint64)
     expected = (hi * n + ((lo * n) >> np.uint64(32))) >> np.uint64(32)
-    got = _uniform_int(jnp.asarray(hi.astype(np.uint32)), jnp.asarray(lo.astype(np.uint32)), jnp.asarray(n.astype(np.uint32)))
+    got = _uniform_int(
+        jnp.asarray(hi.astype(np.uint32)), jnp.asarray(lo.astype(np.uint32)), jnp.asarray(n.astype(np.uint32))
+    )
     np.testing.assert_array_equal(np.asarray(got).astype(np.uint64), expected)
     assert np.all(np.asarray(got) < n.astype(np.int64))
 
@@ -322,3 +324,267 @@ def test_empirical_validation(P, D, match):
 def test_workload_is_exported():
     assert issubclass(afdjax.Geometric, afdjax.Workload)
     assert issubclass(afdjax.Empirical, afdjax.Workload)
+
+
+# =========================================================================== Fixed, Uniform
+def _exact_pairs_moments(prefill_values, decode_values):
+    """theta and slot variance by brute force over every equally likely (P, D) pair
+    (the renewal-reward sums of the reference helper, on the full product)."""
+    P, D = np.meshgrid(np.asarray(prefill_values, float), np.asarray(decode_values, float), indexing="ij")
+    return stationary_theta_and_variance(P.ravel(), D.ravel())
+
+
+def test_fixed_moments_and_sampling():
+    w = afdjax.Fixed(prefill_tokens=700, decode_steps=9)
+    theta, var = _exact_pairs_moments([700], [9])
+    assert float(w.theta()) == pytest.approx(theta, rel=1e-14) and theta == 700 + 4
+    assert float(w.slot_variance()) == pytest.approx(var, abs=1e-9) and var == pytest.approx((81 - 1) / 12)
+    assert float(w.mean_decode_steps()) == 9
+    p, d = w.sample(jax.random.key(0), (1000,))
+    assert np.all(_np(p) == 700) and np.all(_np(d) == 9)
+    p, d, i = w.sample_stationary(jax.random.key(1), (9 * 20000,))
+    assert np.all(_np(d) == 9) and np.all(_np(p) == 700)
+    counts = np.bincount(_np(i), minlength=9)
+    assert counts.size == 9  # index in [0, 9)
+    se = math.sqrt(20000 * (1 - 1 / 9))
+    assert np.all(np.abs(counts - 20000) < Z * se)
+    assert w.describe() == "fixed:prefill=700,decode=9"
+    # t -> log E[exp(-t D)] = -9 t
+    assert np.allclose(w._decode_log_mgf_neg(np.array([0.1, 2.0])), [-0.9, -18.0])
+
+
+def test_uniform_moments_match_exact_sums():
+    for bounds in [(0, 0, 1, 1), (3, 7, 2, 5), (100, 2000, 1, 300), (5, 5, 40, 41)]:
+        w = afdjax.Uniform(*bounds)
+        theta, var = _exact_pairs_moments(np.arange(bounds[0], bounds[1] + 1), np.arange(bounds[2], bounds[3] + 1))
+        assert float(w.theta()) == pytest.approx(theta, rel=1e-12), bounds
+        assert float(w.slot_variance()) == pytest.approx(var, rel=1e-9, abs=1e-9), bounds
+        assert float(w.mean_decode_steps()) == pytest.approx((bounds[2] + bounds[3]) / 2)
+
+
+def test_uniform_sampling_frequencies():
+    w = afdjax.Uniform(3, 7, 2, 5)
+    n = 200_000
+    p, d = w.sample(jax.random.key(2), (n,))
+    for values, lo, hi in ((_np(p), 3, 7), (_np(d), 2, 5)):
+        assert values.min() == lo and values.max() == hi
+        k = hi - lo + 1
+        freq = np.bincount((values - lo).astype(int), minlength=k) / n
+        assert np.all(np.abs(freq - 1 / k) < Z * math.sqrt((1 / k) * (1 - 1 / k) / n))
+    # Stationary: each (d, i) with i < d has probability 1 / sum(d); P independent, uniform.
+    p, d, i = w.sample_stationary(jax.random.key(3), (n,))
+    p, d, i = _np(p), _np(d), _np(i)
+    assert np.all((i >= 0) & (i < d))
+    total = sum(range(2, 6))
+    for dv in range(2, 6):
+        for iv in range(dv):
+            freq = np.mean((d == dv) & (i == iv))
+            assert abs(freq - 1 / total) < Z * math.sqrt((1 / total) * (1 - 1 / total) / n), (dv, iv)
+    freq = np.bincount((p - 3).astype(int), minlength=5) / n
+    assert np.all(np.abs(freq - 0.2) < Z * math.sqrt(0.16 / n))
+    load = p + i
+    theta = float(w.theta())
+    assert abs(load.mean() - theta) < Z * load.std() / math.sqrt(n)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("fixed:prefill=128,decode=64", afdjax.Fixed(128, 64)),
+        ("fixed:decode=1,prefill=0.5", afdjax.Fixed(0.5, 1)),
+        ("uniform:prefill=10..20,decode=1..8", afdjax.Uniform(10, 20, 1, 8)),
+        ("Uniform:prefill=7,decode=3..3", afdjax.Uniform(7, 7, 3, 3)),
+    ],
+)
+def test_benchmark_specs(spec, expected):
+    w = afdjax.parse_workload_spec(spec)
+    assert type(w) is type(expected) and w.describe() == expected.describe()
+    assert float(w.theta()) == float(expected.theta())
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("fixed:prefill=10", "missing decode"),
+        ("fixed:prefill=-1,decode=3", "prefill='-1' is invalid: expected a number of tokens >= 0"),
+        ("fixed:prefill=10,decode=2.5", "decode='2.5' is invalid: expected an integer"),
+        ("fixed:prefill=10,decode=0", "decode='0' is invalid"),
+        ("fixed:prefill=10,decode=3,extra=1", "unknown key"),
+        ("uniform:prefill=20..10,decode=1..5", r"prefill='20..10' is invalid: expected an integer range LOW..HIGH"),
+        ("uniform:prefill=1..2,decode=0..5", "decode='0..5' is invalid"),
+        ("uniform:prefill=1..x,decode=1..5", "prefill='1..x' is invalid"),
+        ("uniform:prefill=1..2,decode=1..70000", "decode_high=70000 is invalid: expected a range whose steps sum"),
+        ("uniform:prefill=1..2", "missing decode"),
+        ("zipf:a=1", "fixed:prefill=P,decode=D"),
+    ],
+)
+def test_benchmark_spec_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        afdjax.parse_workload_spec(spec)
+
+
+def test_benchmark_constructor_errors():
+    with pytest.raises(ValueError, match="decode_steps=0 is invalid: expected an integer in"):
+        afdjax.Fixed(10, 0)
+    with pytest.raises(ValueError, match="prefill_tokens=-2.0 is invalid: expected a finite number >= 0"):
+        afdjax.Fixed(-2.0, 3)
+    with pytest.raises(ValueError, match="prefill_high=1 is invalid: expected an integer in \\[2,"):
+        afdjax.Uniform(2, 1, 1, 1)
+    with pytest.raises(ValueError, match="decode_low=0 is invalid"):
+        afdjax.Uniform(0, 1, 0, 1)
+
+
+def test_benchmark_workloads_in_closed_forms_and_the_engine():
+    lat = afdjax.LatencyModel.from_preset("paper-910c")
+    for w in (afdjax.Fixed(300.0, 40), afdjax.Uniform(100, 500, 1, 79)):
+        mf = afdjax.mean_field_optimum(w, lat, 64)
+        assert math.isfinite(float(mf.r_star))
+        bo = afdjax.barrier_optimum(w, lat, 64, max_ratio=12)
+        assert 1 <= int(bo.ratio) <= 12
+        res = afdjax.simulate(jax.random.key(5), w, lat, batch_size=32, ratios=[1, 2], num_steps=160, num_replicas=2)
+        # Stationary start: the mean slot load is unbiased for theta. Slot loads repeat
+        # with the request (at most 80 steps), so 160 steps x 32 slots x 2 instances x 2
+        # replicas give >= 256 independent request cycles: 4 sd / sqrt(256) bounds the error.
+        sd = math.sqrt(float(w.slot_variance()))
+        assert abs(float(res.mean_slot_load_tokens) - float(w.theta())) < Z * sd / math.sqrt(256)
+
+
+# =========================================================================== fitted families
+def _decode_pmf(family, d):
+    """Decode pmf with scipy (independent of afdjax)."""
+    d = np.asarray(d, dtype=float)
+    if family == "geometric":
+        return scipy.stats.geom.pmf(d, 0.02)
+    if family == "negative_binomial":
+        return scipy.stats.nbinom.pmf(d - 1, 2.5, 0.04)
+    if family == "lognormal":
+        dist = scipy.stats.lognorm(0.7, scale=math.exp(3.5))
+        return dist.cdf(d) - dist.cdf(d - 1)
+    if family == "geometric_mixture":
+        return 0.7 * scipy.stats.geom.pmf(d, 0.1) + 0.3 * scipy.stats.geom.pmf(d, 0.01)
+    raise AssertionError(family)
+
+
+DECODE_MODELS = {
+    "geometric": afdjax.GeometricDecode(0.02),
+    "negative_binomial": afdjax.NegativeBinomialDecode(2.5, 0.04),
+    "lognormal": afdjax.LogNormalDecode(3.5, 0.7),
+    "geometric_mixture": afdjax.GeometricMixtureDecode(0.7, 0.1, 0.01),
+}
+PREFILL_MODELS = {
+    "exponential": (afdjax.ExponentialPrefill(500.0, 1.0), scipy.stats.expon(scale=500.0)),
+    "gamma": (afdjax.GammaPrefill(0.6, 900.0, 1.0), scipy.stats.gamma(0.6, scale=900.0)),
+    "lognormal": (afdjax.LogNormalPrefill(6.0, 0.9, 1.0), scipy.stats.lognorm(0.9, scale=math.exp(6.0))),
+}
+N_FAMILY = 100_000
+
+
+def _check_discrete_cdf(samples, pmf, label):
+    """Empirical CDF of integer samples against a pmf on 1..len(pmf), at six quantile
+    points, within 5 binomial standard errors (48 correlated comparisons in all)."""
+    n = samples.size
+    cdf = np.cumsum(pmf)
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
+        d = int(np.searchsorted(cdf, q)) + 1
+        f = cdf[d - 1]
+        se = math.sqrt(max(f * (1 - f), 1e-12) / n)
+        assert abs(np.mean(samples <= d) - f) < 5 * se + 1e-12, (label, q, d)
+
+
+@pytest.mark.parametrize("family", list(DECODE_MODELS))
+def test_decode_family_fresh_and_stationary_sampling(family):
+    """Fresh draws follow the pmf; stationary draws follow d P(d) / E[D] with the index
+    uniform on [0, d) (the renewal process's length-biased slot), all against scipy."""
+    model = DECODE_MODELS[family]
+    w = afdjax.FittedWorkload(model, PREFILL_MODELS["exponential"][0])
+    d_grid = np.arange(1, 20001)
+    pmf = _decode_pmf(family, d_grid)
+    _, d = w.sample(jax.random.key(10), (N_FAMILY,))
+    d = _np(d)
+    assert d.min() >= 1
+    _check_discrete_cdf(d, pmf, f"{family} fresh")
+    biased = d_grid * pmf / np.sum(d_grid * pmf)
+    _, ds, i = w.sample_stationary(jax.random.key(11), (N_FAMILY,))
+    ds, i = _np(ds), _np(i)
+    assert np.all((i >= 0) & (i < ds))
+    _check_discrete_cdf(ds, biased, f"{family} stationary")
+    u = (i + 0.5) / ds  # uniform on (0, 1) given D* when the index is uniform
+    assert abs(u.mean() - 0.5) < Z * math.sqrt(1 / 12 / N_FAMILY)
+    # Moments against sums of the scipy pmf.
+    m = [np.sum(d_grid**k * pmf) for k in (1, 2, 3)]
+    assert float(w.mean_decode_steps()) == pytest.approx(m[0], rel=1e-6)
+    index_mean = (m[1] - m[0]) / (2 * m[0])
+    assert abs(i.mean() - index_mean) < Z * i.std() / math.sqrt(N_FAMILY)
+    # Score-function hooks: log P(D = d) and log P(D* = d, I = i) = log P(d) - log E[D].
+    assert np.allclose(np.exp(_np(w._decode_log_prob(jnp.arange(1, 50)))), pmf[:49], rtol=1e-6)
+    assert np.allclose(
+        np.exp(_np(w._stationary_log_prob(jnp.arange(1, 50), jnp.zeros(49, int)))), pmf[:49] / m[0], rtol=1e-6
+    )
+    # Host-side Laplace transform (sizes the engine's buffers).
+    t = np.array([1e-3, 0.05, 1.0])
+    ref = np.log(np.array([np.sum(pmf * np.exp(-s * d_grid)) for s in t]))
+    assert np.allclose(w._decode_log_mgf_neg(t), ref, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", list(PREFILL_MODELS))
+def test_prefill_family_sampling(family):
+    model, dist = PREFILL_MODELS[family]
+    w = afdjax.FittedWorkload(afdjax.GeometricDecode(0.1), model)
+    p, _ = w.sample(jax.random.key(12), (N_FAMILY,))
+    x = _np(p) + 1.0  # the families model X = P + shift
+    assert scipy.stats.kstest(x, dist.cdf).pvalue > 1e-4
+    mean = dist.mean() - 1.0
+    assert float(model.mean()) == pytest.approx(mean, rel=1e-10)
+    assert abs(_np(p).mean() - mean) < Z * dist.std() / math.sqrt(N_FAMILY)
+
+
+@pytest.mark.parametrize("decode", list(DECODE_MODELS))
+def test_fitted_workload_moments_against_sums(decode):
+    model, dist = PREFILL_MODELS["gamma"]
+    w = afdjax.FittedWorkload(DECODE_MODELS[decode], model)
+    d = np.arange(1, 200_001, dtype=float)
+    pmf = _decode_pmf(decode, d)
+    m1, m2, _ = (np.sum(d**k * pmf) for k in (1, 2, 3))
+    mean_p, var_p = dist.mean() - 1.0, dist.var()
+    theta = mean_p + (m2 - m1) / (2 * m1)
+    index_var = np.sum(d * (d - 1) * (2 * d - 1) / 6 * pmf) / m1 - ((m2 - m1) / (2 * m1)) ** 2
+    assert float(w.theta()) == pytest.approx(theta, rel=1e-6)
+    assert float(w.slot_variance()) == pytest.approx(var_p + index_var, rel=1e-6)
+
+
+def test_fitted_workload_validation_and_description():
+    with pytest.raises(ValueError, match="decode=.*is invalid: expected a decode family"):
+        afdjax.FittedWorkload(afdjax.GammaPrefill(1.0, 2.0), afdjax.GammaPrefill(1.0, 2.0))
+    with pytest.raises(ValueError, match="prefill=.*is invalid: expected a prefill family"):
+        afdjax.FittedWorkload(afdjax.GeometricDecode(0.1), afdjax.GeometricDecode(0.1))
+    with pytest.raises(ValueError, match="beyond 65536 steps"):
+        afdjax.FittedWorkload(afdjax.LogNormalDecode(9.0, 2.0), afdjax.GammaPrefill(1.0, 2.0))
+    w = afdjax.FittedWorkload(afdjax.LogNormalDecode(3.0, 0.5), afdjax.LogNormalPrefill(5.0, 1.0, 1.0))
+    assert w.describe() == "fitted:decode=lognormal(mu=3,sigma=0.5),prefill=lognormal(mu=5,sigma=1,shift=1)"
+
+
+def test_geometric_decode_pair_matches_the_geometric_workload():
+    """FittedWorkload(GeometricDecode(p), ExponentialPrefill) has the moments of Geometric."""
+    p, mean_p = 1 / 301, 250.0
+    w = afdjax.FittedWorkload(afdjax.GeometricDecode(p), afdjax.ExponentialPrefill(mean_p + 1.0, 1.0))
+    g = Geometric(mu_p=mean_p, mu_d=300.0, prefill="exponential")
+    assert float(w.theta()) == pytest.approx(float(g.theta()), rel=1e-12)
+    # The fitted prefill is X - 1 with X exponential of mean 251: variance 251^2, not 250^2.
+    assert float(w.slot_variance()) == pytest.approx(float(g.slot_variance()) + 251.0**2 - 250.0**2, rel=1e-12)
+    assert np.allclose(w._decode_log_mgf_neg(np.array([0.01, 1.0])), g._decode_log_mgf_neg(np.array([0.01, 1.0])))
+
+
+def test_benchmark_specs_in_a_sweep_grid():
+    """A sweep grid takes the new specs (the grid's identity hashes trace files only)."""
+    grid = {
+        "settings": {"steps": 64, "replicas": 2, "ratios": [1, 2]},
+        "grid": {
+            "batch_size": [16],
+            "workload": {"kind": "spec", "spec": ["fixed:prefill=200,decode=30", "uniform:prefill=1..9,decode=2..4"]},
+            "hardware": {"preset": "paper-910c"},
+        },
+    }
+    g = afdjax.load_grid(grid)
+    assert g.num_points == 2
+    assert g.identity()["trace_sha256"] == {}
+    assert sorted(grp.static["prefill"] for grp in g.groups) == ["fixed", "uniform"]

@@ -103,8 +103,6 @@ The bundled ``afdjax/data/example_step_latency.csv`` is synthetic: see
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import math
 import os
 import warnings
@@ -114,378 +112,56 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from .._json import jsonable
-from .._data import read_records, resolve_file
-from .._hardware import latency_to_toml
-from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
-from ._lbfgs import lbfgs_minimise
+from .._latency import COEFFICIENT_NAMES, LatencyModel
+from ._latency_lines import (
+    _CHUNK_ELEMENTS,
+    HUBER_EFFICIENCY_CONSTANT,
+    MAD_TO_SIGMA,
+    _fit_replicates,
+    _padded_size,
+    _weighted_median,
+)
+from ._latency_observations import (
+    LOSSES,
+    OBSERVATION_COLUMNS,
+    STAGE_COEFFICIENTS,
+    STAGES,
+    TIME_COLUMNS,
+    LatencyObservations,
+    _check_comm_scaling,
+    _example_observations_csv,
+    read_latency_observations,
+)
 
-STAGES = ("attention", "ffn", "comm")
-LOSSES = ("huber", "l2")
-TIME_COLUMNS = {"attention": "attention_time", "ffn": "ffn_time", "comm": "comm_time"}
-STAGE_COEFFICIENTS = {"attention": ("alpha_a", "beta_a"), "ffn": ("alpha_f", "beta_f"), "comm": ("alpha_c", "beta_c")}
-OBSERVATION_COLUMNS = ("attention_tokens", "batch_size", "ratio", "attention_time", "ffn_time", "comm_time")
+__all__ = [
+    "CONFIDENCE",
+    "HUBER_EFFICIENCY_CONSTANT",
+    "LOSSES",
+    "MAD_TO_SIGMA",
+    "OBSERVATION_COLUMNS",
+    "STAGES",
+    "STAGE_COEFFICIENTS",
+    "TIME_COLUMNS",
+    "LatencyFit",
+    "LatencyFitWarning",
+    "LatencyObservations",
+    "StageFit",
+    "_example_observations_csv",
+    "_fit_replicates",
+    "_padded_size",
+    "_t_quantile",
+    "_weighted_median",
+    "fit_latency",
+    "read_latency_observations",
+]
 
-HUBER_EFFICIENCY_CONSTANT = 1.345
-"""Huber's tuning constant (95 % efficiency under Gaussian noise), times the robust sigma."""
-MAD_TO_SIGMA = 1.482602218505602
-"""``1 / Phi^-1(3/4)``: MAD times this estimates the standard deviation of Gaussian noise."""
 CONFIDENCE = 0.95
-
-_X_LABELS = {
-    "attention": "KV tokens per Attention instance T",
-    "ffn": "aggregated FFN batch r*B (tokens)",
-    "comm": {"batch": "batch size B (tokens)", "ratio_batch": "r*B (tokens)"},
-}
 
 
 class LatencyFitWarning(UserWarning):
     """A fitted coefficient hit the ``>= 0`` bound (its unconstrained estimate was negative)."""
-
-
-# ================================================================== observations (host side)
-@dataclasses.dataclass(frozen=True)
-class LatencyObservations:
-    """Validated step-latency measurements (float64 NumPy arrays of shape ``(n_rows,)``).
-
-    Times are NaN where a row did not measure that stage. ``attention_tokens`` and
-    ``batch_size`` are NaN only in rows that do not need them; ``ratio`` is 1 where the
-    column was absent. Build with :func:`read_latency_observations` or
-    :meth:`from_columns`.
-    """
-
-    attention_tokens: np.ndarray
-    batch_size: np.ndarray
-    ratio: np.ndarray
-    attention_time: np.ndarray
-    ffn_time: np.ndarray
-    comm_time: np.ndarray
-    source: str = "<arrays>"
-    sha256: str | None = None
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.attention_tokens.shape[0])
-
-    @classmethod
-    def from_columns(cls, columns: Mapping, source: str = "<arrays>") -> LatencyObservations:
-        """From a mapping of column name to a sequence of values (``None``, NaN or ``""``
-        marks an empty cell), validated like a file; rows are numbered from 1."""
-        if not isinstance(columns, Mapping):
-            raise ValueError(
-                f"observations must be a path, a mapping of columns or LatencyObservations, got {columns!r}"
-            )
-        lengths = {name: len(values) for name, values in columns.items()}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"{source}: columns have different lengths: {lengths}")
-        n = next(iter(lengths.values()), 0)
-        rows = [{name: _cell(columns[name][i]) for name in columns} for i in range(n)]
-        return _observations_from_rows(list(columns), rows, source)
-
-    def stage_data(self, stage: str, comm_scaling: str = "batch") -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)`` of the rows that measured ``stage``: ``x`` is ``T`` (attention), ``r*B``
-        (FFN), ``B`` or ``r*B`` (comm, by ``comm_scaling``); ``y`` the measured time."""
-        if stage not in STAGES:
-            raise ValueError(f"stage={stage!r} is not allowed; expected one of {', '.join(STAGES)}")
-        _check_comm_scaling(comm_scaling)
-        y = getattr(self, TIME_COLUMNS[stage])
-        rows = ~np.isnan(y)
-        if stage == "attention":
-            x = self.attention_tokens
-        elif stage == "ffn" or comm_scaling == "ratio_batch":
-            x = self.ratio * self.batch_size
-        else:
-            x = self.batch_size
-        return x[rows], y[rows]
-
-    def check_identifiable(self, comm_scaling: str | None = None) -> None:
-        """``ValueError`` unless every measured stage has at least 2 distinct ``x`` values
-        (the comm stage is checked only when ``comm_scaling`` is given)."""
-        for stage in STAGES:
-            if stage == "comm" and comm_scaling is None:
-                continue
-            x, y = self.stage_data(stage, comm_scaling or "batch")
-            distinct = np.unique(x).size
-            if y.size and distinct < 2:
-                what = {
-                    "attention": "attention_tokens",
-                    "ffn": "ratio * batch_size",
-                    "comm": "batch_size" if comm_scaling == "batch" else "ratio * batch_size",
-                }[stage]
-                raise ValueError(
-                    f"{self.source}: column {TIME_COLUMNS[stage]}: {y.size} row(s) but only {distinct} distinct "
-                    f"value(s) of {what}; a straight line needs at least 2 distinct values"
-                )
-
-
-def _cell(value):
-    if value is None:
-        return None
-    if isinstance(value, (float, np.floating)) and math.isnan(value):
-        return None  # NaN in an array means "not measured"
-    return value
-
-
-def _check_comm_scaling(comm_scaling) -> None:
-    if comm_scaling not in COMM_SCALINGS:
-        raise ValueError(f"comm_scaling={comm_scaling!r} is not allowed; expected one of {', '.join(COMM_SCALINGS)}")
-
-
-def _observations_from_rows(columns: list[str], rows: list[dict], source: str, sha256: str | None = None):
-    if not rows:
-        raise ValueError(f"{source}: no data rows")
-    time_columns = [c for c in TIME_COLUMNS.values() if c in columns]
-    if not time_columns:
-        raise ValueError(
-            f"{source}: none of the time columns {', '.join(TIME_COLUMNS.values())} is present "
-            f"(columns: {', '.join(columns) or 'none'})"
-        )
-    needs = {"attention_time": ("attention_tokens",), "ffn_time": ("batch_size",), "comm_time": ("batch_size",)}
-    n = len(rows)
-    values = {name: np.full(n, np.nan) for name in OBSERVATION_COLUMNS}
-    for i, row in enumerate(rows):
-        for name in OBSERVATION_COLUMNS:
-            if name not in columns:
-                continue
-            raw = row.get(name)
-            if raw is None or (isinstance(raw, str) and not raw.strip()):
-                continue
-            where = f"{source}: row {i + 1}, column {name}"
-            shown = repr(raw) if isinstance(raw, str) else str(raw)
-            if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (str, int, float, np.integer, np.floating)):
-                raise ValueError(f"{where}: {shown} is not a number")
-            try:
-                v = float(raw)
-            except ValueError:
-                raise ValueError(f"{where}: {shown} is not a number") from None
-            if not math.isfinite(v):
-                raise ValueError(f"{where}: {shown} is not finite")
-            if name in ("batch_size", "ratio"):
-                if v <= 0:
-                    raise ValueError(f"{where}: {shown} must be > 0")
-            elif v < 0:
-                raise ValueError(f"{where}: {shown} is negative; times and token counts must be >= 0")
-            values[name][i] = v
-    for t in time_columns:  # an x column is required once a row gives the time that needs it
-        if np.isnan(values[t]).all():
-            continue
-        for x in needs[t]:
-            if x not in columns:
-                raise ValueError(f"{source}: no column {x!r} (needed for {t}); columns are: {', '.join(columns)}")
-    for i in range(n):
-        for t in time_columns:
-            if np.isnan(values[t][i]):
-                continue
-            required = needs[t] + (("ratio",) if t != "attention_time" and "ratio" in columns else ())
-            for x in required:
-                if np.isnan(values[x][i]):
-                    raise ValueError(f"{source}: row {i + 1}, column {x}: empty, but {t} is given in this row")
-    if "ratio" not in columns:
-        values["ratio"] = np.ones(n)
-    if all(np.isnan(values[t]).all() for t in time_columns):
-        raise ValueError(f"{source}: every cell of {', '.join(time_columns)} is empty: nothing to fit")
-    return LatencyObservations(**values, source=source, sha256=sha256)
-
-
-def read_latency_observations(path, comm_scaling: str | None = None) -> LatencyObservations:
-    """Read and validate step-latency observations from a CSV or JSON Lines file.
-
-    See the module documentation for the columns. Raises ``FileNotFoundError`` for a missing
-    file and ``ValueError`` naming the file, the row (1-based) and the column for a missing
-    column, a non-numeric, non-finite or negative value, or a stage whose rows hold fewer
-    than 2 distinct ``x`` values (the comm stage only when ``comm_scaling`` is given, as its
-    ``x`` is ``B`` or ``r*B`` by scaling).
-    """
-    p = resolve_file(path, "observations")
-    columns, rows = read_records(p)
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    obs = _observations_from_rows(columns, rows, str(p), sha256=digest)
-    if comm_scaling is not None:
-        _check_comm_scaling(comm_scaling)
-    obs.check_identifiable(comm_scaling)
-    return obs
-
-
-# ====================================================================== fitting (JAX)
-def _weighted_median(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """Median of ``values`` with non-negative weights (integer weights: the median of the
-    sample with each value repeated ``weight`` times; the mean of the two middle values when
-    the total weight is even, like ``numpy.median``)."""
-    order = jnp.argsort(values)
-    v, w = values[order], weights[order]
-    cumulative = jnp.cumsum(w)
-    half = 0.5 * cumulative[-1]
-    lower = jnp.argmax(cumulative >= half)
-    upper = jnp.argmax(cumulative > half)
-    return 0.5 * (v[lower] + v[upper])
-
-
-def _line_statistics(x: jax.Array, y: jax.Array, w: jax.Array, huber: bool) -> dict:
-    """Weighted moments, the least-squares line in standardised units and the Huber scale.
-
-    ``w`` are row weights: 1 for data and 0 for padding in the point fit, resampling
-    counts in a bootstrap replicate. ``valid`` is False when ``x`` is constant."""
-    dtype = x.dtype
-    eps = jnp.finfo(dtype).eps
-    total = jnp.sum(w)
-    mx = jnp.sum(w * x) / total
-    my = jnp.sum(w * y) / total
-    sxx = jnp.sum(w * (x - mx) ** 2) / total
-    syy = jnp.sum(w * (y - my) ** 2) / total
-    valid = sxx > (eps * jnp.maximum(jnp.max(jnp.abs(x) * (w > 0)), 1.0)) ** 2
-    sx = jnp.where(valid, jnp.sqrt(sxx), 1.0)
-    sy = jnp.maximum(jnp.sqrt(syy), eps * jnp.maximum(jnp.abs(my), 1.0))
-    z = (x - mx) / sx  # weighted-centred, so the columns 1 and z are w-orthogonal
-    slope_std = jnp.sum(w * z * (y - my) / sy) / jnp.sum(w * z * z)  # OLS slope, standardised
-    rx = jnp.sqrt(jnp.sum(w * x * x) / total)
-    rx = jnp.where(rx > 0, rx, 1.0)
-    q = x / rx
-    through_origin_std = jnp.sum(w * q * (y / sy)) / jnp.sum(w * q * q)  # OLS with b = 0
-    if huber:
-        residual = (y - my) / sy - slope_std * z
-        mad = _weighted_median(jnp.abs(residual - _weighted_median(residual, w)), w)
-        delta_std = jnp.maximum(HUBER_EFFICIENCY_CONSTANT * MAD_TO_SIGMA * mad, 100 * eps)
-    else:
-        delta_std = jnp.asarray(jnp.nan, dtype)
-    return dict(
-        w=w,
-        total=total,
-        mx=mx,
-        my=my,
-        sx=sx,
-        sy=sy,
-        rx=rx,
-        valid=valid,
-        delta_std=delta_std,
-        slope_std=slope_std,
-        through_origin_std=through_origin_std,
-    )
-
-
-def _mean_loss(residual_std: jax.Array, st: dict, huber: bool) -> jax.Array:
-    """Weighted mean loss of residuals in units of ``sy``."""
-    if huber:
-        rho = optax.losses.huber_loss(residual_std, delta=st["delta_std"])
-    else:
-        rho = 0.5 * residual_std**2
-    return jnp.sum(st["w"] * rho) / st["total"]
-
-
-def _huber_solve(x, y, st, offset, col0, col1, init):
-    """Minimise the Huber loss of ``(y - offset) / sy - c0 (col0[0] + col0[1] x) - ...`` over
-    ``c`` (one entry per given column) with L-BFGS; columns are built from scalars so that no
-    (problem, row) array is stored."""
-    eps = jnp.finfo(x.dtype).eps
-    tol = eps ** (2 / 3) * st["delta_std"]
-    target = (y - offset) / st["sy"]
-
-    def objective(c):
-        fitted = c[0] * (col0[0] + col0[1] * x)
-        if col1 is not None:
-            fitted = fitted + c[1] * (col1[0] + col1[1] * x)
-        return _mean_loss(target - fitted, st, True)
-
-    return lbfgs_minimise(objective, init, tol)
-
-
-def _free_line(x, y, st, huber: bool) -> tuple[jax.Array, jax.Array]:
-    """The unconstrained minimiser ``(a, b)``: Huber by L-BFGS from the least-squares line
-    in the coordinates ``(y - my) / sy ~ c0 + c1 (x - mx) / sx``; l2 in closed form."""
-    mx, my, sx, sy, slope = st["mx"], st["my"], st["sx"], st["sy"], st["slope_std"]
-    if not huber:
-        a = slope * sy / sx
-        return a, my - a * mx
-    one, zero = jnp.ones_like(mx), jnp.zeros_like(mx)
-    c = _huber_solve(x, y, st, my, jnp.stack([one, zero]), jnp.stack([-mx / sx, 1 / sx]), jnp.stack([zero, slope]))
-    return c[1] * sy / sx, my + sy * (c[0] - c[1] * mx / sx)
-
-
-def _face_lines(x, y, st, huber: bool) -> tuple[jax.Array, jax.Array]:
-    """Minimisers on the faces of the feasible set: ``b`` with ``a = 0`` (a location
-    problem, ``y / sy ~ c``) and ``a`` with ``b = 0`` (``y / sy ~ c x / rx``), each started
-    from its least-squares solution; the two Huber problems run as one vmapped solve."""
-    my, sy, rx = st["my"], st["sy"], st["rx"]
-    if not huber:
-        return my, st["through_origin_std"] * sy / rx
-    one, zero = jnp.ones_like(my), jnp.zeros_like(my)
-    offsets = jnp.stack([my, zero])
-    cols = jnp.array([[one, zero], [zero, 1 / rx]])
-    inits = jnp.stack([zero, st["through_origin_std"]])[:, None]
-    c = jax.vmap(lambda o, col, c0: _huber_solve(x, y, st, o, col, None, c0))(offsets, cols, inits)
-    return my + sy * c[0, 0], c[1, 0] * sy / rx
-
-
-def _select(x, y, st, huber, free, faces) -> dict:
-    """The minimiser over ``a >= 0, b >= 0``: the free line if feasible, else the feasible
-    face minimiser (or the vertex 0, 0) of least loss. Exact for a convex loss: the
-    constrained minimiser minimises the loss over the affine hull of the face it lies on."""
-    a_u, b_u = free
-    b_face, a_face = faces
-    zero = jnp.zeros_like(a_u)
-    candidates = jnp.array([[a_u, b_u], [zero, b_face], [a_face, zero], [zero, zero]])
-    feasible = jnp.array([(a_u >= 0) & (b_u >= 0), b_face >= 0, a_face >= 0, True])  # NaN: not feasible
-
-    def loss_at(a, b):
-        return _mean_loss((y - a * x - b) / st["sy"], st, huber)
-
-    losses = jnp.where(feasible, jax.vmap(loss_at)(candidates[:, 0], candidates[:, 1]), jnp.inf)
-    best = jnp.where(feasible[0], 0, jnp.argmin(losses))
-    return dict(
-        estimate=candidates[best],
-        unconstrained=candidates[0],
-        delta=st["delta_std"] * st["sy"],
-        valid=st["valid"] & jnp.all(jnp.isfinite(candidates[best])),
-    )
-
-
-def _fit_lines(x: jax.Array, y: jax.Array, weights: jax.Array, huber: bool) -> dict:
-    """Non-negative lines ``y ~ a x + b`` for a batch of row-weight vectors ``weights``
-    (shape ``(k, rows)``), vmapped. The face problems are solved only when some line of the
-    batch needs them (a ``lax.cond`` on the whole batch, outside the vmap, so it stays a
-    real branch). Returns ``estimate`` and ``unconstrained`` ``(k, 2)``, ``delta`` (units
-    of ``y``) and ``valid`` ``(k,)``."""
-    stats = jax.vmap(lambda w: _line_statistics(x, y, w, huber))(weights)
-    free = jax.vmap(lambda st: _free_line(x, y, st, huber))(stats)
-    needs_faces = ~((free[0] >= 0) & (free[1] >= 0)) & stats["valid"]
-    faces = jax.lax.cond(
-        jnp.any(needs_faces),
-        lambda: jax.vmap(lambda st: _face_lines(x, y, st, huber))(stats),
-        lambda: (jnp.full_like(free[0], jnp.nan), jnp.full_like(free[1], jnp.nan)),
-    )
-    return jax.vmap(lambda st, f, g: _select(x, y, st, huber, f, g))(stats, free, faces)
-
-
-@functools.partial(jax.jit, static_argnames=("huber", "n_bootstrap", "chunk"))
-def _fit_replicates(x, y, num_rows, key, *, huber: bool, n_bootstrap: int, chunk: int):
-    """The point fit (index 0) and ``n_bootstrap`` pairs-bootstrap replicates: index
-    ``i >= 1`` resamples the first ``num_rows`` rows (the rest is padding) with replacement
-    using ``fold_in(key, i - 1)``. Replicates run ``chunk`` at a time under ``jax.vmap``
-    (``lax.map`` over chunks bounds the memory); rows of an array ``(n_bootstrap + 1, ...)``."""
-    in_data = (jnp.arange(x.shape[0]) < num_rows).astype(x.dtype)
-    total = n_bootstrap + 1
-    n_chunks = -(-total // chunk)
-
-    def weights(i):
-        rows = jax.random.randint(jax.random.fold_in(key, i - 1), x.shape, 0, num_rows)
-        counts = jnp.zeros_like(x).at[rows].add(in_data)
-        return jnp.where(i == 0, in_data, counts)
-
-    def run_chunk(indices):
-        return _fit_lines(x, y, jax.vmap(weights)(indices), huber)
-
-    out = jax.lax.map(run_chunk, jnp.arange(n_chunks * chunk).reshape(n_chunks, chunk))
-    return jax.tree.map(lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:total], out)
-
-
-_CHUNK_ELEMENTS = 1 << 19
-"""Bootstrap replicates run in chunks of about this many (replicate, row) elements."""
-
-
-def _padded_size(n: int) -> int:
-    """Rows are padded (weight 0) to a power of two >= 8: few distinct shapes, few compiles."""
-    return max(8, 1 << (n - 1).bit_length())
 
 
 # ==================================================================== statistics (host)
@@ -760,16 +436,6 @@ class LatencyFit:
         return self.bootstrap_intervals if self.n_bootstrap else self.sandwich_intervals
 
     # ------------------------------------------------------------------ output
-    def _loss_description(self) -> str:
-        if self.loss == "huber":
-            return f"huber (delta = {HUBER_EFFICIENCY_CONSTANT} * {MAD_TO_SIGMA:.4f} * MAD of least-squares residuals)"
-        return "l2 (least squares)"
-
-    def _method_description(self, method: str) -> str:
-        if method == "bootstrap":
-            return f"bootstrap expanded percentile, {self.n_bootstrap} row resamples, seed {self.seed}"
-        return "sandwich (Laplace with robust scores), Student t"
-
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (non-finite numbers become None)."""
         stages = {}
@@ -780,10 +446,10 @@ class LatencyFit:
                 entry["unconstrained_estimate"] = dict(zip(fit.coefficient_names, fit.unconstrained))
                 entry["at_bound"] = list(fit.at_bound)
                 entry["bootstrap_replicates_used"] = (
-                    0 if fit.bootstrap_replicates is None else int(len(fit.bootstrap_replicates))
+                    0 if fit.bootstrap_replicates is None else len(fit.bootstrap_replicates)
                 )
             stages[stage] = entry
-        interval_dict = lambda d: {k: (None if not all(map(math.isfinite, v)) else list(v)) for k, v in d.items()}  # noqa: E731
+        interval_dict = lambda d: {k: (None if not all(map(math.isfinite, v)) else list(v)) for k, v in d.items()}
         return jsonable(
             dict(
                 latency=dict(**self.latency.coefficients(), comm_scaling=self.comm_scaling),
@@ -809,140 +475,23 @@ class LatencyFit:
 
     def format_text(self) -> str:
         """A readable report: coefficients with both intervals, then the fit quality."""
-        lines = [
-            f"afdjax fit latency   {self.source}   {self.num_rows} rows   comm_scaling {self.comm_scaling}",
-            f"  loss: {self._loss_description()}",
-            f"  95 % intervals: {self._method_description('bootstrap') if self.n_bootstrap else 'bootstrap off'};"
-            f" {self._method_description('sandwich')}",
-            "",
-            f"  {'coefficient':<12}{'estimate':>13}   {'bootstrap 95 % CI':<27}{'sandwich 95 % CI':<27}"
-            f"{'sandwich se':>11}",
-        ]
-        fmt = lambda iv: "-" if not all(map(math.isfinite, iv)) else f"[{iv[0]:.5g}, {iv[1]:.5g}]"  # noqa: E731
-        boot, sand, se = self.bootstrap_intervals, self.sandwich_intervals, self.standard_errors
-        coefficients = self.latency.coefficients()
-        for stage in STAGES:
-            fit = self.stages[stage]
-            for name in fit.coefficient_names:
-                tail = ""
-                if fit.source != "fit":
-                    tail = f"   (kept from defaults{f' {self.defaults_name}' if self.defaults_name else ''})"
-                elif name in fit.at_bound:
-                    tail = "   (at the >= 0 bound)"
-                se_text = f"{se[name]:.3g}" if math.isfinite(se[name]) else "-"
-                lines.append(
-                    f"  {name:<12}{coefficients[name]:>13.6g}   {fmt(boot[name]):<27}{fmt(sand[name]):<27}"
-                    f"{se_text:>11}{tail}"
-                )
-        lines += [
-            "",
-            f"  {'stage':<11}{'rows':>6}{'R^2':>10}{'resid sd':>12}{'max rel resid':>15}"
-            + (f"{'huber delta':>13}{'beyond delta':>14}" if self.loss == "huber" else ""),
-        ]
-        for stage in STAGES:
-            fit = self.stages[stage]
-            if fit.source != "fit":
-                lines.append(f"  {stage:<11}{0:>6}   no observations: coefficients kept from defaults")
-                continue
-            q = fit.quality()
-            row = (
-                f"  {stage:<11}{q['rows']:>6}{q['r_squared']:>10.5f}{q['residual_std']:>12.4g}"
-                f"{100 * q['max_relative_residual']:>14.2f}%"
-            )
-            if self.loss == "huber":
-                row += f"{q['huber_delta']:>13.4g}{q['rows_downweighted']:>14d}"
-            lines.append(row)
-        if self.notes:
-            lines += ["", "Notes"] + [f"  - {note}" for note in self.notes]
-        return "\n".join(lines) + "\n"
+        from ._latency_text import format_latency_fit
+
+        return format_latency_fit(self)
 
     def to_toml(self) -> str:
         """Hardware TOML (read back by ``afdjax.parse_hardware_spec`` / ``--hardware FILE``),
         with a header comment recording the provenance and the fit quality."""
-        name = Path(self.source).name if self.source and not self.source.startswith("<") else self.source
-        header = [
-            "Step-latency coefficients fitted by afdjax (afdjax fit latency).",
-            f"observations: {name}, {self.num_rows} rows" + (f", sha256 {self.sha256[:16]}" if self.sha256 else ""),
-            f"loss: {self._loss_description()}; comm_scaling: {self.comm_scaling}",
-            f"95 % intervals ({self._method_description(self.interval_method)}):",
-        ]
-        for coefficient, (lo, hi) in self.intervals.items():
-            if all(map(math.isfinite, (lo, hi))):
-                header.append(f"  {coefficient} in [{lo:.6g}, {hi:.6g}]")
-        for stage in STAGES:
-            fit = self.stages[stage]
-            if fit.source != "fit":
-                header.append(
-                    f"{stage}: no observations, kept from defaults"
-                    + (f" ({self.defaults_name})" if self.defaults_name else "")
-                )
-                continue
-            q = fit.quality()
-            header.append(
-                f"{stage}: {q['rows']} rows, R^2 = {q['r_squared']:.5f}, residual sd = {q['residual_std']:.4g}, "
-                f"max relative residual = {100 * q['max_relative_residual']:.2f}%"
-            )
-        header += [f"note: {note}" for note in self.notes]
-        return latency_to_toml(self.latency, description="\n".join(header))
+        from ._latency_text import latency_fit_toml
+
+        return latency_fit_toml(self)
 
     def plot_residuals(self, path, time_unit: str = "time unit") -> Path:
         """Write a PNG: for each stage, measured times and the fitted line against ``x``
         (top) and the residuals (bottom; dashed: ``-+ delta`` for Huber)."""
-        from .._plot import pyplot
+        from ._latency_plots import plot_latency_residuals
 
-        path = Path(path)
-        if path.parent and not path.parent.exists():
-            raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
-        plt = pyplot()
-        fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), gridspec_kw=dict(height_ratios=[2, 1]))
-        for col, stage in enumerate(STAGES):
-            fit = self.stages[stage]
-            top, bottom = axes[0, col], axes[1, col]
-            label = _X_LABELS[stage]
-            xlabel = label[self.comm_scaling] if isinstance(label, dict) else label
-            top.set_title(f"{stage}: {TIME_COLUMNS[stage]}", fontsize=10)
-            if fit.source != "fit":
-                for ax in (top, bottom):
-                    ax.text(
-                        0.5,
-                        0.5,
-                        "no observations:\nkept from defaults",
-                        ha="center",
-                        va="center",
-                        transform=ax.transAxes,
-                    )
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                continue
-            a, b = fit.estimate
-            far = (
-                np.abs(fit.residuals) > fit.huber_delta if fit.huber_delta is not None else np.zeros(fit.num_rows, bool)
-            )
-            ms = 3 if fit.num_rows <= 500 else 1
-            top.plot(fit.x[~far], fit.y[~far], "o", ms=ms, color="C0", label="measured")
-            if far.any():
-                top.plot(fit.x[far], fit.y[far], "x", ms=ms + 2, color="C3", label="beyond Huber delta")
-            grid = np.linspace(min(0.0, fit.x.min()), fit.x.max(), 100)
-            top.plot(grid, a * grid + b, "-", color="C1", label=f"fit {a:.4g} x + {b:.4g}")
-            top.set_ylabel(f"time ({time_unit})")
-            top.grid(alpha=0.3)
-            top.legend(loc="upper left", fontsize=8)
-            bottom.axhline(0, color="C1", lw=1)
-            bottom.sharex(top)
-            bottom.plot(fit.x, fit.residuals, "o", ms=ms, color="C0")
-            if fit.huber_delta is not None:
-                for s in (-1, 1):
-                    bottom.axhline(s * fit.huber_delta, color="C3", ls="--", lw=0.8)
-            bottom.set_xlabel(xlabel)
-            bottom.set_ylabel(f"residual ({time_unit})")
-            bottom.grid(alpha=0.3)
-            bottom.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-            top.tick_params(labelbottom=False)
-        fig.suptitle(f"latency fit: {Path(self.source).name}, loss {self.loss}", fontsize=11)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return plot_latency_residuals(self, path, time_unit)
 
 
 # ====================================================================== entry point
@@ -1054,50 +603,3 @@ def fit_latency(
         notes=tuple(notes),
         defaults_name=defaults_name,
     )
-
-
-# ====================================================================== bundled example
-def _example_observations_csv(seed: int = 0) -> str:
-    """The text of ``afdjax/data/example_step_latency.csv``: SYNTHETIC data, not measured.
-
-    Process (NumPy ``default_rng(seed)``, 64 rows): ``B`` uniform on {64, 128, 256, 512},
-    ``r`` uniform on {1, 2, 4, 8}, mean KV tokens per slot uniform on [100, 1000) and
-    ``T = round(B * that)``; times from the ``paper-910c`` preset (``comm_scaling="batch"``)
-    plus Gaussian noise of standard deviation ``1 + 2 %`` of the true time; 4 % of the
-    measurements (independently per stage) are multiplied by a factor uniform on [1.5, 3)
-    (straggling steps); ``comm_time`` is left empty in every fourth row. Times are rounded to
-    0.01. Regenerate with::
-
-        python -c "from afdjax._fit_latency import _example_observations_csv as f; print(f(), end='')" \\
-            > afdjax/data/example_step_latency.csv
-    """
-    rng = np.random.default_rng(seed)
-    p = PRESETS["paper-910c"]
-    n = 64
-    batch = rng.choice([64, 128, 256, 512], size=n)
-    ratio = rng.choice([1, 2, 4, 8], size=n)
-    tokens = np.round(batch * rng.uniform(100, 1000, size=n)).astype(int)
-    true = {
-        "attention_time": p["alpha_a"] * tokens + p["beta_a"],
-        "ffn_time": p["alpha_f"] * ratio * batch + p["beta_f"],
-        "comm_time": p["alpha_c"] * batch + p["beta_c"],
-    }
-    measured = {}
-    for name, t in true.items():
-        y = t + rng.normal(size=n) * (1.0 + 0.02 * t)
-        spikes = rng.uniform(size=n) < 0.04
-        y = np.where(spikes, y * rng.uniform(1.5, 3.0, size=n), y)
-        measured[name] = np.round(y, 2)
-    lines = [
-        "# SYNTHETIC step-latency observations for afdjax fit latency (not measured on hardware).",
-        "# Generated by afdjax._fit_latency._example_observations_csv(seed=0): paper-910c coefficients",
-        "# (alpha_a=0.00165 beta_a=50 alpha_f=0.083 beta_f=100 alpha_c=0.022 beta_c=20, comm_scaling=batch),",
-        "# Gaussian noise sd = 1 + 2% of the time, 4% straggler spikes (x1.5-3), comm_time empty in every 4th row.",
-        "attention_tokens,batch_size,ratio,attention_time,ffn_time,comm_time",
-    ]
-    for i in range(n):
-        comm = "" if i % 4 == 3 else f"{measured['comm_time'][i]:.2f}"
-        lines.append(
-            f"{tokens[i]},{batch[i]},{ratio[i]},{measured['attention_time'][i]:.2f},{measured['ffn_time'][i]:.2f},{comm}"
-        )
-    return "\n".join(lines) + "\n"

@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._data import read_records, resolve_file
 from .._engine._simulate import simulate
 from .._grad import throughput_estimate
 from .._json import jsonable
-from .._data import read_records, resolve_file
-from ._lbfgs import lbfgs_minimise
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._theory._closed_forms import barrier_throughput
-from .._workload._core import Geometric, Workload
+from .._workload import Geometric, Workload
+from ._lbfgs import lbfgs_minimise
 
 WORKLOAD_PARAMETERS = ("mu_p", "mu_d")
 
@@ -125,19 +125,34 @@ class ThroughputFit:
     max_abs_rel_residual: float
 
     def to_dict(self) -> dict:
-        return jsonable(dict(
-            parameters={n: dict(estimate=self.estimate[n], ci95=list(self.interval[n]),
-                                stderr_log=self.stderr_log[n], warm_start=self.warm_start[n]) for n in self.names},
-            latency_coefficients=self.latency.coefficients(),
-            observations=[dict(batch_size=int(b), ratio=int(r), observed=float(o), predicted=float(p))
-                          for b, r, o, p in zip(self.observed.batch_size, self.observed.ratio,
-                                                self.observed.throughput, self.predicted)],
-            max_abs_rel_residual=self.max_abs_rel_residual,
-        ))
+        return jsonable(
+            dict(
+                parameters={
+                    n: dict(
+                        estimate=self.estimate[n],
+                        ci95=list(self.interval[n]),
+                        stderr_log=self.stderr_log[n],
+                        warm_start=self.warm_start[n],
+                    )
+                    for n in self.names
+                },
+                latency_coefficients=self.latency.coefficients(),
+                observations=[
+                    dict(batch_size=int(b), ratio=int(r), observed=float(o), predicted=float(p))
+                    for b, r, o, p in zip(
+                        self.observed.batch_size, self.observed.ratio, self.observed.throughput, self.predicted
+                    )
+                ],
+                max_abs_rel_residual=self.max_abs_rel_residual,
+            )
+        )
 
     def format_text(self) -> str:
-        lines = ["afdjax fit throughput: calibrated through the Monte Carlo simulation", "",
-                 f"{'parameter':>10} {'estimate':>12} {'95% interval':>27} {'barrier warm start':>19}"]
+        lines = [
+            "afdjax fit throughput: calibrated through the Monte Carlo simulation",
+            "",
+            f"{'parameter':>10} {'estimate':>12} {'95% interval':>27} {'barrier warm start':>19}",
+        ]
         for n in self.names:
             lo, hi = self.interval[n]
             lines.append(f"{n:>10} {self.estimate[n]:>12.5g} [{lo:>11.5g}, {hi:>11.5g}] {self.warm_start[n]:>19.5g}")
@@ -213,7 +228,7 @@ def fit_throughput(
     warm = {n: float(v) for n, v in zip(names, jnp.exp(x))}
 
     # ---------------------------------------------------------------- 2. refine through the simulation
-    w_x, lat_x = _set(workload, latency, names, jnp.exp(x))
+    w_x, _ = _set(workload, latency, names, jnp.exp(x))
     from .._grad import plan_buffers
 
     sizes = {}
@@ -233,7 +248,7 @@ def fit_throughput(
         var = se_mc**2 + (obs_var if obs_var is not None else (0.005 * y) ** 2)
         J = jac(x)
         r = (y - pred) / jnp.sqrt(var)
-        A = (J / jnp.sqrt(var)[:, None])
+        A = J / jnp.sqrt(var)[:, None]
         H = A.T @ A
         step = jnp.linalg.solve(H + damping * jnp.diag(jnp.diag(H)), A.T @ r)
         x_new = x + step
@@ -263,8 +278,9 @@ def fit_throughput(
         names=names,
         estimate={n: float(v) for n, v in zip(names, est)},
         stderr_log={n: float(v) for n, v in zip(names, se_log)},
-        interval={n: (float(v * math.exp(-1.96 * s)), float(v * math.exp(1.96 * s)))
-                  for n, v, s in zip(names, est, se_log)},
+        interval={
+            n: (float(v * math.exp(-1.96 * s)), float(v * math.exp(1.96 * s))) for n, v, s in zip(names, est, se_log)
+        },
         workload=w_fit,
         latency=lat_fit,
         predicted=np.asarray(pred),

@@ -218,7 +218,10 @@ def _workload_variants(block: dict, source: str) -> list[_Variant]:
                 _Variant({"workload": "geometric", "prefill": wl.prefill, "trace": "", "tokens_per_step": 1}, floats)
             )
         else:
-            static = {"workload": spec, "prefill": "trace", "trace": spec, "tokens_per_step": 1, "_workload": wl}
+            kind = spec.partition(":")[0].strip().lower()  # trace, or a parametric spec (fixed:, uniform:, fitted:)
+            trace = spec if kind == "trace" else ""
+            prefill = "trace" if trace else kind
+            static = {"workload": spec, "prefill": prefill, "trace": trace, "tokens_per_step": 1, "_workload": wl}
             out.append(_Variant(static, {"mu_p": nan, "mu_d": nan, "prefill_sigma": nan}))
     return out
 
@@ -360,7 +363,7 @@ class SweepGrid:
             first += g.size
         self.num_points = first
         self.mapping = json.loads(json.dumps(mapping))  # plain JSON types
-        self._traces = sorted({g.static["trace"] for g in self.groups if "_workload" in g.static})
+        self._traces = sorted({g.static["trace"] for g in self.groups if g.static.get("trace")})
 
     def identity(self) -> dict:
         """What a sweep's numbers depend on (compared on resume)."""
