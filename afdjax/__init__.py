@@ -2,7 +2,7 @@
 
 import importlib.metadata as _metadata
 
-from ._engine._simulate import SimulationResult as SimulationResult, simulate as simulate
+from ._engine import SimulationResult as SimulationResult, simulate as simulate
 from ._latency import PRESETS as PRESETS, LatencyModel as LatencyModel
 from ._workload._core import Empirical as Empirical, Geometric as Geometric, Workload as Workload
 
@@ -102,3 +102,6 @@ from ._provision._constraints import (
     kv_overflow_probability_gaussian as kv_overflow_probability_gaussian,
     provision_constrained as provision_constrained,
 )
+
+# step models (issue 10)
+from ._step import Barrier as Barrier, Pipeline as Pipeline, StepModel as StepModel

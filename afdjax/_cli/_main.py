@@ -93,7 +93,9 @@ def _add_model_options(p, ratios_default, steps, replicas):
     p.add_argument("--replicas", type=_positive_int("--replicas"), default=replicas, help=f"independent replicas (default {replicas})")
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
     p.add_argument("--start", choices=("stationary", "cold"), default="stationary", help="initial slot state (default stationary)")
-    p.add_argument("--warmup", type=_nonneg_int("--warmup"), default=0, help="discarded steps before measuring (default 0)")
+    p.add_argument("--warmup", type=_nonneg_int("--warmup"), default=None,
+                   help="discarded steps before measuring (default: the step model's, 0 for the paper's step, "
+                   "2 M with --micro-batches M to exclude the pipeline fill)")
     _add_micro_batches_option(p)
 
 
@@ -912,6 +914,10 @@ def main(argv=None) -> int:
 def _main(parser, argv) -> int:
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "warmup", 0) is None:  # the step model's default, recorded as given
+            from .._step import as_step_model
+
+            args.warmup = as_step_model(None, args.micro_batches).default_warmup_steps()
         if args.version:
             from .. import __version__
 

@@ -20,6 +20,7 @@ import numpy as np
 from .._json import jsonable
 from .._data._io import load_trace
 from .._latency import LatencyModel
+from .._step import as_step_model
 from ._report import ProvisionReport, provision
 from .._workload._core import Geometric
 
@@ -256,19 +257,21 @@ def run_verification(
     include_traces: bool = True,
     progress: bool = True,
     micro_batches: int | None = None,
+    step_model=None,
 ) -> dict:
     """Run the verification study; write ``verification.md``, ``verification.json`` and
     PNG plots to ``out_dir``; return the summary dict (with the Markdown under ``"markdown"``).
 
     ``micro_batches=m`` simulates the micro-batch pipeline and compares it with the
     pipeline theory curves (see :func:`~afdjax.provision`); ``None`` is the paper's
-    idealised step."""
+    idealised step; ``step_model`` (a :class:`~afdjax.StepModel`) is the general spelling."""
+    model = as_step_model(step_model, micro_batches)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
     settings = dict(hardware=hardware_name, steps=num_steps, replicas=num_replicas, seed=seed,
                     latency_coefficients=latency.coefficients(), comm_scaling=latency.comm_scaling,
-                    micro_batches=micro_batches)
+                    micro_batches=model.micro_batches)
     jobs = [
         (study, label, f"geometric:mu_p={mp:g},mu_d={md:g}", Geometric(mp, md), B, rep, form)
         for study, label, mp, md, B, rep, form in PAPER_CONFIGS
@@ -288,7 +291,7 @@ def run_verification(
             reports[label] = provision(
                 key, workload, latency, B, None, num_steps, num_replicas,
                 settings=dict(workload=spec, hardware=hardware_name, seed=seed),
-                micro_batches=micro_batches,
+                step_model=model,
             )
         rows.append(_row(study, label, spec, reports[label], reported, formula))
     markdown = _markdown(rows, settings)
