@@ -62,14 +62,20 @@ def run_constants(workload, latency, cfg: EngineConfig):
     return constants, HistogramRanges.make(constants.centre, workload, cfg.batch_size, cfg.num_bins)
 
 
-def block_sums(key_words, workload, latency, cfg: EngineConfig, replica_ids):
-    """Stacked per-replica sums of the replicas ``replica_ids`` (advanced ``replica_batch_size`` at a time)."""
-    constants, ranges = run_constants(workload, latency, cfg)
+def _map_replicas(key_words, workload, latency, constants, ranges, cfg: EngineConfig, replica_ids):
+    """Stacked :class:`Statistics` of the replicas ``replica_ids``, advanced
+    ``replica_batch_size`` at a time (vmap inside a batch, batches one after another)."""
     return jax.lax.map(
         lambda i: replica_sums(i, key_words, workload, latency, constants, ranges, cfg),
         replica_ids,
         batch_size=min(cfg.replica_batch_size, replica_ids.shape[0]),
     )
+
+
+def block_sums(key_words, workload, latency, cfg: EngineConfig, replica_ids):
+    """Stacked per-replica sums of the replicas ``replica_ids`` (a block of the progress mode)."""
+    constants, ranges = run_constants(workload, latency, cfg)
+    return _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids)
 
 
 def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig):
@@ -81,11 +87,7 @@ def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig)
     """
     replica_ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
     constants, ranges = run_constants(workload, latency, cfg)
-    sums = jax.lax.map(
-        lambda i: replica_sums(i, key_words, workload, latency, constants, ranges, cfg),
-        replica_ids,
-        batch_size=min(cfg.replica_batch_size, cfg.num_replicas),
-    )
+    sums = _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids)
     return aggregate(sums, constants, ranges, levels, cfg)
 
 

@@ -241,9 +241,9 @@ def pipeline_event_times(attention_time, comm_time, ffn_time, instance_mask=None
 def _check_micro_batches(micro_batches):
     if isinstance(micro_batches, (bool, np.bool_)):
         raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
-    if isinstance(micro_batches, (int, np.integer, float, np.floating)):
-        if not (float(micro_batches) >= 1 and float(micro_batches).is_integer()):
-            raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
+    if isinstance(micro_batches, (int, np.integer, float, np.floating)) and not (
+            float(micro_batches) >= 1 and float(micro_batches).is_integer()):
+        raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
 
 
 def pipeline_period(attention_time, comm_time, ffn_time, micro_batches) -> jax.Array:
