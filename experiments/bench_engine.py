@@ -159,7 +159,8 @@ def compare(rev: str, cfg: dict, rounds: int) -> dict:
                 proc.stdin.close()
                 proc.wait(timeout=60)
     first = {name: info["first_s"] for name, (_, info) in workers.items()}
-    return dict(config=cfg, rev=rev, rounds=rounds, times_s=times, first_call_s=first,
+    modules = {name: info["module"] for name, (_, info) in workers.items()}
+    return dict(config=cfg, rev=rev, rounds=rounds, times_s=times, first_call_s=first, modules=modules,
                 best_s={k: min(v) for k, v in times.items()},
                 median_s={k: statistics.median(v) for k, v in times.items()})
 
@@ -173,7 +174,7 @@ def _print_compare(out: dict) -> None:
     for name in ("this tree", rev):
         print(f"  {name:>10}: best {out['best_s'][name] * 1e3:8.1f} ms, "
               f"median {out['median_s'][name] * 1e3:8.1f} ms, "
-              f"first call (compile + run) {out['first_call_s'][name]:.2f} s")
+              f"first call (compile + run) {out['first_call_s'][name]:.2f} s   [{out['modules'][name]}]")
     print(f"  ratio this tree / {rev} (best): {new / old:.3f}   (median: "
           f"{out['median_s']['this tree'] / out['median_s'][rev]:.3f})")
 

@@ -45,9 +45,9 @@ import jax
 import numpy as np
 
 from .._engine import SimulationResult, simulate
-from .._step import as_step_model
 from .._json import jsonable
 from .._latency import LatencyModel
+from .._step import as_step_model
 from .._workload._core import Workload
 
 OBJECTIVES = ("per_instance", "per_dollar", "per_joule")

@@ -52,11 +52,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._data._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
 from .._engine import MAX_INDEX as _MAX_INDEX
 from .._engine import START_MODES, EngineConfig, plan_sizes, replica_bytes, rerun_on_overflow, simulate_all_ratios
-from .._step import as_step_model
-from .._data._io import BUNDLED_TRACES, _resolve_trace, load_trace, parse_hardware_spec, parse_workload_spec
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
+from .._step import as_step_model
 from .._workload._core import PREFILL_FAMILIES, Geometric
 
 MANIFEST = "_manifest.json"
@@ -78,7 +78,7 @@ SETTINGS_DEFAULTS = dict(
     replicas=8,
     seed=0,
     start="stationary",
-    warmup=0,
+    warmup=None,  # None: each group's step model default (0 for the barrier, 2 m for a pipeline)
     ratios=None,  # default 1..32
     quantile_levels=[0.5, 0.9, 0.99],
     num_bins=4096,
@@ -287,7 +287,8 @@ def _settings(table: dict, source: str) -> dict:
     s["steps"] = _scalar(s["steps"], "steps", source, integer=True, minimum=1)
     s["replicas"] = _scalar(s["replicas"], "replicas", source, integer=True, minimum=1)
     s["seed"] = _scalar(s["seed"], "seed", source, integer=True, minimum=0)
-    s["warmup"] = _scalar(s["warmup"], "warmup", source, integer=True, minimum=0)
+    if s["warmup"] is not None:
+        s["warmup"] = _scalar(s["warmup"], "warmup", source, integer=True, minimum=0)
     s["num_bins"] = _scalar(s["num_bins"], "num_bins", source, integer=True, minimum=16)
     if s["start"] not in START_MODES:
         raise ValueError(f"{source}: start={s['start']!r} is invalid: expected one of {', '.join(START_MODES)}")
@@ -457,15 +458,16 @@ def _point_key_words(seed: int, points: np.ndarray) -> np.ndarray:
 def _group_sizes(g: _Group, settings: dict, memory_budget_bytes: int, n_dev: int, max_chunk_points: int | None):
     """Buffer sizes (worst case in the group) and the chunk size in points."""
     s = settings
+    model = as_step_model(None, g.micro_batches)
     base = dict(
         max_ratio=s["ratios"][-1],
         batch_size=g.batch_size,
         num_steps=s["steps"],
-        warmup_steps=s["warmup"],
+        warmup_steps=model.default_warmup_steps() if s["warmup"] is None else s["warmup"],
         num_replicas=s["replicas"],
         start=s["start"],
         num_bins=s["num_bins"],
-        step_model=as_step_model(None, g.micro_batches),
+        step_model=model,
     )
     if "_workload" in g.static:
         worst = g.static["_workload"]
