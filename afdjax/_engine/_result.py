@@ -35,7 +35,8 @@ class SimulationResult(eqx.Module):
     mean_cycle_time: jax.Array
     """``(n,)``: mean step time ``E[tau]``. With micro-batches: elapsed time of the
     measured steps / their number, where step ``k`` takes ``C(k) - C(k-1)`` and ``C(k)`` is
-    when the last micro-batch of step ``k`` is back from the FFN (``C(-1) = 0``)."""
+    when the last micro-batch of step ``k`` is back from the FFN (``C(-1) = 0``: the
+    pipeline starts empty, and the default warm-up of ``Pipeline(m)`` leaves that fill out)."""
     cycle_time_std: jax.Array
     """``(n,)``: standard deviation of the step time across steps."""
     cycle_time_quantiles: jax.Array
