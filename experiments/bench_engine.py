@@ -186,12 +186,15 @@ def main():
     parser.add_argument("--compare", metavar="REV", help="compare with git revision REV side by side (only that)")
     parser.add_argument("--rounds", type=int, default=7, help="alternated runs per side with --compare (default 7)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run with --compare (default 4000)")
+    parser.add_argument("--only", choices=("barrier", "pipeline"), help="with --compare: one step model only")
     args = parser.parse_args()
 
     if args.compare:
         steps = args.steps or (1000 if args.quick else 4000)
         results = []
         for micro_batches, scale in ((None, 1), (2, 4)):  # the pipeline steps one scan per step: fewer steps
+            if args.only and args.only != ("barrier" if micro_batches is None else "pipeline"):
+                continue
             cfg = dict(batch_size=256, mu_d=500.0, max_ratio=32, steps=max(steps // scale, 1), replicas=4,
                        micro_batches=micro_batches, warmup=0)
             results.append(compare(args.compare, cfg, args.rounds))
