@@ -2,7 +2,7 @@
 
 import importlib.metadata as _metadata
 
-from ._engine._simulate import SimulationResult as SimulationResult, simulate as simulate
+from ._engine import SimulationResult as SimulationResult, simulate as simulate
 from ._latency import PRESETS as PRESETS, LatencyModel as LatencyModel
 from ._workload._core import Empirical as Empirical, Geometric as Geometric, Workload as Workload
 
@@ -135,3 +135,6 @@ from ._workload import (
     PrefillDistribution as PrefillDistribution,
     Uniform as Uniform,
 )
+
+# step models (issue 10)
+from ._step import Barrier as Barrier, Pipeline as Pipeline, StepModel as StepModel

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._engine._simulate import SimulationResult, _plan, simulate
+from ._engine import SimulationResult, plan_sizes, simulate
 from ._latency import LatencyModel
 from ._theory._closed_forms import barrier_optimum, barrier_throughput, mean_field_optimum
 from ._workload._core import Workload
@@ -118,7 +118,7 @@ def plan_buffers(workload: Workload, batch_size: int, max_ratio: int, num_steps:
     :func:`expected_throughput` can run with traced parameters."""
     base = dict(max_ratio=max_ratio, batch_size=batch_size, num_steps=num_steps, warmup_steps=warmup_steps,
                 num_replicas=num_replicas, num_bins=4096)
-    sizes = _plan(workload, base, None, None, None, 512 * 2**20)
+    sizes = plan_sizes(workload, base, None, None, None, 512 * 2**20)
     # head-room: traced parameters may move away from the planning point
     return dict(chunk_steps=sizes["chunk_steps"], requests_per_chunk=min(2 * sizes["requests_per_chunk"],
                                                                           sizes["chunk_steps"] + 1))

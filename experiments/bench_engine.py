@@ -13,6 +13,13 @@ requests rather than slots x steps.
     python experiments/bench_engine.py            # full run (~1 minute on 2 CPU cores)
     python experiments/bench_engine.py --quick    # smaller sizes, for a smoke test
     python experiments/bench_engine.py --json     # machine-readable
+    python experiments/bench_engine.py --compare 238646b   # side by side with an older commit
+
+``--compare REV`` exports ``REV`` with ``git archive`` into a temporary folder and runs the
+identical engine call in two long-lived worker processes, one importing afdjax from this
+tree and one from the export (``PYTHONPATH`` set to each). Each worker compiles once; then
+the two are asked for one timed run in turn, ``--rounds`` times, so that load on a shared
+machine hits both alike. Prints the best (and median) time of each and the ratio.
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import afdjax  # noqa: E402
-from reference_sim import simulate_reference  # noqa: E402
+from reference_sim import simulate_reference
+
+import afdjax
 
 RATIOS = list(range(1, 33))
 LATENCY = dict(alpha_a=0.00165, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.022, beta_c=20.0)
@@ -67,7 +75,8 @@ def time_engine(workload, batch_size, steps, replicas, repeats):
         res = call(i + 1)
         times.append(time.perf_counter() - t0)
     run = statistics.median(times)
-    return dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=times, best_ratio=res.best_ratio())
+    return dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=times,
+                best_ratio=res.best_ratio())
 
 
 def time_side_by_side(batch_size, steps, replicas, ref_steps, repeats):
@@ -92,11 +101,109 @@ def time_side_by_side(batch_size, steps, replicas, ref_steps, repeats):
     return engine, dict(run_s=statistics.median(ref_times), times_s=ref_times)
 
 
+# A worker: compiles the engine call once, then times one run per "run" line on stdin.
+_WORKER = """
+import json, sys, time
+import jax, afdjax
+cfg = json.loads(sys.argv[1])
+latency = afdjax.LatencyModel.from_preset("paper-910c")
+workload = afdjax.Geometric(100.0, cfg["mu_d"])
+def call(seed):
+    ratios = list(range(1, cfg["max_ratio"] + 1))
+    res = afdjax.simulate(jax.random.key(seed), workload, latency, cfg["batch_size"], ratios, cfg["steps"],
+                          cfg["replicas"], micro_batches=cfg["micro_batches"],
+                          **({} if cfg["warmup"] is None else dict(warmup_steps=cfg["warmup"])))
+    return jax.block_until_ready(res)
+t0 = time.perf_counter()
+call(0)
+print(json.dumps(dict(first_s=time.perf_counter() - t0, module=afdjax.__file__)), flush=True)
+seed = 1
+for line in sys.stdin:
+    t0 = time.perf_counter()
+    res = call(seed)
+    print(json.dumps(dict(run_s=time.perf_counter() - t0, thr=float(res.throughput_per_instance[-1]))), flush=True)
+    seed += 1
+"""
+
+
+def _start_worker(root: Path, cfg: dict):
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(cfg)], cwd=str(root), env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return proc, json.loads(proc.stdout.readline())
+
+
+def compare(rev: str, cfg: dict, rounds: int) -> dict:
+    """Time this tree's engine and ``rev``'s on the same call, alternating (see the module docstring)."""
+    import subprocess
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="afdjax-bench-") as tmp:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        workers = {}
+        try:
+            for name, root in (("this tree", repo), (rev, Path(tmp))):
+                workers[name] = _start_worker(root, cfg)
+            times = {name: [] for name in workers}
+            for _ in range(rounds):
+                for name, (proc, _) in workers.items():
+                    proc.stdin.write("run\n")
+                    proc.stdin.flush()
+                    times[name].append(json.loads(proc.stdout.readline())["run_s"])
+        finally:
+            for proc, _ in workers.values():
+                proc.stdin.close()
+                proc.wait(timeout=60)
+    first = {name: info["first_s"] for name, (_, info) in workers.items()}
+    modules = {name: info["module"] for name, (_, info) in workers.items()}
+    return dict(config=cfg, rev=rev, rounds=rounds, times_s=times, first_call_s=first, modules=modules,
+                best_s={k: min(v) for k, v in times.items()},
+                median_s={k: statistics.median(v) for k, v in times.items()})
+
+
+def _print_compare(out: dict) -> None:
+    cfg, rev = out["config"], out["rev"]
+    step = "barrier" if cfg["micro_batches"] is None else f"pipeline m={cfg['micro_batches']}"
+    new, old = out["best_s"]["this tree"], out["best_s"][rev]
+    print(f"B={cfg['batch_size']}, Geometric(100, {cfg['mu_d']:g}), r = 1..{cfg['max_ratio']}, {step}, "
+          f"{cfg['steps']} steps x {cfg['replicas']} replicas, {out['rounds']} alternated rounds")
+    for name in ("this tree", rev):
+        print(f"  {name:>10}: best {out['best_s'][name] * 1e3:8.1f} ms, "
+              f"median {out['median_s'][name] * 1e3:8.1f} ms, "
+              f"first call (compile + run) {out['first_call_s'][name]:.2f} s   [{out['modules'][name]}]")
+    print(f"  ratio this tree / {rev} (best): {new / old:.3f}   (median: "
+          f"{out['median_s']['this tree'] / out['median_s'][rev]:.3f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--compare", metavar="REV", help="compare with git revision REV side by side (only that)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternated runs per side with --compare (default 7)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run with --compare (default 4000)")
+    parser.add_argument("--only", choices=("barrier", "pipeline"), help="with --compare: one step model only")
     args = parser.parse_args()
+
+    if args.compare:
+        steps = args.steps or (1000 if args.quick else 4000)
+        results = []
+        for micro_batches, scale in ((None, 1), (2, 4)):  # the pipeline steps one scan per step: fewer steps
+            if args.only and args.only != ("barrier" if micro_batches is None else "pipeline"):
+                continue
+            cfg = dict(batch_size=256, mu_d=500.0, max_ratio=32, steps=max(steps // scale, 1), replicas=4,
+                       micro_batches=micro_batches, warmup=0)
+            results.append(compare(args.compare, cfg, args.rounds))
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            for out in results:
+                _print_compare(out)
+        return
 
     B = 256
     steps, replicas, repeats = (2000, 4, 3) if args.quick else (16000, 8, 7)
@@ -157,7 +264,8 @@ def main():
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"afdjax engine benchmark  ({report['date']}, {report['machine']}, jax {jax.__version__} on {report['backend']})")
+    print(f"afdjax engine benchmark  ({report['date']}, {report['machine']}, "
+          f"jax {jax.__version__} on {report['backend']})")
     print(f"paper baseline: B={B}, Geometric(100, 500), paper-910c, r = 1..32 in one sweep")
     print()
     print(f"engine     {steps} steps x {replicas} replicas: compile {engine['compile_s']:.2f} s, "
@@ -170,11 +278,13 @@ def main():
     print(f"compile time = {engine['compile_s']:.2f} s   (target < 5 s)")
     print()
     print("scaling (r_max = 32): run time against slots x steps, instance-steps and requests")
-    print(f"{'mu_d':>6} {'B':>6} {'run ms':>9} {'slot-steps':>12} {'instance-steps':>15} {'requests':>10} {'eff. slot-steps/s':>18}")
+    print(f"{'mu_d':>6} {'B':>6} {'run ms':>9} {'slot-steps':>12} {'instance-steps':>15} {'requests':>10} "
+          f"{'eff. slot-steps/s':>18}")
     for row in scaling:
         print(
             f"{row['mu_d']:>6g} {row['batch_size']:>6} {row['run_s'] * 1e3:>9.1f} {row['slot_steps']:>12.3g} "
-            f"{row['instance_steps']:>15.3g} {row['expected_requests']:>10.3g} {row['effective_slot_steps_per_s']:>18.3g}"
+            f"{row['instance_steps']:>15.3g} {row['expected_requests']:>10.3g} "
+            f"{row['effective_slot_steps_per_s']:>18.3g}"
         )
     print(
         f"fit: run time = {cost_model['ns_per_instance_step']:.1f} ns x instance-steps + "

@@ -38,13 +38,12 @@ def main() -> None:
     header = f"{'m':>4} {'r':>3} {'period':>9} {'closed form':>11} {'throughput/inst':>16} {'+-se':>7} {'bubble':>7}"
     print(header)
     print("-" * len(header))
-    for m in (None, 1, 2, 3, 4):
-        res = afdjax.simulate(jax.random.key(0), wl, lat, B, ratios, steps, args.replicas, micro_batches=m)
+    for model in (afdjax.Barrier(), *(afdjax.Pipeline(m) for m in (1, 2, 3, 4))):
+        # default warm-up: the step model's (the pipeline fill is not measured)
+        res = afdjax.simulate(jax.random.key(0), wl, lat, B, ratios, steps, args.replicas, step_model=model)
+        m = model.micro_batches
         for i, r in enumerate(ratios):
-            if m is None:
-                closed = float(afdjax.mean_field_cycle_time(wl, lat, B, r))
-            else:
-                closed = float(afdjax.pipeline_cycle_time(wl, lat, B, r, m))
+            closed = float(model.cycle_time(wl, lat, B, r))
             print(f"{'none' if m is None else m:>4} {r:>3} {float(res.mean_cycle_time[i]):>9.2f} {closed:>11.2f} "
                   f"{float(res.throughput_per_instance[i]):>16.4f} {float(res.stderr[i]):>7.4f} "
                   f"{max(float(res.pipeline_bubble_fraction[i]), 0.0):>7.3f}")
@@ -52,7 +51,8 @@ def main() -> None:
     zero = afdjax.LatencyModel(alpha_a=0.00165, beta_a=0.0, alpha_f=0.083, beta_f=0.0, alpha_c=0.022, beta_c=0.0)
     print("closed form, same alphas with beta_a = beta_f = beta_c = 0, r = 9 (period; paper max = "
           f"{float(afdjax.mean_field_cycle_time(wl, zero, B, 9)):.2f}):")
-    print("  " + "  ".join(f"m={m}: {float(afdjax.pipeline_cycle_time(wl, zero, B, 9, m)):.2f}" for m in (1, 2, 3, 4, 8)))
+    print("  " + "  ".join(f"m={m}: {float(afdjax.Pipeline(m).cycle_time(wl, zero, B, 9)):.2f}"
+                           for m in (1, 2, 3, 4, 8)))
     print()
     print("A/F > 2C rule (m = 3, t_A = t_F = c per micro-batch, t_C = 1): period / 3c")
     print("  " + "  ".join(f"c={c:g}: {float(afdjax.pipeline_period(c, 1.0, c, 3)) / (3 * c):.3f}"

@@ -38,9 +38,9 @@ import pytest
 from jax.extend.random import threefry2x32_p
 
 import afdjax
-import afdjax._engine._simulate as engine
-from afdjax._random import threefry2x32
+import afdjax._engine._kernel as engine
 from afdjax import Empirical, Geometric, LatencyModel
+from afdjax._random import threefry2x32
 
 try:
     from reference_sim import simulate_reference, stationary_theta_and_variance
@@ -142,7 +142,7 @@ CASES = ["geometric", "azure", "correlated"]
 # ================================================================ 1. engine vs reference
 @pytest.mark.parametrize("name", CASES)
 def test_throughput_matches_reference(compare, name):
-    res, ref, lat, _ = compare(name)
+    res, ref, _lat, _ = compare(name)
     thr, se = _np(res.throughput_per_instance), _np(res.stderr)
     assert np.all(np.isfinite(se)) and np.all(se >= 0)
     for m, r in enumerate(RATIOS_CMP):
@@ -186,7 +186,7 @@ def test_cycle_time_and_idle_fractions_match_reference(compare, name):
 def test_reference_comparison_has_power(compare):
     """The throughput comparison detects a workload with the same theta but without the
     P-D correlation (rows shuffled): the correlated-trace difference is many SEs."""
-    res, ref, lat, _ = compare("correlated")
+    res, ref, _lat, _ = compare("correlated")
     P, D = _correlated_table()
     P_shuffled = np.random.default_rng(0).permutation(P)
     theta_shuf = stationary_theta_and_variance(P_shuffled, D)[0]
@@ -380,7 +380,7 @@ def _bootstrap_quantile_se(ct, levels, n_boot=200, seed=0):
 
 @pytest.mark.parametrize("name", CASES)
 def test_cycle_time_distribution_matches_reference(compare, name):
-    res, ref, lat, _ = compare(name)
+    res, ref, _lat, _ = compare(name)
     levels = _np(res.quantile_levels)
     q_e = _np(res.cycle_time_quantiles)
     std_e = _np(res.cycle_time_std)
@@ -654,13 +654,13 @@ def trace_counter(monkeypatch, caplog):
     """Counts traces of the jitted core (via _replica_sums, called once per trace) and
     XLA compilations of ``_simulate_jit`` reported by ``jax.log_compiles``."""
     count = {"traces": 0}
-    original = engine._replica_sums
+    original = engine.replica_sums
 
     def counting(*args, **kwargs):
         count["traces"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_replica_sums", counting)
+    monkeypatch.setattr(engine, "replica_sums", counting)
     caplog.set_level(logging.DEBUG, logger="jax")
 
     def snapshot():
@@ -945,7 +945,9 @@ def test_progress_bar_counts_every_replica_step_and_changes_nothing(monkeypatch)
         assert bar.closed and bar.total == 5 * 5 * 64 and bar.n == bar.total  # 5 chunks of 64 cover 300 steps
     # under an outer trace the bar is off (no host callbacks inside jit/grad)
     n_bars = len(bars)
-    jax.grad(lambda a: afdjax.simulate(jax.random.key(2), wl, afdjax.LatencyModel(**(afdjax.PRESETS["paper-910c"] | {"alpha_a": a})),
-                                       16, [1, 3], 100, 2, chunk_steps=64, requests_per_chunk=64,
-                                       progress=True).throughput_per_instance[1])(0.00165)
+    def lat_of(a):
+        return afdjax.LatencyModel(**(afdjax.PRESETS["paper-910c"] | {"alpha_a": a}))
+
+    jax.grad(lambda a: afdjax.simulate(jax.random.key(2), wl, lat_of(a), 16, [1, 3], 100, 2, chunk_steps=64,
+                                       requests_per_chunk=64, progress=True).throughput_per_instance[1])(0.00165)
     assert len(bars) == n_bars

@@ -15,6 +15,7 @@ Independent oracles:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import numpy as np
 import pytest
 
 import afdjax
-import afdjax._engine._simulate as engine
+import afdjax._engine._kernel as engine
 from afdjax import Empirical, Geometric, LatencyModel
 from afdjax._cli._main import main
 from afdjax._step._pipeline import (
@@ -152,7 +153,7 @@ def test_limits_of_the_mean_field_pipeline(paper_latency):
     for r in (2.0, 8.0, 9.575, 16.0):
         paper = float(afdjax.mean_field_cycle_time(wl, lat, B, r))
         periods = [float(pipeline_cycle_time(wl, lat, B, r, m)) for m in (1, 2, 4, 8, 64, 256)]
-        assert all(p1 >= p2 * (1 - 1e-12) for p1, p2 in zip(periods, periods[1:]))  # non-increasing
+        assert all(p1 >= p2 * (1 - 1e-12) for p1, p2 in itertools.pairwise(periods))  # non-increasing
         assert periods[0] > paper * (1 + 1e-3)  # m = 1 pays the sum
         assert periods[-1] == pytest.approx(paper, rel=1e-12)  # m >= sum / max: exactly the max
     # with the paper's fixed costs (paid per micro-batch) many micro-batches hurt
@@ -347,12 +348,14 @@ def test_engine_matches_reference_statistically(m):
     ref_wl = dict(kind="geometric", mu_p=100.0, mu_d=50.0, prefill="lognormal", prefill_sigma=1.0)
     B, ratios, K, R = STAT["B"], STAT["ratios"], STAT["K"], STAT["R"]
     res = afdjax.simulate(jax.random.key(31 + m), wl, LatencyModel(**STAT_LAT), B, ratios, K, R, micro_batches=m)
-    ref = simulate_reference_pipeline(np.random.default_rng(41 + m), ref_wl, STAT_LAT, B, ratios, K, R, m)
+    ref = simulate_reference_pipeline(np.random.default_rng(41 + m), ref_wl, STAT_LAT, B, ratios, K, R, m,
+                                      warmup_steps=2 * m)  # the engine's default warm-up
     thr, se = _np(res.throughput_per_instance), _np(res.stderr)
     for i, r in enumerate(ratios):
         comb = math.hypot(se[i], ref["stderr"][i])
         assert comb > 0
-        assert abs(thr[i] - ref["throughput_per_instance"][i]) <= Z_TWO * comb, (r, thr[i], ref["throughput_per_instance"][i])
+        ref_thr = ref["throughput_per_instance"][i]
+        assert abs(thr[i] - ref_thr) <= Z_TWO * comb, (r, thr[i], ref_thr)
         # attention idle: ratio estimator over replicas (SE from the reference's replicas)
         busy = (STAT_LAT["alpha_a"] * ref["group_loads"][:, :r] + STAT_LAT["beta_a"]).sum(axis=(1, 2, 3))
         x, y = busy, r * ref["elapsed"][:, i]
@@ -416,7 +419,8 @@ def test_micro_batches_none_is_the_barrier_step():
     for field in ("throughput_per_instance", "mean_cycle_time", "cycle_time_quantiles", "attention_idle_fraction"):
         np.testing.assert_array_equal(_np(getattr(default, field)), _np(getattr(explicit, field)))
     # the barrier step is the idealised overlap: m = 1 (sequential) is slower at every ratio
-    seq = afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, micro_batches=1)
+    # (same measured steps: the pipeline's default warm-up would skip its fill)
+    seq = afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, micro_batches=1, warmup_steps=0)
     assert np.all(_np(seq.mean_cycle_time) > _np(default.mean_cycle_time))
     # same loads whatever m (common random numbers)
     assert float(seq.mean_slot_load_tokens) == pytest.approx(float(default.mean_slot_load_tokens), rel=1e-12)
@@ -426,9 +430,69 @@ def test_micro_batches_none_is_the_barrier_step():
     for key in ("pipeline_bubble_fraction", "link_idle_fraction", "kv_load_quantiles", "kv_load_max_tokens"):
         assert key in d
     json.dumps(d)
-    sub = afdjax.simulate(jax.random.key(1), wl, lat, **dict(SMALL, ratios=[3, 1]), micro_batches=1)
+    sub = afdjax.simulate(jax.random.key(1), wl, lat, **dict(SMALL, ratios=[3, 1]), micro_batches=1, warmup_steps=0)
     np.testing.assert_allclose(_np(sub.pipeline_bubble_fraction), _np(seq.pipeline_bubble_fraction)[[2, 0]],
                                rtol=1e-12)
+
+
+def test_step_model_objects_are_the_micro_batches_spellings():
+    """``Barrier()`` is ``micro_batches=None`` and ``Pipeline(m)`` is ``micro_batches=m``,
+    bit for bit; contradicting spellings are refused."""
+    wl = Geometric(40.0, 20.0)
+    lat = LatencyModel(**REPLAY_LAT)
+    for model, m in ((afdjax.Barrier(), None), (afdjax.Pipeline(micro_batches=2), 2)):
+        a = afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model=model)
+        b = afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, micro_batches=m)
+        assert a.micro_batches == b.micro_batches == m and a.step_model == b.step_model == model
+        for field in ("throughput_per_instance", "mean_cycle_time", "cycle_time_quantiles", "attention_idle_fraction",
+                      "ffn_idle_fraction", "link_idle_fraction", "pipeline_bubble_fraction", "kv_load_histogram"):
+            np.testing.assert_array_equal(_np(getattr(a, field)), _np(getattr(b, field)))
+    assert afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model=afdjax.Pipeline(2),
+                           micro_batches=2).micro_batches == 2
+    with pytest.raises(ValueError, match="contradicts"):
+        afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model=afdjax.Barrier(), micro_batches=2)
+    with pytest.raises(ValueError, match="step_model"):
+        afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model="pipeline")
+    assert isinstance(afdjax.Pipeline(3), afdjax.StepModel) and afdjax.Pipeline(3).micro_batches == 3
+    with pytest.raises(ValueError, match="micro_batches"):
+        afdjax.Pipeline(0)
+
+
+def test_step_model_closed_forms_are_the_functions(paper_latency):
+    wl, B = Geometric(100.0, 500.0), 64
+    bar, pipe = afdjax.Barrier(), afdjax.Pipeline(3)
+    for r in (1.0, 2.5, 9.0):
+        assert float(bar.cycle_time(wl, paper_latency, B, r)) == float(
+            afdjax.mean_field_cycle_time(wl, paper_latency, B, r))
+        assert float(bar.barrier_throughput(wl, paper_latency, B, r)) == float(
+            afdjax.barrier_throughput(wl, paper_latency, B, r))
+        assert float(pipe.cycle_time(wl, paper_latency, B, r)) == float(pipeline_cycle_time(wl, paper_latency, B, r, 3))
+        assert float(pipe.throughput(wl, paper_latency, B, r)) == float(pipeline_throughput(wl, paper_latency, B, r, 3))
+    assert "idealised" in bar.describe() and "3 micro-batch" in pipe.describe()
+    assert set(pipe.ratio_optima(wl, paper_latency, B, 8)["mean_field_extra"]) == {"r_star_pipeline"}
+    assert bar.ratio_optima(wl, paper_latency, B, 8)["mean_field_extra"] == {}
+    assert bar.default_warmup_steps() == 0 and pipe.default_warmup_steps() == 6
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_default_warmup_excludes_the_pipeline_fill(m):
+    """Constant loads (every request P tokens, D = 1) and equal micro-batches: every step
+    after the fill takes exactly the closed-form period, so the default measurement is
+    unbiased while measuring from time 0 is not (the first step carries the fill)."""
+    B, P, K, R, ratios = 12, 37.0, 50, 2, [1, 2, 5]
+    wl, lat = Empirical([P], [1]), LatencyModel(**ZV_LAT)
+    default = afdjax.simulate(jax.random.key(0), wl, lat, B, ratios, K, R, micro_batches=m)
+    from_zero = afdjax.simulate(jax.random.key(0), wl, lat, B, ratios, K, R, micro_batches=m, warmup_steps=0)
+    for i, r in enumerate(ratios):
+        closed = float(pipeline_cycle_time(wl, lat, B, r, m))
+        assert float(default.mean_cycle_time[i]) == pytest.approx(closed, rel=1e-12)
+        assert float(from_zero.mean_cycle_time[i]) > closed * (1 + 1e-3)  # the fill, spread over K steps
+    # an explicit warm-up keeps its numbers; the barrier's default is 0 (bit for bit)
+    explicit = afdjax.simulate(jax.random.key(0), wl, lat, B, ratios, K, R, micro_batches=m, warmup_steps=2 * m)
+    np.testing.assert_array_equal(_np(explicit.mean_cycle_time), _np(default.mean_cycle_time))
+    barrier = afdjax.simulate(jax.random.key(0), Geometric(40.0, 20.0), lat, B, ratios, K, R)
+    barrier0 = afdjax.simulate(jax.random.key(0), Geometric(40.0, 20.0), lat, B, ratios, K, R, warmup_steps=0)
+    np.testing.assert_array_equal(_np(barrier.throughput_per_replica), _np(barrier0.throughput_per_replica))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, 9, True, "2"])
@@ -440,13 +504,13 @@ def test_bad_micro_batches_raise(bad):
 
 def test_one_compilation_for_all_ratios(monkeypatch, caplog):
     count = {"traces": 0}
-    original = engine._replica_sums
+    original = engine.replica_sums
 
     def counting(*args, **kwargs):
         count["traces"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_replica_sums", counting)
+    monkeypatch.setattr(engine, "replica_sums", counting)
     caplog.set_level(logging.DEBUG, logger="jax")
     sizes = dict(chunk_steps=32, requests_per_chunk=32, num_bins=2051, micro_batches=2)
     with jax.log_compiles():
@@ -454,7 +518,8 @@ def test_one_compilation_for_all_ratios(monkeypatch, caplog):
                         **sizes)
         afdjax.simulate(jax.random.key(1), Geometric(45.0, 21.0), LatencyModel(**dict(REPLAY_LAT, beta_f=3.0)), 8,
                         [5, 2], 60, 2, **sizes)
-    compiles = sum(1 for rec in caplog.records if "Compiling" in rec.getMessage() and "_simulate_jit" in rec.getMessage())
+    compiles = sum(1 for rec in caplog.records
+                   if "Compiling" in rec.getMessage() and "_simulate_jit" in rec.getMessage())
     assert (count["traces"], compiles) == (1, 1)
 
 
@@ -498,6 +563,7 @@ def test_cli_simulate_micro_batches(capsys):
     assert main(["simulate", *CLI_SMALL, "--micro-batches", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["micro_batches"] == 2 and out["settings"]["micro_batches"] == 2
+    assert out["settings"]["warmup_steps"] == 4  # the step model's default: the fill is excluded
     r = np.array(out["ratios"])
     np.testing.assert_allclose(np.array(out["throughput_per_instance"]) * (r + 1) * np.array(out["mean_cycle_time"]),
                                r * 16, rtol=1e-5)

@@ -47,6 +47,10 @@ def main(argv=None) -> int:
 
 def _dispatch(parser, argv) -> int:
     args = parser.parse_args(argv)
+    if getattr(args, "warmup", 0) is None:  # the step model's default, recorded as given
+        from .._step import as_step_model
+
+        args.warmup = as_step_model(None, args.micro_batches).default_warmup_steps()
     if args.version:
         from .. import __version__
 

@@ -112,7 +112,11 @@ def _add_model_options(p, ratios_default, steps, replicas):
         "--start", choices=("stationary", "cold"), default="stationary", help="initial slot state (default stationary)"
     )
     p.add_argument(
-        "--warmup", type=_nonneg_int("--warmup"), default=0, help="discarded steps before measuring (default 0)"
+        "--warmup",
+        type=_nonneg_int("--warmup"),
+        default=None,
+        help="discarded steps before measuring (default: the step model's, 0 for the paper's step, "
+        "2 M with --micro-batches M to exclude the pipeline fill)",
     )
     _add_micro_batches_option(p)
 

@@ -44,9 +44,10 @@ import math
 import jax
 import numpy as np
 
-from .._engine._simulate import SimulationResult, simulate
+from .._engine import SimulationResult, simulate
 from .._json import jsonable
 from .._latency import LatencyModel
+from .._step import as_step_model
 from .._validate import check_choice, check_int, check_optional_number, invalid
 from .._workload._core import Workload
 from ._compare import check_ratio_list
@@ -471,6 +472,7 @@ def provision_constrained(
     costs: Costs = Costs(),
     objective: str = "per_instance",
     micro_batches: int | None = None,
+    step_model=None,
     settings: dict | None = None,
     progress: bool = False,
     **simulate_kwargs,
@@ -489,7 +491,8 @@ def provision_constrained(
     - ``constraints``: a :class:`Constraints`; ``costs``: a :class:`Costs`.
     - ``objective``: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
     - ``micro_batches``: ``None`` (the paper's idealised overlap) or the number of
-      pipelined micro-batches ``m`` (see :func:`afdjax.simulate`).
+      pipelined micro-batches ``m`` (see :func:`afdjax.simulate`), a spelling of
+      ``step_model=Pipeline(m)``; ``step_model``: a :class:`~afdjax.StepModel`.
     - ``progress``: a progress bar for each batch size's simulation.
 
     **Returns:** a :class:`ConstrainedProvisionReport` (``format_text``, ``to_dict``, ``plot``).
@@ -511,8 +514,7 @@ def provision_constrained(
     if 0.99 not in levels:
         levels = levels + (0.99,)
     sim_kwargs = dict(simulate_kwargs)
-    if micro_batches is not None:
-        sim_kwargs["micro_batches"] = micro_batches
+    sim_kwargs["step_model"] = model = as_step_model(step_model, micro_batches)
     cells, per_batch = [], []
     theta = float(workload.theta())
     slot_std = math.sqrt(max(float(workload.slot_variance()), 0.0))
@@ -551,7 +553,7 @@ def provision_constrained(
     base = dict(workload=workload.describe(), hardware="custom", seed=None)
     return ConstrainedProvisionReport(
         settings=dict(base, **(settings or {}), steps=int(num_steps), replicas=int(num_replicas),
-                      micro_batches=micro_batches, latency_coefficients=latency.coefficients(),
+                      micro_batches=model.micro_batches, latency_coefficients=latency.coefficients(),
                       comm_scaling=latency.comm_scaling, ratios=[int(r) for r in np.atleast_1d(ratios)]),
         objective=objective,
         constraints=constraints,

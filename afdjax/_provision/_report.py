@@ -10,22 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._engine._simulate import simulate
+from .._engine import simulate
 from .._json import jsonable
 from .._latency import LatencyModel
-from .._step._pipeline import pipeline_barrier_throughput, pipeline_throughput
-from .._theory._closed_forms import (
-    barrier_optimum,
-    barrier_throughput,
-    mean_field_integer_ratio,
-    mean_field_optimum,
-    mean_field_throughput,
-)
+from .._step import as_step_model
+from .._theory._closed_forms import mean_field_optimum
 from .._validate import invalid
 from .._workload._core import Workload
 from ._compare import check_ratio_list, paired_difference, ratios_within_2_stderr
@@ -145,23 +138,6 @@ class ProvisionReport:
 
 
 
-def _pipeline_optima(workload, latency, batch_size, max_r: int, micro_batches: int):
-    """Integer argmax of the pipeline mean-field and barrier-approximation curves over
-    ``1..max_r``, and the continuous argmax of each (1/64 grid)."""
-    mf, br, cont, mf_cont = _pipeline_optima_jit(workload, latency, batch_size, max_r, micro_batches)
-    return int(mf), int(br), float(cont), float(mf_cont)
-
-
-@eqx.filter_jit
-def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
-    fdtype = jnp.zeros(()).dtype
-    ints = jnp.arange(1, max_r + 1, dtype=fdtype)
-    mf_fn = jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches))
-    br_fn = jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches))
-    grid = jnp.linspace(1.0, float(max_r), 64 * (max_r - 1) + 1, dtype=fdtype) if max_r > 1 else jnp.ones(1, fdtype)
-    return (jnp.argmax(mf_fn(ints)) + 1, jnp.argmax(br_fn(ints)) + 1, grid[jnp.argmax(br_fn(grid))],
-            grid[jnp.argmax(mf_fn(grid))])
-
 
 def provision(
     key: jax.Array,
@@ -174,6 +150,7 @@ def provision(
     *,
     settings: dict | None = None,
     micro_batches: int | None = None,
+    step_model=None,
     **simulate_kwargs,
 ) -> ProvisionReport:
     """Answer "which r?" three ways and compare them.
@@ -189,24 +166,21 @@ def provision(
     integer recommendations are the argmax of these curves over ``1..max(ratios)``; the
     reported ``r_star`` stays the paper's idealised closed form, and
     ``mean_field["r_star_pipeline"]`` is the continuous argmax of the pipeline mean-field
-    curve (1/64 grid, at most ``max(ratios)``).
+    curve (1/64 grid, at most ``max(ratios)``). ``step_model=`` (a
+    :class:`~afdjax.StepModel`) is the general spelling: its closed forms give the curves.
 
     **Returns:** a :class:`ProvisionReport` (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
     """
     if ratios is None:
         ratios = default_ratio_range(workload, latency, batch_size)
     check_ratio_list(ratios)
+    model = as_step_model(step_model, micro_batches)
     result = simulate(key, workload, latency, batch_size, ratios, num_steps, num_replicas,
-                      micro_batches=micro_batches, **simulate_kwargs)
+                      step_model=model, **simulate_kwargs)
     r = np.asarray(result.ratios)
     rf = jnp.asarray(r, dtype=jnp.zeros(()).dtype)
-    if micro_batches is None:
-        mf_curve = np.asarray(jax.vmap(lambda x: mean_field_throughput(workload, latency, batch_size, x))(rf))
-        br_curve = np.asarray(jax.vmap(lambda x: barrier_throughput(workload, latency, batch_size, x))(rf))
-    else:
-        m = result.micro_batches
-        mf_curve = np.asarray(jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, m))(rf))
-        br_curve = np.asarray(jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, m))(rf))
+    mf_curve = np.asarray(jax.vmap(lambda x: model.throughput(workload, latency, batch_size, x))(rf))
+    br_curve = np.asarray(jax.vmap(lambda x: model.barrier_throughput(workload, latency, batch_size, x))(rf))
     sim = np.asarray(result.throughput_per_instance, dtype=float)
     se = np.asarray(result.stderr, dtype=float)
     att = np.asarray(result.attention_idle_fraction, dtype=float)
@@ -214,13 +188,9 @@ def provision(
 
     opt = mean_field_optimum(workload, latency, batch_size)
     max_r = int(r.max())
-    mf_ratio = int(mean_field_integer_ratio(workload, latency, batch_size, max_ratio=max_r))
-    bopt = barrier_optimum(workload, latency, batch_size, max_r)
-    bopt_ratio, bopt_continuous = int(bopt.ratio), float(bopt.r_continuous)
-    r_star_pipeline = None
-    if micro_batches is not None:
-        mf_ratio, bopt_ratio, bopt_continuous, r_star_pipeline = _pipeline_optima(
-            workload, latency, batch_size, max_r, result.micro_batches)
+    optima = model.ratio_optima(workload, latency, batch_size, max_r)
+    mf_ratio, bopt_ratio = optima["ratio_mean_field"], optima["ratio_barrier"]
+    bopt_continuous = optima["r_barrier_continuous"]
     best = int(np.argmax(sim))
     neighbours = [paired_difference(result, best, j).to_dict() for j in (best - 1, best + 1) if 0 <= j < len(r)]
     within = ratios_within_2_stderr(result, best)
@@ -269,7 +239,7 @@ def provision(
             r_star=float(opt.r_star),
             regime=opt.regime_name,
             ratio=mf_ratio,
-            **({} if r_star_pipeline is None else dict(r_star_pipeline=r_star_pipeline)),
+            **optima["mean_field_extra"],
         ),
         barrier=dict(ratio=bopt_ratio, r_continuous=bopt_continuous),
         simulated=dict(

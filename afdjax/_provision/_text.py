@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from .._step import as_step_model
+
 OBJECTIVE_UNITS = {
     "per_instance": "tokens / time unit / instance",
     "per_dollar": "tokens / $",
@@ -41,12 +43,7 @@ def _ranges(values: list[int]) -> str:
 
 
 def _step_model_line(micro_batches) -> str:
-    if micro_batches is None:
-        return "  step model: the paper's idealised overlap, tau = max(max_j t_A, t_C, t_F)"
-    return (
-        f"  step model: pipeline of {micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
-        "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation"
-    )
+    return "  step model: " + as_step_model(None, micro_batches).describe()
 
 
 def provision_text(report, max_rows: int = 40) -> str:

@@ -19,6 +19,7 @@ import jax
 from .._data import load_trace
 from .._json import jsonable
 from .._latency import LatencyModel
+from .._step import as_step_model
 from .._workload._core import Geometric
 from ._plots import verification_plots
 from ._report import ProvisionReport, provision
@@ -100,13 +101,15 @@ def run_verification(
     include_traces: bool = True,
     progress: bool = True,
     micro_batches: int | None = None,
+    step_model=None,
 ) -> dict:
     """Run the verification study; write ``verification.md``, ``verification.json`` and
     PNG plots to ``out_dir``; return the summary dict (with the Markdown under ``"markdown"``).
 
     ``micro_batches=m`` simulates the micro-batch pipeline and compares it with the
     pipeline theory curves (see :func:`~afdjax.provision`); ``None`` is the paper's
-    idealised step."""
+    idealised step; ``step_model`` (a :class:`~afdjax.StepModel`) is the general spelling."""
+    model = as_step_model(step_model, micro_batches)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
@@ -117,7 +120,7 @@ def run_verification(
         "seed": seed,
         "latency_coefficients": latency.coefficients(),
         "comm_scaling": latency.comm_scaling,
-        "micro_batches": micro_batches,
+        "micro_batches": model.micro_batches,
     }
     jobs = [
         (study, label, f"geometric:mu_p={mp:g},mu_d={md:g}", Geometric(mp, md), B, rep, form)
@@ -144,7 +147,7 @@ def run_verification(
                 num_steps,
                 num_replicas,
                 settings={"workload": spec, "hardware": hardware_name, "seed": seed},
-                micro_batches=micro_batches,
+                step_model=model,
             )
         rows.append(_row(study, label, spec, reports[label], reported, formula))
     markdown = _markdown(rows, settings)

@@ -61,10 +61,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._latency import LatencyModel
-from .._theory._closed_forms import _float, _per_instance, attention_time_moments, expected_max_normal_excess
+from .._theory._closed_forms import attention_time_moments, expected_max_normal_excess
 from .._workload._core import Workload
 
 _UNROLL_MAX = 32  # prefix ops along the micro-batch axis are unrolled up to this length
+
+
+def _float(x):
+    return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
+
+
+def _per_instance(ratio, batch_size, cycle_time):
+    """Throughput per instance: ``r B`` tokens per step over ``r + 1`` instances."""
+    return ratio * batch_size / ((ratio + 1.0) * cycle_time)
 
 
 def micro_batch_sizes(batch_size: int, micro_batches: int) -> np.ndarray:
@@ -114,7 +123,7 @@ class PipelineState(eqx.Module):
     when the F->A link is next free)."""
 
     @staticmethod
-    def zeros(batch_shape, num_instances: int, micro_batches: int, dtype=None) -> "PipelineState":
+    def zeros(batch_shape, num_instances: int, micro_batches: int, dtype=None) -> PipelineState:
         dtype = dtype or jnp.zeros(()).dtype
         shape = tuple(batch_shape)
         return PipelineState(
@@ -124,7 +133,7 @@ class PipelineState(eqx.Module):
             f2a_end=jnp.zeros(shape + (micro_batches,), dtype),
         )
 
-    def shift(self, offset) -> "PipelineState":
+    def shift(self, offset) -> PipelineState:
         """All times minus ``offset`` (``(...)``): re-basing keeps float32 accurate."""
         return PipelineState(
             attention_free=self.attention_free - offset[..., None],
@@ -232,9 +241,9 @@ def pipeline_event_times(attention_time, comm_time, ffn_time, instance_mask=None
 def _check_micro_batches(micro_batches):
     if isinstance(micro_batches, (bool, np.bool_)):
         raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
-    if isinstance(micro_batches, (int, np.integer, float, np.floating)):
-        if not (float(micro_batches) >= 1 and float(micro_batches).is_integer()):
-            raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
+    if isinstance(micro_batches, (int, np.integer, float, np.floating)) and not (
+            float(micro_batches) >= 1 and float(micro_batches).is_integer()):
+        raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
 
 
 def pipeline_period(attention_time, comm_time, ffn_time, micro_batches) -> jax.Array:

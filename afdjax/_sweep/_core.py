@@ -9,11 +9,11 @@ flow is the engine's, vectorised over points:
   assigned group by group (``point`` column), in grid order within a group.
 * **Chunks.** Inside a group the float parameters (``mu_p``, ``mu_d``, ``prefill_sigma``
   and the six latency coefficients) are array leaves of a batched ``Workload`` /
-  ``LatencyModel``; the pure engine core ``_simulate_core`` is ``vmap``-ed over a chunk
-  of points under one ``jax.jit``. Buffer sizes come from the engine's own ``_plan``
+  ``LatencyModel``; the pure engine core ``simulate_all_ratios`` is ``vmap``-ed over a chunk
+  of points under one ``jax.jit``. Buffer sizes come from the engine's own ``plan_sizes``
   for the worst case in the group (the smallest mean decode length), so one compilation
   serves the group; the last chunk is padded to the same shape. The chunk size is the
-  largest multiple of the device count whose working memory (``_plan``'s per-replica
+  largest multiple of the device count whose working memory (``replica_bytes``, the per-replica
   estimate times replicas in flight, plus the per-replica sums) fits
   ``memory_budget_bytes``.
 * **Devices.** Every chunk's point axis is sharded over a 1-D mesh of the local devices
@@ -51,8 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._engine._simulate import _Config, _plan, _replica_bytes, _simulate_core
+from .._engine import EngineConfig, plan_sizes, replica_bytes, rerun_on_overflow, simulate_all_ratios
 from .._latency import COEFFICIENT_NAMES, LatencyModel
+from .._step import as_step_model
 from .._validate import check_int
 from .._workload._core import Geometric
 from ._grid import _FORMAT, WORKLOAD_FLOATS, SweepGrid, _Group, load_grid
@@ -105,21 +106,23 @@ def _point_key_words(seed: int, points: np.ndarray) -> np.ndarray:
 def _group_sizes(g: _Group, settings: dict, memory_budget_bytes: int, n_dev: int, max_chunk_points: int | None):
     """Buffer sizes (worst case in the group) and the chunk size in points."""
     s = settings
+    model = as_step_model(None, g.micro_batches)
     base = dict(
         max_ratio=s["ratios"][-1],
         batch_size=g.batch_size,
         num_steps=s["steps"],
-        warmup_steps=s["warmup"],
+        warmup_steps=model.default_warmup_steps() if s["warmup"] is None else s["warmup"],
         num_replicas=s["replicas"],
         start=s["start"],
         num_bins=s["num_bins"],
+        step_model=model,
     )
     if "_workload" in g.static:
         worst = g.static["_workload"]
     else:  # the smallest mean decode length needs the most requests per chunk
         worst = Geometric(0.0, float(np.min(g.floats["mu_d"])))
-    sizes = _plan(worst, base, None, None, 1, memory_budget_bytes)
-    per_replica = _replica_bytes(base, sizes["chunk_steps"], sizes["requests_per_chunk"])
+    sizes = plan_sizes(worst, base, None, None, 1, memory_budget_bytes)
+    per_replica = replica_bytes(base, sizes["chunk_steps"], sizes["requests_per_chunk"])
     # The engine stacks each replica's sums (histogram and per-ratio accumulators).
     stacked = s["replicas"] * base["max_ratio"] * (4 * s["num_bins"] + 8 * 12)
     inflight = max(1, memory_budget_bytes // per_replica)  # point-replicas advancing together
@@ -155,11 +158,11 @@ def _batched_latency(g: _Group, floats: dict):
 
 
 @functools.lru_cache(maxsize=64)
-def _make_chunk_fn(cfg: _Config, levels: tuple, workload_batched: bool, crn: bool):
+def _make_chunk_fn(cfg: EngineConfig, levels: tuple, workload_batched: bool, crn: bool):
     """One jitted, vmapped engine call per group shape (cached across sweeps in a process;
     jit itself keys the compiled program on the chunk's shape and sharding)."""
     def one(key_words, workload, latency):
-        result, covered = _simulate_core(key_words, workload, latency, levels, cfg)
+        result, covered = simulate_all_ratios(key_words, workload, latency, levels, cfg)
         out = {name: getattr(result, name) for name in METRICS}
         out["cycle_time_quantiles"] = result.cycle_time_quantiles
         out["mean_slot_load_tokens"] = result.mean_slot_load_tokens
@@ -202,14 +205,15 @@ class _Evaluator:
             keys = self.put(jnp.asarray(_point_key_words(s["seed"], g.first_point + padded)), self.sharded)
         workload = self.put(workload, self.sharded if wl_batched else self.replicated)
         latency = self.put(latency, self.sharded)
-        while True:
-            cfg = _Config(**base, **sizes, micro_batches=g.micro_batches)
-            out, covered = _make_chunk_fn(cfg, self.levels, wl_batched, crn)(keys, workload, latency)
+
+        def run(sizes):
+            out, covered = _make_chunk_fn(EngineConfig(**base, **sizes), self.levels, wl_batched, crn)(
+                keys, workload, latency)
             out = jax.tree_util.tree_map(lambda x: np.asarray(x)[: len(local)], out)
-            if bool(np.all(np.asarray(covered)[: len(local)])):
-                return out, floats
-            # Same random numbers with a larger request buffer (as afdjax.simulate does).
-            sizes["requests_per_chunk"] = min(2 * sizes["requests_per_chunk"], sizes["chunk_steps"] + 1)
+            return out, np.asarray(covered)[: len(local)]
+
+        # the engine's retry loop: same random numbers with a larger request buffer
+        return rerun_on_overflow(run, sizes, who="afdjax.sweep", warn=False), floats
 
 
 def sweep(

@@ -22,15 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._data import BUNDLED_TRACES, bundled_trace_path, load_trace, resolve_file
-from .._engine._simulate import START_MODES
+from .._engine import MAX_INDEX, START_MODES
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS
 from .._specs import parse_hardware_spec, parse_workload_spec, read_toml
 from .._workload._core import PREFILL_FAMILIES, Geometric
 
 _FORMAT = "afdjax-sweep/1"
-# The engine's bound on batch size and ratio (instances and slots share one 32-bit
-# counter word; afdjax.simulate refuses more); tests/test_sweep.py checks they agree.
-MAX_INDEX = 2**16
 
 WORKLOAD_FLOATS = ("mu_p", "mu_d", "prefill_sigma")
 SETTINGS_DEFAULTS = {
@@ -38,7 +35,7 @@ SETTINGS_DEFAULTS = {
     "replicas": 8,
     "seed": 0,
     "start": "stationary",
-    "warmup": 0,
+    "warmup": None,  # None: each group's step model default (0 for the barrier, 2 m for a pipeline)
     "ratios": None,  # default 1..32
     "quantile_levels": [0.5, 0.9, 0.99],
     "num_bins": 4096,
@@ -262,7 +259,8 @@ def _settings(table: dict, source: str) -> dict:
     s["steps"] = _scalar(s["steps"], "steps", source, integer=True, minimum=1)
     s["replicas"] = _scalar(s["replicas"], "replicas", source, integer=True, minimum=1)
     s["seed"] = _scalar(s["seed"], "seed", source, integer=True, minimum=0)
-    s["warmup"] = _scalar(s["warmup"], "warmup", source, integer=True, minimum=0)
+    if s["warmup"] is not None:
+        s["warmup"] = _scalar(s["warmup"], "warmup", source, integer=True, minimum=0)
     s["num_bins"] = _scalar(s["num_bins"], "num_bins", source, integer=True, minimum=16)
     if s["start"] not in START_MODES:
         raise ValueError(f"{source}: start={s['start']!r} is invalid: expected one of {', '.join(START_MODES)}")

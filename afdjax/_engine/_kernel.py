@@ -1,0 +1,171 @@
+"""The engine kernel: one replica as a scan over chunks of steps, the stages in order.
+
+For each chunk of ``L`` steps: request draws (:mod:`._draws`) -> slot loads per instance
+(:mod:`._loads`) -> step timing (the :class:`~afdjax.StepModel`) -> accumulated
+statistics (:mod:`._stats`). Every ratio ``r = 1..r_max`` is timed in the same pass (the
+system with ratio ``r`` is the first ``r`` of ``r_max`` instances), so a ratio sweep is
+one pass and one compilation. The per-ratio constants of the step model and the
+histogram ranges are computed once per configuration, outside the replica loop.
+
+:func:`simulate_all_ratios` is the one pure entry point (``simulate``, the sweep and the
+gradients all go through it) and :func:`rerun_on_overflow` the one retry loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._config import EngineConfig
+from ._draws import draw_requests, initial_slots, slot_streams
+from ._loads import chunk_loads
+from ._stats import HistogramRanges, Statistics, aggregate
+
+
+def replica_sums(replica_id, key_words, workload, latency, constants, ranges: HistogramRanges, cfg: EngineConfig):
+    """Simulate one replica; return its :class:`Statistics` (one entry per r = 1..r_max)."""
+    rmax, B, L, M = cfg.max_ratio, cfg.batch_size, cfg.chunk_steps, cfg.requests_per_chunk
+    model = cfg.step_model
+    fdtype = jnp.zeros(()).dtype
+    streams = slot_streams(key_words, replica_id, rmax, B)
+    slots0, log_prob0 = initial_slots(streams, workload, cfg.start)
+    steps_local = jnp.arange(L)
+
+    def chunk(carry, c):
+        slots, timing_state, stats = carry
+        new_prefill, new_decode = draw_requests(streams, slots.next_request, workload, M)  # 1. draws
+        next_slots, loads = chunk_loads(slots, new_prefill, new_decode, model.slot_groups(), L)  # 2. loads
+        # Score-function carrier: log-likelihood of the decode lengths of every request
+        # that started in this chunk (one sum per instance).
+        log_prob = jnp.sum(jnp.where(loads.started, workload._decode_log_prob(new_decode), 0.0), axis=(1, 2))
+        timing_state, times = model.step_times(constants, timing_state, loads.group_load, latency)  # 3. timing
+        step = c * L + steps_local
+        measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
+        stats = stats.add(times, loads.load, measured, constants.centre, ranges, cfg.num_bins,  # 4. statistics
+                          loads.covered, log_prob)
+        return (next_slots, timing_state, stats), None
+
+    carry0 = (slots0, model.initial_state(rmax, fdtype), Statistics.zeros(rmax, cfg.num_bins, log_prob0))
+    # checkpoint: reverse-mode differentiation stores only the carry between chunks and
+    # recomputes each chunk's internals, so gradient memory does not grow with steps.
+    (_, _, stats), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))
+    return stats
+
+
+def run_constants(workload, latency, cfg: EngineConfig):
+    """The step model's per-ratio constants and the histogram ranges of a configuration."""
+    constants = cfg.step_model.constants(workload, latency, cfg.batch_size, cfg.max_ratio)
+    return constants, HistogramRanges.make(constants.centre, workload, cfg.batch_size, cfg.num_bins)
+
+
+def _map_replicas(key_words, workload, latency, constants, ranges, cfg: EngineConfig, replica_ids):
+    """Stacked :class:`Statistics` of the replicas ``replica_ids``, advanced
+    ``replica_batch_size`` at a time (vmap inside a batch, batches one after another)."""
+    return jax.lax.map(
+        lambda i: replica_sums(i, key_words, workload, latency, constants, ranges, cfg),
+        replica_ids,
+        batch_size=min(cfg.replica_batch_size, replica_ids.shape[0]),
+    )
+
+
+def block_sums(key_words, workload, latency, cfg: EngineConfig, replica_ids):
+    """Stacked per-replica sums of the replicas ``replica_ids`` (a block of the progress mode)."""
+    constants, ranges = run_constants(workload, latency, cfg)
+    return _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids)
+
+
+def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig):
+    """The pure (un-jitted) simulation of one configuration: ``(SimulationResult, covered)``
+    for every ratio ``r = 1..cfg.max_ratio``.
+
+    ``key_words`` is a ``(2,)`` uint32 array; ``workload`` and ``latency`` may be traced
+    (the sweep vmaps over them); ``levels`` (quantile levels, a tuple) and ``cfg`` are static.
+    """
+    replica_ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
+    constants, ranges = run_constants(workload, latency, cfg)
+    sums = _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids)
+    return aggregate(sums, constants, ranges, levels, cfg)
+
+
+@eqx.filter_jit
+def _simulate_jit(key_words, workload, latency, levels, cfg: EngineConfig):
+    """All ratios r = 1..r_max; the caller selects the requested ones outside this jit
+    (so a different subset of ratios never recompiles the simulation)."""
+    return simulate_all_ratios(key_words, workload, latency, levels, cfg)
+
+
+_block_sums_jit = eqx.filter_jit(block_sums)
+
+
+@eqx.filter_jit
+def _aggregate_jit(sums, workload, latency, levels, cfg: EngineConfig):
+    constants, ranges = run_constants(workload, latency, cfg)
+    return aggregate(sums, constants, ranges, levels, cfg)
+
+
+def _simulate_with_progress(key_words, workload, latency, levels, cfg: EngineConfig):
+    """The same simulation with the replicas run in host-side blocks of
+    ``replica_batch_size`` (one compiled block, the last one padded), a tqdm bar over
+    simulated replica-steps (rate and ETA) advancing after each block."""
+    from tqdm.auto import tqdm
+
+    R, block = cfg.num_replicas, cfg.replica_batch_size
+    steps = cfg.num_chunks * cfg.chunk_steps
+    bar = tqdm(total=R * steps, unit="step", unit_scale=True, desc="afdjax.simulate", leave=False, mininterval=0.5)
+    try:
+        parts = []
+        for first in range(0, R, block):
+            n = min(block, R - first)
+            ids = np.arange(first, first + block) % R  # pad the last block with replicas already run
+            out = _block_sums_jit(key_words, workload, latency, cfg, jnp.asarray(ids, jnp.uint32))
+            parts.append(jax.tree_util.tree_map(lambda x, n=n: x[:n], jax.block_until_ready(out)))
+            bar.update(n * steps)
+        sums = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+        return _aggregate_jit(sums, workload, latency, levels, cfg)
+    finally:
+        bar.close()
+
+
+def run_engine(key_words, workload, latency, levels, cfg: EngineConfig):
+    """One engine run of a configuration (jitted; blocks with a progress bar when
+    ``cfg.progress``): ``(SimulationResult for r = 1..r_max, covered)``."""
+    if cfg.progress:
+        return _simulate_with_progress(key_words, workload, latency, levels, cfg)
+    return _simulate_jit(key_words, workload, latency, levels, cfg)
+
+
+def _traced(x) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def rerun_on_overflow(run, sizes: dict, *, who: str = "afdjax.simulate", warn: bool = True):
+    """The one overflow-retry loop: ``run(sizes) -> (out, covered)``.
+
+    ``covered`` (a bool or an array of them) says the drawn-request buffer
+    (``sizes["requests_per_chunk"]``) reached past every chunk. If not, the run is
+    repeated with twice the buffer (the same random numbers, so the same numbers come
+    out); ``sizes`` is updated in place, so later calls start from the larger buffer.
+    Under tracing (``covered`` a tracer) no rerun is possible: the output carries an
+    ``eqx.error_if`` instead. Returns ``out``.
+    """
+    while True:
+        out, covered = run(sizes)
+        if _traced(covered):
+            return eqx.error_if(out, ~jnp.all(covered),
+                                f"{who}: requests_per_chunk was too small for this run; increase it")
+        if bool(np.all(np.asarray(covered))):
+            return out
+        if sizes["requests_per_chunk"] > sizes["chunk_steps"]:  # cannot happen: D >= 1
+            raise RuntimeError(f"{who}: internal error, request buffer cannot cover a chunk")
+        if warn:
+            warnings.warn(
+                f"{who}: requests_per_chunk={sizes['requests_per_chunk']} ran out in some chunk; "
+                "rerunning with twice the buffer (same random numbers)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        sizes["requests_per_chunk"] = min(2 * sizes["requests_per_chunk"], sizes["chunk_steps"] + 1)
