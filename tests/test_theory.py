@@ -1,4 +1,4 @@
-"""Tests of the closed-form theory (``afdjax._theory._closed_forms``; PAPER.md sections 2-4).
+"""Tests of the closed-form theory (``afdjax._theory``; PAPER.md sections 2-4).
 
 Every expected value here is computed independently of the code under test:
 

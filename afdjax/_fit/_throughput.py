@@ -37,7 +37,7 @@ from .._json import jsonable
 from .._data._io import read_records, resolve_file
 from ._lbfgs import lbfgs_minimise
 from .._latency import COEFFICIENT_NAMES, LatencyModel
-from .._theory._closed_forms import barrier_throughput
+from .._theory import barrier_throughput
 from .._workload._core import Geometric, Workload
 
 WORKLOAD_PARAMETERS = ("mu_p", "mu_d")
