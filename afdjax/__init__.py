@@ -32,7 +32,7 @@ from ._sweep._core import (
     sweep as sweep,
 )
 from ._provision._report import ProvisionReport as ProvisionReport, provision as provision
-from ._theory._closed_forms import (
+from ._theory import (
     REGIMES as REGIMES,
     BarrierOptimum as BarrierOptimum,
     MeanFieldOptimum as MeanFieldOptimum,

@@ -41,7 +41,16 @@ import optax
 
 from ._engine import SimulationResult, plan_sizes, simulate
 from ._latency import LatencyModel
-from ._theory._closed_forms import barrier_optimum, barrier_throughput, mean_field_optimum
+from ._theory import (
+    as_float,
+    barrier_optimum,
+    barrier_throughput,
+    check_batch_size,
+    check_max_ratio,
+    mean_field_optimum,
+    newton_polish,
+)
+from ._validate import check_int, check_number
 from ._workload._core import Workload
 
 
@@ -216,45 +225,73 @@ def optimise_ratio(
     num_steps: int = 300,
 ) -> RatioOptimum:
     """Gradient ascent (optax Adam on ``log r``) of the barrier-model throughput over a
-    continuous ratio; compared with the mean-field r* and the integer sweep.
+    continuous ratio, polished by Newton steps; compared with the mean-field r* and the
+    integer sweep.
 
-    Starts from the mean-field ``r*`` unless ``r0`` is given. The barrier objective is
-    smooth in r, so at an interior optimum the reported ``gradient`` is ~0.
+    **Arguments:**
+
+    - ``workload``, ``latency``: the model inputs (array leaves: new values reuse the
+      compiled program).
+    - ``batch_size``: slots per Attention instance ``B > 0``.
+    - ``r0``: start of the ascent; default the mean-field ``r*`` (1 when that is not finite,
+      e.g. in the "unbounded" regime), never below 1.
+    - ``max_ratio``: the ratio is kept in ``[1, max_ratio]`` and the integer sweep covers
+      ``1..max_ratio``; default ``max(2, ceil(2 * start) + 2)``.
+    - ``learning_rate``: Adam's step size on ``log r`` (> 0).
+    - ``num_steps``: Adam steps (an integer >= 0).
+
+    The barrier objective is smooth in r, so at an interior optimum the reported
+    ``gradient`` is ~0.
+
+    **Compilation:** the ascent and the polish are one jitted program (a ``lax.fori_loop``
+    over the Adam steps). Its static settings are ``num_steps``, the batch size and the
+    pytree structure of the inputs; the integer sweep is compiled once per ``max_ratio``.
+    A second call with new coefficients, workload parameters, ``r0`` or learning rate
+    and the same settings compiles nothing (with the default ``max_ratio``, it depends on
+    the start, so give ``max_ratio`` to be sure).
     """
+    check_batch_size(batch_size)
+    check_number("learning_rate", learning_rate)
+    num_steps = check_int("num_steps", num_steps, 0)
     mf = mean_field_optimum(workload, latency, batch_size)
-    start = float(mf.r_star) if r0 is None else float(r0)
+    start = float(mf.r_star) if r0 is None else check_number("r0", r0)
     if not (math.isfinite(start) and start > 0):
         start = 1.0
     start = max(start, 1.0)
     if max_ratio is None:
         max_ratio = max(2, math.ceil(2 * start) + 2)
-    x = jnp.log(jnp.asarray(start, dtype=jnp.zeros(()).dtype))
-    opt = optax.adam(learning_rate)
-    state = opt.init(x)
-
-    def loss(x):  # maximise throughput; scale to O(1) for Adam
-        return -barrier_throughput(workload, latency, batch_size, jnp.exp(x))
-
-    @jax.jit
-    def step(x, state):
-        g = jax.grad(loss)(x)
-        updates, state = opt.update(g, state)
-        return optax.apply_updates(x, updates), state
-
-    for _ in range(num_steps):
-        x, state = step(x, state)
-    # polish with Newton steps on the derivative (the objective is smooth)
-    f = lambda r: barrier_throughput(workload, latency, batch_size, r)  # noqa: E731
-    df, d2f = jax.grad(f), jax.grad(jax.grad(f))
-    r = jnp.clip(jnp.exp(x), 1.0, float(max_ratio))
-    for _ in range(8):
-        curvature = d2f(r)
-        r = jnp.where(curvature < 0, jnp.clip(r - df(r) / curvature, 1.0, float(max_ratio)), r)
+    max_ratio = check_max_ratio(max_ratio)
+    ratio, gradient, throughput = _ascend(workload, latency, batch_size, as_float(start), as_float(learning_rate),
+                                          as_float(max_ratio), num_steps)
     return RatioOptimum(
-        ratio=r,
-        gradient=df(r),
-        throughput=f(r),
+        ratio=ratio,
+        gradient=gradient,
+        throughput=throughput,
         r_star_mean_field=mf.r_star,
-        best_integer=barrier_optimum(workload, latency, batch_size, int(max_ratio)).ratio,
+        best_integer=barrier_optimum(workload, latency, batch_size, max_ratio).ratio,
         steps=num_steps,
     )
+
+
+_NEWTON_STEPS = 8
+
+
+@eqx.filter_jit
+def _ascend(workload, latency, batch_size, start, learning_rate, max_ratio, num_steps: int):
+    """Adam on ``log r`` from ``start`` (a ``fori_loop`` of ``num_steps``), then Newton polish
+    in ``[1, max_ratio]``: ``(ratio, d throughput / d r, throughput)``."""
+    f = lambda r: barrier_throughput(workload, latency, batch_size, r)
+    opt = optax.adam(learning_rate)
+
+    def loss(x):  # maximise throughput
+        return -f(jnp.exp(x))
+
+    def step(_, carry):
+        x, state = carry
+        updates, state = opt.update(jax.grad(loss)(x), state)
+        return optax.apply_updates(x, updates), state
+
+    x = jnp.log(start)
+    x, _ = jax.lax.fori_loop(0, num_steps, step, (x, opt.init(x)))
+    r = newton_polish(f, jnp.clip(jnp.exp(x), 1.0, max_ratio), 1.0, max_ratio, _NEWTON_STEPS)
+    return r, jax.grad(f)(r), f(r)

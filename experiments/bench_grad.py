@@ -27,8 +27,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import afdjax  # noqa: E402
-from afdjax._grad import _interpolate, throughput_estimate  # noqa: E402
+import afdjax
+from afdjax._grad import _interpolate, throughput_estimate
 
 
 def main():
@@ -100,11 +100,13 @@ def main():
         ),
         target=dict(ratio_gradient_to_forward=4.0),
     )
+    report["optimise_ratio"] = optimise_ratio_compiles(latency, workload, B)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    mb = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"  # noqa: E731
-    print(f"afdjax gradient benchmark ({report['date']}, {report['machine']}, jax {jax.__version__} on {report['backend']})")
+    mb = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"
+    print(f"afdjax gradient benchmark ({report['date']}, {report['machine']}, jax {jax.__version__} "
+          f"on {report['backend']})")
     print(f"paper baseline B={B}, ratio {ratio} (systems 9 and 10), {args.steps} steps x {args.replicas} replicas")
     print(f"forward  : {t_fwd * 1e3:8.1f} ms (median of {args.repeats}; compile {compile_fwd:.1f} s)")
     print(f"gradient : {t_grad * 1e3:8.1f} ms (all 10 parameters, one reverse pass; compile {compile_grad:.1f} s)")
@@ -112,6 +114,33 @@ def main():
     print(f"temporary memory: forward {mb(mem_fwd)}, gradient {mb(mem_grad)}; "
           f"storing every slot at every step would need {mb(slot_step_bytes)}")
     print("gradient:", ", ".join(f"{k}={v:.4g}" for k, v in report["gradient"].items()))
+    opt = report["optimise_ratio"]
+    print(f"optimise_ratio: first call {opt['first_compiles']} compilations, {opt['first_s']:.1f} s; "
+          f"second call (new coefficients) {opt['second_compiles']} compilations, {opt['second_s']:.2f} s")
+
+
+def optimise_ratio_compiles(latency, workload, batch_size) -> dict:
+    """Compilations (jax.monitoring backend-compile events) and wall time of two
+    :func:`afdjax.optimise_ratio` calls with different coefficients (issue 10: the second
+    compiles nothing)."""
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    other = eqx.tree_at(lambda m: (m.alpha_a, m.beta_f), latency,
+                        (jnp.asarray(1.2 * latency.alpha_a), jnp.asarray(0.9 * latency.beta_f)))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    out = {}
+    try:
+        for name, lat in (("first", latency), ("second", other)):
+            n0, t0 = len(events), time.perf_counter()
+            jax.block_until_ready(afdjax.optimise_ratio(workload, lat, batch_size, max_ratio=24).ratio)
+            out[f"{name}_s"], out[f"{name}_compiles"] = time.perf_counter() - t0, len(events) - n0
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return out
 
 
 if __name__ == "__main__":

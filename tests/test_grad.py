@@ -42,7 +42,8 @@ def test_latency_gradients_match_finite_differences(setup, name):
     h = 1e-6 * max(abs(x0), 1e-3)
 
     def f(x):
-        return float(_value(jax.random.key(3), w, eqx.tree_at(lambda m: getattr(m, name), lat, jnp.asarray(x)), 2.4, sizes))
+        moved = eqx.tree_at(lambda m: getattr(m, name), lat, jnp.asarray(x))
+        return float(_value(jax.random.key(3), w, moved, 2.4, sizes))
 
     fd = (f(x0 + h) - f(x0 - h)) / (2 * h)
     g = float(getattr(grad.latency, name))
@@ -57,7 +58,8 @@ def test_prefill_gradients_match_finite_differences(setup, name):
     h = 1e-6 * x0
 
     def f(x):
-        return float(_value(jax.random.key(3), eqx.tree_at(lambda m: getattr(m, name), w, jnp.asarray(x)), lat, 2.4, sizes))
+        moved = eqx.tree_at(lambda m: getattr(m, name), w, jnp.asarray(x))
+        return float(_value(jax.random.key(3), moved, lat, 2.4, sizes))
 
     fd = (f(x0 + h) - f(x0 - h)) / (2 * h)
     assert float(getattr(grad.workload, name)) == pytest.approx(fd, rel=1e-5)
@@ -123,7 +125,7 @@ def test_optimise_ratio_derivative_vanishes():
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     w = Geometric(100.0, 500.0)
     opt = afdjax.optimise_ratio(w, lat, 256)
-    f = lambda r: afdjax.barrier_throughput(w, lat, 256, r)  # noqa: E731
+    f = lambda r: afdjax.barrier_throughput(w, lat, 256, r)
     # acceptance: the r-derivative of the relaxed objective vanishes at the reported r*
     assert abs(float(jax.grad(f)(opt.ratio))) <= 1e-8 * float(f(opt.ratio))
     assert abs(float(opt.gradient)) <= 1e-8 * float(opt.throughput)
@@ -134,6 +136,48 @@ def test_optimise_ratio_derivative_vanishes():
     assert abs(float(opt.ratio) - int(opt.best_integer)) < 1.0
     bo = afdjax.barrier_optimum(w, lat, 256, int(opt.best_integer) + 5)
     assert float(opt.ratio) == pytest.approx(float(bo.r_continuous), abs=1e-3)
+
+
+def test_optimise_ratio_compiles_once_per_shape():
+    """Acceptance (issue 10): a second call with new coefficients, workload parameters,
+    start and learning rate (same batch size, max_ratio and num_steps) compiles nothing.
+    Counted with jax.monitoring's backend-compile events; the old Python loop of eager
+    Adam and Newton steps compiled 186 programs on the first call and 1 on every later one."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    lat1, w1 = afdjax.LatencyModel.from_preset("paper-910c"), Geometric(100.0, 500.0)
+    lat2 = LatencyModel(alpha_a=0.002, beta_a=40.0, alpha_f=0.09, beta_f=90.0, alpha_c=0.03, beta_c=25.0)
+    w2 = Geometric(120.0, 450.0)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        first = afdjax.optimise_ratio(w1, lat1, 256, max_ratio=24, num_steps=100)
+        n_first = len(compiles)
+        second = afdjax.optimise_ratio(w2, lat2, 256, 5.0, max_ratio=24, num_steps=100, learning_rate=0.04)
+        jax.block_until_ready(second)
+        n_second = len(compiles) - n_first
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert 0 < n_first <= 30, n_first
+    assert n_second == 0
+    # and the second answer is for the new inputs: its derivative vanishes there
+    f = lambda r: afdjax.barrier_throughput(w2, lat2, 256, r)
+    assert abs(float(jax.grad(f)(second.ratio))) <= 1e-8 * float(f(second.ratio))
+    assert float(second.ratio) != pytest.approx(float(first.ratio), abs=1e-3)
+
+
+def test_optimise_ratio_validation():
+    lat = afdjax.LatencyModel.from_preset("paper-910c")
+    w = Geometric(100.0, 500.0)
+    for kwargs, match in [(dict(learning_rate=0.0), "learning_rate"), (dict(num_steps=-1), "num_steps"),
+                          (dict(max_ratio=0), "max_ratio"), (dict(max_ratio=2.5), "max_ratio")]:
+        with pytest.raises(ValueError, match=match):
+            afdjax.optimise_ratio(w, lat, 256, **kwargs)
+    with pytest.raises(ValueError, match="r0"):
+        afdjax.optimise_ratio(w, lat, 256, float("nan"))
 
 
 def test_throughput_gradients_validation():

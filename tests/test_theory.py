@@ -1,4 +1,4 @@
-"""Tests of the closed-form theory (``afdjax._theory._closed_forms``; PAPER.md sections 2-4).
+"""Tests of the closed-form theory (``afdjax._theory``; PAPER.md sections 2-4).
 
 Every expected value here is computed independently of the code under test:
 
@@ -76,7 +76,7 @@ def hand_mf_throughput(c: dict, comm_scaling: str, theta: float, B: float, r):
     return r * B / ((r + 1.0) * np.maximum(np.maximum(t_a, t_c), t_f))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ref_excess(z0: float, r: float) -> float:
     """``integral_{z0}^inf (1 - Phi(x)^r) dx`` by adaptive quadrature (float64).
 
@@ -211,7 +211,9 @@ def test_paper_rounding_of_printed_values(paper_latency):
     assert base == pytest.approx(203.44 / 21.248, rel=1e-12)  # = 9.5745..., 9.57 to 2 d.p.
 
 
-@pytest.mark.parametrize("B, mu_p, mu_d", [(128, 100, 500), (256, 100, 500), (512, 100, 500), (256, 100, 100), (256, 500, 500)])
+@pytest.mark.parametrize(
+    "B, mu_p, mu_d", [(128, 100, 500), (256, 100, 500), (512, 100, 500), (256, 100, 100), (256, 500, 500)]
+)
 def test_mean_field_throughput_and_integer_recommendation(paper_latency, B, mu_p, mu_d):
     wl = Geometric(mu_p, mu_d)
     theta = mu_p + mu_d
@@ -449,7 +451,12 @@ def test_brute_force_optimum_ratio_batch_random():
 # ======================================================================================
 @pytest.mark.parametrize(
     "mu_p, mu_d, prefill, sigma",
-    [(100.0, 500.0, "constant", 1.0), (250.0, 40.0, "exponential", 1.0), (800.0, 200.0, "lognormal", 1.2), (0.0, 0.0, "constant", 1.0)],
+    [
+        (100.0, 500.0, "constant", 1.0),
+        (250.0, 40.0, "exponential", 1.0),
+        (800.0, 200.0, "lognormal", 1.2),
+        (0.0, 0.0, "constant", 1.0),
+    ],
 )
 def test_geometric_theta_variance_closed_form(mu_p, mu_d, prefill, sigma):
     wl = Geometric(mu_p, mu_d, prefill=prefill, prefill_sigma=sigma)
@@ -562,7 +569,9 @@ def test_theta_against_engine_azure():
 # ======================================================================================
 # 4. expected_max_normal_excess against quadrature
 # ======================================================================================
-Z0_GRID_OK = np.array([-40.0, -25.0, -13.0, -12.0, -11.5, -8.0, -5.0, -3.0, -1.7, -0.5, 0.0, 0.3, 1.0, 2.2, 3.0, 4.0, 5.0, 6.0])
+Z0_GRID_OK = np.array(
+    [-40.0, -25.0, -13.0, -12.0, -11.5, -8.0, -5.0, -3.0, -1.7, -0.5, 0.0, 0.3, 1.0, 2.2, 3.0, 4.0, 5.0, 6.0]
+)
 R_GRID = np.array([0.5, 0.75, 1.0, 1.5, 2.0, 3.7, 8.0, 16.0, 64.0, 333.3, 1000.0, 1e4])
 
 
@@ -780,7 +789,7 @@ def _build(p, prefill="lognormal", comm_scaling="batch"):
     return wl, lat
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(kind, B, prefill, comm_scaling):
     """(jit(f), jit(grad f)) for a parameter dict, compiled once per combination."""
     f = _fn(kind, B, prefill, comm_scaling)
@@ -913,7 +922,10 @@ def test_vmap_over_latency_models():
         loop = np.array([float(fun(wl, make(float(a)), B, 8.0)) for a in alphas])
         np.testing.assert_allclose(vm, loop, rtol=1e-12)
     vm_star = np.asarray(jax.jit(jax.vmap(lambda a: th.mean_field_optimum(wl, make(a), B).r_star))(jnp.asarray(alphas)))
-    hand = [max((a * B * 600 + 50 - 100) / (0.083 * B), (0.022 * B + 20 - 100) / (0.083 * B), math.sqrt(100 / (0.083 * B))) for a in alphas]
+    hand = [
+        max((a * B * 600 + 50 - 100) / (0.083 * B), (0.022 * B + 20 - 100) / (0.083 * B), math.sqrt(100 / (0.083 * B)))
+        for a in alphas
+    ]
     np.testing.assert_allclose(vm_star, hand, rtol=1e-12)
     # a batch of whole modules (stacked leaves) vmapped as a pytree
     lats = [make(float(a)) for a in alphas]
@@ -1029,3 +1041,126 @@ def test_barrier_optimum_matches_engine_argmax(engine_runs, paper_latency):
         diff = thr[:, best - 1] - thr[:, other - 1]
         m, se = _mean_and_se(diff)
         assert m > 4 * se, (other, m, se)
+
+
+# ------------------------------------------------ zero slope: the "unbounded" regime (issue 10)
+ZERO_SLOPE = dict(alpha_a=0.0, beta_a=2.0, alpha_f=0.0, beta_f=2.0, alpha_c=0.0, beta_c=2.0)
+
+
+@pytest.mark.parametrize("scaling", ["batch", "ratio_batch"])
+def test_zero_slope_is_unbounded(scaling):
+    """alpha_f = 0 (and alpha_c = 0): no stage time grows with r, so the hand throughput
+    rB / ((r+1) * 2) rises for ever. r* = +inf, regime "unbounded", no NaN anywhere, and
+    every integer recommendation is the top of the range."""
+    lat = LatencyModel(**ZERO_SLOPE, comm_scaling=scaling)
+    wl = Geometric(100.0, 500.0)
+    rs = np.arange(1.0, 200.0)
+    hand = hand_mf_throughput(ZERO_SLOPE, scaling, 600.0, 16, rs)
+    assert np.all(np.diff(hand) > 0)
+    opt = th.mean_field_optimum(wl, lat, 16)
+    assert float(opt.r_star) == math.inf
+    assert opt.regime_name == "unbounded" and th.REGIMES[int(opt.regime)] == "unbounded"
+    for name in ("r_attention", "r_peak", "r_star", "attention_time"):
+        assert not math.isnan(float(getattr(opt, name))), name
+    if scaling == "batch":
+        # t_A_bar = t_C = beta_f = 2: the flat FFN line sits on both levels
+        assert float(opt.r_attention) == 0.0 and float(opt.r_communication) == 0.0
+    assert int(th.mean_field_integer_ratio(wl, lat, 16, max_ratio=7)) == 7
+    bo = th.barrier_optimum(wl, lat, 16, 7)
+    assert int(bo.ratio) == 7 and float(bo.r_continuous) == 7.0
+    assert float(bo.throughput) == pytest.approx(hand[6], rel=1e-12)
+    with pytest.raises(ValueError, match="unbounded"):
+        th.mean_field_integer_ratio(wl, lat, 16)
+
+
+def test_zero_ffn_slope_with_attention_above_or_below():
+    """Flat FFN line below t_A_bar: attention binds for ever (r_A = +inf); above it: never
+    (r_A = -inf). Both unbounded, since the cycle time stays constant."""
+    wl = Geometric(100.0, 500.0)
+    above = th.mean_field_optimum(wl, lat_of(alpha_f=0.0), 256)  # t_A_bar = 303.44 > beta_f = 100
+    assert float(above.r_attention) == math.inf and above.regime_name == "unbounded"
+    below = th.mean_field_optimum(wl, lat_of(alpha_f=0.0, beta_f=1000.0), 256)
+    assert float(below.r_attention) == -math.inf and float(below.r_communication) == -math.inf
+    assert below.regime_name == "unbounded" and float(below.r_star) == math.inf
+
+
+def test_zero_ffn_slope_ratio_batch_rising_communication_is_bounded():
+    """alpha_f = 0 but communication grows with rB: the optimum is finite and equals a
+    brute-force search of the hand throughput."""
+    c = dict(PAPER, alpha_f=0.0, alpha_c=0.05)
+    lat = LatencyModel(**c, comm_scaling="ratio_batch")
+    wl, B = Geometric(100.0, 500.0), 64
+    opt = th.mean_field_optimum(wl, lat, B)
+    grid = np.linspace(0.05, 200.0, 400_001)
+    best = grid[np.argmax(hand_mf_throughput(c, "ratio_batch", 600.0, B, grid))]
+    assert math.isfinite(float(opt.r_star)) and opt.regime_name != "unbounded"
+    assert float(opt.r_star) == pytest.approx(best, abs=1e-3)
+
+
+def test_zero_slope_provision_recommends_top_of_range():
+    """The command of issue 10 (provision, ratios 1..7): mean field, barrier model and
+    simulation all recommend 7, and neither the JSON nor the text holds a NaN."""
+    import contextlib
+    import io
+    import json
+
+    lat = LatencyModel(**ZERO_SLOPE)
+    with contextlib.redirect_stdout(io.StringIO()):
+        rep = afdjax.provision(jax.random.key(0), Geometric(100.0, 500.0), lat, 16, ratios=range(1, 8),
+                               num_steps=200, num_replicas=4)
+    data = rep.to_dict()
+    assert data["ratio_mean_field"] == data["ratio_barrier"] == data["ratio_simulated"] == 7
+    assert data["regime"] == "unbounded" and data["r_star"] is None  # +inf: null in JSON
+    json.dumps(data, allow_nan=False)
+    assert "nan" not in rep.format_text().lower()
+
+
+def test_unbounded_or_nan_r_star_without_range_raises_under_jit():
+    lat = LatencyModel(**ZERO_SLOPE)
+    f = eqx.filter_jit(lambda lt: th.mean_field_integer_ratio(Geometric(100.0, 500.0), lt, 16))
+    with pytest.raises(Exception, match="unbounded"):
+        jax.block_until_ready(f(lat))
+    with pytest.raises(ValueError, match="NaN"):
+        th.best_integer_neighbour(jnp.asarray(jnp.nan), lambda r: r, max_ratio=4)
+    assert int(th.best_integer_neighbour(jnp.asarray(jnp.inf), lambda r: r, max_ratio=4)) == 4
+    assert int(th.best_integer_neighbour(jnp.asarray(-jnp.inf), lambda r: r, max_ratio=4)) == 1
+
+
+# ------------------------------------------------------------------ batch size <= 0 (issue 11)
+@pytest.mark.parametrize("bad", [0, -16, 0.0, np.array([8.0, 0.0])])
+def test_every_theory_function_rejects_batch_size(bad, paper_latency):
+    wl = Geometric(100.0, 500.0)
+    calls = [
+        lambda: th.attention_time_mean_field(wl, paper_latency, bad),
+        lambda: th.mean_field_cycle_time(wl, paper_latency, bad, 3.0),
+        lambda: th.mean_field_throughput(wl, paper_latency, bad, 3.0),
+        lambda: th.mean_field_optimum(wl, paper_latency, bad),
+        lambda: th.mean_field_integer_ratio(wl, paper_latency, bad, max_ratio=8),
+        lambda: th.attention_time_moments(wl, paper_latency, bad),
+        lambda: th.barrier_cycle_time(wl, paper_latency, bad, 3.0),
+        lambda: th.barrier_throughput(wl, paper_latency, bad, 3.0),
+        lambda: th.barrier_optimum(wl, paper_latency, bad, 8),
+        lambda: afdjax.optimise_ratio(wl, paper_latency, bad, max_ratio=8),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="batch_size"):
+            call()
+
+
+# -------------------------------------------------------- grid argmax and Newton polish
+def test_ratio_choice_on_a_parabola():
+    """f(r) = -(r - 3.3)^2: best integer 3, nearest grid point 211/64, one Newton step
+    lands on 3.3 (within the 1/64 cell); at the boundary the clip holds."""
+    f = lambda r: -((r - 3.3) ** 2)
+    ratio, value = th.integer_argmax(f, 8)
+    assert int(ratio) == 3 and float(value) == pytest.approx(-0.09, rel=1e-12)
+    assert float(th.grid_argmax(f, 8)) == 211 / 64
+    assert float(th.grid_argmax(f, 1)) == 1.0
+    ratio, value, r = th.maximise_ratio(f, 8)
+    assert int(ratio) == 3 and float(r) == pytest.approx(3.3, abs=1e-14)
+    assert float(th.newton_polish(f, 2.0, 1.0, 8.0, 1)) == pytest.approx(3.3, abs=1e-14)
+    assert float(th.newton_polish(f, 2.0, 1.0, 8.0, 2, max_step=0.25)) == 2.5  # clipped steps
+    assert float(th.maximise_ratio(f, 3)[2]) == 3.0  # boundary maximum
+    # convex stretch: the gradient step (+f') instead of a Newton step
+    g = lambda r: r**2
+    assert float(th.newton_polish(g, 2.0, 1.0, 8.0, 1)) == 6.0

@@ -36,7 +36,7 @@ from .._engine._simulate import simulate
 from .._grad import throughput_estimate
 from .._json import jsonable
 from .._latency import COEFFICIENT_NAMES, LatencyModel
-from .._theory._closed_forms import barrier_throughput
+from .._theory import barrier_throughput
 from .._workload import Geometric, Workload
 from ._lbfgs import lbfgs_minimise
 

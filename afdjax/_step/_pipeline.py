@@ -61,19 +61,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._latency import LatencyModel
-from .._theory._closed_forms import attention_time_moments, expected_max_normal_excess
+from .._theory import as_float as _float
+from .._theory import attention_time_moments, expected_max_normal_excess
+from .._theory import per_instance_throughput as _per_instance
 from .._workload._core import Workload
 
 _UNROLL_MAX = 32  # prefix ops along the micro-batch axis are unrolled up to this length
-
-
-def _float(x):
-    return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
-
-
-def _per_instance(ratio, batch_size, cycle_time):
-    """Throughput per instance: ``r B`` tokens per step over ``r + 1`` instances."""
-    return ratio * batch_size / ((ratio + 1.0) * cycle_time)
 
 
 def micro_batch_sizes(batch_size: int, micro_batches: int) -> np.ndarray:

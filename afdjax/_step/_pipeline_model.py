@@ -11,6 +11,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._theory import grid_argmax, integer_argmax
 from .._validate import check_int
 from ._model import StepConstants, StepModel, StepTimes
 from ._pipeline import (
@@ -129,13 +130,10 @@ class Pipeline(StepModel):
 
 @eqx.filter_jit
 def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
-    fdtype = jnp.zeros(()).dtype
-    ints = jnp.arange(1, max_r + 1, dtype=fdtype)
-    mf_fn = jax.vmap(lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches))
-    br_fn = jax.vmap(lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches))
-    grid = jnp.linspace(1.0, float(max_r), 64 * (max_r - 1) + 1, dtype=fdtype) if max_r > 1 else jnp.ones(1, fdtype)
-    return (jnp.argmax(mf_fn(ints)) + 1, jnp.argmax(br_fn(ints)) + 1, grid[jnp.argmax(br_fn(grid))],
-            grid[jnp.argmax(mf_fn(grid))])
+    mf_fn = lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches)
+    br_fn = lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches)
+    return (integer_argmax(mf_fn, max_r)[0], integer_argmax(br_fn, max_r)[0], grid_argmax(br_fn, max_r),
+            grid_argmax(mf_fn, max_r))
 
 
 def as_step_model(step_model=None, micro_batches=None) -> StepModel:

@@ -1,0 +1,89 @@
+"""Barrier refinement of the mean field: the Gaussian expected step time of the rA-1F
+process (arXiv 2601.21351, section 4).
+
+Per-instance attention time is approximately Normal(``mu_A``, ``s^2``) with
+``mu_A = alpha_a B theta + beta_a`` and ``s = alpha_a sqrt(B) sigma``. With
+``G = max(t_F, t_C)`` and ``M_r`` the maximum of ``r`` standard normals,
+
+    E[tau] = E[max(G, mu_A + s M_r)] = G + s * integral_{(G - mu_A)/s}^inf (1 - Phi(x)^r) dx,
+
+which is defined, and differentiable, for real ``r > 0`` (:mod:`._max_normal`).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._latency import LatencyModel
+from .._workload._core import Workload
+from ._base import as_float, check_batch_size, per_instance_throughput
+from ._max_normal import expected_max_normal_excess
+from ._ratio_choice import check_max_ratio, maximise_ratio
+
+
+def attention_time_moments(workload: Workload, latency: LatencyModel, batch_size):
+    """``(mu_A, s)``: mean and standard deviation of one instance's attention time in the
+    stationary state (``alpha_a B theta + beta_a`` and ``alpha_a sqrt(B) sigma``; time
+    units) for batch size ``B > 0``."""
+    check_batch_size(batch_size)
+    B = as_float(batch_size)
+    mu = latency.attention_time(B * workload.theta())
+    var = workload.slot_variance()
+    # sqrt guarded so that a zero-variance workload has finite (zero) gradients
+    safe = jnp.where(var > 0, var, 1.0)
+    s = latency.alpha_a * jnp.where(var > 0, jnp.sqrt(B * safe), 0.0)
+    return mu, s
+
+
+def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
+    """Barrier-aware expected step time ``E[max(G, mu_A + s M_r)]`` for real ``ratio``
+    (time units).
+
+    ``G = max(t_F(r), t_C(r))``. When ``s = 0`` this is the mean-field cycle time.
+    """
+    ratio = as_float(ratio)
+    mu, s = attention_time_moments(workload, latency, batch_size)
+    floor = jnp.maximum(latency.ffn_time(ratio, batch_size), latency.comm_time(ratio, batch_size))
+    safe_s = jnp.where(s > 0, s, 1.0)
+    z0 = (floor - mu) / safe_s
+    with_noise = floor + safe_s * expected_max_normal_excess(z0, ratio)
+    return jnp.where(s > 0, with_noise, jnp.maximum(floor, mu))
+
+
+def barrier_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
+    """Barrier-aware throughput per instance ``r B / ((r+1) E[tau])`` (tokens per time unit
+    per instance) for real ``ratio`` and batch size ``B > 0``."""
+    ratio = as_float(ratio)
+    return per_instance_throughput(ratio, batch_size, barrier_cycle_time(workload, latency, batch_size, ratio))
+
+
+class BarrierOptimum(eqx.Module):
+    """Optimum of the barrier-aware throughput."""
+
+    ratio: jax.Array
+    """Integer ratio in ``[1, max_ratio]`` with the highest barrier throughput."""
+    r_continuous: jax.Array
+    """Real-valued maximiser (grid of 1/64 over ``[1, max_ratio]``, refined by a few
+    Newton steps on the derivative)."""
+    throughput: jax.Array
+    """Barrier throughput at ``ratio``."""
+
+
+def barrier_optimum(workload: Workload, latency: LatencyModel, batch_size, max_ratio: int) -> BarrierOptimum:
+    """Integer and continuous maximisers of :func:`barrier_throughput` over ``[1, max_ratio]``.
+
+    **Arguments:** a workload, a latency model, the batch size ``B > 0`` and ``max_ratio``,
+    a Python integer ``>= 1`` (static: one compilation per value). With an unbounded
+    optimum (e.g. ``alpha_f = 0``) both maximisers are ``max_ratio``.
+    """
+    max_ratio = check_max_ratio(max_ratio)
+    check_batch_size(batch_size)
+    return _barrier_optimum_jit(workload, latency, batch_size, max_ratio)
+
+
+@eqx.filter_jit
+def _barrier_optimum_jit(workload, latency, batch_size, max_ratio: int) -> BarrierOptimum:
+    ratio, value, r = maximise_ratio(lambda r: barrier_throughput(workload, latency, batch_size, r), max_ratio)
+    return BarrierOptimum(ratio=ratio, r_continuous=r, throughput=value)
