@@ -51,7 +51,7 @@ from ._theory import (
     newton_polish,
 )
 from ._validate import check_int, check_number
-from ._workload._core import Workload
+from ._workload import Workload
 
 
 def throughput_estimate(result: SimulationResult) -> jax.Array:

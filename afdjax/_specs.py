@@ -26,6 +26,7 @@ import tomllib
 from pathlib import Path
 
 from ._data import load_trace, resolve_file
+from ._fit import FITTED_SPEC, parse_fitted_spec
 from ._hardware import (
     ACCELERATOR_TABLE_KEYS,
     ACCELERATORS,
@@ -44,9 +45,15 @@ from ._hardware import (
 )
 from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
 from ._validate import invalid
-from ._fit import FITTED_SPEC, parse_fitted_spec
-from ._workload import FIXED_SPEC, UNIFORM_SPEC, parse_fixed_spec, parse_uniform_spec
-from ._workload._core import PREFILL_FAMILIES, Geometric, Workload
+from ._workload import (
+    FIXED_SPEC,
+    PREFILL_FAMILIES,
+    UNIFORM_SPEC,
+    Geometric,
+    Workload,
+    parse_fixed_spec,
+    parse_uniform_spec,
+)
 
 __all__ = [
     "deployment_to_toml",

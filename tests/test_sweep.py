@@ -430,7 +430,7 @@ def test_read_sweep_names_the_pandas_extra(tmp_path, monkeypatch):
 
 
 def test_grid_limit_is_the_engines():
-    import afdjax._engine._simulate
+    import afdjax._engine
     import afdjax._sweep._grid
 
     assert afdjax._sweep._grid.MAX_INDEX is afdjax._engine.MAX_INDEX

@@ -26,8 +26,8 @@ def cmd_fit_workload(args) -> int:
 
 
 def cmd_fit_latency(args) -> int:
-    from .._specs import parse_hardware_spec
     from .._fit._latency import fit_latency
+    from .._specs import parse_hardware_spec
 
     defaults = parse_hardware_spec(args.defaults) if args.defaults else None
     fit = fit_latency(
@@ -53,8 +53,8 @@ def cmd_fit_latency(args) -> int:
 def cmd_fit_throughput(args) -> int:
     import jax
 
-    from .._specs import latency_to_toml, parse_hardware_spec, parse_workload_spec
     from .._fit._throughput import fit_throughput, read_throughput_observations
+    from .._specs import latency_to_toml, parse_hardware_spec, parse_workload_spec
 
     obs = read_throughput_observations(args.observations)
     workload = parse_workload_spec(args.workload)

@@ -20,14 +20,13 @@ def _cmd_provision_constrained(args) -> int:
     import jax
 
     from .. import __version__
-    from .._specs import parse_workload_spec
-    from .._specs import load_deployment
     from .._provision._constraints import (
         Constraints,
         Costs,
         deployment_kv_capacity_bytes,
         provision_constrained,
     )
+    from .._specs import load_deployment, parse_workload_spec
 
     ratios = parse_ratios(args.ratios) if args.ratios else None
     batch_sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else [args.batch_size]
@@ -141,8 +140,8 @@ def cmd_provision(args) -> int:
         return _cmd_provision_constrained(args)
 
     from .. import __version__
-    from .._specs import parse_hardware_spec, parse_workload_spec
     from .._provision._report import provision
+    from .._specs import parse_hardware_spec, parse_workload_spec
 
     ratios = parse_ratios(args.ratios) if args.ratios else None
     workload = parse_workload_spec(args.workload)
@@ -179,8 +178,8 @@ def cmd_provision(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .._specs import parse_hardware_spec
     from .._provision._verify import run_verification
+    from .._specs import parse_hardware_spec
 
     latency = parse_hardware_spec(args.hardware)
     summary = run_verification(

@@ -15,9 +15,9 @@ def cmd_simulate(args) -> int:
     import jax
 
     from .. import __version__
-    from .._specs import parse_hardware_spec, parse_workload_spec
-    from .._engine._simulate import simulate
+    from .._engine import simulate
     from .._provision._simulation import simulation_report
+    from .._specs import parse_hardware_spec, parse_workload_spec
 
     ratios = parse_ratios(args.ratios)
     workload = parse_workload_spec(args.workload)

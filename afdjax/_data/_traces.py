@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import check_int
-from .._workload._core import Empirical, validate_lengths
+from .._workload import Empirical, validate_lengths
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 

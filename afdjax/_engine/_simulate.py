@@ -24,7 +24,7 @@ import numpy as np
 from .._latency import LatencyModel
 from .._step import as_step_model
 from .._validate import check_int
-from .._workload._core import Workload
+from .._workload import Workload
 from ._config import MAX_INDEX, START_MODES, EngineConfig
 from ._kernel import _traced, rerun_on_overflow, run_engine
 from ._result import SimulationResult, select_ratios

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from .._step import Barrier
-from .._workload._core import Workload
+from .._workload import Workload
 
 
 def bucket(n: int) -> int:

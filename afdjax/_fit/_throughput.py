@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._data import read_records, resolve_file
-from .._engine._simulate import simulate
+from .._engine import simulate
 from .._grad import throughput_estimate
 from .._json import jsonable
 from .._latency import COEFFICIENT_NAMES, LatencyModel

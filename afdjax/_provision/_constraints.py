@@ -49,7 +49,7 @@ from .._json import jsonable
 from .._latency import LatencyModel
 from .._step import as_step_model
 from .._validate import check_choice, check_int, check_optional_number, invalid
-from .._workload._core import Workload
+from .._workload import Workload
 from ._compare import check_ratio_list
 from ._text import _CONSTRAINT_NAMES, OBJECTIVE_UNITS, _describe_violation
 

@@ -20,7 +20,7 @@ from .._latency import LatencyModel
 from .._step import as_step_model
 from .._theory import mean_field_optimum
 from .._validate import invalid
-from .._workload._core import Workload
+from .._workload import Workload
 from ._compare import check_ratio_list, paired_difference, ratios_within_2_stderr
 
 

@@ -13,9 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from .._engine._simulate import SimulationResult
+from .._engine import SimulationResult
 from .._latency import LatencyModel
-from .._workload._core import Workload
+from .._workload import Workload
 from ._compare import ratios_within_2_stderr
 
 

@@ -20,7 +20,7 @@ from .._data import load_trace
 from .._json import jsonable
 from .._latency import LatencyModel
 from .._step import as_step_model
-from .._workload._core import Geometric
+from .._workload import Geometric
 from ._plots import verification_plots
 from ._report import ProvisionReport, provision
 from ._text import _markdown

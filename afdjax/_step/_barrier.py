@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._theory._closed_forms import (
+from .._theory import (
     barrier_cycle_time,
     barrier_optimum,
     barrier_throughput,

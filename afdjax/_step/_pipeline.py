@@ -64,7 +64,7 @@ from .._latency import LatencyModel
 from .._theory import as_float as _float
 from .._theory import attention_time_moments, expected_max_normal_excess
 from .._theory import per_instance_throughput as _per_instance
-from .._workload._core import Workload
+from .._workload import Workload
 
 _UNROLL_MAX = 32  # prefix ops along the micro-batch axis are unrolled up to this length
 

@@ -55,7 +55,7 @@ from .._engine import EngineConfig, plan_sizes, replica_bytes, rerun_on_overflow
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._step import as_step_model
 from .._validate import check_int
-from .._workload._core import Geometric
+from .._workload import Geometric
 from ._grid import _FORMAT, WORKLOAD_FLOATS, SweepGrid, _Group, load_grid
 from ._store import (
     MANIFEST,

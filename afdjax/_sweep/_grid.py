@@ -25,7 +25,7 @@ from .._data import BUNDLED_TRACES, bundled_trace_path, load_trace, resolve_file
 from .._engine import MAX_INDEX, START_MODES
 from .._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS
 from .._specs import parse_hardware_spec, parse_workload_spec, read_toml
-from .._workload._core import PREFILL_FAMILIES, Geometric
+from .._workload import PREFILL_FAMILIES, Geometric
 
 _FORMAT = "afdjax-sweep/1"
 

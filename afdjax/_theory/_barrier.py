@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .._latency import LatencyModel
-from .._workload._core import Workload
+from .._workload import Workload
 from ._base import as_float, check_batch_size, per_instance_throughput
 from ._max_normal import expected_max_normal_excess
 from ._ratio_choice import check_max_ratio, maximise_ratio

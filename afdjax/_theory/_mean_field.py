@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from .._latency import LatencyModel
-from .._workload._core import Workload
+from .._workload import Workload
 from ._base import as_float, check_batch_size, per_instance_throughput
 from ._ratio_choice import best_integer_neighbour
 
