@@ -121,16 +121,25 @@ def expected_throughput(
     return _interpolate(throughput_estimate(result), ratio)
 
 
-def plan_buffers(workload: Workload, batch_size: int, max_ratio: int, num_steps: int, num_replicas: int,
-                 warmup_steps: int = 0) -> dict:
+def plan_buffers(
+    workload: Workload, batch_size: int, max_ratio: int, num_steps: int, num_replicas: int, warmup_steps: int = 0
+) -> dict:
     """Buffer sizes (``chunk_steps``, ``requests_per_chunk``) for a concrete workload, so that
     :func:`expected_throughput` can run with traced parameters."""
-    base = dict(max_ratio=max_ratio, batch_size=batch_size, num_steps=num_steps, warmup_steps=warmup_steps,
-                num_replicas=num_replicas, num_bins=4096)
+    base = dict(
+        max_ratio=max_ratio,
+        batch_size=batch_size,
+        num_steps=num_steps,
+        warmup_steps=warmup_steps,
+        num_replicas=num_replicas,
+        num_bins=4096,
+    )
     sizes = plan_sizes(workload, base, None, None, None, 512 * 2**20)
     # head-room: traced parameters may move away from the planning point
-    return dict(chunk_steps=sizes["chunk_steps"], requests_per_chunk=min(2 * sizes["requests_per_chunk"],
-                                                                          sizes["chunk_steps"] + 1))
+    return dict(
+        chunk_steps=sizes["chunk_steps"],
+        requests_per_chunk=min(2 * sizes["requests_per_chunk"], sizes["chunk_steps"] + 1),
+    )
 
 
 class ThroughputGradient(eqx.Module):
@@ -169,25 +178,57 @@ def throughput_gradients(
     if not (isinstance(ratio, (int, float, np.integer, np.floating)) and math.isfinite(ratio) and ratio >= 1):
         raise ValueError(f"ratio={ratio!r} is invalid: expected a real number >= 1")
     max_ratio = max(2, math.floor(ratio) + 1)
-    sizes = plan_buffers(workload, batch_size, max_ratio, num_steps, num_replicas,
-                         simulate_kwargs.get("warmup_steps", 0))
-    value, grads = _value_and_grad(key, workload, latency, batch_size, jnp.asarray(float(ratio)), num_steps,
-                                   num_replicas, max_ratio, sizes["chunk_steps"], sizes["requests_per_chunk"],
-                                   tuple(sorted(simulate_kwargs.items())))
+    sizes = plan_buffers(
+        workload, batch_size, max_ratio, num_steps, num_replicas, simulate_kwargs.get("warmup_steps", 0)
+    )
+    value, grads = _value_and_grad(
+        key,
+        workload,
+        latency,
+        batch_size,
+        jnp.asarray(float(ratio)),
+        num_steps,
+        num_replicas,
+        max_ratio,
+        sizes["chunk_steps"],
+        sizes["requests_per_chunk"],
+        tuple(sorted(simulate_kwargs.items())),
+    )
     (value, stderr) = value
     g_workload, g_latency, g_ratio = grads
     return ThroughputGradient(value=value, stderr=stderr, workload=g_workload, latency=g_latency, ratio=g_ratio)
 
 
 @eqx.filter_jit
-def _value_and_grad(key, workload, latency, batch_size, ratio, num_steps, num_replicas, max_ratio, chunk_steps,
-                    requests_per_chunk, extra):
+def _value_and_grad(
+    key,
+    workload,
+    latency,
+    batch_size,
+    ratio,
+    num_steps,
+    num_replicas,
+    max_ratio,
+    chunk_steps,
+    requests_per_chunk,
+    extra,
+):
     kwargs = dict(extra)
 
     def objective(params):
         w, lat, r = params
-        result = simulate(key, w, lat, batch_size, list(range(1, max_ratio + 1)), num_steps, num_replicas,
-                          chunk_steps=chunk_steps, requests_per_chunk=requests_per_chunk, **kwargs)
+        result = simulate(
+            key,
+            w,
+            lat,
+            batch_size,
+            list(range(1, max_ratio + 1)),
+            num_steps,
+            num_replicas,
+            chunk_steps=chunk_steps,
+            requests_per_chunk=requests_per_chunk,
+            **kwargs,
+        )
         value = _interpolate(throughput_estimate(result), r)
         per = _interpolate(jnp.moveaxis(result.throughput_per_replica, 0, 1), r)  # (R,)
         stderr = jnp.std(per, ddof=1) / jnp.sqrt(per.shape[0]) if per.shape[0] > 1 else jnp.nan
@@ -261,8 +302,9 @@ def optimise_ratio(
     if max_ratio is None:
         max_ratio = max(2, math.ceil(2 * start) + 2)
     max_ratio = check_max_ratio(max_ratio)
-    ratio, gradient, throughput = _ascend(workload, latency, batch_size, as_float(start), as_float(learning_rate),
-                                          as_float(max_ratio), num_steps)
+    ratio, gradient, throughput = _ascend(
+        workload, latency, batch_size, as_float(start), as_float(learning_rate), as_float(max_ratio), num_steps
+    )
     return RatioOptimum(
         ratio=ratio,
         gradient=gradient,

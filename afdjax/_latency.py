@@ -29,7 +29,12 @@ PRESETS: dict[str, dict[str, float]] = {
     # arXiv 2601.21351, section 4 (DeepSeek-V3 on Huawei Ascend 910C; linear
     # regression on traces; unit not stated, plausibly microseconds per layer).
     "paper-910c": {
-        "alpha_a": 0.00165, "beta_a": 50.0, "alpha_f": 0.083, "beta_f": 100.0, "alpha_c": 0.022, "beta_c": 20.0,
+        "alpha_a": 0.00165,
+        "beta_a": 50.0,
+        "alpha_f": 0.083,
+        "beta_f": 100.0,
+        "alpha_c": 0.022,
+        "beta_c": 20.0,
     },
 }
 

@@ -250,8 +250,10 @@ def _parse_spec(text: str, presets: dict, cls, what: str):
             values.update(_overrides(rest, cls, what, f"{what} spec {text!r}"))
     else:
         if head not in presets:
-            raise ValueError(f"unknown {what} {head!r}; available: {', '.join(presets)} "
-                             f"(or NAME,field=value,... or a TOML file with a [{table_name}] table)")
+            raise ValueError(
+                f"unknown {what} {head!r}; available: {', '.join(presets)} "
+                f"(or NAME,field=value,... or a TOML file with a [{table_name}] table)"
+            )
         values = dataclasses.asdict(presets[head])
         over = _overrides(rest, cls, what, f"{what} spec {text!r}")
         if over:
@@ -302,8 +304,14 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 # ============================================================================ hardware specs
 _DERIVE_OPTIONS = {
-    "dtype": str, "memory_efficiency": float, "compute_efficiency": float, "network_efficiency": float,
-    "kernel_overhead_us": float, "attention_devices": int, "ffn_devices": int, "comm_scaling": str,
+    "dtype": str,
+    "memory_efficiency": float,
+    "compute_efficiency": float,
+    "network_efficiency": float,
+    "kernel_overhead_us": float,
+    "attention_devices": int,
+    "ffn_devices": int,
+    "comm_scaling": str,
 }
 
 
@@ -440,8 +448,10 @@ def _read_section(data: dict, section: str, keys: dict, where: str) -> dict:
             want = "a string" if kind is str else ("an integer" if kind is int else "a number")
             raise ValueError(f"{where}: [{section}] {k}={v!r} is invalid: expected {want}")
         if kind is not str and (not math.isfinite(v) or v < (1 if kind is int else 0)):
-            raise ValueError(f"{where}: [{section}] {k}={v!r} is invalid: expected "
-                             f"{'an integer >= 1' if kind is int else 'a finite number >= 0'}")
+            raise ValueError(
+                f"{where}: [{section}] {k}={v!r} is invalid: expected "
+                f"{'an integer >= 1' if kind is int else 'a finite number >= 0'}"
+            )
         out[k] = v
     return out
 
@@ -489,8 +499,12 @@ def load_deployment(spec: str) -> Deployment:
         )
     if head in PRESETS and head in LATENCY_PRESET_MODELS:
         m = MODELS[LATENCY_PRESET_MODELS[head]]
-        return Deployment(latency=latency, num_layers=m.num_layers, kv_bytes_per_token=m.kv_bytes_per_token,
-                          model=m.name, accelerator="ascend-910c" if head == "paper-910c" else None,
-                          time_unit="unstated (plausibly us per layer)")
+        return Deployment(
+            latency=latency,
+            num_layers=m.num_layers,
+            kv_bytes_per_token=m.kv_bytes_per_token,
+            model=m.name,
+            accelerator="ascend-910c" if head == "paper-910c" else None,
+            time_unit="unstated (plausibly us per layer)",
+        )
     return Deployment(latency=latency)
-

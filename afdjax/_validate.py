@@ -43,8 +43,9 @@ def _bound_text(minimum, maximum, strict: bool) -> str:
     return "a finite number"
 
 
-def check_number(name: str, value, *, minimum: float | None = 0.0, strict: bool = True,
-                 maximum: float | None = None) -> float:
+def check_number(
+    name: str, value, *, minimum: float | None = 0.0, strict: bool = True, maximum: float | None = None
+) -> float:
     """A concrete real number (not a bool), finite, ``> minimum`` (``>=`` unless ``strict``)
     and ``<= maximum``; returns it as a Python float. ``minimum=None``: no lower bound."""
     allowed = _bound_text(minimum, maximum, strict)
@@ -88,9 +89,8 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int
     allowed = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
         raise invalid(name, value, allowed)
-    if isinstance(value, (float, np.floating)):
-        if not float(value).is_integer():
-            raise invalid(name, value, allowed)
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise invalid(name, value, allowed)
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
         raise invalid(name, value, allowed)

@@ -39,12 +39,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import afdjax  # noqa: E402
+import afdjax
 
 RATIOS = list(range(1, 33))
 SIZES = {
@@ -56,9 +56,14 @@ SIZES = {
 
 
 def _devices() -> dict:
-    return dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
-                device_kind=jax.devices()[0].device_kind, jax=jax.__version__,
-                host=f"{platform.machine()}, {os.cpu_count()} CPU cores", x64=bool(jax.config.jax_enable_x64))
+    return dict(
+        backend=jax.default_backend(),
+        devices=[str(d) for d in jax.devices()],
+        device_kind=jax.devices()[0].device_kind,
+        jax=jax.__version__,
+        host=f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        x64=bool(jax.config.jax_enable_x64),
+    )
 
 
 def check_against_cpu(batch_size: int, max_ratio: int, steps: int, replicas: int, rtol: float) -> dict:
@@ -68,12 +73,22 @@ def check_against_cpu(batch_size: int, max_ratio: int, steps: int, replicas: int
     cpu = jax.devices("cpu")[0]
     rows = []
     for micro_batches in (None, 2):
+
         def run(device):
             with jax.default_device(device):
                 wl = jax.device_put(workload, device)
                 lat = jax.device_put(latency, device)
-                res = afdjax.simulate(jax.random.key(11), wl, lat, batch_size, range(1, max_ratio + 1), steps,
-                                      replicas, micro_batches=micro_batches, warmup_steps=0)
+                res = afdjax.simulate(
+                    jax.random.key(11),
+                    wl,
+                    lat,
+                    batch_size,
+                    range(1, max_ratio + 1),
+                    steps,
+                    replicas,
+                    micro_batches=micro_batches,
+                    warmup_steps=0,
+                )
                 return jax.device_get(res)
 
         acc, ref = run(jax.devices()[0]), run(cpu)
@@ -81,11 +96,24 @@ def check_against_cpu(batch_size: int, max_ratio: int, steps: int, replicas: int
         for name in ("throughput_per_instance", "mean_cycle_time", "attention_idle_fraction", "ffn_idle_fraction"):
             a, b = np.asarray(getattr(acc, name), float), np.asarray(getattr(ref, name), float)
             worst[name] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
-        rows.append(dict(micro_batches=micro_batches, max_relative_difference=worst,
-                         best_ratio_device=int(acc.best_ratio()), best_ratio_cpu=int(ref.best_ratio()),
-                         passed=bool(max(worst.values()) <= rtol)))
-    return dict(batch_size=batch_size, ratios=f"1..{max_ratio}", steps=steps, replicas=replicas, rtol=rtol,
-                cases=rows, passed=all(r["passed"] for r in rows))
+        rows.append(
+            dict(
+                micro_batches=micro_batches,
+                max_relative_difference=worst,
+                best_ratio_device=int(acc.best_ratio()),
+                best_ratio_cpu=int(ref.best_ratio()),
+                passed=bool(max(worst.values()) <= rtol),
+            )
+        )
+    return dict(
+        batch_size=batch_size,
+        ratios=f"1..{max_ratio}",
+        steps=steps,
+        replicas=replicas,
+        rtol=rtol,
+        cases=rows,
+        passed=all(r["passed"] for r in rows),
+    )
 
 
 def bench_engine(steps: int, replicas: int, repeats: int) -> dict:
@@ -106,8 +134,16 @@ def bench_engine(steps: int, replicas: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     run = statistics.median(times)
     effective = sum(RATIOS) * 256 * steps * replicas
-    return dict(steps=steps, replicas=replicas, first_call_s=first, compile_s=max(first - run, 0.0), run_s=run,
-                times_s=times, effective_slot_steps_per_s=effective / run, best_ratio=int(res.best_ratio()))
+    return dict(
+        steps=steps,
+        replicas=replicas,
+        first_call_s=first,
+        compile_s=max(first - run, 0.0),
+        run_s=run,
+        times_s=times,
+        effective_slot_steps_per_s=effective / run,
+        best_ratio=int(res.best_ratio()),
+    )
 
 
 def bench_gradient(steps: int, replicas: int, repeats: int) -> dict:
@@ -137,19 +173,33 @@ def bench_gradient(steps: int, replicas: int, repeats: int) -> dict:
         grad.append(timed(gradient, jax.random.key(i + 1)))
     _, g = gradient(params, jax.random.key(0))
     finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(g))
-    return dict(steps=steps, replicas=replicas, forward_s=statistics.median(fwd), gradient_s=statistics.median(grad),
-                gradient_over_forward=statistics.median(grad) / statistics.median(fwd),
-                first_forward_s=compile_forward, first_gradient_s=compile_gradient, gradients_finite=finite)
+    return dict(
+        steps=steps,
+        replicas=replicas,
+        forward_s=statistics.median(fwd),
+        gradient_s=statistics.median(grad),
+        gradient_over_forward=statistics.median(grad) / statistics.median(fwd),
+        first_forward_s=compile_forward,
+        first_gradient_s=compile_gradient,
+        gradients_finite=finite,
+    )
 
 
 def bench_sweep(mu_d_num: int, alpha_a_num: int, steps: int) -> dict:
     grid = {
-        "settings": {"steps": steps, "replicas": 2, "seed": 0, "ratios": {"start": 1, "stop": 32, "step": 1},
-                     "num_bins": 512},
+        "settings": {
+            "steps": steps,
+            "replicas": 2,
+            "seed": 0,
+            "ratios": {"start": 1, "stop": 32, "step": 1},
+            "num_bins": 512,
+        },
         "grid": {
             "batch_size": [64],
-            "workload": {"mu_p": {"start": 100.0, "stop": 500.0, "num": 4},
-                         "mu_d": {"start": 100.0, "stop": 1000.0, "num": mu_d_num}},
+            "workload": {
+                "mu_p": {"start": 100.0, "stop": 500.0, "num": 4},
+                "mu_d": {"start": 100.0, "stop": 1000.0, "num": mu_d_num},
+            },
             "hardware": {"preset": "paper-910c", "alpha_a": {"start": 0.001, "stop": 0.003, "num": alpha_a_num}},
         },
     }
@@ -158,9 +208,14 @@ def bench_sweep(mu_d_num: int, alpha_a_num: int, steps: int) -> dict:
         t0 = time.perf_counter()
         summary = afdjax.sweep(g, out, progress=False)
         seconds = time.perf_counter() - t0
-    return dict(points=g.num_points, configurations=g.num_points * 32, seconds=seconds,
-                points_per_s=g.num_points / seconds, configurations_per_s=g.num_points * 32 / seconds,
-                complete=bool(summary.complete))
+    return dict(
+        points=g.num_points,
+        configurations=g.num_points * 32,
+        seconds=seconds,
+        points_per_s=g.num_points / seconds,
+        configurations_per_s=g.num_points * 32 / seconds,
+        complete=bool(summary.complete),
+    )
 
 
 def main(argv=None) -> int:
@@ -207,24 +262,43 @@ def main(argv=None) -> int:
 
 def _text(report: dict) -> str:
     d, p = report["device"], report["phases"]
-    lines = [f"afdjax accelerator check ({report['date']}, size {report['size']}): {d['device_kind']} "
-             f"[{d['backend']}, {len(d['devices'])} device(s)], jax {d['jax']}, host {d['host']}"]
+    lines = [
+        f"afdjax accelerator check ({report['date']}, size {report['size']}): {d['device_kind']} "
+        f"[{d['backend']}, {len(d['devices'])} device(s)], jax {d['jax']}, host {d['host']}"
+    ]
     c = p["correctness"]
     for case in c.get("cases", []):
         step = "barrier" if case["micro_batches"] is None else f"pipeline m={case['micro_batches']}"
         worst = max(case["max_relative_difference"].values())
-        lines.append(f"  correctness ({step}): max relative difference vs CPU {worst:.2e} (rtol {c['rtol']:g}), "
-                     f"best r {case['best_ratio_device']} vs {case['best_ratio_cpu']}: "
-                     f"{'PASS' if case['passed'] else 'FAIL'}")
+        lines.append(
+            f"  correctness ({step}): max relative difference vs CPU {worst:.2e} (rtol {c['rtol']:g}), "
+            f"best r {case['best_ratio_device']} vs {case['best_ratio_cpu']}: "
+            f"{'PASS' if case['passed'] else 'FAIL'}"
+        )
     for name, fmt in (
-        ("engine", lambda e: f"{e['steps']} steps x {e['replicas']} replicas, r = 1..32, B = 256: compile "
-                             f"{e['compile_s']:.2f} s, run {e['run_s'] * 1e3:.1f} ms, "
-                             f"{e['effective_slot_steps_per_s']:.3g} effective slot-steps/s"),
-        ("gradient", lambda g: f"{g['steps']} steps x {g['replicas']} replicas: forward {g['forward_s'] * 1e3:.1f} ms, "
-                               f"value and gradient {g['gradient_s'] * 1e3:.1f} ms "
-                               f"({g['gradient_over_forward']:.2f}x forward)"),
-        ("sweep", lambda s: f"{s['points']} points x 32 ratios in {s['seconds']:.1f} s: {s['points_per_s']:.0f} "
-                            f"points/s, {s['configurations_per_s']:.0f} configurations/s"),
+        (
+            "engine",
+            lambda e: (
+                f"{e['steps']} steps x {e['replicas']} replicas, r = 1..32, B = 256: compile "
+                f"{e['compile_s']:.2f} s, run {e['run_s'] * 1e3:.1f} ms, "
+                f"{e['effective_slot_steps_per_s']:.3g} effective slot-steps/s"
+            ),
+        ),
+        (
+            "gradient",
+            lambda g: (
+                f"{g['steps']} steps x {g['replicas']} replicas: forward {g['forward_s'] * 1e3:.1f} ms, "
+                f"value and gradient {g['gradient_s'] * 1e3:.1f} ms "
+                f"({g['gradient_over_forward']:.2f}x forward)"
+            ),
+        ),
+        (
+            "sweep",
+            lambda s: (
+                f"{s['points']} points x 32 ratios in {s['seconds']:.1f} s: {s['points_per_s']:.0f} "
+                f"points/s, {s['configurations_per_s']:.0f} configurations/s"
+            ),
+        ),
     ):
         entry = p.get(name, {})
         lines.append(f"  {name}: " + (entry["skipped"] if "skipped" in entry else fmt(entry)))

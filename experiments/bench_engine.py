@@ -75,8 +75,9 @@ def time_engine(workload, batch_size, steps, replicas, repeats):
         res = call(i + 1)
         times.append(time.perf_counter() - t0)
     run = statistics.median(times)
-    return dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=times,
-                best_ratio=res.best_ratio())
+    return dict(
+        first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=times, best_ratio=res.best_ratio()
+    )
 
 
 def time_side_by_side(batch_size, steps, replicas, ref_steps, repeats):
@@ -96,8 +97,13 @@ def time_side_by_side(batch_size, steps, replicas, ref_steps, repeats):
         simulate_reference(np.random.default_rng(i), workload, LATENCY, batch_size, RATIOS, ref_steps, replicas)
         ref_times.append(time.perf_counter() - t0)
     run = statistics.median(engine_times)
-    engine = dict(first_call_s=first, compile_s=max(first - run, 0.0), run_s=run, times_s=engine_times,
-                  best_ratio=res.best_ratio())
+    engine = dict(
+        first_call_s=first,
+        compile_s=max(first - run, 0.0),
+        run_s=run,
+        times_s=engine_times,
+        best_ratio=res.best_ratio(),
+    )
     return engine, dict(run_s=statistics.median(ref_times), times_s=ref_times)
 
 
@@ -130,8 +136,14 @@ def _start_worker(root: Path, cfg: dict):
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(cfg)], cwd=str(root), env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, json.dumps(cfg)],
+        cwd=str(root),
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     return proc, json.loads(proc.stdout.readline())
 
 
@@ -160,23 +172,36 @@ def compare(rev: str, cfg: dict, rounds: int) -> dict:
                 proc.wait(timeout=60)
     first = {name: info["first_s"] for name, (_, info) in workers.items()}
     modules = {name: info["module"] for name, (_, info) in workers.items()}
-    return dict(config=cfg, rev=rev, rounds=rounds, times_s=times, first_call_s=first, modules=modules,
-                best_s={k: min(v) for k, v in times.items()},
-                median_s={k: statistics.median(v) for k, v in times.items()})
+    return dict(
+        config=cfg,
+        rev=rev,
+        rounds=rounds,
+        times_s=times,
+        first_call_s=first,
+        modules=modules,
+        best_s={k: min(v) for k, v in times.items()},
+        median_s={k: statistics.median(v) for k, v in times.items()},
+    )
 
 
 def _print_compare(out: dict) -> None:
     cfg, rev = out["config"], out["rev"]
     step = "barrier" if cfg["micro_batches"] is None else f"pipeline m={cfg['micro_batches']}"
     new, old = out["best_s"]["this tree"], out["best_s"][rev]
-    print(f"B={cfg['batch_size']}, Geometric(100, {cfg['mu_d']:g}), r = 1..{cfg['max_ratio']}, {step}, "
-          f"{cfg['steps']} steps x {cfg['replicas']} replicas, {out['rounds']} alternated rounds")
+    print(
+        f"B={cfg['batch_size']}, Geometric(100, {cfg['mu_d']:g}), r = 1..{cfg['max_ratio']}, {step}, "
+        f"{cfg['steps']} steps x {cfg['replicas']} replicas, {out['rounds']} alternated rounds"
+    )
     for name in ("this tree", rev):
-        print(f"  {name:>10}: best {out['best_s'][name] * 1e3:8.1f} ms, "
-              f"median {out['median_s'][name] * 1e3:8.1f} ms, "
-              f"first call (compile + run) {out['first_call_s'][name]:.2f} s   [{out['modules'][name]}]")
-    print(f"  ratio this tree / {rev} (best): {new / old:.3f}   (median: "
-          f"{out['median_s']['this tree'] / out['median_s'][rev]:.3f})")
+        print(
+            f"  {name:>10}: best {out['best_s'][name] * 1e3:8.1f} ms, "
+            f"median {out['median_s'][name] * 1e3:8.1f} ms, "
+            f"first call (compile + run) {out['first_call_s'][name]:.2f} s   [{out['modules'][name]}]"
+        )
+    print(
+        f"  ratio this tree / {rev} (best): {new / old:.3f}   (median: "
+        f"{out['median_s']['this tree'] / out['median_s'][rev]:.3f})"
+    )
 
 
 def main():
@@ -195,8 +220,15 @@ def main():
         for micro_batches, scale in ((None, 1), (2, 4)):  # the pipeline steps one scan per step: fewer steps
             if args.only and args.only != ("barrier" if micro_batches is None else "pipeline"):
                 continue
-            cfg = dict(batch_size=256, mu_d=500.0, max_ratio=32, steps=max(steps // scale, 1), replicas=4,
-                       micro_batches=micro_batches, warmup=0)
+            cfg = dict(
+                batch_size=256,
+                mu_d=500.0,
+                max_ratio=32,
+                steps=max(steps // scale, 1),
+                replicas=4,
+                micro_batches=micro_batches,
+                warmup=0,
+            )
             results.append(compare(args.compare, cfg, args.rounds))
         if args.json:
             print(json.dumps(results, indent=2))
@@ -264,22 +296,30 @@ def main():
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"afdjax engine benchmark  ({report['date']}, {report['machine']}, "
-          f"jax {jax.__version__} on {report['backend']})")
+    print(
+        f"afdjax engine benchmark  ({report['date']}, {report['machine']}, "
+        f"jax {jax.__version__} on {report['backend']})"
+    )
     print(f"paper baseline: B={B}, Geometric(100, 500), paper-910c, r = 1..32 in one sweep")
     print()
-    print(f"engine     {steps} steps x {replicas} replicas: compile {engine['compile_s']:.2f} s, "
-          f"run {engine['run_s'] * 1e3:.1f} ms (median of {repeats}), best r = {engine['best_ratio']}")
+    print(
+        f"engine     {steps} steps x {replicas} replicas: compile {engine['compile_s']:.2f} s, "
+        f"run {engine['run_s'] * 1e3:.1f} ms (median of {repeats}), best r = {engine['best_ratio']}"
+    )
     print(f"           effective slot-steps/s = {engine_rate:.3g}   (target >= 1e10)")
-    print(f"reference  {ref_steps} steps x {replicas} replicas (NumPy, per step): run {ref['run_s'] * 1e3:.1f} ms "
-          f"(median of {repeats}, alternated with the engine runs)")
+    print(
+        f"reference  {ref_steps} steps x {replicas} replicas (NumPy, per step): run {ref['run_s'] * 1e3:.1f} ms "
+        f"(median of {repeats}, alternated with the engine runs)"
+    )
     print(f"           effective slot-steps/s = {ref_rate:.3g}")
     print(f"speed-up engine / reference = {engine_rate / ref_rate:.1f}x   (target >= 25x)")
     print(f"compile time = {engine['compile_s']:.2f} s   (target < 5 s)")
     print()
     print("scaling (r_max = 32): run time against slots x steps, instance-steps and requests")
-    print(f"{'mu_d':>6} {'B':>6} {'run ms':>9} {'slot-steps':>12} {'instance-steps':>15} {'requests':>10} "
-          f"{'eff. slot-steps/s':>18}")
+    print(
+        f"{'mu_d':>6} {'B':>6} {'run ms':>9} {'slot-steps':>12} {'instance-steps':>15} {'requests':>10} "
+        f"{'eff. slot-steps/s':>18}"
+    )
     for row in scaling:
         print(
             f"{row['mu_d']:>6g} {row['batch_size']:>6} {row['run_s'] * 1e3:>9.1f} {row['slot_steps']:>12.3g} "

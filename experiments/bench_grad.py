@@ -95,7 +95,9 @@ def main():
         value=float(value),
         gradient=dict(
             **{k: float(getattr(grads[1], k)) for k in ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")},
-            mu_p=float(grads[0].mu_p), mu_d=float(grads[0].mu_d), prefill_sigma=float(grads[0].prefill_sigma),
+            mu_p=float(grads[0].mu_p),
+            mu_d=float(grads[0].mu_d),
+            prefill_sigma=float(grads[0].prefill_sigma),
             ratio=float(grads[2]),
         ),
         target=dict(ratio_gradient_to_forward=4.0),
@@ -105,18 +107,24 @@ def main():
         print(json.dumps(report, indent=2))
         return
     mb = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"
-    print(f"afdjax gradient benchmark ({report['date']}, {report['machine']}, jax {jax.__version__} "
-          f"on {report['backend']})")
+    print(
+        f"afdjax gradient benchmark ({report['date']}, {report['machine']}, jax {jax.__version__} "
+        f"on {report['backend']})"
+    )
     print(f"paper baseline B={B}, ratio {ratio} (systems 9 and 10), {args.steps} steps x {args.replicas} replicas")
     print(f"forward  : {t_fwd * 1e3:8.1f} ms (median of {args.repeats}; compile {compile_fwd:.1f} s)")
     print(f"gradient : {t_grad * 1e3:8.1f} ms (all 10 parameters, one reverse pass; compile {compile_grad:.1f} s)")
     print(f"gradient / forward = {t_grad / t_fwd:.2f}x   (target <= 4x)")
-    print(f"temporary memory: forward {mb(mem_fwd)}, gradient {mb(mem_grad)}; "
-          f"storing every slot at every step would need {mb(slot_step_bytes)}")
+    print(
+        f"temporary memory: forward {mb(mem_fwd)}, gradient {mb(mem_grad)}; "
+        f"storing every slot at every step would need {mb(slot_step_bytes)}"
+    )
     print("gradient:", ", ".join(f"{k}={v:.4g}" for k, v in report["gradient"].items()))
     opt = report["optimise_ratio"]
-    print(f"optimise_ratio: first call {opt['first_compiles']} compilations, {opt['first_s']:.1f} s; "
-          f"second call (new coefficients) {opt['second_compiles']} compilations, {opt['second_s']:.2f} s")
+    print(
+        f"optimise_ratio: first call {opt['first_compiles']} compilations, {opt['first_s']:.1f} s; "
+        f"second call (new coefficients) {opt['second_compiles']} compilations, {opt['second_s']:.2f} s"
+    )
 
 
 def optimise_ratio_compiles(latency, workload, batch_size) -> dict:
@@ -129,8 +137,11 @@ def optimise_ratio_compiles(latency, workload, batch_size) -> dict:
         if event == "/jax/core/compile/backend_compile_duration":
             events.append(duration)
 
-    other = eqx.tree_at(lambda m: (m.alpha_a, m.beta_f), latency,
-                        (jnp.asarray(1.2 * latency.alpha_a), jnp.asarray(0.9 * latency.beta_f)))
+    other = eqx.tree_at(
+        lambda m: (m.alpha_a, m.beta_f),
+        latency,
+        (jnp.asarray(1.2 * latency.alpha_a), jnp.asarray(0.9 * latency.beta_f)),
+    )
     jax.monitoring.register_event_duration_secs_listener(listener)
     out = {}
     try:

@@ -74,10 +74,14 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
         return
     print(result.format_text())
-    print(f"wall time {wall:.1f} s (target < 120 s); max |held-out error| "
-          f"{summary['max_held_out_error_percent']:.2f} % (target < 15 %)")
-    print(f"machine load: 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-          f"other processes kept {other_cores:.2f} of {cores} cores busy during the run")
+    print(
+        f"wall time {wall:.1f} s (target < 120 s); max |held-out error| "
+        f"{summary['max_held_out_error_percent']:.2f} % (target < 15 %)"
+    )
+    print(
+        f"machine load: 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"other processes kept {other_cores:.2f} of {cores} cores busy during the run"
+    )
 
 
 if __name__ == "__main__":

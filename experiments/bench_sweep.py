@@ -84,7 +84,7 @@ def run_one(points: int, steps: int, replicas: int, budget_mb: int, devices: str
     for d in devs:
         try:
             m = d.memory_stats()
-        except Exception:  # noqa: BLE001 - backends without stats
+        except Exception:
             m = None
         if m:
             stats[str(d)] = {k: m[k] for k in ("peak_bytes_in_use", "bytes_limit") if k in m}
@@ -124,8 +124,20 @@ def main() -> None:
     sizes = (1_000, 10_000) if args.quick else (10_000, 100_000)
     results = []
     for n in sizes:
-        cmd = [sys.executable, __file__, "--points", str(n), "--steps", str(args.steps), "--replicas", str(args.replicas),
-               "--memory-budget-mb", str(args.memory_budget_mb), "--devices", args.devices]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--points",
+            str(n),
+            "--steps",
+            str(args.steps),
+            "--replicas",
+            str(args.replicas),
+            "--memory-budget-mb",
+            str(args.memory_budget_mb),
+            "--devices",
+            args.devices,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     small, large = results
@@ -141,13 +153,20 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"afdjax sweep benchmark: {small['steps']} steps x {small['replicas']} replicas per point, r = 1..{MAX_RATIO}, "
-          f"num_bins {NUM_BINS}, memory budget {small['memory_budget_mb']} MiB, backend {small['backend']}, "
-          f"{len(small['devices'])} device(s); load average {summary['load_average'][0]:.2f}")
-    print(f"{'points':>8} {'configs':>9} {'seconds':>8} {'points/s':>9} {'configs/s':>10} {'chunks':>7} {'peak RSS MiB':>13}")
+    print(
+        f"afdjax sweep benchmark: {small['steps']} steps x {small['replicas']} replicas per point, r = 1..{MAX_RATIO}, "
+        f"num_bins {NUM_BINS}, memory budget {small['memory_budget_mb']} MiB, backend {small['backend']}, "
+        f"{len(small['devices'])} device(s); load average {summary['load_average'][0]:.2f}"
+    )
+    print(
+        f"{'points':>8} {'configs':>9} {'seconds':>8} {'points/s':>9} {'configs/s':>10} {'chunks':>7} "
+        f"{'peak RSS MiB':>13}"
+    )
     for r in results:
-        print(f"{r['points']:>8} {r['configurations']:>9} {r['seconds']:>8.1f} {r['points_per_s']:>9.1f} "
-              f"{r['configurations_per_s']:>10.0f} {r['chunk_files']:>7} {r['peak_rss_mib']:>13.1f}")
+        print(
+            f"{r['points']:>8} {r['configurations']:>9} {r['seconds']:>8.1f} {r['points_per_s']:>9.1f} "
+            f"{r['configurations_per_s']:>10.0f} {r['chunk_files']:>7} {r['peak_rss_mib']:>13.1f}"
+        )
         if r["device_memory"]:
             print(f"         device memory: {r['device_memory']}")
     print(f"peak RSS growth {small['points']} -> {large['points']} points: {growth:+.1f} %")

@@ -44,19 +44,28 @@ def main() -> None:
         m = model.micro_batches
         for i, r in enumerate(ratios):
             closed = float(model.cycle_time(wl, lat, B, r))
-            print(f"{'none' if m is None else m:>4} {r:>3} {float(res.mean_cycle_time[i]):>9.2f} {closed:>11.2f} "
-                  f"{float(res.throughput_per_instance[i]):>16.4f} {float(res.stderr[i]):>7.4f} "
-                  f"{max(float(res.pipeline_bubble_fraction[i]), 0.0):>7.3f}")
+            print(
+                f"{'none' if m is None else m:>4} {r:>3} {float(res.mean_cycle_time[i]):>9.2f} {closed:>11.2f} "
+                f"{float(res.throughput_per_instance[i]):>16.4f} {float(res.stderr[i]):>7.4f} "
+                f"{max(float(res.pipeline_bubble_fraction[i]), 0.0):>7.3f}"
+            )
     print()
     zero = afdjax.LatencyModel(alpha_a=0.00165, beta_a=0.0, alpha_f=0.083, beta_f=0.0, alpha_c=0.022, beta_c=0.0)
-    print("closed form, same alphas with beta_a = beta_f = beta_c = 0, r = 9 (period; paper max = "
-          f"{float(afdjax.mean_field_cycle_time(wl, zero, B, 9)):.2f}):")
-    print("  " + "  ".join(f"m={m}: {float(afdjax.Pipeline(m).cycle_time(wl, zero, B, 9)):.2f}"
-                           for m in (1, 2, 3, 4, 8)))
+    print(
+        "closed form, same alphas with beta_a = beta_f = beta_c = 0, r = 9 (period; paper max = "
+        f"{float(afdjax.mean_field_cycle_time(wl, zero, B, 9)):.2f}):"
+    )
+    print(
+        "  " + "  ".join(f"m={m}: {float(afdjax.Pipeline(m).cycle_time(wl, zero, B, 9)):.2f}" for m in (1, 2, 3, 4, 8))
+    )
     print()
     print("A/F > 2C rule (m = 3, t_A = t_F = c per micro-batch, t_C = 1): period / 3c")
-    print("  " + "  ".join(f"c={c:g}: {float(afdjax.pipeline_period(c, 1.0, c, 3)) / (3 * c):.3f}"
-                           for c in (1.0, 1.5, 2.0, 2.5, 3.0)))
+    print(
+        "  "
+        + "  ".join(
+            f"c={c:g}: {float(afdjax.pipeline_period(c, 1.0, c, 3)) / (3 * c):.3f}" for c in (1.0, 1.5, 2.0, 2.5, 3.0)
+        )
+    )
     print()
     print(f"({time.perf_counter() - t0:.0f} s)")
 

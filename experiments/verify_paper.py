@@ -18,11 +18,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import afdjax  # noqa: E402
-from afdjax._provision._verify import run_verification  # noqa: E402
+import afdjax
+from afdjax._provision._verify import run_verification
 
-KEEP_PLOTS = ("rstar_vs_batch.png", "rstar_vs_context.png", "idle_fractions.png",
-              "provision_B_256__mu_p_100__mu_d_500.png", "provision_mooncake_conv.png", "provision_azure_conv.png")
+KEEP_PLOTS = (
+    "rstar_vs_batch.png",
+    "rstar_vs_context.png",
+    "idle_fractions.png",
+    "provision_B_256__mu_p_100__mu_d_500.png",
+    "provision_mooncake_conv.png",
+    "provision_azure_conv.png",
+)
 
 
 def main():
@@ -33,8 +39,9 @@ def main():
     args = parser.parse_args()
     latency = afdjax.LatencyModel.from_preset("paper-910c")
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run_verification(latency, out_dir=tmp, num_steps=args.steps, num_replicas=args.replicas,
-                                   seed=args.seed)
+        summary = run_verification(
+            latency, out_dir=tmp, num_steps=args.steps, num_replicas=args.replicas, seed=args.seed
+        )
         results = ROOT / "experiments" / "results"
         results.mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(tmp) / "verification.md", results / "verification.md")

@@ -41,8 +41,11 @@ def simulate_pipeline_events(attention_time, comm_time, ffn_time, num_active=Non
     comm_time = np.broadcast_to(np.asarray(comm_time, np.float64), (K, m))
     ffn_time = np.broadcast_to(np.asarray(ffn_time, np.float64), (K, m))
     r = J if num_active is None else int(num_active)
-    out = {f"{stage}_{edge}": np.full((K, J, m) if stage == ATTN else (K, m), np.nan)
-           for stage in (ATTN, A2F, FFN, F2A) for edge in ("start", "end")}
+    out = {
+        f"{stage}_{edge}": np.full((K, J, m) if stage == ATTN else (K, m), np.nan)
+        for stage in (ATTN, A2F, FFN, F2A)
+        for edge in ("start", "end")
+    }
     resources = {(ATTN, j): _Resource() for j in range(r)}
     resources.update({(A2F, 0): _Resource(), (FFN, 0): _Resource(), (F2A, 0): _Resource()})
     duration = {A2F: comm_time, FFN: ffn_time, F2A: comm_time}

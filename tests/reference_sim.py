@@ -310,7 +310,7 @@ def simulate_reference_pipeline(
             att = np.transpose(t_attn[rep, :r], (2, 0, 1))  # (W + K, r, m)
             ev = simulate_pipeline_events(att, np.tile(t_c, (W + K, 1)), np.tile(t_f, (W + K, 1)))
             done = ev["f2a_end"][:, -1]
-            before = np.concatenate([[0.0], done])[W:W + K]
+            before = np.concatenate([[0.0], done])[W : W + K]
             cycle[rep, i] = done[W:] - before
             busy_attn[rep, i] = att[W:].sum()
     elapsed = cycle.sum(axis=2)  # (R, n)

@@ -127,9 +127,7 @@ def compare(azure_conv_trace):
         if name not in _CACHE:
             wl, ref_wl, lat = _make_case(name, azure_conv_trace)
             res = afdjax.simulate(jax.random.key(11), wl, _lat(lat), B_CMP, RATIOS_CMP, K_CMP, R_CMP)
-            ref = simulate_reference(
-                np.random.default_rng(12), ref_wl, lat, B_CMP, RATIOS_CMP, K_CMP, R_CMP
-            )
+            ref = simulate_reference(np.random.default_rng(12), ref_wl, lat, B_CMP, RATIOS_CMP, K_CMP, R_CMP)
             _CACHE[name] = (res, ref, lat, wl)
         return _CACHE[name]
 
@@ -177,7 +175,11 @@ def test_cycle_time_and_idle_fractions_match_reference(compare, name):
         ai_e = float(res.attention_idle_fraction[m])
         # (+1e-12: at r = 1 attention always binds and both idle fractions are 0 exactly)
         assert abs(ai_e - ref["attention_idle_fraction"][m]) <= Z_TWO * math.sqrt(2) * se_ar + 1e-12, (
-            r, ai_e, ref["attention_idle_fraction"][m], se_ar)
+            r,
+            ai_e,
+            ref["attention_idle_fraction"][m],
+            se_ar,
+        )
     # mean slot load (over all r_max instances)
     se_l = ref["slot_load_per_replica"].std(ddof=1) / math.sqrt(R_CMP)
     assert abs(float(res.mean_slot_load_tokens) - ref["mean_slot_load"]) <= Z_TWO * math.sqrt(2) * se_l
@@ -214,8 +216,9 @@ def test_cold_start_with_warmup_matches_reference():
     wl, ref_wl, lat = _cold_case()
     W, K, R = 50, 100, 32
     res = afdjax.simulate(jax.random.key(21), wl, _lat(lat), B_CMP, RATIOS_CMP, K, R, start="cold", warmup_steps=W)
-    ref = simulate_reference(np.random.default_rng(22), ref_wl, lat, B_CMP, RATIOS_CMP, K, R,
-                             start="cold", warmup_steps=W)
+    ref = simulate_reference(
+        np.random.default_rng(22), ref_wl, lat, B_CMP, RATIOS_CMP, K, R, start="cold", warmup_steps=W
+    )
     thr, se = _np(res.throughput_per_instance), _np(res.stderr)
     S = ref["cycle_times"].sum(axis=2)
     for m in range(len(RATIOS_CMP)):
@@ -271,8 +274,17 @@ def test_zero_variance_limit(case, comm_scaling):
 
 def test_zero_variance_limit_cold_start_with_warmup():
     lat = dict(ZV_BASE, **ZV_CASES["mixed"])
-    res = afdjax.simulate(jax.random.key(1), Empirical([ZV_P, ZV_P], [1, 1]), _lat(lat), ZV_B, ZV_RATIOS, 50, 3,
-                          start="cold", warmup_steps=7)
+    res = afdjax.simulate(
+        jax.random.key(1),
+        Empirical([ZV_P, ZV_P], [1, 1]),
+        _lat(lat),
+        ZV_B,
+        ZV_RATIOS,
+        50,
+        3,
+        start="cold",
+        warmup_steps=7,
+    )
     _check_zero_variance(res, lat, "mixed")
 
 
@@ -549,8 +561,17 @@ def _small_run(variant):
 
 @pytest.fixture(scope="module")
 def small_exact():
-    loads = _replay(jax.random.key(5), SMALL_SPEC, REPLAY_LAT, SMALL["batch_size"], 4, SMALL["num_steps"],
-                    SMALL["num_replicas"], "cold", SMALL["warmup_steps"])
+    loads = _replay(
+        jax.random.key(5),
+        SMALL_SPEC,
+        REPLAY_LAT,
+        SMALL["batch_size"],
+        4,
+        SMALL["num_steps"],
+        SMALL["num_replicas"],
+        "cold",
+        SMALL["warmup_steps"],
+    )
     return _metrics_from_loads(loads, REPLAY_LAT, SMALL["batch_size"], SMALL["ratios"])
 
 
@@ -580,20 +601,39 @@ def test_replay_oracle_has_power(small_exact):
 
 # ========================================================= 6. common random numbers
 def _assert_same(a, b, rtol=1e-10, quantile_rtol=None):
-    for field in ("throughput_per_instance", "stderr", "throughput_per_replica", "attention_idle_fraction",
-                  "ffn_idle_fraction", "mean_cycle_time", "mean_slot_load_tokens"):
+    for field in (
+        "throughput_per_instance",
+        "stderr",
+        "throughput_per_replica",
+        "attention_idle_fraction",
+        "ffn_idle_fraction",
+        "mean_cycle_time",
+        "mean_slot_load_tokens",
+    ):
         np.testing.assert_allclose(_np(getattr(a, field)), _np(getattr(b, field)), rtol=rtol, atol=0, err_msg=field)
     np.testing.assert_allclose(_np(a.cycle_time_std), _np(b.cycle_time_std), rtol=max(rtol, 1e-6), err_msg="std")
-    np.testing.assert_allclose(_np(a.cycle_time_quantiles), _np(b.cycle_time_quantiles),
-                               rtol=quantile_rtol if quantile_rtol is not None else rtol, err_msg="quantiles")
+    np.testing.assert_allclose(
+        _np(a.cycle_time_quantiles),
+        _np(b.cycle_time_quantiles),
+        rtol=quantile_rtol if quantile_rtol is not None else rtol,
+        err_msg="quantiles",
+    )
 
 
 def test_same_key_is_deterministic():
     res, _ = _small_run("base")
     again = afdjax.simulate(jax.random.key(5), SMALL_WL, _lat(REPLAY_LAT), **SMALL)
-    for field in ("throughput_per_instance", "stderr", "throughput_per_replica", "attention_idle_fraction",
-                  "ffn_idle_fraction", "mean_cycle_time", "cycle_time_std", "cycle_time_quantiles",
-                  "mean_slot_load_tokens"):
+    for field in (
+        "throughput_per_instance",
+        "stderr",
+        "throughput_per_replica",
+        "attention_idle_fraction",
+        "ffn_idle_fraction",
+        "mean_cycle_time",
+        "cycle_time_std",
+        "cycle_time_quantiles",
+        "mean_slot_load_tokens",
+    ):
         np.testing.assert_array_equal(_np(getattr(res, field)), _np(getattr(again, field)), err_msg=field)
     other = afdjax.simulate(jax.random.key(6), SMALL_WL, _lat(REPLAY_LAT), **SMALL)
     assert float(other.mean_slot_load_tokens) != float(res.mean_slot_load_tokens)
@@ -622,8 +662,15 @@ def test_ratio_r_uses_first_r_instances(small_exact):
     res, _ = _small_run("base")
     sub = afdjax.simulate(jax.random.key(5), SMALL_WL, _lat(REPLAY_LAT), **dict(SMALL, ratios=[3, 4]))
     np.testing.assert_array_equal(_np(sub.ratios), [3, 4])
-    for field in ("throughput_per_instance", "stderr", "mean_cycle_time", "attention_idle_fraction",
-                  "ffn_idle_fraction", "cycle_time_std", "cycle_time_quantiles"):
+    for field in (
+        "throughput_per_instance",
+        "stderr",
+        "mean_cycle_time",
+        "attention_idle_fraction",
+        "ffn_idle_fraction",
+        "cycle_time_std",
+        "cycle_time_quantiles",
+    ):
         np.testing.assert_allclose(_np(getattr(sub, field)), _np(getattr(res, field))[2:4], rtol=1e-12, err_msg=field)
     np.testing.assert_allclose(_np(sub.throughput_per_replica), _np(res.throughput_per_replica)[:, 2:4], rtol=1e-12)
     # a smaller r_max: instance j's random numbers do not depend on r_max
@@ -632,8 +679,9 @@ def test_ratio_r_uses_first_r_instances(small_exact):
     np.testing.assert_allclose(_np(small.mean_cycle_time), small_exact["mean"][1:3], rtol=1e-12)
     # ratio order and repeats are honoured
     perm = afdjax.simulate(jax.random.key(5), SMALL_WL, _lat(REPLAY_LAT), **dict(SMALL, ratios=[4, 1, 3, 1]))
-    np.testing.assert_allclose(_np(perm.throughput_per_instance),
-                               _np(res.throughput_per_instance)[[3, 0, 2, 0]], rtol=1e-12)
+    np.testing.assert_allclose(
+        _np(perm.throughput_per_instance), _np(res.throughput_per_instance)[[3, 0, 2, 0]], rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("variant", ["chunked", "retry"])
@@ -700,8 +748,7 @@ def test_no_recompilation_automatic_sizes(trace_counter):
     assert trace_counter() == (1, 1)
     # modest changes: the automatic buffer sizes are rounded to a coarse grid
     afdjax.simulate(key, Geometric(120.0, 510.0), _recompile_lat(0.002), ratios=[1, 2, 3, 4], num_bins=2049, **RC)
-    afdjax.simulate(key, Geometric(100.0, 480.0), _recompile_lat(beta_f=80.0), ratios=[1, 2, 3, 4], num_bins=2049,
-                    **RC)
+    afdjax.simulate(key, Geometric(100.0, 480.0), _recompile_lat(beta_f=80.0), ratios=[1, 2, 3, 4], num_bins=2049, **RC)
     assert trace_counter() == (1, 1)
 
 
@@ -727,8 +774,14 @@ def test_no_recompilation_numpy_and_int_parameters(trace_counter):
     before = trace_counter()
     coefs = {k: np.float64(v) for k, v in _recompile_lat().coefficients().items()}
     afdjax.simulate(key, Geometric(100, 500), LatencyModel(**coefs), ratios=list(range(1, 7)), **RC, **SHARED_SIZES)
-    afdjax.simulate(key, Geometric(np.float64(120.5), jnp.asarray(510.0)), _recompile_lat(), ratios=list(range(1, 7)),
-                    **RC, **SHARED_SIZES)
+    afdjax.simulate(
+        key,
+        Geometric(np.float64(120.5), jnp.asarray(510.0)),
+        _recompile_lat(),
+        ratios=list(range(1, 7)),
+        **RC,
+        **SHARED_SIZES,
+    )
     assert trace_counter() == before
 
 
@@ -749,8 +802,14 @@ _F32_SCRIPT = textwrap.dedent(
 def test_float32_matches_float64_long_horizon(paper_latency):
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-c", _F32_SCRIPT], env=env, cwd=str(REPO_ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _F32_SCRIPT],
+        env=env,
+        cwd=str(REPO_ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wl = Geometric(100.0, 500.0, prefill="lognormal")
         res = afdjax.simulate(jax.random.key(0), wl, paper_latency, 64, [1, 2, 4, 8, 16], 50000, 2)
@@ -945,9 +1004,13 @@ def test_progress_bar_counts_every_replica_step_and_changes_nothing(monkeypatch)
         assert bar.closed and bar.total == 5 * 5 * 64 and bar.n == bar.total  # 5 chunks of 64 cover 300 steps
     # under an outer trace the bar is off (no host callbacks inside jit/grad)
     n_bars = len(bars)
+
     def lat_of(a):
         return afdjax.LatencyModel(**(afdjax.PRESETS["paper-910c"] | {"alpha_a": a}))
 
-    jax.grad(lambda a: afdjax.simulate(jax.random.key(2), wl, lat_of(a), 16, [1, 3], 100, 2, chunk_steps=64,
-                                       requests_per_chunk=64, progress=True).throughput_per_instance[1])(0.00165)
+    jax.grad(
+        lambda a: afdjax.simulate(
+            jax.random.key(2), wl, lat_of(a), 16, [1, 3], 100, 2, chunk_steps=64, requests_per_chunk=64, progress=True
+        ).throughput_per_instance[1]
+    )(0.00165)
     assert len(bars) == n_bars

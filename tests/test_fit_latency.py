@@ -17,6 +17,7 @@ import pytest
 import scipy.optimize
 import scipy.stats
 
+from afdjax._data import DATA_DIR
 from afdjax._fit._latency import (
     LatencyFitWarning,
     LatencyObservations,
@@ -26,9 +27,8 @@ from afdjax._fit._latency import (
     fit_latency,
     read_latency_observations,
 )
-from afdjax._data import DATA_DIR
-from afdjax._specs import parse_hardware_spec
 from afdjax._latency import PRESETS, LatencyModel
+from afdjax._specs import parse_hardware_spec
 
 TRUE = PRESETS["paper-910c"]
 STAGE_NAMES = {"attention": ("alpha_a", "beta_a"), "ffn": ("alpha_f", "beta_f"), "comm": ("alpha_c", "beta_c")}

@@ -18,8 +18,9 @@ def _compare(saved, fresh, path, rtol, failures):
     if isinstance(saved, dict):
         assert isinstance(fresh, dict), path
         if set(saved) != set(fresh):
-            failures.append(f"{path}: keys differ: missing {sorted(set(saved) - set(fresh))}, "
-                            f"new {sorted(set(fresh) - set(saved))}")
+            failures.append(
+                f"{path}: keys differ: missing {sorted(set(saved) - set(fresh))}, new {sorted(set(fresh) - set(saved))}"
+            )
         for k in set(saved) & set(fresh):
             _compare(saved[k], fresh[k], f"{path}.{k}", rtol, failures)
     elif isinstance(saved, list):

@@ -19,9 +19,7 @@ LAT = dict(alpha_a=0.002, beta_a=20.0, alpha_f=0.9, beta_f=30.0, alpha_c=0.02, b
 
 
 def _value(key, workload, latency, ratio, sizes, steps=K, replicas=R):
-    return afdjax.expected_throughput(
-        key, workload, latency, B, ratio, steps, replicas, max_ratio=RMAX, **sizes
-    )
+    return afdjax.expected_throughput(key, workload, latency, B, ratio, steps, replicas, max_ratio=RMAX, **sizes)
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +112,10 @@ def test_latency_gradient_agrees_with_barrier_model():
     analytic gradient of the barrier model (within its ~1 % model error plus 4 s.e.)."""
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     w = Geometric(100.0, 500.0)
-    vals = [float(afdjax.throughput_gradients(jax.random.key(s), w, lat, 256, 6.0, 1500, 8).latency.alpha_a)
-            for s in range(4)]
+    vals = [
+        float(afdjax.throughput_gradients(jax.random.key(s), w, lat, 256, 6.0, 1500, 8).latency.alpha_a)
+        for s in range(4)
+    ]
     analytic = float(eqx.filter_grad(lambda m: afdjax.barrier_throughput(w, m, 256, 6.0))(lat).alpha_a)
     m, se = np.mean(vals), np.std(vals, ddof=1) / 2
     assert abs(m - analytic) <= 0.02 * abs(analytic) + 4 * se
@@ -172,8 +172,12 @@ def test_optimise_ratio_compiles_once_per_shape():
 def test_optimise_ratio_validation():
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     w = Geometric(100.0, 500.0)
-    for kwargs, match in [(dict(learning_rate=0.0), "learning_rate"), (dict(num_steps=-1), "num_steps"),
-                          (dict(max_ratio=0), "max_ratio"), (dict(max_ratio=2.5), "max_ratio")]:
+    for kwargs, match in [
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(num_steps=-1), "num_steps"),
+        (dict(max_ratio=0), "max_ratio"),
+        (dict(max_ratio=2.5), "max_ratio"),
+    ]:
         with pytest.raises(ValueError, match=match):
             afdjax.optimise_ratio(w, lat, 256, **kwargs)
     with pytest.raises(ValueError, match="r0"):

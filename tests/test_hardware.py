@@ -39,18 +39,44 @@ SPECS = {
 # Hugging Face config.json (URLs in afdjax.MODELS[...].sources)
 CONFIGS = {
     "deepseek-v3": dict(
-        num_hidden_layers=61, hidden_size=7168, vocab_size=129280, num_attention_heads=128, q_lora_rank=1536,
-        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, intermediate_size=18432,
-        first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8, moe_intermediate_size=2048,
-        n_shared_experts=1, weight_bytes=1,  # FP8 e4m3 release
+        num_hidden_layers=61,
+        hidden_size=7168,
+        vocab_size=129280,
+        num_attention_heads=128,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        intermediate_size=18432,
+        first_k_dense_replace=3,
+        n_routed_experts=256,
+        num_experts_per_tok=8,
+        moe_intermediate_size=2048,
+        n_shared_experts=1,
+        weight_bytes=1,  # FP8 e4m3 release
     ),
     "qwen3-235b-a22b": dict(
-        num_hidden_layers=94, hidden_size=4096, vocab_size=151936, num_attention_heads=64, num_key_value_heads=4,
-        head_dim=128, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=1536, weight_bytes=2,
+        num_hidden_layers=94,
+        hidden_size=4096,
+        vocab_size=151936,
+        num_attention_heads=64,
+        num_key_value_heads=4,
+        head_dim=128,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=1536,
+        weight_bytes=2,
     ),
     "llama-3.1-70b": dict(
-        num_hidden_layers=80, hidden_size=8192, vocab_size=128256, num_attention_heads=64, num_key_value_heads=8,
-        head_dim=128, intermediate_size=28672, weight_bytes=2,
+        num_hidden_layers=80,
+        hidden_size=8192,
+        vocab_size=128256,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=28672,
+        weight_bytes=2,
     ),
 }
 
@@ -191,7 +217,7 @@ def test_custom_specs_override_and_toml(tmp_path):
     assert afdjax.parse_accelerator_spec(str(f)).hbm_capacity_bytes == 40e9
     m = tmp_path / "m.toml"
     m.write_text(
-        "[model]\nnum_layers = 2\nhidden_size = 64\nvocab_size = 100\nattention = \"gqa\"\nnum_attention_heads = 4\n"
+        '[model]\nnum_layers = 2\nhidden_size = 64\nvocab_size = 100\nattention = "gqa"\nnum_attention_heads = 4\n'
         "num_kv_heads = 2\nhead_dim = 16\nintermediate_size = 128\nnum_dense_layers = 2\n"
     )
     spec = afdjax.parse_model_spec(str(m))
@@ -204,8 +230,10 @@ def test_custom_specs_override_and_toml(tmp_path):
     "call, fragment",
     [
         (lambda: afdjax.derive_latency("h100", "deepseek-v3", memory_efficiency=0), "memory_efficiency=0 is invalid"),
-        (lambda: afdjax.derive_latency("h100", "deepseek-v3", compute_efficiency=1.5),
-         "expected a finite number in (0, 1]"),
+        (
+            lambda: afdjax.derive_latency("h100", "deepseek-v3", compute_efficiency=1.5),
+            "expected a finite number in (0, 1]",
+        ),
         (lambda: afdjax.derive_latency("h100", "deepseek-v3", dtype="fp4"), "dtype='fp4' is invalid: expected one of"),
         (lambda: afdjax.derive_latency("a100", "llama-3.1-70b", dtype="fp8"), "not supported by accelerator 'a100'"),
         (lambda: afdjax.derive_latency("h900", "deepseek-v3"), "unknown accelerator 'h900'; available: h100"),
@@ -222,8 +250,12 @@ def test_custom_specs_override_and_toml(tmp_path):
         (lambda: afdjax.derive_latency("h100,power_watts=350", "deepseek-v3"), "pass parse_accelerator_spec"),
         (lambda: afdjax.derive_latency(3, "deepseek-v3"), "accelerator=3 is invalid: expected a Accelerator"),
         (lambda: afdjax.parse_model_spec("llama-3.1-70b,num_layers=2.5"), "num_layers='2.5' is not an integer"),
-        (lambda: afdjax.Deployment(afdjax.LatencyModel.from_preset("paper-910c"), hbm_capacity_bytes=1.0,
-                                   attention_weight_bytes=0.0).kv_capacity_bytes(1.0), "reserve_fraction=1.0"),
+        (
+            lambda: afdjax.Deployment(
+                afdjax.LatencyModel.from_preset("paper-910c"), hbm_capacity_bytes=1.0, attention_weight_bytes=0.0
+            ).kv_capacity_bytes(1.0),
+            "reserve_fraction=1.0",
+        ),
     ],
 )
 def test_validation_errors(call, fragment):
@@ -233,9 +265,18 @@ def test_validation_errors(call, fragment):
 
 
 def test_model_spec_stores_integer_fields_as_int():
-    m = afdjax.ModelSpec("tiny", num_layers=2.0, hidden_size=64, vocab_size=100, attention="gqa",
-                         num_attention_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
-                         num_dense_layers=2)
+    m = afdjax.ModelSpec(
+        "tiny",
+        num_layers=2.0,
+        hidden_size=64,
+        vocab_size=100,
+        attention="gqa",
+        num_attention_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        num_dense_layers=2,
+    )
     assert type(m.num_layers) is int and m.num_layers == 2
 
 
@@ -316,19 +357,48 @@ def test_cli_hardware_text_json_and_toml(capsys, tmp_path):
     assert code == 0, err
     for fragment in ("alpha_a", "beta_f", "max(", "W_ffn", "https://www.nvidia.com/en-us/data-center/h100/"):
         assert fragment in out
-    code, out, err = run(capsys, "hardware", "--accelerator", "b200", "--model", "llama-3.1-70b", "--json",
-                         "--memory-efficiency", "0.7")
+    code, out, err = run(
+        capsys, "hardware", "--accelerator", "b200", "--model", "llama-3.1-70b", "--json", "--memory-efficiency", "0.7"
+    )
     assert code == 0, err
     data = json.loads(out)
     expected = afdjax.derive_latency("b200", "llama-3.1-70b", memory_efficiency=0.7).latency.coefficients()
     assert data["latency"] == expected and data["deployment"]["num_layers"] == 80
-    code, out, err = run(capsys, "simulate", "--hardware", str(out_toml), "--batch-size", "32", "--ratios", "1:3",
-                         "--steps", "200", "--replicas", "2", "--json")
+    code, out, err = run(
+        capsys,
+        "simulate",
+        "--hardware",
+        str(out_toml),
+        "--batch-size",
+        "32",
+        "--ratios",
+        "1:3",
+        "--steps",
+        "200",
+        "--replicas",
+        "2",
+        "--json",
+    )
     assert code == 0, err
-    assert json.loads(out)["settings"]["latency_coefficients"] == afdjax.derive_latency(
-        "h100", "deepseek-v3").latency.coefficients()
-    code, out, err = run(capsys, "simulate", "--hardware", "h100:deepseek-v3", "--batch-size", "32", "--ratios", "1:3",
-                         "--steps", "200", "--replicas", "2", "--json")
+    assert (
+        json.loads(out)["settings"]["latency_coefficients"]
+        == afdjax.derive_latency("h100", "deepseek-v3").latency.coefficients()
+    )
+    code, out, err = run(
+        capsys,
+        "simulate",
+        "--hardware",
+        "h100:deepseek-v3",
+        "--batch-size",
+        "32",
+        "--ratios",
+        "1:3",
+        "--steps",
+        "200",
+        "--replicas",
+        "2",
+        "--json",
+    )
     assert code == 0, err
 
 
@@ -361,8 +431,15 @@ def test_cli_bad_input_one_line_exit_2(capsys, argv, fragment):
 
 
 # ---------------------------------------------------------------- profile
-TINY = dict(scale=1 / 64, batch_size=2, kv_lengths=[32, 64, 96], ffn_batches=[8, 16, 24],
-            comm_batches=[8, 16, 24], repeats=3, min_sample_s=0.0005)
+TINY = dict(
+    scale=1 / 64,
+    batch_size=2,
+    kv_lengths=[32, 64, 96],
+    ffn_batches=[8, 16, 24],
+    comm_batches=[8, 16, 24],
+    repeats=3,
+    min_sample_s=0.0005,
+)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # a tiny noisy fit may hit the >= 0 bound
@@ -396,9 +473,29 @@ def test_profile_dense_gqa_keeps_comm_defaults(tmp_path, capsys, paper_latency):
     assert (c["alpha_c"], c["beta_c"]) == (paper_latency.coefficients()["alpha_c"], 20.0)
     assert "defaults (paper-910c)" in r.to_toml()
     out = tmp_path / "p.toml"
-    code, text, err = run(capsys, "profile", "--model", "llama-3.1-70b", "--scale", str(1 / 64), "--batch-size", "2",
-                          "--kv-lengths", "32,64,96", "--ffn-batches", "8,16,24", "--repeats", "2", "--json",
-                          "--comm", "defaults", "--defaults", "paper-910c", "--out", str(out))
+    code, text, err = run(
+        capsys,
+        "profile",
+        "--model",
+        "llama-3.1-70b",
+        "--scale",
+        str(1 / 64),
+        "--batch-size",
+        "2",
+        "--kv-lengths",
+        "32,64,96",
+        "--ffn-batches",
+        "8,16,24",
+        "--repeats",
+        "2",
+        "--json",
+        "--comm",
+        "defaults",
+        "--defaults",
+        "paper-910c",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     data = json.loads(text)
     assert data["toml"] == str(out) and parse_hardware_spec(str(out)).coefficients() == data["latency"]
@@ -465,8 +562,9 @@ def test_profiled_attention_matches_a_naive_reference(model):
         latent = cache["latent"]
         k_nope = np.einsum("blc,hnc->blhn", latent[..., :c], w["wuk"])  # expanded keys
         v = np.einsum("blc,hcv->blhv", latent[..., :c], w["wuv"])
-        s = (np.einsum("bhn,blhn->bhl", q[..., :nope], k_nope)
-             + np.einsum("bhr,blr->bhl", q[..., nope:], latent[..., c:]))
+        s = np.einsum("bhn,blhn->bhl", q[..., :nope], k_nope) + np.einsum(
+            "bhr,blr->bhl", q[..., nope:], latent[..., c:]
+        )
         p = _softmax(s / math.sqrt(nope + rope))
         want = np.einsum("bhl,blhv->bhv", p, v).reshape(b, -1) @ w["wo"]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
@@ -510,10 +608,15 @@ def test_profile_device_to_device_with_two_host_devices(tmp_path):
     )
     repo = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
     paths = [repo, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(paths))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=str(tmp_path))
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(paths),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     source, times = json.loads(proc.stdout.strip().splitlines()[-1])
     assert source.startswith("device-to-device") and all(t > 0 for t in times)

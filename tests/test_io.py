@@ -171,8 +171,11 @@ def test_read_toml_is_the_one_toml_reader(tmp_path):
         read_toml(tmp_path, "hardware")
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe\x00[latency]")
-    for call in (lambda: read_toml(binary, "hardware"), lambda: parse_hardware_spec(str(binary)),
-                 lambda: afdjax.load_grid(binary)):
+    for call in (
+        lambda: read_toml(binary, "hardware"),
+        lambda: parse_hardware_spec(str(binary)),
+        lambda: afdjax.load_grid(binary),
+    ):
         with pytest.raises(ValueError, match="binary.toml' is not UTF-8 text"):
             call()
     bad = tmp_path / "chip.toml"

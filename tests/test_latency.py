@@ -36,9 +36,7 @@ def test_stage_times(comm_scaling):
     lat = LatencyModel(**COEF, comm_scaling=comm_scaling)
     # attention: alpha_a T + beta_a (scalar and array)
     assert float(lat.attention_time(1000.0)) == 0.5 * 1000 + 3.0
-    np.testing.assert_array_equal(
-        np.asarray(lat.attention_time(jnp.array([0.0, 2.0, 8.0]))), [3.0, 4.0, 7.0]
-    )
+    np.testing.assert_array_equal(np.asarray(lat.attention_time(jnp.array([0.0, 2.0, 8.0]))), [3.0, 4.0, 7.0])
     for r, B in [(1, 16), (3, 64), (7, 256)]:
         assert float(lat.ffn_time(r, B)) == 0.25 * r * B + 7.0
         tokens = B if comm_scaling == "batch" else r * B

@@ -89,12 +89,16 @@ def test_no_import_goes_up_a_layer_or_reaches_private_names():
                 problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports unknown afdjax.{target}")
                 continue
             if LAYER_OF[dst] > LAYER_OF[src]:
-                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {LAYERS[LAYER_OF[src]][0]} module "
-                                f"{module} imports {target} ({LAYERS[LAYER_OF[dst]][0]})")
+                problems.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: {LAYERS[LAYER_OF[src]][0]} module "
+                    f"{module} imports {target} ({LAYERS[LAYER_OF[dst]][0]})"
+                )
             private = [n for n in names if n.startswith("_") and n != "__version__"]
             if private:
-                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module} imports private "
-                                f"{', '.join(private)} from afdjax.{target}")
+                problems.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: {module} imports private "
+                    f"{', '.join(private)} from afdjax.{target}"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -121,7 +125,7 @@ def test_module_graph_has_no_cycle():
             if module_is_own_init(m, n):
                 continue
             if state.get(n) == 1:
-                cycles.append(stack[stack.index(n):] + [n])
+                cycles.append(stack[stack.index(n) :] + [n])
             elif n not in state:
                 visit(n)
         stack.pop()
@@ -137,8 +141,11 @@ def test_module_graph_has_no_cycle():
 
 
 def test_no_source_file_over_the_line_limit():
-    long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in sorted(PACKAGE.rglob("*.py"))
-            if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    long = [
+        f"{p.relative_to(PACKAGE.parent)}: {n}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    ]
     assert not long, f"files over {MAX_LINES} lines: {long}"
 
 

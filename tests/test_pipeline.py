@@ -55,8 +55,16 @@ except ImportError:  # pragma: no cover - if tests/ becomes a package
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 Z_TWO = 3.0
-EVENT_NAMES = ("attention_start", "attention_end", "a2f_start", "a2f_end", "ffn_start", "ffn_end",
-               "f2a_start", "f2a_end")
+EVENT_NAMES = (
+    "attention_start",
+    "attention_end",
+    "a2f_start",
+    "a2f_end",
+    "ffn_start",
+    "ffn_end",
+    "f2a_start",
+    "f2a_end",
+)
 COEF_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")
 
 
@@ -147,7 +155,8 @@ def test_limits_of_the_mean_field_pipeline(paper_latency):
         t_c = paper_latency.comm_time(r, B)
         t_f = paper_latency.ffn_time(r, B)
         assert float(pipeline_cycle_time(wl, paper_latency, B, r, 1)) == pytest.approx(
-            float(t_a + 2 * t_c + t_f), rel=1e-12)
+            float(t_a + 2 * t_c + t_f), rel=1e-12
+        )
     # large m with zero fixed costs and small communication: the paper's max(tA, tC, tF)
     lat = LatencyModel(alpha_a=0.00165, beta_a=0.0, alpha_f=0.083, beta_f=0.0, alpha_c=0.002, beta_c=0.0)
     for r in (2.0, 8.0, 9.575, 16.0):
@@ -183,9 +192,11 @@ def test_pipeline_theory_gradients_and_barrier_approximation(paper_latency):
     zero = Empirical([600.0], [1])
     for r in (1.0, 4.0, 9.0):
         assert float(pipeline_barrier_cycle_time(zero, paper_latency, B, r, m)) == pytest.approx(
-            float(pipeline_cycle_time(zero, paper_latency, B, r, m)), rel=1e-12)
+            float(pipeline_cycle_time(zero, paper_latency, B, r, m)), rel=1e-12
+        )
         assert float(pipeline_barrier_cycle_time(wl, paper_latency, B, r, m)) >= float(
-            pipeline_cycle_time(wl, paper_latency, B, r, m)) * (1 - 1e-12)
+            pipeline_cycle_time(wl, paper_latency, B, r, m)
+        ) * (1 - 1e-12)
 
 
 def test_micro_batch_sizes():
@@ -200,23 +211,24 @@ def test_micro_batch_sizes():
 ZV_LAT = dict(alpha_a=0.01, beta_a=2.0, alpha_f=0.3, beta_f=1.5, alpha_c=0.05, beta_c=0.7)
 
 
-@pytest.mark.parametrize("m, comm_scaling", [(1, "batch"), (3, "ratio_batch"),
-                                             pytest.param(2, "batch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "m, comm_scaling", [(1, "batch"), (3, "ratio_batch"), pytest.param(2, "batch", marks=pytest.mark.slow)]
+)
 def test_zero_variance_matches_event_driven_exactly(m, comm_scaling):
     """Constant loads (every request: P = 37 tokens, D = 1): engine == event-driven
     pipeline at every ratio, unequal micro-batches (B = 10, m = 3: 4, 3, 3 slots)."""
     lat = dict(ZV_LAT, comm_scaling=comm_scaling)
     B, P, ratios, K, W, R = 10, 37.0, list(range(1, 7)), 40, 5, 2
-    res = afdjax.simulate(jax.random.key(0), Empirical([P], [1]), LatencyModel(**lat), B, ratios, K, R,
-                          warmup_steps=W, micro_batches=m)
+    res = afdjax.simulate(
+        jax.random.key(0), Empirical([P], [1]), LatencyModel(**lat), B, ratios, K, R, warmup_steps=W, micro_batches=m
+    )
     sizes = micro_batch_sizes(B, m).astype(float)
     loads = np.broadcast_to((P * sizes)[None, None, :, None], (R, max(ratios), m, W + K))
     ref = simulate_reference_pipeline(None, None, lat, B, ratios, K, R, m, warmup_steps=W, loads=loads)
     np.testing.assert_allclose(_np(res.throughput_per_instance), ref["throughput_per_instance"], rtol=1e-10)
     np.testing.assert_allclose(_np(res.throughput_per_replica), ref["throughput_per_replica"], rtol=1e-10)
     np.testing.assert_allclose(_np(res.mean_cycle_time), ref["mean_cycle_time"], rtol=1e-10)
-    np.testing.assert_allclose(_np(res.attention_idle_fraction), ref["attention_idle_fraction"], rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(_np(res.attention_idle_fraction), ref["attention_idle_fraction"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(_np(res.ffn_idle_fraction), ref["ffn_idle_fraction"], rtol=1e-10, atol=1e-12)
     ct = ref["cycle_times"]  # (R, n, K)
     np.testing.assert_allclose(_np(res.cycle_time_std), ct.std(axis=(0, 2)), rtol=1e-6, atol=1e-6 * ct.mean())
@@ -232,7 +244,7 @@ def test_zero_variance_matches_event_driven_exactly(m, comm_scaling):
         t_c = ZV_LAT["alpha_c"] * (sizes if comm_scaling == "batch" else r * sizes) + ZV_LAT["beta_c"]
         upper = float(pipeline_period(t_a.max(), t_c.max(), t_f.max(), m))
         lower = float(pipeline_period(t_a.min(), t_c.min(), t_f.min(), m))
-        late = ct[0, i, K // 2:].mean()
+        late = ct[0, i, K // 2 :].mean()
         assert lower * (1 - 1e-9) <= late <= upper * (1 + 1e-9), (r, lower, late, upper)
         if np.all(sizes == sizes[0]):  # equal micro-batches: exactly the closed form at the mean load
             assert late == pytest.approx(upper, rel=1e-10)
@@ -289,8 +301,19 @@ def test_engine_equals_event_driven_replay(m):
     B, ratios, K, R, W = 8, [1, 2, 3], 150, 3, 9
     key = jax.random.key(5)
     wl = Geometric(40.0, 20.0, prefill="exponential")
-    res = afdjax.simulate(key, wl, LatencyModel(**REPLAY_LAT), B, ratios, K, R, start="cold", warmup_steps=W,
-                          micro_batches=m, chunk_steps=32)
+    res = afdjax.simulate(
+        key,
+        wl,
+        LatencyModel(**REPLAY_LAT),
+        B,
+        ratios,
+        K,
+        R,
+        start="cold",
+        warmup_steps=W,
+        micro_batches=m,
+        chunk_steps=32,
+    )
     loads = _replay_group_loads(key, _GeoSpec(40.0, 20.0, "exponential"), B, 3, K, R, "cold", W, m)
     ref = simulate_reference_pipeline(None, None, REPLAY_LAT, B, ratios, K, R, m, warmup_steps=W, loads=loads)
     for name in ("throughput_per_instance", "throughput_per_replica", "mean_cycle_time", "stderr"):
@@ -348,8 +371,9 @@ def test_engine_matches_reference_statistically(m):
     ref_wl = dict(kind="geometric", mu_p=100.0, mu_d=50.0, prefill="lognormal", prefill_sigma=1.0)
     B, ratios, K, R = STAT["B"], STAT["ratios"], STAT["K"], STAT["R"]
     res = afdjax.simulate(jax.random.key(31 + m), wl, LatencyModel(**STAT_LAT), B, ratios, K, R, micro_batches=m)
-    ref = simulate_reference_pipeline(np.random.default_rng(41 + m), ref_wl, STAT_LAT, B, ratios, K, R, m,
-                                      warmup_steps=2 * m)  # the engine's default warm-up
+    ref = simulate_reference_pipeline(
+        np.random.default_rng(41 + m), ref_wl, STAT_LAT, B, ratios, K, R, m, warmup_steps=2 * m
+    )  # the engine's default warm-up
     thr, se = _np(res.throughput_per_instance), _np(res.stderr)
     for i, r in enumerate(ratios):
         comb = math.hypot(se[i], ref["stderr"][i])
@@ -380,8 +404,7 @@ def test_pipeline_throughput_gradients_match_finite_differences():
     coefficients; a small step crosses no kink)."""
     base = dict(alpha_a=0.02, beta_a=1.5, alpha_f=0.5, beta_f=2.5, alpha_c=0.3, beta_c=1.2)
     wl = Geometric(40.0, 20.0, prefill="exponential")
-    kwargs = dict(max_ratio=3, chunk_steps=64, requests_per_chunk=48, micro_batches=2, start="cold",
-                  warmup_steps=5)
+    kwargs = dict(max_ratio=3, chunk_steps=64, requests_per_chunk=48, micro_batches=2, start="cold", warmup_steps=5)
 
     def f(lat):
         return afdjax.expected_throughput(jax.random.key(2), wl, lat, 8, 2.0, 150, 3, **kwargs)
@@ -389,8 +412,9 @@ def test_pipeline_throughput_gradients_match_finite_differences():
     lat0 = LatencyModel(**base)
     # reverse mode through the checkpointed chunks and the pipeline scan, via the public
     # throughput_gradients (which passes micro_batches through to simulate)
-    tg = afdjax.throughput_gradients(jax.random.key(2), wl, lat0, 8, 2.0, 150, 3, micro_batches=2, start="cold",
-                                     warmup_steps=5)
+    tg = afdjax.throughput_gradients(
+        jax.random.key(2), wl, lat0, 8, 2.0, 150, 3, micro_batches=2, start="cold", warmup_steps=5
+    )
     grads = tg.latency
     fj = jax.jit(f)
     assert float(tg.value) == pytest.approx(float(fj(lat0)), rel=1e-10)
@@ -398,8 +422,10 @@ def test_pipeline_throughput_gradients_match_finite_differences():
     for name in COEF_NAMES:
         v = base[name]
         h = 1e-6 * v
-        fd = (float(fj(LatencyModel(**dict(base, **{name: v + h})))) -
-              float(fj(LatencyModel(**dict(base, **{name: v - h}))))) / (2 * h)
+        fd = (
+            float(fj(LatencyModel(**dict(base, **{name: v + h}))))
+            - float(fj(LatencyModel(**dict(base, **{name: v - h}))))
+        ) / (2 * h)
         g = float(getattr(grads, name))
         assert g == pytest.approx(fd, rel=1e-5, abs=1e-10), (name, g, fd)
         nonzero += g != 0
@@ -431,8 +457,7 @@ def test_micro_batches_none_is_the_barrier_step():
         assert key in d
     json.dumps(d)
     sub = afdjax.simulate(jax.random.key(1), wl, lat, **dict(SMALL, ratios=[3, 1]), micro_batches=1, warmup_steps=0)
-    np.testing.assert_allclose(_np(sub.pipeline_bubble_fraction), _np(seq.pipeline_bubble_fraction)[[2, 0]],
-                               rtol=1e-12)
+    np.testing.assert_allclose(_np(sub.pipeline_bubble_fraction), _np(seq.pipeline_bubble_fraction)[[2, 0]], rtol=1e-12)
 
 
 def test_step_model_objects_are_the_micro_batches_spellings():
@@ -444,11 +469,23 @@ def test_step_model_objects_are_the_micro_batches_spellings():
         a = afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model=model)
         b = afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, micro_batches=m)
         assert a.micro_batches == b.micro_batches == m and a.step_model == b.step_model == model
-        for field in ("throughput_per_instance", "mean_cycle_time", "cycle_time_quantiles", "attention_idle_fraction",
-                      "ffn_idle_fraction", "link_idle_fraction", "pipeline_bubble_fraction", "kv_load_histogram"):
+        for field in (
+            "throughput_per_instance",
+            "mean_cycle_time",
+            "cycle_time_quantiles",
+            "attention_idle_fraction",
+            "ffn_idle_fraction",
+            "link_idle_fraction",
+            "pipeline_bubble_fraction",
+            "kv_load_histogram",
+        ):
             np.testing.assert_array_equal(_np(getattr(a, field)), _np(getattr(b, field)))
-    assert afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model=afdjax.Pipeline(2),
-                           micro_batches=2).micro_batches == 2
+    assert (
+        afdjax.simulate(
+            jax.random.key(1), wl, lat, **SMALL, step_model=afdjax.Pipeline(2), micro_batches=2
+        ).micro_batches
+        == 2
+    )
     with pytest.raises(ValueError, match="contradicts"):
         afdjax.simulate(jax.random.key(1), wl, lat, **SMALL, step_model=afdjax.Barrier(), micro_batches=2)
     with pytest.raises(ValueError, match="step_model"):
@@ -463,9 +500,11 @@ def test_step_model_closed_forms_are_the_functions(paper_latency):
     bar, pipe = afdjax.Barrier(), afdjax.Pipeline(3)
     for r in (1.0, 2.5, 9.0):
         assert float(bar.cycle_time(wl, paper_latency, B, r)) == float(
-            afdjax.mean_field_cycle_time(wl, paper_latency, B, r))
+            afdjax.mean_field_cycle_time(wl, paper_latency, B, r)
+        )
         assert float(bar.barrier_throughput(wl, paper_latency, B, r)) == float(
-            afdjax.barrier_throughput(wl, paper_latency, B, r))
+            afdjax.barrier_throughput(wl, paper_latency, B, r)
+        )
         assert float(pipe.cycle_time(wl, paper_latency, B, r)) == float(pipeline_cycle_time(wl, paper_latency, B, r, 3))
         assert float(pipe.throughput(wl, paper_latency, B, r)) == float(pipeline_throughput(wl, paper_latency, B, r, 3))
     assert "idealised" in bar.describe() and "3 micro-batch" in pipe.describe()
@@ -498,8 +537,7 @@ def test_default_warmup_excludes_the_pipeline_fill(m):
 @pytest.mark.parametrize("bad", [0, -1, 2.5, 9, True, "2"])
 def test_bad_micro_batches_raise(bad):
     with pytest.raises(ValueError, match="micro_batches"):
-        afdjax.simulate(jax.random.key(0), Geometric(4.0, 4.0), LatencyModel(**REPLAY_LAT), **SMALL,
-                        micro_batches=bad)
+        afdjax.simulate(jax.random.key(0), Geometric(4.0, 4.0), LatencyModel(**REPLAY_LAT), **SMALL, micro_batches=bad)
 
 
 def test_one_compilation_for_all_ratios(monkeypatch, caplog):
@@ -514,12 +552,22 @@ def test_one_compilation_for_all_ratios(monkeypatch, caplog):
     caplog.set_level(logging.DEBUG, logger="jax")
     sizes = dict(chunk_steps=32, requests_per_chunk=32, num_bins=2051, micro_batches=2)
     with jax.log_compiles():
-        afdjax.simulate(jax.random.key(0), Geometric(40.0, 20.0), LatencyModel(**REPLAY_LAT), 8, range(1, 6), 60, 2,
-                        **sizes)
-        afdjax.simulate(jax.random.key(1), Geometric(45.0, 21.0), LatencyModel(**dict(REPLAY_LAT, beta_f=3.0)), 8,
-                        [5, 2], 60, 2, **sizes)
-    compiles = sum(1 for rec in caplog.records
-                   if "Compiling" in rec.getMessage() and "_simulate_jit" in rec.getMessage())
+        afdjax.simulate(
+            jax.random.key(0), Geometric(40.0, 20.0), LatencyModel(**REPLAY_LAT), 8, range(1, 6), 60, 2, **sizes
+        )
+        afdjax.simulate(
+            jax.random.key(1),
+            Geometric(45.0, 21.0),
+            LatencyModel(**dict(REPLAY_LAT, beta_f=3.0)),
+            8,
+            [5, 2],
+            60,
+            2,
+            **sizes,
+        )
+    compiles = sum(
+        1 for rec in caplog.records if "Compiling" in rec.getMessage() and "_simulate_jit" in rec.getMessage()
+    )
     assert (count["traces"], compiles) == (1, 1)
 
 
@@ -539,8 +587,14 @@ _F32_SCRIPT = textwrap.dedent(
 def test_float32_matches_float64_long_horizon(paper_latency):
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-c", _F32_SCRIPT], env=env, cwd=str(REPO_ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _F32_SCRIPT],
+        env=env,
+        cwd=str(REPO_ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wl = Geometric(100.0, 500.0, prefill="lognormal")
         res = afdjax.simulate(jax.random.key(0), wl, paper_latency, 32, [1, 2, 4, 8], 12000, 2, micro_batches=3)
@@ -565,8 +619,9 @@ def test_cli_simulate_micro_batches(capsys):
     assert out["micro_batches"] == 2 and out["settings"]["micro_batches"] == 2
     assert out["settings"]["warmup_steps"] == 4  # the step model's default: the fill is excluded
     r = np.array(out["ratios"])
-    np.testing.assert_allclose(np.array(out["throughput_per_instance"]) * (r + 1) * np.array(out["mean_cycle_time"]),
-                               r * 16, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.array(out["throughput_per_instance"]) * (r + 1) * np.array(out["mean_cycle_time"]), r * 16, rtol=1e-5
+    )
     assert main(["simulate", *CLI_SMALL, "--micro-batches", "2"]) == 0
     text = capsys.readouterr().out
     assert "micro-batch" in text and "bubble" in text
@@ -593,7 +648,8 @@ def test_provision_with_micro_batches(paper_latency):
     assert d["settings"]["micro_batches"] == 2
     rf = np.arange(1, 9, dtype=float)
     mf = np.array([row["mean_field"] for row in d["table"]])
-    np.testing.assert_allclose(mf, _np(jax.vmap(lambda r: pipeline_throughput(wl, paper_latency, 64, r, 2))(rf)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        mf, _np(jax.vmap(lambda r: pipeline_throughput(wl, paper_latency, 64, r, 2))(rf)), rtol=1e-12
+    )
     assert d["ratio_mean_field"] == int(np.argmax(mf)) + 1
     assert "micro-batch" in rep.format_text()

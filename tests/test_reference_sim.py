@@ -76,8 +76,9 @@ def test_zero_variance_limit(comm_scaling, start, lat_override):
     ratios = [1, 2, 3, 5, 8]
     lat = dict(LAT, comm_scaling=comm_scaling, **lat_override)
     wl = dict(kind="empirical", prefill=np.full(4, Pc), decode=np.ones(4, dtype=int))
-    out = simulate_reference(np.random.default_rng(0), wl, lat, B, ratios, 50, 3,
-                             start=start, warmup_steps=5 if start == "cold" else 0)
+    out = simulate_reference(
+        np.random.default_rng(0), wl, lat, B, ratios, 50, 3, start=start, warmup_steps=5 if start == "cold" else 0
+    )
     assert np.all(out["instance_loads"] == B * Pc)
     assert out["mean_slot_load"] == pytest.approx(Pc, rel=1e-12)
     t_a = lat["alpha_a"] * B * Pc + lat["beta_a"]
@@ -104,8 +105,7 @@ def test_zero_variance_limit(comm_scaling, start, lat_override):
     [
         (dict(kind="geometric", mu_p=50.0, mu_d=30.0, prefill="constant"), 80.0),
         (dict(kind="geometric", mu_p=20.0, mu_d=100.0, prefill="exponential"), 120.0),
-        (dict(kind="geometric", mu_p=64.0, mu_d=9.0, prefill="lognormal",
-              prefill_sigma=1.0), 73.0),
+        (dict(kind="geometric", mu_p=64.0, mu_d=9.0, prefill="lognormal", prefill_sigma=1.0), 73.0),
         (dict(kind="geometric", mu_p=0.0, mu_d=0.0, prefill="constant"), 0.0),
         (EMP, stationary_theta_and_variance(EMP["prefill"], EMP["decode"])[0]),
     ],
@@ -113,8 +113,17 @@ def test_zero_variance_limit(comm_scaling, start, lat_override):
 @pytest.mark.parametrize("start", ["stationary", "cold"])
 def test_long_run_mean_slot_load(wl, theta, start):
     B, R, r_max, K = 8, 16, 4, 1500
-    out = simulate_reference(np.random.default_rng(42), wl, LAT, B, [1, r_max], K, R,
-                             start=start, warmup_steps=0 if start == "stationary" else 600)
+    out = simulate_reference(
+        np.random.default_rng(42),
+        wl,
+        LAT,
+        B,
+        [1, r_max],
+        K,
+        R,
+        start=start,
+        warmup_steps=0 if start == "stationary" else 600,
+    )
     loads = out["instance_loads"] / B  # (R, r_max, K)
     units = loads.mean(axis=2)  # independent (replica, instance) time averages
     assert out["mean_slot_load"] == pytest.approx(units.mean(), rel=1e-12)
@@ -143,11 +152,10 @@ def test_empirical_stationary_variance():
 def test_empirical_correlation_matters():
     # Sanity that the check above has power: decorrelated theta is far off.
     theta, _ = stationary_theta_and_variance(EMP["prefill"], EMP["decode"])
-    theta_indep = EMP["prefill"].mean() + stationary_theta_and_variance(
-        np.zeros(5), EMP["decode"])[0]
+    theta_indep = EMP["prefill"].mean() + stationary_theta_and_variance(np.zeros(5), EMP["decode"])[0]
     out = simulate_reference(np.random.default_rng(3), EMP, LAT, 8, [4], 1000, 8)
     units = out["instance_loads"].mean(axis=2) / 8
-    z_true, se = _zscore_mean(units, theta)
+    z_true, _se = _zscore_mean(units, theta)
     z_wrong, _ = _zscore_mean(units, theta_indep)
     assert abs(z_true) < Z
     assert abs(z_wrong) > 10 * Z
@@ -185,8 +193,7 @@ def test_stationary_start_is_stationary(wl):
 
     # Power check: the same comparison flags a cold start (over its first few
     # steps, since the empirical workload's transient is short).
-    cold = simulate_reference(np.random.default_rng(11), wl, LAT, B, [r_max], K, R,
-                              start="cold")
+    cold = simulate_reference(np.random.default_rng(11), wl, LAT, B, [r_max], K, R, start="cold")
     cl = cold["instance_loads"] / B
     z, _ = _zscore_mean(cl[:, :, :5].mean(axis=2) - cl[:, :, -w:].mean(axis=2), 0.0)
     assert z < -Z, z
@@ -200,8 +207,7 @@ def test_cold_start_transient_geometric(prefill):
     mu_p, mu_d, B = 25.0, 40.0, 8
     p = 1.0 / (1.0 + mu_d)
     wl = dict(kind="geometric", mu_p=mu_p, mu_d=mu_d, prefill=prefill)
-    out = simulate_reference(np.random.default_rng(5), wl, LAT, B, [8], 201, 250,
-                             start="cold")
+    out = simulate_reference(np.random.default_rng(5), wl, LAT, B, [8], 201, 250, start="cold")
     loads = out["instance_loads"]
     for k in (0, 1, 3, 10, 40, 200):
         expected = B * mu_p + B * (1 - p) / p * (1 - (1 - p) ** k)
@@ -213,10 +219,8 @@ def test_cold_start_transient_geometric(prefill):
 def test_warmup_discards_exactly_the_first_steps():
     wl = dict(kind="geometric", mu_p=10.0, mu_d=20.0, prefill="lognormal")
     W, K = 37, 100
-    full = simulate_reference(np.random.default_rng(9), wl, LAT, 4, [1, 3], W + K, 2,
-                              start="cold")
-    warm = simulate_reference(np.random.default_rng(9), wl, LAT, 4, [1, 3], K, 2,
-                              start="cold", warmup_steps=W)
+    full = simulate_reference(np.random.default_rng(9), wl, LAT, 4, [1, 3], W + K, 2, start="cold")
+    warm = simulate_reference(np.random.default_rng(9), wl, LAT, 4, [1, 3], K, 2, start="cold", warmup_steps=W)
     np.testing.assert_array_equal(warm["instance_loads"], full["instance_loads"][:, :, W:])
     np.testing.assert_array_equal(warm["cycle_times"], full["cycle_times"][:, :, W:])
 
@@ -246,8 +250,7 @@ def test_idle_fractions_deterministic_r1(lat_override):
 def test_metrics_bookkeeping_random_loads():
     """Metrics recomputed from the returned loads by an explicit double loop."""
     wl = dict(kind="geometric", mu_p=15.0, mu_d=12.0, prefill="exponential")
-    lat = dict(alpha_a=0.02, beta_a=1.0, alpha_f=0.1, beta_f=2.0, alpha_c=0.05,
-               beta_c=0.3, comm_scaling="ratio_batch")
+    lat = dict(alpha_a=0.02, beta_a=1.0, alpha_f=0.1, beta_f=2.0, alpha_c=0.05, beta_c=0.3, comm_scaling="ratio_batch")
     B, ratios, K, R = 4, [3, 1, 2], 25, 3
     out = simulate_reference(np.random.default_rng(2), wl, lat, B, ratios, K, R)
     loads = out["instance_loads"]
@@ -272,10 +275,8 @@ def test_metrics_bookkeeping_random_loads():
         se = thr * S.std(ddof=1) / (S.mean() * np.sqrt(R))
         assert out["stderr"][m] == pytest.approx(se, rel=1e-10)
         assert out["mean_cycle_time"][m] == pytest.approx(S.sum() / (R * K), rel=1e-12)
-        assert out["attention_idle_fraction"][m] == pytest.approx(
-            1 - busy_a / (r * S.sum()), rel=1e-12, abs=1e-14)
-        assert out["ffn_idle_fraction"][m] == pytest.approx(
-            1 - R * K * t_f / S.sum(), rel=1e-12, abs=1e-14)
+        assert out["attention_idle_fraction"][m] == pytest.approx(1 - busy_a / (r * S.sum()), rel=1e-12, abs=1e-14)
+        assert out["ffn_idle_fraction"][m] == pytest.approx(1 - R * K * t_f / S.sum(), rel=1e-12, abs=1e-14)
     assert out["throughput_per_replica"].shape == (R, len(ratios))
     assert out["cycle_times"].shape == (R, len(ratios), K)
     np.testing.assert_array_equal(out["ratios"], ratios)
@@ -315,8 +316,7 @@ def test_timing_reference_size():
 
     wl = dict(kind="geometric", mu_p=100.0, mu_d=500.0, prefill="lognormal")
     t0 = time.perf_counter()
-    out = simulate_reference(np.random.default_rng(0), wl, LAT, 64, list(range(1, 9)),
-                             4000, 8)
+    out = simulate_reference(np.random.default_rng(0), wl, LAT, 64, list(range(1, 9)), 4000, 8)
     elapsed = time.perf_counter() - t0
     assert out["cycle_times"].shape == (8, 8, 4000)
     assert elapsed < 30.0

@@ -336,8 +336,9 @@ def test_ratio_batch_crossing_optimum():
     # r_x = 50 / (a_f - a_c) = 2.38; each line alone would peak elsewhere:
     # FFN at sqrt(b_f / a_f) < r_x, comm at sqrt(b_c / a_c) > r_x -> optimum at the crossing.
     B = 256
-    lat = LatencyModel(alpha_a=0.0, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.001, beta_c=150.0,
-                       comm_scaling="ratio_batch")
+    lat = LatencyModel(
+        alpha_a=0.0, beta_a=50.0, alpha_f=0.083, beta_f=100.0, alpha_c=0.001, beta_c=150.0, comm_scaling="ratio_batch"
+    )
     a_f, a_c = 0.083 * B, 0.001 * B
     r_x = 50.0 / (a_f - a_c)
     assert math.sqrt(100 / a_f) < r_x < math.sqrt(150 / a_c)
@@ -711,15 +712,11 @@ def test_barrier_s_zero_is_mean_field():
         np.testing.assert_array_equal(bar, mf)
         t_a, t_c, t_f = hand_stage_times(PAPER, scaling, 350.0, 256, np.asarray(rs))
         np.testing.assert_allclose(bar, np.maximum(np.maximum(t_a, t_c), t_f), rtol=1e-14)
-        np.testing.assert_array_equal(
-            np.asarray(BTH(wl, lat, 256, rs)), np.asarray(MFT(wl, lat, 256, rs))
-        )
+        np.testing.assert_array_equal(np.asarray(BTH(wl, lat, 256, rs)), np.asarray(MFT(wl, lat, 256, rs)))
     # alpha_a = 0 also gives s = 0
     lat0 = lat_of(alpha_a=0.0)
     wl2 = Geometric(100.0, 500.0)
-    np.testing.assert_array_equal(
-        np.asarray(BCT(wl2, lat0, 256, 4.0)), np.asarray(MFC(wl2, lat0, 256, 4.0))
-    )
+    np.testing.assert_array_equal(np.asarray(BCT(wl2, lat0, 256, 4.0)), np.asarray(MFC(wl2, lat0, 256, 4.0)))
 
 
 def test_zero_variance_gradients_latency_and_ratio(paper_latency):
@@ -1028,9 +1025,7 @@ def test_barrier_optimum_matches_engine_argmax(engine_runs, paper_latency):
     """
     wl = Geometric(100.0, 500.0)
     r = jnp.arange(2.0, 11.0)
-    assert np.all(
-        np.asarray(BTH(wl, paper_latency, 256, r)) < np.asarray(MFT(wl, paper_latency, 256, r))
-    )
+    assert np.all(np.asarray(BTH(wl, paper_latency, 256, r)) < np.asarray(MFT(wl, paper_latency, 256, r)))
     best = int(_barrier_optimum(wl, paper_latency, 256, 24).ratio)
     assert best == 10
     assert int(th.mean_field_integer_ratio(wl, paper_latency, 256)) == 9
@@ -1106,8 +1101,9 @@ def test_zero_slope_provision_recommends_top_of_range():
 
     lat = LatencyModel(**ZERO_SLOPE)
     with contextlib.redirect_stdout(io.StringIO()):
-        rep = afdjax.provision(jax.random.key(0), Geometric(100.0, 500.0), lat, 16, ratios=range(1, 8),
-                               num_steps=200, num_replicas=4)
+        rep = afdjax.provision(
+            jax.random.key(0), Geometric(100.0, 500.0), lat, 16, ratios=range(1, 8), num_steps=200, num_replicas=4
+        )
     data = rep.to_dict()
     assert data["ratio_mean_field"] == data["ratio_barrier"] == data["ratio_simulated"] == 7
     assert data["regime"] == "unbounded" and data["r_star"] is None  # +inf: null in JSON

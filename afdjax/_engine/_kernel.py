@@ -45,8 +45,16 @@ def replica_sums(replica_id, key_words, workload, latency, constants, ranges: Hi
         timing_state, times = model.step_times(constants, timing_state, loads.group_load, latency)  # 3. timing
         step = c * L + steps_local
         measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
-        stats = stats.add(times, loads.load, measured, constants.centre, ranges, cfg.num_bins,  # 4. statistics
-                          loads.covered, log_prob)
+        stats = stats.add(
+            times,
+            loads.load,
+            measured,
+            constants.centre,
+            ranges,
+            cfg.num_bins,  # 4. statistics
+            loads.covered,
+            log_prob,
+        )
         return (next_slots, timing_state, stats), None
 
     carry0 = (slots0, model.initial_state(rmax, fdtype), Statistics.zeros(rmax, cfg.num_bins, log_prob0))
@@ -155,8 +163,9 @@ def rerun_on_overflow(run, sizes: dict, *, who: str = "afdjax.simulate", warn: b
     while True:
         out, covered = run(sizes)
         if _traced(covered):
-            return eqx.error_if(out, ~jnp.all(covered),
-                                f"{who}: requests_per_chunk was too small for this run; increase it")
+            return eqx.error_if(
+                out, ~jnp.all(covered), f"{who}: requests_per_chunk was too small for this run; increase it"
+            )
         if bool(np.all(np.asarray(covered))):
             return out
         if sizes["requests_per_chunk"] > sizes["chunk_steps"]:  # cannot happen: D >= 1

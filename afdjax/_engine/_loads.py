@@ -98,8 +98,11 @@ def chunk_loads(slots: SlotState, new_prefill, new_decode, groups: int, chunk_st
         slot_load = prefill + index.astype(fdtype)  # (rmax, B)
         padded = jnp.pad(slot_load, ((0, 0), (0, (-B) % G))).reshape(rmax, -1, G)
         load0 = jnp.sum(padded, axis=1)  # (rmax, G)
-        group_load = (load0[:, :, None] + group_size[None, :, None] * steps_local.astype(fdtype)
-                      + cumsum_last(jumps.reshape(rmax, G, L)))  # (rmax, G, L)
+        group_load = (
+            load0[:, :, None]
+            + group_size[None, :, None] * steps_local.astype(fdtype)
+            + cumsum_last(jumps.reshape(rmax, G, L))
+        )  # (rmax, G, L)
         load = jnp.sum(group_load, axis=1)  # (rmax, L)
 
     # Slot state at local step L: the last request started at or before L.

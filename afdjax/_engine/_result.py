@@ -106,8 +106,11 @@ class SimulationResult(eqx.Module):
         c = np.clip(cap, lo, hi)
         i = np.clip(np.searchsorted(edges[1:-1], c, side="right"), 0, len(hist) - 1)
         width = np.log(np.maximum(right[i], 1e-300)) - np.log(np.maximum(left[i], 1e-300))
-        frac = np.where(width > 0, (np.log(np.maximum(c, 1e-300)) - np.log(np.maximum(left[i], 1e-300)))
-                        / np.where(width > 0, width, 1.0), 1.0)
+        frac = np.where(
+            width > 0,
+            (np.log(np.maximum(c, 1e-300)) - np.log(np.maximum(left[i], 1e-300))) / np.where(width > 0, width, 1.0),
+            1.0,
+        )
         frac = np.clip(frac, 0.0, 1.0)
         p = 1.0 - (below[i] + frac * hist[i]) / total
         p = np.where(cap >= hi, 0.0, np.where(cap < lo, 1.0, np.clip(p, 0.0, 1.0)))
@@ -143,8 +146,9 @@ class SimulationResult(eqx.Module):
             "micro_batches": self.micro_batches,
             "link_idle_fraction": clean(self.link_idle_fraction),
             "pipeline_bubble_fraction": clean(self.pipeline_bubble_fraction),
-            "kv_load_quantiles": {f"p{100 * lv:g}": float(np.asarray(self.kv_load_quantiles)[i])
-                                  for i, lv in enumerate(levels)},
+            "kv_load_quantiles": {
+                f"p{100 * lv:g}": float(np.asarray(self.kv_load_quantiles)[i]) for i, lv in enumerate(levels)
+            },
             "kv_load_min_tokens": float(self.kv_load_min_tokens),
             "kv_load_max_tokens": float(self.kv_load_max_tokens),
         }

@@ -53,8 +53,14 @@ def requests_bound(workload: Workload, chunk_steps: int, log_eps: float) -> int:
     return lo
 
 
-def plan_sizes(workload, cfg_kwargs: dict, chunk_steps=None, requests_per_chunk=None, replica_batch_size=None,
-               memory_budget_bytes: int = 512 * 2**20) -> dict:
+def plan_sizes(
+    workload,
+    cfg_kwargs: dict,
+    chunk_steps=None,
+    requests_per_chunk=None,
+    replica_batch_size=None,
+    memory_budget_bytes: int = 512 * 2**20,
+) -> dict:
     """Choose chunk length, requests per chunk and replica batch size (those not given).
 
     ``cfg_kwargs``: ``max_ratio``, ``batch_size``, ``num_steps``, ``warmup_steps``,

@@ -93,8 +93,9 @@ class Statistics(eqx.Module):
             log_prob=log_prob,
         )
 
-    def add(self, times: StepTimes, load, measured, centre, ranges: HistogramRanges, num_bins: int, covered,
-            log_prob) -> Statistics:
+    def add(
+        self, times: StepTimes, load, measured, centre, ranges: HistogramRanges, num_bins: int, covered, log_prob
+    ) -> Statistics:
         """Add one chunk: ``times`` from the step model, ``load`` ``(r_max, L)`` per
         instance, ``measured`` ``(L,)`` bool (after the warm-up, before the end)."""
         fdtype = jnp.zeros(()).dtype
@@ -102,11 +103,13 @@ class Statistics(eqx.Module):
         tau, attention = times.cycle_time, times.attention_busy
         weight = measured.astype(fdtype)[None, :]
         busy = prefix_over_instances(jnp.add, attention)  # row r-1: sum over the first r instances
-        kv_index = jnp.clip(jnp.floor((jnp.log(jax.lax.stop_gradient(load)) - ranges.kv_log_lo) / ranges.kv_dlog),
-                            0, num_bins - 1).astype(jnp.int32)
+        kv_index = jnp.clip(
+            jnp.floor((jnp.log(jax.lax.stop_gradient(load)) - ranges.kv_log_lo) / ranges.kv_dlog), 0, num_bins - 1
+        ).astype(jnp.int32)
         kv_index = jnp.where(measured[None, :], kv_index, num_bins)
-        b = jnp.clip(jnp.floor((jnp.log(tau) - ranges.log_lo[:, None]) / ranges.dlog), 0,
-                     num_bins - 1).astype(jnp.int32)
+        b = jnp.clip(jnp.floor((jnp.log(tau) - ranges.log_lo[:, None]) / ranges.dlog), 0, num_bins - 1).astype(
+            jnp.int32
+        )
         hist_index = jnp.where(measured[None, :], jnp.arange(rmax)[:, None] * num_bins + b, rmax * num_bins)
         dev = tau - centre[:, None]  # centred, so the variance does not cancel
         return Statistics(
@@ -179,8 +182,9 @@ def aggregate(sums: Statistics, constants: StepConstants, ranges: HistogramRange
     kv_hist = jnp.sum(sums.kv_hist, axis=0)
     kv_min, kv_max = jnp.min(sums.kv_min), jnp.max(sums.kv_max)
     kv_log_lo, kv_dlog = ranges.kv_log_lo, ranges.kv_dlog
-    kv_quantiles = _quantiles_from_histogram(kv_hist[None], kv_log_lo[None], kv_dlog, kv_min[None], kv_max[None],
-                                             levels)[0]
+    kv_quantiles = _quantiles_from_histogram(
+        kv_hist[None], kv_log_lo[None], kv_dlog, kv_min[None], kv_max[None], levels
+    )[0]
     kv_edges = jnp.exp(kv_log_lo + kv_dlog * jnp.arange(cfg.num_bins + 1, dtype=fdtype))
     covered = jnp.all(sums.covered)
     result = SimulationResult(

@@ -245,8 +245,11 @@ def derive_latency(
             dtype = "bf16"
     check_choice("dtype", dtype, DTYPES)
     peak = acc.peak_flops_per_s(dtype)
-    for name, v in (("memory_efficiency", memory_efficiency), ("compute_efficiency", compute_efficiency),
-                    ("network_efficiency", network_efficiency)):
+    for name, v in (
+        ("memory_efficiency", memory_efficiency),
+        ("compute_efficiency", compute_efficiency),
+        ("network_efficiency", network_efficiency),
+    ):
         check_fraction(name, v)
     check_number("kernel_overhead_us", kernel_overhead_us, strict=False)
     check_choice("comm_scaling", comm_scaling, COMM_SCALINGS)
@@ -280,7 +283,8 @@ def derive_latency(
     t_mem = kvb / (na * bw * mem_e) * us
     t_cmp = aflops / (na * peak_a * cmp_e) * us
     coeffs["alpha_a"] = CoefficientDerivation(
-        "alpha_a", max(t_mem, t_cmp),
+        "alpha_a",
+        max(t_mem, t_cmp),
         "max(kv_bytes / (n_A BW e_mem), attn_flops / (n_A P_kv e_cmp)) per KV token (P_kv: peak at the KV dtype)",
         f"max({kvb} B / ({na} x {bw:.4g} B/s x {mem_e:g}), {aflops} FLOP / ({na} x {peak_a:.4g} FLOP/s x {cmp_e:g})) "
         f"= max({t_mem:.4g}, {t_cmp:.4g}) us",
@@ -290,7 +294,8 @@ def derive_latency(
     wv = mod.vocab_params * wb / L
     t = (wa + wv) / (na * bw * mem_e) * us
     coeffs["beta_a"] = CoefficientDerivation(
-        "beta_a", t + kernel_overhead_us,
+        "beta_a",
+        t + kernel_overhead_us,
         "(W_attn + W_vocab / L) / (n_A BW e_mem) + overhead",
         f"({wa:.4g} B + {wv:.4g} B) / ({na} x {bw:.4g} B/s x {mem_e:g}) + {kernel_overhead_us:g} us "
         f"= {t:.4g} + {kernel_overhead_us:g} us",
@@ -300,7 +305,8 @@ def derive_latency(
     fflops = (mod.num_dense_layers * mod.dense_ffn_flops_per_token + mod.num_moe_layers * mod.moe_flops_per_token) / L
     t = fflops / (nf * peak * cmp_e) * us
     coeffs["alpha_f"] = CoefficientDerivation(
-        "alpha_f", t,
+        "alpha_f",
+        t,
         "ffn_flops / (n_F P e_cmp) per token, ffn_flops averaged over layers",
         f"{fflops:.6g} FLOP / ({nf} x {peak:.4g} FLOP/s x {cmp_e:g}) = {t:.4g} us",
         "compute",
@@ -309,15 +315,18 @@ def derive_latency(
     t = wf / (nf * bw * mem_e) * us
     touched = mod.experts_touched_99_tokens()
     coeffs["beta_f"] = CoefficientDerivation(
-        "beta_f", t + kernel_overhead_us,
+        "beta_f",
+        t + kernel_overhead_us,
         "W_ffn / L / (n_F BW e_mem) + overhead" + (" (all experts touched)" if touched is not None else ""),
         f"{wf:.4g} B / ({nf} x {bw:.4g} B/s x {mem_e:g}) + {kernel_overhead_us:g} us "
         f"= {t:.4g} + {kernel_overhead_us:g} us",
         "memory (weights)",
     )
     if touched is not None:
-        notes.append(f"beta_f reads all {mod.num_routed_experts} experts: 99 % are touched once the aggregated batch "
-                     f"r*B exceeds {touched:.0f} tokens (expected fraction 1 - (1 - k/E)^(rB))")
+        notes.append(
+            f"beta_f reads all {mod.num_routed_experts} experts: 99 % are touched once the aggregated batch "
+            f"r*B exceeds {touched:.0f} tokens (expected fraction 1 - (1 - k/E)^(rB))"
+        )
     # communication, per token of one instance's batch
     fan_moe = min(mod.num_experts_per_token, nf) if mod.num_moe_layers else 0
     fanout = (mod.num_dense_layers * 1 + mod.num_moe_layers * fan_moe) / L
@@ -326,7 +335,8 @@ def derive_latency(
     per_token = fanout * mod.hidden_size * mod.activation_bytes  # one direction (dispatch; combine is symmetric)
     t = per_token / (n_link * link * net_e) * us
     coeffs["alpha_c"] = CoefficientDerivation(
-        "alpha_c", t,
+        "alpha_c",
+        t,
         f"f d b_act / (n_{'A' if comm_scaling == 'batch' else 'F'} link_BW e_net) per token, one direction "
         "(A->F dispatch; F->A combine takes the same; fan-out f averaged over layers)",
         f"{fanout:.4g} x {mod.hidden_size} x {mod.activation_bytes} B / ({n_link} x {link:.4g} B/s x {net_e:g}) "
@@ -337,13 +347,24 @@ def derive_latency(
     coeffs["beta_c"] = CoefficientDerivation(
         "beta_c", lat, "link_latency (one transfer)", f"{lat:g} us", "network latency"
     )
-    notes.append(f"interconnect latency {lat:g} us per transfer and kernel overhead {kernel_overhead_us:g} us are "
-                 "assumptions, not datasheet numbers")
+    notes.append(
+        f"interconnect latency {lat:g} us per transfer and kernel overhead {kernel_overhead_us:g} us are "
+        "assumptions, not datasheet numbers"
+    )
     latency = LatencyModel(**{k: c.value_us for k, c in coeffs.items()}, comm_scaling=comm_scaling)
     return HardwareDerivation(
-        accelerator=acc, model=mod, dtype=dtype, memory_efficiency=float(mem_e), compute_efficiency=float(cmp_e),
-        network_efficiency=float(net_e), kernel_overhead_us=float(kernel_overhead_us),
-        attention_devices=na, ffn_devices=nf, latency=latency, coefficients=coeffs, notes=tuple(notes),
+        accelerator=acc,
+        model=mod,
+        dtype=dtype,
+        memory_efficiency=float(mem_e),
+        compute_efficiency=float(cmp_e),
+        network_efficiency=float(net_e),
+        kernel_overhead_us=float(kernel_overhead_us),
+        attention_devices=na,
+        ffn_devices=nf,
+        latency=latency,
+        coefficients=coeffs,
+        notes=tuple(notes),
     )
 
 
@@ -355,6 +376,8 @@ def _resolve(value, presets, cls, what):
     if not isinstance(value, str):
         raise invalid(what, value, f"a {cls.__name__} or a preset name ({', '.join(presets)})")
     if value not in presets:
-        raise ValueError(f"unknown {what} {value!r}; available: {', '.join(presets)} (for NAME,field=value,... or a "
-                         f"TOML file, pass parse_{what}_spec(...))")
+        raise ValueError(
+            f"unknown {what} {value!r}; available: {', '.join(presets)} (for NAME,field=value,... or a "
+            f"TOML file, pass parse_{what}_spec(...))"
+        )
     return presets[value]

@@ -47,8 +47,12 @@ class Accelerator:
 
     def __post_init__(self):
         check_name("Accelerator", self.name)
-        for f in ("hbm_capacity_bytes", "hbm_bandwidth_bytes_per_s", "bf16_flops_per_s",
-                  "interconnect_bandwidth_bytes_per_s"):
+        for f in (
+            "hbm_capacity_bytes",
+            "hbm_bandwidth_bytes_per_s",
+            "bf16_flops_per_s",
+            "interconnect_bandwidth_bytes_per_s",
+        ):
             check_number(f"Accelerator {self.name!r}: {f}", getattr(self, f))
         check_number(f"Accelerator {self.name!r}: interconnect_latency_us", self.interconnect_latency_us, strict=False)
         for f in ("fp8_flops_per_s", "power_watts"):
@@ -116,16 +120,30 @@ class ModelSpec:
         # an integer-valued float (61.0 from a TOML file or a computation) is stored as an int
         for f in ("num_layers", "hidden_size", "vocab_size", "num_attention_heads", "kv_bytes", "activation_bytes"):
             object.__setattr__(self, f, check_int(f"{where}: {f}", getattr(self, f), 1))
-        for f in ("num_kv_heads", "head_dim", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
-                  "v_head_dim", "intermediate_size", "num_dense_layers", "num_routed_experts",
-                  "num_experts_per_token", "moe_intermediate_size", "num_shared_experts"):
+        for f in (
+            "num_kv_heads",
+            "head_dim",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "intermediate_size",
+            "num_dense_layers",
+            "num_routed_experts",
+            "num_experts_per_token",
+            "moe_intermediate_size",
+            "num_shared_experts",
+        ):
             object.__setattr__(self, f, check_int(f"{where}: {f}", getattr(self, f), 0))
         if self.attention == "gqa":
             for f in ("num_kv_heads", "head_dim"):
                 check_int(f"{where}: {f} (needed for attention='gqa')", getattr(self, f), 1)
             if self.num_attention_heads % self.num_kv_heads:
-                raise ValueError(f"{where}: num_attention_heads={self.num_attention_heads} is not a multiple of "
-                                 f"num_kv_heads={self.num_kv_heads}")
+                raise ValueError(
+                    f"{where}: num_attention_heads={self.num_attention_heads} is not a multiple of "
+                    f"num_kv_heads={self.num_kv_heads}"
+                )
         else:
             for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
                 check_int(f"{where}: {f} (needed for attention='mla')", getattr(self, f), 1)
@@ -137,8 +155,10 @@ class ModelSpec:
             for f in ("num_routed_experts", "num_experts_per_token", "moe_intermediate_size"):
                 check_int(f"{where}: {f} (needed for the {self.num_moe_layers} MoE layers)", getattr(self, f), 1)
             if self.num_experts_per_token > self.num_routed_experts:
-                raise ValueError(f"{where}: num_experts_per_token={self.num_experts_per_token} exceeds "
-                                 f"num_routed_experts={self.num_routed_experts}")
+                raise ValueError(
+                    f"{where}: num_experts_per_token={self.num_experts_per_token} exceeds "
+                    f"num_routed_experts={self.num_routed_experts}"
+                )
 
     # ---------------------------------------------------------------- derived counts
     @property
@@ -240,38 +260,74 @@ _TPU_V5P = "https://cloud.google.com/tpu/docs/v5p"
 
 ACCELERATORS: dict[str, Accelerator] = {
     "h100": Accelerator(
-        "h100", 80e9, 3.35e12, 989.5e12, 1979e12, 450e9, power_watts=700.0,
+        "h100",
+        80e9,
+        3.35e12,
+        989.5e12,
+        1979e12,
+        450e9,
+        power_watts=700.0,
         description="NVIDIA H100 SXM5 80 GB: HBM3 3.35 TB/s; BF16 1,979 / FP8 3,958 TFLOPS with sparsity "
         "(half dense); NVLink 900 GB/s (450 GB/s each way); up to 700 W",
         sources=(_NV_H100,),
     ),
     "h200": Accelerator(
-        "h200", 141e9, 4.8e12, 989.5e12, 1979e12, 450e9, power_watts=700.0,
+        "h200",
+        141e9,
+        4.8e12,
+        989.5e12,
+        1979e12,
+        450e9,
+        power_watts=700.0,
         description="NVIDIA H200 SXM 141 GB: HBM3e 4.8 TB/s; BF16 1,979 / FP8 3,958 TFLOPS with sparsity "
         "(half dense); NVLink 900 GB/s (450 GB/s each way); up to 700 W",
         sources=(_NV_H200,),
     ),
     "a100": Accelerator(
-        "a100", 80e9, 2.039e12, 312e12, None, 300e9, power_watts=400.0,
+        "a100",
+        80e9,
+        2.039e12,
+        312e12,
+        None,
+        300e9,
+        power_watts=400.0,
         description="NVIDIA A100 80 GB SXM: HBM2e 2,039 GB/s; BF16 312 TFLOPS dense (624 sparse), no FP8; "
         "NVLink 600 GB/s (300 GB/s each way); 400 W",
         sources=(_NV_A100,),
     ),
     "b200": Accelerator(
-        "b200", 180e9, 8e12, 2.25e15, 4.5e15, 900e9, power_watts=1000.0,
+        "b200",
+        180e9,
+        8e12,
+        2.25e15,
+        4.5e15,
+        900e9,
+        power_watts=1000.0,
         description="NVIDIA B200 (HGX/DGX B200, per GPU = system / 8): 1,440 GB and 64 TB/s HBM3e per 8 GPUs; "
         "FP8 72 PFLOPS sparse per 8 GPUs (4.5 PFLOPS dense per GPU), BF16 2.25 PFLOPS dense; NVLink 5 "
         "14.4 TB/s per 8 GPUs (1.8 TB/s per GPU, 900 GB/s each way); 1,000 W",
         sources=(_NV_DGX_B200, _B200_PER_GPU),
     ),
     "mi300x": Accelerator(
-        "mi300x", 192e9, 5.3e12, 1307.4e12, 2614.9e12, 448e9, power_watts=750.0,
+        "mi300x",
+        192e9,
+        5.3e12,
+        1307.4e12,
+        2614.9e12,
+        448e9,
+        power_watts=750.0,
         description="AMD Instinct MI300X: 192 GB HBM3, 5.3 TB/s; FP16/BF16 1,307.4 TFLOPS and FP8 2,614.9 "
         "TFLOPS dense; Infinity Fabric 7 links x 128 GB/s = 896 GB/s (448 GB/s each way); 750 W",
         sources=(_AMD_MI300X,),
     ),
     "tpu-v5p": Accelerator(
-        "tpu-v5p", 95e9, 2.765e12, 459e12, None, 300e9, power_watts=None,
+        "tpu-v5p",
+        95e9,
+        2.765e12,
+        459e12,
+        None,
+        300e9,
+        power_watts=None,
         description="Google Cloud TPU v5p chip: 95 GB HBM2e, 2,765 GB/s; BF16 459 TFLOPS (INT8 918 TOPS, "
         "no FP8); ICI 4,800 Gb/s per chip = 600 GB/s (300 GB/s each way); power not published",
         sources=(_TPU_V5P,),
@@ -285,28 +341,65 @@ _HF_LLAMA = "https://huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.js
 
 MODELS: dict[str, ModelSpec] = {
     "deepseek-v3": ModelSpec(
-        "deepseek-v3", num_layers=61, hidden_size=7168, vocab_size=129280, attention="mla",
-        num_attention_heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
-        qk_rope_head_dim=64, v_head_dim=128, intermediate_size=18432, num_dense_layers=3,
-        num_routed_experts=256, num_experts_per_token=8, moe_intermediate_size=2048, num_shared_experts=1,
-        weight_dtype="fp8", kv_bytes=2, activation_bytes=2,
+        "deepseek-v3",
+        num_layers=61,
+        hidden_size=7168,
+        vocab_size=129280,
+        attention="mla",
+        num_attention_heads=128,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        intermediate_size=18432,
+        num_dense_layers=3,
+        num_routed_experts=256,
+        num_experts_per_token=8,
+        moe_intermediate_size=2048,
+        num_shared_experts=1,
+        weight_dtype="fp8",
+        kv_bytes=2,
+        activation_bytes=2,
         description="DeepSeek-V3 (671B total, 37B active): MLA, first_k_dense_replace=3, 256 routed + 1 shared "
         "experts, top-8; released FP8 (e4m3) weights; BF16 latent KV cache",
         sources=(_HF_DSV3,),
     ),
     "qwen3-235b-a22b": ModelSpec(
-        "qwen3-235b-a22b", num_layers=94, hidden_size=4096, vocab_size=151936, attention="gqa",
-        num_attention_heads=64, num_kv_heads=4, head_dim=128, num_dense_layers=0,
-        num_routed_experts=128, num_experts_per_token=8, moe_intermediate_size=1536, num_shared_experts=0,
-        weight_dtype="bf16", kv_bytes=2, activation_bytes=2,
+        "qwen3-235b-a22b",
+        num_layers=94,
+        hidden_size=4096,
+        vocab_size=151936,
+        attention="gqa",
+        num_attention_heads=64,
+        num_kv_heads=4,
+        head_dim=128,
+        num_dense_layers=0,
+        num_routed_experts=128,
+        num_experts_per_token=8,
+        moe_intermediate_size=1536,
+        num_shared_experts=0,
+        weight_dtype="bf16",
+        kv_bytes=2,
+        activation_bytes=2,
         description="Qwen3-235B-A22B: GQA 64 query / 4 KV heads of 128, every layer MoE (128 experts, top-8, "
         "no shared expert); BF16",
         sources=(_HF_QWEN3,),
     ),
     "llama-3.1-70b": ModelSpec(
-        "llama-3.1-70b", num_layers=80, hidden_size=8192, vocab_size=128256, attention="gqa",
-        num_attention_heads=64, num_kv_heads=8, head_dim=128, intermediate_size=28672, num_dense_layers=80,
-        weight_dtype="bf16", kv_bytes=2, activation_bytes=2,
+        "llama-3.1-70b",
+        num_layers=80,
+        hidden_size=8192,
+        vocab_size=128256,
+        attention="gqa",
+        num_attention_heads=64,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=28672,
+        num_dense_layers=80,
+        weight_dtype="bf16",
+        kv_bytes=2,
+        activation_bytes=2,
         description="Llama-3.1-70B: dense, GQA 64 query / 8 KV heads of 128, SwiGLU 28672; BF16",
         sources=(_HF_LLAMA,),
     ),

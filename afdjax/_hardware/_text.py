@@ -14,19 +14,27 @@ def format_presets() -> str:
     for a in ACCELERATORS.values():
         fp8 = f"{a.fp8_flops_per_s / 1e12:.6g}" if a.fp8_flops_per_s else "-"
         pw = f"{a.power_watts:g}" if a.power_watts else "-"
-        lines.append(f"  {a.name:<9}{a.hbm_capacity_bytes / 1e9:>8g}{a.hbm_bandwidth_bytes_per_s / 1e12:>10g}"
-                     f"{a.bf16_flops_per_s / 1e12:>9g}{fp8:>9}{a.interconnect_bandwidth_bytes_per_s / 1e9:>11g}{pw:>7}")
+        lines.append(
+            f"  {a.name:<9}{a.hbm_capacity_bytes / 1e9:>8g}{a.hbm_bandwidth_bytes_per_s / 1e12:>10g}"
+            f"{a.bf16_flops_per_s / 1e12:>9g}{fp8:>9}{a.interconnect_bandwidth_bytes_per_s / 1e9:>11g}{pw:>7}"
+        )
         lines.append(f"  {'':<9}{', '.join(a.sources)}")
     lines += ["", "Models", ""]
-    lines.append(f"  {'name':<17}{'layers':>7}{'hidden':>7}{'attn':>5}{'KV B/tok/layer':>16}"
-                 f"{'experts':>9}{'weights':>8}")
+    lines.append(
+        f"  {'name':<17}{'layers':>7}{'hidden':>7}{'attn':>5}{'KV B/tok/layer':>16}{'experts':>9}{'weights':>8}"
+    )
     for m in MODELS.values():
         experts = f"{m.num_experts_per_token}/{m.num_routed_experts}" if m.num_moe_layers else "dense"
-        lines.append(f"  {m.name:<17}{m.num_layers:>7}{m.hidden_size:>7}{m.attention:>5}"
-                     f"{m.kv_bytes_per_token_per_layer:>16}{experts:>9}{m.weight_dtype:>8}")
+        lines.append(
+            f"  {m.name:<17}{m.num_layers:>7}{m.hidden_size:>7}{m.attention:>5}"
+            f"{m.kv_bytes_per_token_per_layer:>16}{experts:>9}{m.weight_dtype:>8}"
+        )
         lines.append(f"  {'':<17}{', '.join(m.sources)}")
-    lines += ["", "Latency presets: " + ", ".join(LATENCY_PRESETS) + " (arXiv 2601.21351)",
-              "Use --hardware ACCELERATOR:MODEL anywhere, e.g. --hardware h100:deepseek-v3"]
+    lines += [
+        "",
+        "Latency presets: " + ", ".join(LATENCY_PRESETS) + " (arXiv 2601.21351)",
+        "Use --hardware ACCELERATOR:MODEL anywhere, e.g. --hardware h100:deepseek-v3",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -41,12 +49,16 @@ def format_derivation(derivation) -> str:
         f"               sources: {', '.join(a.sources) or 'custom'}",
         f"  model        {m.description or m.name}",
         f"               sources: {', '.join(m.sources) or 'custom'}",
-        (f"  efficiencies memory {d.memory_efficiency:g}, compute {d.compute_efficiency:g}, "
-        f"network {d.network_efficiency:g}; kernel overhead {d.kernel_overhead_us:g} us per stage"),
+        (
+            f"  efficiencies memory {d.memory_efficiency:g}, compute {d.compute_efficiency:g}, "
+            f"network {d.network_efficiency:g}; kernel overhead {d.kernel_overhead_us:g} us per stage"
+        ),
         f"  instances    Attention: {d.attention_devices} device(s), FFN: {d.ffn_devices} device(s)",
-        (f"  model facts  {m.num_layers} layers, KV {m.kv_bytes_per_token_per_layer} B/token/layer "
-        f"({m.kv_bytes_per_token} B/token), weights: attention side {d.attention_weight_bytes / 1e9:.4g} GB, "
-        f"FFN side {d.ffn_weight_bytes / 1e9:.4g} GB"),
+        (
+            f"  model facts  {m.num_layers} layers, KV {m.kv_bytes_per_token_per_layer} B/token/layer "
+            f"({m.kv_bytes_per_token} B/token), weights: attention side {d.attention_weight_bytes / 1e9:.4g} GB, "
+            f"FFN side {d.ffn_weight_bytes / 1e9:.4g} GB"
+        ),
         "",
     ]
     for name, c in d.coefficients.items():

@@ -17,11 +17,19 @@ LATENCY_TABLE_KEYS = ("units", "description", "source")
 except ``units``: the time unit of a :class:`Deployment`)."""
 MODEL_TABLE_KEYS = {"name": str, "num_layers": int, "kv_bytes_per_token": (int, float)}
 """``[model]`` keys a :class:`Deployment` reads, with their TOML types (other keys are ignored)."""
-ACCELERATOR_TABLE_KEYS = {"name": str, "hbm_capacity_bytes": (int, float), "hbm_capacity_gb": (int, float),
-                          "power_watts": (int, float)}
+ACCELERATOR_TABLE_KEYS = {
+    "name": str,
+    "hbm_capacity_bytes": (int, float),
+    "hbm_capacity_gb": (int, float),
+    "power_watts": (int, float),
+}
 """``[accelerator]`` keys a :class:`Deployment` reads (``hbm_capacity_gb`` in 1e9 bytes)."""
-DEPLOYMENT_TABLE_KEYS = {"attention_devices": int, "ffn_devices": int, "attention_weight_bytes": (int, float),
-                         "time_unit": str}
+DEPLOYMENT_TABLE_KEYS = {
+    "attention_devices": int,
+    "ffn_devices": int,
+    "attention_weight_bytes": (int, float),
+    "time_unit": str,
+}
 """``[deployment]`` keys a :class:`Deployment` reads."""
 
 
@@ -52,8 +60,14 @@ def latency_to_toml(latency: LatencyModel, description: str | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def deployment_to_toml(deployment: Deployment, description: str | None = None, *, extra_model=None,
-                       extra_accelerator=None, extra_deployment=None) -> str:
+def deployment_to_toml(
+    deployment: Deployment,
+    description: str | None = None,
+    *,
+    extra_model=None,
+    extra_accelerator=None,
+    extra_deployment=None,
+) -> str:
     """TOML text for a :class:`Deployment`, read back by :func:`afdjax.load_deployment`.
 
     ``[latency]`` (with ``units`` when the time unit is known), then ``[model]``,
@@ -66,12 +80,21 @@ def deployment_to_toml(deployment: Deployment, description: str | None = None, *
     if dep.time_unit:
         text += f"units = {toml_value(dep.time_unit)}\n"
     sections = {
-        "model": dict(name=dep.model, num_layers=dep.num_layers, kv_bytes_per_token=dep.kv_bytes_per_token,
-                      **(extra_model or {})),
-        "accelerator": dict(name=dep.accelerator, hbm_capacity_bytes=dep.hbm_capacity_bytes,
-                            power_watts=dep.power_watts, **(extra_accelerator or {})),
-        "deployment": dict(attention_devices=dep.attention_devices, ffn_devices=dep.ffn_devices,
-                           attention_weight_bytes=dep.attention_weight_bytes, **(extra_deployment or {})),
+        "model": dict(
+            name=dep.model, num_layers=dep.num_layers, kv_bytes_per_token=dep.kv_bytes_per_token, **(extra_model or {})
+        ),
+        "accelerator": dict(
+            name=dep.accelerator,
+            hbm_capacity_bytes=dep.hbm_capacity_bytes,
+            power_watts=dep.power_watts,
+            **(extra_accelerator or {}),
+        ),
+        "deployment": dict(
+            attention_devices=dep.attention_devices,
+            ffn_devices=dep.ffn_devices,
+            attention_weight_bytes=dep.attention_weight_bytes,
+            **(extra_deployment or {}),
+        ),
     }
     for section, values in sections.items():
         values = {k: v for k, v in values.items() if v is not None}
@@ -84,12 +107,21 @@ def derivation_to_toml(derivation) -> str:
     """The TOML of :meth:`HardwareDerivation.to_toml`: the deployment, with the derivation's
     formulas, numbers and sources as comments and its dtype and efficiencies for the record."""
     d = derivation
-    head = [(f"Latency coefficients derived from specs by afdjax hardware ({d.accelerator.name}:{d.model.name}, "
-            f"dtype {d.dtype}), microseconds per layer.")]
+    head = [
+        (
+            f"Latency coefficients derived from specs by afdjax hardware ({d.accelerator.name}:{d.model.name}, "
+            f"dtype {d.dtype}), microseconds per layer."
+        )
+    ]
     head += [f"{k} = {c.value_us:.6g}: {c.formula} = {c.numbers}" for k, c in d.coefficients.items()]
     head += [f"source: {s}" for s in d.accelerator.sources + d.model.sources]
-    return deployment_to_toml(d.deployment(), "\n".join(head),
-                              extra_model={"weight_dtype": d.dtype},
-                              extra_accelerator={"memory_efficiency": d.memory_efficiency,
-                                                     "compute_efficiency": d.compute_efficiency,
-                                                     "network_efficiency": d.network_efficiency})
+    return deployment_to_toml(
+        d.deployment(),
+        "\n".join(head),
+        extra_model={"weight_dtype": d.dtype},
+        extra_accelerator={
+            "memory_efficiency": d.memory_efficiency,
+            "compute_efficiency": d.compute_efficiency,
+            "network_efficiency": d.network_efficiency,
+        },
+    )

@@ -91,8 +91,10 @@ def attention_inputs(model: ModelSpec, batch: int, length: int, dtype, key):
             "wv": _init(next(ks), (d, hkv * hd), dtype, d),
             "wo": _init(next(ks), (h * hd, d), dtype, h * hd),
         }
-        cache = {"k": _init(next(ks), (batch, length, hkv, hd), dtype, 1),
-                     "v": _init(next(ks), (batch, length, hkv, hd), dtype, 1)}
+        cache = {
+            "k": _init(next(ks), (batch, length, hkv, hd), dtype, 1),
+            "v": _init(next(ks), (batch, length, hkv, hd), dtype, 1),
+        }
     else:
         c, rope, nope, v = model.kv_lora_rank, model.qk_rope_head_dim, model.qk_nope_head_dim, model.v_head_dim
         q_rank = model.q_lora_rank or d
@@ -152,8 +154,11 @@ def ffn_inputs(model: ModelSpec, tokens: int, dtype, key):
     x = _init(next(ks), (tokens, d), dtype, 1)
     if not model.num_moe_layers:
         i = model.intermediate_size
-        return x, {"wg": _init(next(ks), (d, i), dtype, d), "wu": _init(next(ks), (d, i), dtype, d),
-                       "wd": _init(next(ks), (i, d), dtype, i)}
+        return x, {
+            "wg": _init(next(ks), (d, i), dtype, d),
+            "wu": _init(next(ks), (d, i), dtype, d),
+            "wd": _init(next(ks), (i, d), dtype, i),
+        }
     e, i = model.num_routed_experts, model.moe_intermediate_size
     w = {
         "router": _init(next(ks), (d, e), dtype, d),
@@ -163,8 +168,11 @@ def ffn_inputs(model: ModelSpec, tokens: int, dtype, key):
     }
     if model.num_shared_experts:
         si = model.num_shared_experts * i
-        w.update(sg=_init(next(ks), (d, si), dtype, d), su=_init(next(ks), (d, si), dtype, d),
-                 sd=_init(next(ks), (si, d), dtype, si))
+        w.update(
+            sg=_init(next(ks), (d, si), dtype, d),
+            su=_init(next(ks), (d, si), dtype, d),
+            sd=_init(next(ks), (si, d), dtype, si),
+        )
     return x, w
 
 
@@ -172,6 +180,7 @@ def ffn_fn(model: ModelSpec, grouped: str):
     """One FFN / MoE layer: ``(x [N, d], weights) -> [N, d]``; ``grouped`` is
     ``"ragged_dot"`` or ``"capacity"`` (see the module docstring)."""
     if not model.num_moe_layers:
+
         def dense(x, w):
             return (jax.nn.silu(x @ w["wg"]) * (x @ w["wu"])) @ w["wd"]
 

@@ -20,8 +20,9 @@ def plot_profile(result, path) -> Path:
         raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
     plt = pyplot()
     stages = list(r.measurements)
-    fig, axes = plt.subplots(2, len(stages), figsize=(4.2 * len(stages), 6.2), squeeze=False,
-                             gridspec_kw={"height_ratios": [2, 1]})
+    fig, axes = plt.subplots(
+        2, len(stages), figsize=(4.2 * len(stages), 6.2), squeeze=False, gridspec_kw={"height_ratios": [2, 1]}
+    )
     labels = {"attention": "KV tokens T", "ffn": "FFN batch N (tokens)", "comm": "tokens B"}
     lat = r.latency
     for col, stage in enumerate(stages):

@@ -67,15 +67,27 @@ from ._timing import Timed, aligned_empty, calibrate, compiled_call, device_roun
 
 COMM_MODES = ("auto", "device", "host", "defaults")
 
-CPU_DEFAULTS = {"scale": 1 / 16, "batch_size": 16, "kv_lengths": None,  # set from CPU_KV_CACHE_BYTES
-                    "ffn_batches": tuple(range(96, 672 + 1, 48)), "comm_batches": tuple(range(32, 512 + 1, 32)),
-                    "repeats": 21, "min_sample_s": 0.003}
+CPU_DEFAULTS = {
+    "scale": 1 / 16,
+    "batch_size": 16,
+    "kv_lengths": None,  # set from CPU_KV_CACHE_BYTES
+    "ffn_batches": tuple(range(96, 672 + 1, 48)),
+    "comm_batches": tuple(range(32, 512 + 1, 32)),
+    "repeats": 21,
+    "min_sample_s": 0.003,
+}
 CPU_KV_CACHE_BYTES = 2048 * 16 * 36 * 4
 """Largest KV cache of the default CPU attention grid (4.5 MiB: DeepSeek-V3 / 16, B = 16, 2048
 tokens per slot); larger caches took 25-60 % more time per token on the 2-core machine."""
-ACCEL_DEFAULTS = {"scale": 0.5, "batch_size": 32, "kv_lengths": tuple(range(512, 8192 + 1, 512)),
-                      "ffn_batches": tuple(range(128, 2048 + 1, 128)), "comm_batches": tuple(range(128, 2048 + 1, 128)),
-                      "repeats": 9, "min_sample_s": 0.002}
+ACCEL_DEFAULTS = {
+    "scale": 0.5,
+    "batch_size": 32,
+    "kv_lengths": tuple(range(512, 8192 + 1, 512)),
+    "ffn_batches": tuple(range(128, 2048 + 1, 128)),
+    "comm_batches": tuple(range(128, 2048 + 1, 128)),
+    "repeats": 9,
+    "min_sample_s": 0.002,
+}
 
 
 # ============================================================================ entry point
@@ -136,8 +148,11 @@ def profile_hardware(
     t_start = time.perf_counter()
     device = jax.devices()[0]
     on_cpu = device.platform == "cpu"
-    base = MODELS[model] if isinstance(model, str) and model in MODELS else (
-        model if isinstance(model, ModelSpec) else None)
+    base = (
+        MODELS[model]
+        if isinstance(model, str) and model in MODELS
+        else (model if isinstance(model, ModelSpec) else None)
+    )
     if base is None:
         if not isinstance(model, str):
             raise ValueError(f"model={model!r} is invalid: expected a ModelSpec or a preset name ({', '.join(MODELS)})")
@@ -207,8 +222,11 @@ def profile_hardware(
             else:
                 on0 = jax.device_put(host, devices[0])
                 items.append(Timed("comm", n, device_roundtrip_call(on0, devices[1], devices[0])))
-        comm_source = ("device-to-device copy (device 0 -> 1 -> 0)" if comm == "device"
-                       else "host<->device transfer (host -> device -> host; a stand-in for the A<->F link)")
+        comm_source = (
+            "device-to-device copy (device 0 -> 1 -> 0)"
+            if comm == "device"
+            else "host<->device transfer (host -> device -> host; a stand-in for the A<->F link)"
+        )
     else:
         comm_source = f"defaults ({defaults if isinstance(defaults, str) else 'given LatencyModel'})"
 
@@ -230,8 +248,11 @@ def profile_hardware(
     if bar is not None:
         bar.close()
 
-    measurements, held_out, columns = {}, {}, {c: [] for c in ("attention_tokens", "batch_size", "attention_time",
-                                                               "ffn_time", "comm_time")}
+    measurements, held_out, columns = (
+        {},
+        {},
+        {c: [] for c in ("attention_tokens", "batch_size", "attention_time", "ffn_time", "comm_time")},
+    )
     for stage in ("attention", "ffn", "comm"):
         stage_items = [it for it in items if it.stage == stage]
         if not stage_items:
@@ -264,13 +285,31 @@ def profile_hardware(
         else:
             pred = np.array([float(lat.comm_time(1.0, x)) for x in xs])
         errors[stage] = (pred - med[hold]) / med[hold]
-    settings = {"kv_lengths": kv_lengths, "ffn_batches": ffn_batches, "comm_batches": comm_batches, "repeats": repeats,
-                    "quantile": quantile,
-                    "min_sample_s": min_sample_s, "seed": seed, "comm": comm, "n_bootstrap": n_bootstrap,
-                    "calls_per_sample": {f"{it.stage}:{it.size}": it.number for it in items}}
+    settings = {
+        "kv_lengths": kv_lengths,
+        "ffn_batches": ffn_batches,
+        "comm_batches": comm_batches,
+        "repeats": repeats,
+        "quantile": quantile,
+        "min_sample_s": min_sample_s,
+        "seed": seed,
+        "comm": comm,
+        "n_bootstrap": n_bootstrap,
+        "calls_per_sample": {f"{it.stage}:{it.size}": it.number for it in items},
+    }
     return ProfileResult(
-        model=shape, base_model=base.name, scale=float(scale), batch_size=batch_size, dtype=dtype,
-        device=f"{device.platform}:{getattr(device, 'device_kind', '')}".rstrip(":"), grouped_matmul=grouped_matmul,
-        comm_source=comm_source, measurements=measurements, held_out=held_out, fit=fit,
-        held_out_relative_error=errors, wall_s=time.perf_counter() - t_start, settings=settings,
+        model=shape,
+        base_model=base.name,
+        scale=float(scale),
+        batch_size=batch_size,
+        dtype=dtype,
+        device=f"{device.platform}:{getattr(device, 'device_kind', '')}".rstrip(":"),
+        grouped_matmul=grouped_matmul,
+        comm_source=comm_source,
+        measurements=measurements,
+        held_out=held_out,
+        fit=fit,
+        held_out_relative_error=errors,
+        wall_s=time.perf_counter() - t_start,
+        settings=settings,
     )

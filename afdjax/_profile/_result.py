@@ -54,26 +54,33 @@ class ProfileResult:
         return float(max(errs)) if errs else math.nan
 
     def to_dict(self) -> dict:
-        return jsonable({
-            "model": dataclasses.asdict(self.model),
-            "base_model": self.base_model,
-            "scale": self.scale,
-            "batch_size": self.batch_size,
-            "dtype": self.dtype,
-            "device": self.device,
-            "grouped_matmul": self.grouped_matmul,
-            "comm_source": self.comm_source,
-            "time_unit": "us per layer of the profiled shape",
-            "latency": self.latency.coefficients(),
-            "measurements": {s: {"sizes": list(map(int, v[0])), "median_us": list(v[1]),
-                                  "held_out": [int(x) in set(map(int, self.held_out[s])) for x in v[0]]}
-                          for s, v in self.measurements.items()},
-            "fit_quality": {s: fit.quality() for s, fit in self.fit.stages.items() if fit.source == "fit"},
-            "held_out_relative_error": {s: list(v) for s, v in self.held_out_relative_error.items()},
-            "max_held_out_relative_error": self.max_held_out_error(),
-            "wall_s": self.wall_s,
-            "settings": self.settings,
-        })
+        return jsonable(
+            {
+                "model": dataclasses.asdict(self.model),
+                "base_model": self.base_model,
+                "scale": self.scale,
+                "batch_size": self.batch_size,
+                "dtype": self.dtype,
+                "device": self.device,
+                "grouped_matmul": self.grouped_matmul,
+                "comm_source": self.comm_source,
+                "time_unit": "us per layer of the profiled shape",
+                "latency": self.latency.coefficients(),
+                "measurements": {
+                    s: {
+                        "sizes": list(map(int, v[0])),
+                        "median_us": list(v[1]),
+                        "held_out": [int(x) in set(map(int, self.held_out[s])) for x in v[0]],
+                    }
+                    for s, v in self.measurements.items()
+                },
+                "fit_quality": {s: fit.quality() for s, fit in self.fit.stages.items() if fit.source == "fit"},
+                "held_out_relative_error": {s: list(v) for s, v in self.held_out_relative_error.items()},
+                "max_held_out_relative_error": self.max_held_out_error(),
+                "wall_s": self.wall_s,
+                "settings": self.settings,
+            }
+        )
 
     def format_text(self) -> str:
         """The report of ``afdjax profile``: shape, coefficients, fit quality, held-out errors."""

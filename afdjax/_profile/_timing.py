@@ -76,6 +76,7 @@ def host_roundtrip_call(host: np.ndarray, device):
 
 def device_roundtrip_call(x, there, back):
     """A call that copies ``x`` to device ``there`` and back to ``back``."""
+
     def call():
         y = jax.device_put(x, there)
         y.block_until_ready()

@@ -67,11 +67,15 @@ def deployment_kv_capacity_bytes(deployment) -> float:
     no room (capacity <= 0)."""
     capacity = deployment.kv_capacity_bytes()
     if capacity is None:
-        raise ValueError("the hardware spec does not give HBM capacity and resident weights; use an "
-                         "ACCELERATOR:MODEL spec (e.g. h100:deepseek-v3) or a number")
+        raise ValueError(
+            "the hardware spec does not give HBM capacity and resident weights; use an "
+            "ACCELERATOR:MODEL spec (e.g. h100:deepseek-v3) or a number"
+        )
     if capacity <= 0:
-        raise ValueError(f"the weights ({deployment.attention_weight_bytes / 1e9:.4g} GB) do not fit the Attention "
-                         "instance's HBM; give more attention_devices or a number")
+        raise ValueError(
+            f"the weights ({deployment.attention_weight_bytes / 1e9:.4g} GB) do not fit the Attention "
+            "instance's HBM; give more attention_devices or a number"
+        )
     return float(capacity)
 
 
@@ -81,8 +85,10 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
     ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
     if deployment.power_watts is None:
         return None
-    return (deployment.power_watts * (deployment.attention_devices or 1),
-            deployment.power_watts * (deployment.ffn_devices or 1))
+    return (
+        deployment.power_watts * (deployment.attention_devices or 1),
+        deployment.power_watts * (deployment.ffn_devices or 1),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +123,11 @@ class Constraints:
         check_optional_number("tpot_target_ms", self.tpot_target_ms)
         check_optional_number("time_unit_us", self.time_unit_us)
         tol = self.kv_overflow_tolerance
-        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)) \
-                or not (0.0 <= float(tol) < 1.0):
+        if (
+            isinstance(tol, (bool, np.bool_))
+            or not isinstance(tol, (int, float, np.integer, np.floating))
+            or not (0.0 <= float(tol) < 1.0)
+        ):
             raise invalid("kv_overflow_tolerance", tol, "a probability in [0, 1)")
         check_choice("tpot_statistic", self.tpot_statistic, TPOT_STATISTICS)
         if self.num_layers is not None:
@@ -225,8 +234,12 @@ class Costs:
             powers = deployment_instance_power_w(deployment)
             if powers is not None:
                 attention_power_w, ffn_power_w = powers
-        return cls(attention_price_per_hour=attention_price_per_hour, ffn_price_per_hour=ffn_price_per_hour,
-                   attention_power_w=attention_power_w, ffn_power_w=ffn_power_w)
+        return cls(
+            attention_price_per_hour=attention_price_per_hour,
+            ffn_price_per_hour=ffn_price_per_hour,
+            attention_power_w=attention_power_w,
+            ffn_power_w=ffn_power_w,
+        )
 
 
 def kv_overflow_probability_gaussian(workload: Workload, batch_size: int, capacity_tokens: float) -> float:
@@ -338,8 +351,12 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
     rec_value = recommendation["objective"]
     better = [cell for cell in cells if cell["objective"] > rec_value]
     if not better:
-        return {"constraint": [], "text": "none: the recommendation is the objective's own peak on the grid"
-                    + ("" if constraints.active() else " (no constraints given)"), "relaxations": {}}
+        return {
+            "constraint": [],
+            "text": "none: the recommendation is the objective's own peak on the grid"
+            + ("" if constraints.active() else " (no constraints given)"),
+            "relaxations": {},
+        }
     relaxations = {}
     for name in constraints.active():
         alone = [cell for cell in better if cell["violated"] == [name]]
@@ -369,13 +386,17 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
         ]
         text = "; ".join(parts)
         if unc["gain"] > max(v["gain"] for v in relaxations.values()) + 1e-12:
-            text += (f"; relaxing {' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} together would allow "
-                     f"B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)")
+            text += (
+                f"; relaxing {' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} together would allow "
+                f"B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)"
+            )
         return {"constraint": order, "text": text, "relaxations": relaxations, "unconstrained_best": unc}
     return {
         "constraint": list(unc["violated"]),
-        "text": (f"{' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} jointly: no single relaxation helps, "
-              f"both together would allow B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)"),
+        "text": (
+            f"{' and '.join(_CONSTRAINT_NAMES[v] for v in unc['violated'])} jointly: no single relaxation helps, "
+            f"both together would allow B = {unc['batch_size']}, r = {unc['ratio']} ({100 * unc['gain']:+.1f}%)"
+        ),
         "relaxations": {},
         "unconstrained_best": unc,
     }
@@ -500,7 +521,9 @@ def provision_constrained(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is invalid: expected one of {', '.join(OBJECTIVES)}")
     if objective == "per_dollar" and costs.attention_price_per_hour is None:
-        raise ValueError("objective='per_dollar' needs prices: Costs(attention_price_per_hour=.., ffn_price_per_hour=..)")
+        raise ValueError(
+            "objective='per_dollar' needs prices: Costs(attention_price_per_hour=.., ffn_price_per_hour=..)"
+        )
     if objective == "per_joule" and costs.attention_power_w is None:
         raise ValueError("objective='per_joule' needs powers: Costs(attention_power_w=.., ffn_power_w=..)")
     bs = np.atleast_1d(np.asarray(batch_sizes))
@@ -519,19 +542,35 @@ def provision_constrained(
     theta = float(workload.theta())
     slot_std = math.sqrt(max(float(workload.slot_variance()), 0.0))
     for B in bs:
-        result = simulate(key, workload, latency, B, ratios, num_steps, num_replicas, quantile_levels=levels,
-                          progress=progress, **sim_kwargs)
+        result = simulate(
+            key,
+            workload,
+            latency,
+            B,
+            ratios,
+            num_steps,
+            num_replicas,
+            quantile_levels=levels,
+            progress=progress,
+            **sim_kwargs,
+        )
         rows = evaluate_cells(result, workload, constraints, costs, objective)
         cells += rows
         feasible = [row for row in rows if row["feasible"]]
         best = max(feasible, key=lambda row: row["objective"]) if feasible else None
         if best is None:
-            note = "infeasible at every r: " + _describe_violation(min(rows, key=lambda row: len(row["violated"])), constraints)
+            note = "infeasible at every r: " + _describe_violation(
+                min(rows, key=lambda row: len(row["violated"])), constraints
+            )
         elif best["ratio"] == rows[-1]["ratio"] and len(rows) > 1 and best is rows[-1]:
             note = "best at the largest ratio simulated: widen --ratios"
         else:
             worse = [row for row in rows if not row["feasible"] and row["objective"] > best["objective"]]
-            note = ("limited by " + _describe_violation(max(worse, key=lambda row: row["objective"]), constraints)) if worse else "objective peak"
+            note = (
+                ("limited by " + _describe_violation(max(worse, key=lambda row: row["objective"]), constraints))
+                if worse
+                else "objective peak"
+            )
         per_batch.append(
             dict(
                 batch_size=B,
@@ -546,15 +585,26 @@ def provision_constrained(
     recommendation = max(feasible, key=lambda cell: cell["objective"]) if feasible else None
     if recommendation is None:
         counts = {name: sum(name in cell["violated"] for cell in cells) for name in _CONSTRAINT_NAMES}
-        text = "every cell violates a constraint (" + ", ".join(f"{_CONSTRAINT_NAMES[k]}: {v} cells" for k, v in counts.items() if v) + ")"
+        text = (
+            "every cell violates a constraint ("
+            + ", ".join(f"{_CONSTRAINT_NAMES[k]}: {v} cells" for k, v in counts.items() if v)
+            + ")"
+        )
         binding = dict(constraint=[k for k, v in counts.items() if v], text=text)
     else:
         binding = _binding(cells, recommendation, constraints)
     base = dict(workload=workload.describe(), hardware="custom", seed=None)
     return ConstrainedProvisionReport(
-        settings=dict(base, **(settings or {}), steps=int(num_steps), replicas=int(num_replicas),
-                      micro_batches=model.micro_batches, latency_coefficients=latency.coefficients(),
-                      comm_scaling=latency.comm_scaling, ratios=[int(r) for r in np.atleast_1d(ratios)]),
+        settings=dict(
+            base,
+            **(settings or {}),
+            steps=int(num_steps),
+            replicas=int(num_replicas),
+            micro_batches=model.micro_batches,
+            latency_coefficients=latency.coefficients(),
+            comm_scaling=latency.comm_scaling,
+            ratios=[int(r) for r in np.atleast_1d(ratios)],
+        ),
         objective=objective,
         constraints=constraints,
         costs=costs,

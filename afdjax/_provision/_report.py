@@ -31,7 +31,6 @@ def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: i
     return list(range(1, top + 1))
 
 
-
 def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
     """First r (linear interpolation) where attention idle rises to meet FFN idle."""
     d = a - f
@@ -40,7 +39,6 @@ def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
             t = -d[i - 1] / (d[i] - d[i - 1])
             return float(ratios[i - 1] + t * (ratios[i] - ratios[i - 1]))
     return None
-
 
 
 @dataclasses.dataclass
@@ -81,7 +79,6 @@ class ProvisionReport:
                 "settings": self.settings,
             }
         )
-
 
     # ------------------------------------------------------------------ typed views
     @property
@@ -137,8 +134,6 @@ class ProvisionReport:
         return provision_plot(self, path, title)
 
 
-
-
 def provision(
     key: jax.Array,
     workload: Workload,
@@ -175,8 +170,9 @@ def provision(
         ratios = default_ratio_range(workload, latency, batch_size)
     check_ratio_list(ratios)
     model = as_step_model(step_model, micro_batches)
-    result = simulate(key, workload, latency, batch_size, ratios, num_steps, num_replicas,
-                      step_model=model, **simulate_kwargs)
+    result = simulate(
+        key, workload, latency, batch_size, ratios, num_steps, num_replicas, step_model=model, **simulate_kwargs
+    )
     r = np.asarray(result.ratios)
     rf = jnp.asarray(r, dtype=jnp.zeros(()).dtype)
     mf_curve = np.asarray(jax.vmap(lambda x: model.throughput(workload, latency, batch_size, x))(rf))
@@ -227,9 +223,16 @@ def provision(
     )
     base_settings = dict(workload=workload.describe(), hardware="custom", seed=None)
     return ProvisionReport(
-        settings=dict(base_settings, **(settings or {}), batch_size=int(batch_size), steps=int(num_steps), replicas=int(num_replicas),
-                      latency_coefficients=latency.coefficients(), comm_scaling=latency.comm_scaling,
-                      micro_batches=result.micro_batches),
+        settings=dict(
+            base_settings,
+            **(settings or {}),
+            batch_size=int(batch_size),
+            steps=int(num_steps),
+            replicas=int(num_replicas),
+            latency_coefficients=latency.coefficients(),
+            comm_scaling=latency.comm_scaling,
+            micro_batches=result.micro_batches,
+        ),
         theta=float(workload.theta()),
         slot_variance=float(workload.slot_variance()),
         mean_field=dict(

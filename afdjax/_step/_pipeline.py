@@ -235,7 +235,8 @@ def _check_micro_batches(micro_batches):
     if isinstance(micro_batches, (bool, np.bool_)):
         raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
     if isinstance(micro_batches, (int, np.integer, float, np.floating)) and not (
-            float(micro_batches) >= 1 and float(micro_batches).is_integer()):
+        float(micro_batches) >= 1 and float(micro_batches).is_integer()
+    ):
         raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
 
 
@@ -275,8 +276,9 @@ def pipeline_throughput(workload: Workload, latency: LatencyModel, batch_size, r
     return _per_instance(ratio, batch_size, pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches))
 
 
-def pipeline_barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ratio,
-                                micro_batches) -> jax.Array:
+def pipeline_barrier_cycle_time(
+    workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches
+) -> jax.Array:
     """Approximate period of the pipeline with random loads (time units per step).
 
     **An approximation**, not an expectation of the recursion: the per-micro-batch
@@ -298,8 +300,9 @@ def pipeline_barrier_cycle_time(workload: Workload, latency: LatencyModel, batch
     return pipeline_period(t_a, t_c, t_f, micro_batches)
 
 
-def pipeline_barrier_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio,
-                                micro_batches) -> jax.Array:
+def pipeline_barrier_throughput(
+    workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches
+) -> jax.Array:
     """Throughput per instance at :func:`pipeline_barrier_cycle_time` (an approximation)."""
     ratio = _float(ratio)
     return _per_instance(

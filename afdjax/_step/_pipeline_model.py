@@ -55,8 +55,10 @@ class Pipeline(StepModel):
 
     def check(self, batch_size: int) -> None:
         if self.micro_batches > batch_size:
-            raise ValueError(f"micro_batches={self.micro_batches} is invalid: expected an integer in "
-                             f"[1, batch_size={batch_size}] (or None for the paper's barrier step)")
+            raise ValueError(
+                f"micro_batches={self.micro_batches} is invalid: expected an integer in "
+                f"[1, batch_size={batch_size}] (or None for the paper's barrier step)"
+            )
 
     def slot_groups(self) -> int:
         return self.micro_batches
@@ -120,20 +122,30 @@ class Pipeline(StepModel):
         ``1..max_ratio``, the continuous argmax of each (1/64 grid); the mean-field one is
         reported as ``r_star_pipeline``."""
         mf, br, cont, mf_cont = _pipeline_optima_jit(workload, latency, batch_size, int(max_ratio), self.micro_batches)
-        return dict(ratio_mean_field=int(mf), ratio_barrier=int(br), r_barrier_continuous=float(cont),
-                    mean_field_extra=dict(r_star_pipeline=float(mf_cont)))
+        return dict(
+            ratio_mean_field=int(mf),
+            ratio_barrier=int(br),
+            r_barrier_continuous=float(cont),
+            mean_field_extra=dict(r_star_pipeline=float(mf_cont)),
+        )
 
     def describe(self) -> str:
-        return (f"pipeline of {self.micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
-                "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation")
+        return (
+            f"pipeline of {self.micro_batches} micro-batch(es) per instance (beta costs per micro-batch); "
+            "mean field = pipeline period at mean loads, barrier = its Gaussian expected-max approximation"
+        )
 
 
 @eqx.filter_jit
 def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
     mf_fn = lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches)
     br_fn = lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches)
-    return (integer_argmax(mf_fn, max_r)[0], integer_argmax(br_fn, max_r)[0], grid_argmax(br_fn, max_r),
-            grid_argmax(mf_fn, max_r))
+    return (
+        integer_argmax(mf_fn, max_r)[0],
+        integer_argmax(br_fn, max_r)[0],
+        grid_argmax(br_fn, max_r),
+        grid_argmax(mf_fn, max_r),
+    )
 
 
 def as_step_model(step_model=None, micro_batches=None) -> StepModel:

@@ -69,8 +69,18 @@ from ._store import (
     read_sweep,
 )
 
-__all__ = ["MANIFEST", "METRICS", "WORKLOAD_FLOATS", "SweepGrid", "SweepSummary", "load_grid", "read_manifest",
-           "read_sweep", "sweep"]
+__all__ = [
+    "MANIFEST",
+    "METRICS",
+    "WORKLOAD_FLOATS",
+    "SweepGrid",
+    "SweepSummary",
+    "load_grid",
+    "read_manifest",
+    "read_sweep",
+    "sweep",
+]
+
 
 # --------------------------------------------------------------------------- evaluation
 @dataclasses.dataclass
@@ -161,6 +171,7 @@ def _batched_latency(g: _Group, floats: dict):
 def _make_chunk_fn(cfg: EngineConfig, levels: tuple, workload_batched: bool, crn: bool):
     """One jitted, vmapped engine call per group shape (cached across sweeps in a process;
     jit itself keys the compiled program on the chunk's shape and sharding)."""
+
     def one(key_words, workload, latency):
         result, covered = simulate_all_ratios(key_words, workload, latency, levels, cfg)
         out = {name: getattr(result, name) for name in METRICS}
@@ -208,7 +219,8 @@ class _Evaluator:
 
         def run(sizes):
             out, covered = _make_chunk_fn(EngineConfig(**base, **sizes), self.levels, wl_batched, crn)(
-                keys, workload, latency)
+                keys, workload, latency
+            )
             out = jax.tree_util.tree_map(lambda x: np.asarray(x)[: len(local)], out)
             return out, np.asarray(covered)[: len(local)]
 
@@ -307,8 +319,15 @@ def sweep(
     done_set[done[(done >= 0) & (done < g_obj.num_points)]] = True
     skipped = int(np.sum(done_set[np.arange(pi, g_obj.num_points, pc)]))
     computed = chunks = 0
-    bar = tqdm(total=owned_total, initial=skipped, unit="pt", desc="afdjax sweep", disable=None if progress else True,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=owned_total,
+        initial=skipped,
+        unit="pt",
+        desc="afdjax sweep",
+        disable=None if progress else True,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     try:
         for g in g_obj.groups:
             ids = np.arange(g.first_point, g.first_point + g.size)

@@ -102,5 +102,3 @@ def best_integer_neighbour(r_star, throughput_fn, max_ratio: int | None = None) 
     if max_ratio is not None:
         lo, hi = jnp.minimum(lo, max_ratio), jnp.minimum(hi, max_ratio)
     return jnp.where(throughput_fn(hi) > throughput_fn(lo), hi, lo).astype(jnp.int32)
-
-

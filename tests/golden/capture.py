@@ -27,14 +27,64 @@ GOLDEN = HERE / "golden.json"
 # pipelined runs changed on purpose (issue 10: the pipeline fill is excluded by default).
 CLI_CASES = {
     "simulate_baseline": ["simulate", "--ratios", "1:16", "--steps", "400", "--replicas", "4", "--seed", "1", "--json"],
-    "simulate_trace_pipeline": ["simulate", "--workload", "trace:azure-conv", "--micro-batches", "2",
-                                "--batch-size", "64", "--ratios", "1:12", "--steps", "400", "--replicas", "4",
-                                "--warmup", "50", "--seed", "2", "--json"],
-    "provision_trace": ["provision", "--workload", "trace:mooncake-conv", "--batch-size", "64", "--ratios", "1:24",
-                        "--steps", "400", "--replicas", "4", "--seed", "3", "--json"],
-    "provision_constrained": ["provision", "--hardware", "h100:deepseek-v3", "--batch-size", "128",
-                              "--kv-capacity-gb", "60", "--tpot-ms", "50", "--micro-batches", "2", "--warmup", "50",
-                              "--ratios", "1:16", "--steps", "300", "--replicas", "4", "--json"],
+    "simulate_trace_pipeline": [
+        "simulate",
+        "--workload",
+        "trace:azure-conv",
+        "--micro-batches",
+        "2",
+        "--batch-size",
+        "64",
+        "--ratios",
+        "1:12",
+        "--steps",
+        "400",
+        "--replicas",
+        "4",
+        "--warmup",
+        "50",
+        "--seed",
+        "2",
+        "--json",
+    ],
+    "provision_trace": [
+        "provision",
+        "--workload",
+        "trace:mooncake-conv",
+        "--batch-size",
+        "64",
+        "--ratios",
+        "1:24",
+        "--steps",
+        "400",
+        "--replicas",
+        "4",
+        "--seed",
+        "3",
+        "--json",
+    ],
+    "provision_constrained": [
+        "provision",
+        "--hardware",
+        "h100:deepseek-v3",
+        "--batch-size",
+        "128",
+        "--kv-capacity-gb",
+        "60",
+        "--tpot-ms",
+        "50",
+        "--micro-batches",
+        "2",
+        "--warmup",
+        "50",
+        "--ratios",
+        "1:16",
+        "--steps",
+        "300",
+        "--replicas",
+        "4",
+        "--json",
+    ],
 }
 
 
@@ -54,8 +104,14 @@ def _cli_outputs() -> dict:
         "print(json.dumps(out))\n"
     )
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(CLI_CASES)], capture_output=True, text=True,
-                          env=env, cwd=HERE.parent.parent, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(CLI_CASES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=HERE.parent.parent,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -79,8 +135,9 @@ def python_outputs() -> dict:
     trace = afdjax.load_trace("azure-conv")
     out = {}
     mf = afdjax.mean_field_optimum(geo, lat, 256)
-    out["mean_field_optimum"] = {k: _f(getattr(mf, k)) for k in ("r_star", "r_attention", "r_communication",
-                                                                   "r_peak", "regime")}
+    out["mean_field_optimum"] = {
+        k: _f(getattr(mf, k)) for k in ("r_star", "r_attention", "r_communication", "r_peak", "regime")
+    }
     out["mean_field_integer_ratio"] = _f(afdjax.mean_field_integer_ratio(geo, lat, 256))
     bo = afdjax.barrier_optimum(trace, lat, 128, max_ratio=40)
     out["barrier_optimum"] = {k: _f(getattr(bo, k)) for k in ("ratio", "throughput")}
@@ -94,31 +151,40 @@ def python_outputs() -> dict:
     key = jax.random.key(7)
     for name, kwargs in {
         "simulate_geometric": dict(workload=geo, batch_size=32, ratios=range(1, 13)),
-        "simulate_lognormal_cold": dict(workload=logn, batch_size=16, ratios=[1, 3, 8], start="cold",
-                                        warmup_steps=30),
-        "simulate_trace_pipeline": dict(workload=trace, batch_size=24, ratios=range(1, 9), micro_batches=3,
-                                        warmup_steps=40),
+        "simulate_lognormal_cold": dict(workload=logn, batch_size=16, ratios=[1, 3, 8], start="cold", warmup_steps=30),
+        "simulate_trace_pipeline": dict(
+            workload=trace, batch_size=24, ratios=range(1, 9), micro_batches=3, warmup_steps=40
+        ),
     }.items():
         res = afdjax.simulate(key, latency=lat, num_steps=300, num_replicas=3, **kwargs)
         out[name] = res.to_dict()
 
     g = afdjax.throughput_gradients(jax.random.key(3), geo, lat, 64, 9.0, num_steps=300, num_replicas=4)
-    out["throughput_gradients"] = jax.tree_util.tree_map(_f, {
-        "value": g.value, "stderr": g.stderr, "latency": g.latency.coefficients(),
-        "workload": {k: getattr(g.workload, k) for k in ("mu_p", "mu_d")},
-        "ratio": g.ratio})
+    out["throughput_gradients"] = jax.tree_util.tree_map(
+        _f,
+        {
+            "value": g.value,
+            "stderr": g.stderr,
+            "latency": g.latency.coefficients(),
+            "workload": {k: getattr(g.workload, k) for k in ("mu_p", "mu_d")},
+            "ratio": g.ratio,
+        },
+    )
     buffers = afdjax.plan_buffers(logn, 32, 8, 300, 3)
-    out["expected_throughput"] = _f(afdjax.expected_throughput(jax.random.key(4), logn, lat, 32, 5.5,
-                                                               num_steps=300, num_replicas=3, max_ratio=8, **buffers))
+    out["expected_throughput"] = _f(
+        afdjax.expected_throughput(
+            jax.random.key(4), logn, lat, 32, 5.5, num_steps=300, num_replicas=3, max_ratio=8, **buffers
+        )
+    )
     fit = afdjax.fit_trace("azure-conv")
     out["fit_trace"] = json.loads(json.dumps(fit.to_dict()))
-    lat_fit = afdjax.fit_latency(str(pathlib.Path(afdjax.__file__).parent / "data" / "example_step_latency.csv"),
-                                 n_bootstrap=20, seed=1)
+    lat_fit = afdjax.fit_latency(
+        str(pathlib.Path(afdjax.__file__).parent / "data" / "example_step_latency.csv"), n_bootstrap=20, seed=1
+    )
     out["fit_latency"] = json.loads(json.dumps(lat_fit.to_dict()))
     out["derive_latency"] = afdjax.derive_latency("h100", "deepseek-v3").latency.coefficients()
     with contextlib.redirect_stdout(io.StringIO()):
-        rep = afdjax.provision(jax.random.key(5), trace, lat, 64, ratios=range(1, 17), num_steps=300,
-                               num_replicas=4)
+        rep = afdjax.provision(jax.random.key(5), trace, lat, 64, ratios=range(1, 17), num_steps=300, num_replicas=4)
     out["provision"] = json.loads(json.dumps(rep.to_dict()))
     root = str(pathlib.Path(afdjax.__file__).resolve().parent.parent)
     return json.loads(json.dumps(out).replace(root, "<repo>"))
