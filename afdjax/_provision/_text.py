@@ -71,7 +71,12 @@ def provision_text(report, max_rows: int = 40) -> str:
         else "  r_C (communication)       n/a  (communication scales with rB)",
         f"  r_peak (FFN)        {mf['r_peak']:9.4f}",
         f"  r* = max(...)       {mf['r_star']:9.4f}   binding regime: {mf['regime']}",
-        f"  integer choice      {mf['ratio']:9d}   (better of floor/ceil under the mean field, >= 1)",
+        f"  integer choice      {mf['ratio']:9d}   "
+        + (
+            "(r* unbounded: the top of the ratio range)"
+            if mf["regime"] == "unbounded"
+            else "(better of floor/ceil under the mean field, >= 1)"
+        ),
         "",
         "Barrier refinement (Gaussian attention times, max over r instances)",
         f"  best integer ratio  {br['ratio']:9d}   (continuous optimum {br['r_continuous']:.3f})",
