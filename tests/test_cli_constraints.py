@@ -49,6 +49,7 @@ def test_acceptance_command_gives_a_recommendation(capsys):
     assert "60 GB" in out and "TPOT p99 <= 50 ms" in out and "2 micro-batches" in out
 
 
+@pytest.mark.slow  # long run; the default suite covers the path with a smaller case
 def test_joint_choice_json_is_consistent(capsys, tmp_path):
     png = tmp_path / "region.png"
     code, out, err = run(

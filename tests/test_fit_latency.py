@@ -75,6 +75,7 @@ def write_csv(path, header, rows):
 
 
 # ---------------------------------------------------------------- 1. parameter recovery
+@pytest.mark.slow  # coverage over 30 seeds: a statistical repeat
 @pytest.mark.parametrize("variant", ["gaussian", "outliers"])
 def test_intervals_cover_the_true_coefficients(variant):
     """Acceptance: over 30 seeds the 95 % intervals (bootstrap and sandwich) contain the

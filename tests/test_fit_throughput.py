@@ -41,6 +41,7 @@ def fitted():
     return obs, fit_throughput(obs, WORKLOAD, START, FIT, key=jax.random.key(1), num_steps=1500, num_replicas=8)
 
 
+@pytest.mark.slow  # long run; the default suite covers the path with a smaller case
 def test_recovers_true_coefficients(fitted):
     _, f = fitted
     for name in FIT:
@@ -51,6 +52,7 @@ def test_recovers_true_coefficients(fitted):
         assert 0 < se < 0.2
 
 
+@pytest.mark.slow  # long run; the default suite covers the path with a smaller case
 def test_predicts_held_out_ratios_within_two_percent(fitted):
     _, f = fitted
     held = synthetic(1, HELD_OUT)

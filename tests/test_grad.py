@@ -79,6 +79,7 @@ def test_value_equals_mean_of_replica_throughputs(setup):
     assert float(grad.value) == pytest.approx(0.6 * per[0] + 0.4 * per[1], rel=1e-12)
 
 
+@pytest.mark.slow  # long run; the default suite covers the path with a smaller case
 def test_decode_score_function_against_finite_differences():
     """mu_d: the score-function estimate and a central finite difference with common random
     numbers are both unbiased (up to O(h^2)) for d E[T] / d mu_d; compare their means over

@@ -584,6 +584,7 @@ _F32_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # long run; the default suite covers the path with a smaller case
 def test_float32_matches_float64_long_horizon(paper_latency):
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
