@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark scripts beside this one
 
 import equinox as eqx
 import jax
@@ -46,7 +47,6 @@ import numpy as np
 
 import afdjax
 
-RATIOS = list(range(1, 33))
 SIZES = {
     # engine (steps, replicas, repeats), gradient (steps, replicas, repeats), sweep (mu_d num, alpha_a num, steps)
     "tiny": dict(check=(64, 8, 200, 2), engine=(200, 2, 2), gradient=(100, 2, 2), sweep=(2, 2, 64)),
@@ -117,32 +117,19 @@ def check_against_cpu(batch_size: int, max_ratio: int, steps: int, replicas: int
 
 
 def bench_engine(steps: int, replicas: int, repeats: int) -> dict:
-    latency = afdjax.LatencyModel.from_preset("paper-910c")
-    workload = afdjax.Geometric(100.0, 500.0)
+    """The engine benchmark of ``experiments/bench_engine.py`` (paper baseline, r = 1..32)."""
+    from bench_engine import effective_slot_steps, time_engine
 
-    def call(seed):
-        res = afdjax.simulate(jax.random.key(seed), workload, latency, 256, RATIOS, steps, replicas)
-        return jax.block_until_ready(res)
-
-    t0 = time.perf_counter()
-    call(0)
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        res = call(i + 1)
-        times.append(time.perf_counter() - t0)
-    run = statistics.median(times)
-    effective = sum(RATIOS) * 256 * steps * replicas
+    t = time_engine(afdjax.Geometric(100.0, 500.0), 256, steps, replicas, repeats)
     return dict(
         steps=steps,
         replicas=replicas,
-        first_call_s=first,
-        compile_s=max(first - run, 0.0),
-        run_s=run,
-        times_s=times,
-        effective_slot_steps_per_s=effective / run,
-        best_ratio=int(res.best_ratio()),
+        first_call_s=t["first_call_s"],
+        compile_s=t["compile_s"],
+        run_s=t["run_s"],
+        times_s=t["times_s"],
+        effective_slot_steps_per_s=effective_slot_steps(256, steps, replicas) / t["run_s"],
+        best_ratio=int(t["best_ratio"]),
     )
 
 

@@ -19,7 +19,6 @@ def _constrained_mode(args) -> bool:
 def _cmd_provision_constrained(args) -> int:
     import jax
 
-    from .. import __version__
     from .._provision._constraints import (
         Constraints,
         Costs,
@@ -83,12 +82,7 @@ def _cmd_provision_constrained(args) -> int:
     if args.plot:
         check_plot_path(args.plot)
     settings = {
-        "workload": args.workload,
-        "hardware": args.hardware,
-        "seed": args.seed,
-        "start": args.start,
-        "warmup_steps": args.warmup,
-        "afdjax_version": __version__,
+        **_run_settings(args),
         "deployment": {k: v for k, v in deployment.to_dict().items() if v is not None},
     }
     report = provision_constrained(
@@ -139,7 +133,6 @@ def cmd_provision(args) -> int:
     if _constrained_mode(args):
         return _cmd_provision_constrained(args)
 
-    from .. import __version__
     from .._provision._report import provision
     from .._specs import parse_hardware_spec, parse_workload_spec
 
@@ -148,14 +141,7 @@ def cmd_provision(args) -> int:
     latency = parse_hardware_spec(args.hardware)
     if args.plot:
         check_plot_path(args.plot)
-    settings = {
-        "workload": args.workload,
-        "hardware": args.hardware,
-        "seed": args.seed,
-        "start": args.start,
-        "warmup_steps": args.warmup,
-        "afdjax_version": __version__,
-    }
+    settings = _run_settings(args)
     report = provision(
         jax.random.key(args.seed),
         workload,
@@ -199,3 +185,17 @@ def cmd_verify(args) -> int:
         print(summary["markdown"])
         print(f"Results written to {args.out}/ (verification.md, verification.json, *.png)")
     return 0
+
+
+def _run_settings(args) -> dict:
+    """The settings a provision report records about the command that made it."""
+    from .. import __version__
+
+    return {
+        "workload": args.workload,
+        "hardware": args.hardware,
+        "seed": args.seed,
+        "start": args.start,
+        "warmup_steps": args.warmup,
+        "afdjax_version": __version__,
+    }
