@@ -104,4 +104,4 @@ def test_observation_file_and_validation(tmp_path):
         ThroughputObservations(np.array([256, 256]), np.array([0, 2]), np.array([0.5, 0.6]))
     obs = ThroughputObservations(np.array([256, 256]), np.array([2, 4]), np.array([0.5, 0.6]))
     with pytest.raises(ValueError, match="fit="):
-        fit_throughput(obs, WORKLOAD, TRUE, ("gamma",))
+        fit_throughput(obs, WORKLOAD, TRUE, ("gamma",), key=jax.random.key(0))

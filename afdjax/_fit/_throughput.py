@@ -190,14 +190,16 @@ def fit_throughput(
     latency: LatencyModel,
     fit=("alpha_a", "beta_a", "alpha_f", "beta_f"),
     *,
-    key: jax.Array | None = None,
+    key: jax.Array,
     num_steps: int = 2000,
     num_replicas: int = 8,
     refine_iterations: int = 4,
 ) -> ThroughputFit:
     """Calibrate ``fit`` (names of latency coefficients and/or ``mu_p``, ``mu_d``) so that
     the simulated throughput matches ``observations``. ``workload`` and ``latency`` hold
-    the starting values and the parameters that stay fixed. Module docstring: method."""
+    the starting values and the parameters that stay fixed. ``key`` (a JAX PRNG key, required)
+    fixes the random numbers of every simulated prediction (common random numbers across
+    iterations). Module docstring: method."""
     names = tuple(fit)
     allowed = set(COEFFICIENT_NAMES) | set(WORKLOAD_PARAMETERS)
     bad = [n for n in names if n not in allowed]
@@ -205,7 +207,6 @@ def fit_throughput(
         raise ValueError(f"fit={fit!r} is invalid: choose from {', '.join(COEFFICIENT_NAMES + WORKLOAD_PARAMETERS)}")
     if any(n in WORKLOAD_PARAMETERS for n in names) and not isinstance(workload, Geometric):
         raise ValueError("fitting mu_p / mu_d needs a Geometric workload")
-    key = jax.random.key(0) if key is None else key
     obs = observations
     y = jnp.asarray(obs.throughput, dtype=jnp.zeros(()).dtype)
     x0 = jnp.log(jnp.asarray([float(_get(workload, latency, n)) for n in names]))
