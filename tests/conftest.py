@@ -1,7 +1,6 @@
 """Shared fixtures for the afdjax test-suite.
 
-* The suite runs in two processes (``-n 2`` in pyproject's addopts); each uses one XLA
-  compute thread.
+* The suite runs in two processes (``-n 2`` in pyproject's addopts).
 * float64 is enabled for the whole session (the exactness tests need it; the float32
   comparison runs in a subprocess with ``JAX_ENABLE_X64=0``).
 * The bundled traces are parsed here with ``csv``/``json`` directly, independently of
@@ -13,13 +12,7 @@ from __future__ import annotations
 import csv
 import gc
 import json
-import os
 import pathlib
-
-if os.environ.get("PYTEST_XDIST_WORKER") and "XLA_FLAGS" not in os.environ:
-    # The suite runs in two processes (pytest-xdist, -n 2) on the CI's two cores: one XLA
-    # compute thread per process, so the two do not oversubscribe the cores.
-    os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 import jax
 
