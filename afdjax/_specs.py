@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 
 from ._data import load_trace, resolve_file
-from ._fit import FITTED_SPEC, parse_fitted_spec
+from ._fit import DECODE_FIT_FAMILIES, PREFILL_FIT_FAMILIES, fit_trace
 from ._hardware import (
     ACCELERATOR_TABLE_KEYS,
     ACCELERATORS,
@@ -45,15 +45,7 @@ from ._hardware import (
 )
 from ._latency import COEFFICIENT_NAMES, COMM_SCALINGS, PRESETS, LatencyModel
 from ._validate import invalid
-from ._workload import (
-    FIXED_SPEC,
-    PREFILL_FAMILIES,
-    UNIFORM_SPEC,
-    Geometric,
-    Workload,
-    parse_fixed_spec,
-    parse_uniform_spec,
-)
+from ._workload import PREFILL_FAMILIES, FittedWorkload, Fixed, Geometric, Uniform, Workload
 
 __all__ = [
     "deployment_to_toml",
@@ -508,3 +500,121 @@ def load_deployment(spec: str) -> Deployment:
             time_unit="unstated (plausibly us per layer)",
         )
     return Deployment(latency=latency)
+
+
+# ------------------------------------------------ serving-benchmark and fitted workload specs
+# fixed:prefill=P,decode=D -> Fixed; uniform:prefill=A..B,decode=C..D -> Uniform (integer ranges,
+# both ends included; one integer A means A..A); fitted:TRACE[,decode=..][,prefill=..] -> the
+# trace's fitted families (FittedWorkload; it ignores the P-D correlation that trace: keeps).
+FIXED_SPEC = "fixed:prefill=P,decode=D"
+UNIFORM_SPEC = "uniform:prefill=A..B,decode=C..D"
+
+
+def _benchmark_pairs(rest: str, spec: str, usage: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in rest.split(","):
+        key, eq, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not eq or not key or not value:
+            raise ValueError(f"workload spec {spec!r}: {item.strip()!r} is not KEY=VALUE; expected {usage!r}")
+        if key in pairs:
+            raise ValueError(f"workload spec {spec!r}: {key} is given twice; expected {usage!r}")
+        pairs[key] = value
+    allowed = ("prefill", "decode")
+    unknown = sorted(set(pairs) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"workload spec {spec!r}: unknown key(s) {', '.join(unknown)}; allowed: prefill, decode ({usage})"
+        )
+    missing = [k for k in allowed if k not in pairs]
+    if missing:
+        raise ValueError(f"workload spec {spec!r}: missing {', '.join(missing)}; expected {usage!r}")
+    return pairs
+
+
+def _spec_integer(spec: str, key: str, text: str, minimum: int, what: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value == int(value) and value >= minimum):
+        raise ValueError(f"workload spec {spec!r}: {key}={text!r} is invalid: expected {what}")
+    return int(value)
+
+
+def parse_fixed_spec(rest: str, spec: str) -> Fixed:
+    """:class:`Fixed` from ``prefill=P,decode=D`` (the text after ``fixed:``)."""
+    pairs = _benchmark_pairs(rest, spec, FIXED_SPEC)
+    try:
+        prefill = float(pairs["prefill"])
+    except ValueError:
+        prefill = math.nan
+    if not (math.isfinite(prefill) and prefill >= 0):
+        raise ValueError(
+            f"workload spec {spec!r}: prefill={pairs['prefill']!r} is invalid: expected a number of tokens >= 0"
+        )
+    decode = _spec_integer(spec, "decode", pairs["decode"], 1, "an integer number of decode steps >= 1")
+    try:
+        return Fixed(prefill, decode)
+    except ValueError as err:
+        raise ValueError(f"workload spec {spec!r}: {err}") from None
+
+
+def _spec_range(spec: str, key: str, text: str, minimum: int) -> tuple[int, int]:
+    what = f"an integer range LOW..HIGH with {minimum} <= LOW <= HIGH (or one integer >= {minimum})"
+    low_text, dots, high_text = text.partition("..")
+    if not dots:
+        high_text = low_text
+    try:
+        low = _spec_integer(spec, key, low_text.strip(), minimum, what)
+        high = _spec_integer(spec, key, high_text.strip(), minimum, what)
+    except ValueError:
+        low = high = None
+    if low is None or high is None or high < low:
+        raise ValueError(f"workload spec {spec!r}: {key}={text!r} is invalid: expected {what}")
+    return low, high
+
+
+def parse_uniform_spec(rest: str, spec: str) -> Uniform:
+    """:class:`Uniform` from ``prefill=A..B,decode=C..D`` (the text after ``uniform:``)."""
+    pairs = _benchmark_pairs(rest, spec, UNIFORM_SPEC)
+    prefill = _spec_range(spec, "prefill", pairs["prefill"], 0)
+    decode = _spec_range(spec, "decode", pairs["decode"], 1)
+    try:
+        return Uniform(*prefill, *decode)
+    except ValueError as err:
+        raise ValueError(f"workload spec {spec!r}: {err}") from None
+
+
+FITTED_SPEC = "fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]"
+
+
+def parse_fitted_spec(rest: str, spec: str) -> FittedWorkload:
+    """:class:`~afdjax.FittedWorkload` from ``TRACE[,decode=..][,prefill=..][,tokens_per_step=K]``
+    (the text after ``fitted:``); ``ValueError`` naming the key, the value and what is allowed."""
+    path, _, options = rest.partition(",")
+    path = path.strip()
+    if not path:
+        raise ValueError(f"workload spec {spec!r}: missing trace after 'fitted:'; expected {FITTED_SPEC!r}")
+    pairs: dict[str, str] = {}
+    for item in filter(None, (i.strip() for i in options.split(","))):
+        key, eq, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not eq or not value:
+            raise ValueError(f"workload spec {spec!r}: {item!r} is not KEY=VALUE; expected {FITTED_SPEC!r}")
+        if key not in ("decode", "prefill", "tokens_per_step"):
+            raise ValueError(f"workload spec {spec!r}: unknown key {key!r}; allowed: decode, prefill, tokens_per_step")
+        pairs[key] = value
+    for key, allowed in (("decode", DECODE_FIT_FAMILIES), ("prefill", PREFILL_FIT_FAMILIES)):
+        if key in pairs and pairs[key] not in allowed:
+            raise ValueError(
+                f"workload spec {spec!r}: {key}={pairs[key]!r} is invalid: expected one of {', '.join(allowed)}"
+            )
+    tps = pairs.get("tokens_per_step", "1")
+    if not tps.isdigit() or int(tps) < 1:
+        raise ValueError(f"workload spec {spec!r}: tokens_per_step={tps!r} is invalid: expected an integer >= 1")
+    families = {}
+    if "decode" in pairs and "prefill" in pairs:  # nothing to compare: fit the two named families only
+        families = {"decode_families": [pairs["decode"]], "prefill_families": [pairs["prefill"]]}
+    fit = fit_trace(path, tokens_per_step=int(tps), **families)
+    return fit.to_workload(pairs.get("decode"), pairs.get("prefill"))

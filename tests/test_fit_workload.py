@@ -735,7 +735,7 @@ def test_fitted_spec(tmp_path):
     ]
     path = tmp_path / "trace.csv"
     path.write_text("\n".join(rows) + "\n")
-    from afdjax._fit import parse_fitted_spec
+    from afdjax._specs import parse_fitted_spec
 
     spec = f"fitted:{path},decode=geometric,prefill=gamma"
     w = parse_fitted_spec(spec.partition(":")[2], spec)

@@ -3,7 +3,8 @@
 Modules: ``_base`` (the abstract :class:`Workload` and the stationary load moments),
 ``_geometric``, ``_empirical``, ``_benchmark`` (``Fixed``, ``Uniform``), ``_decode`` and
 ``_prefill`` (the families that ``fit_workload`` fits), ``_fitted`` (a simulatable pair of
-families), ``_parse`` (the ``fixed:`` and ``uniform:`` specs).
+families). Their spec strings (``fixed:``, ``uniform:``, ``fitted:``) are parsed in
+:mod:`afdjax._specs`, with every other user-facing grammar.
 """
 
 from ._base import (
@@ -53,18 +54,6 @@ from ._decode import (
 from ._empirical import Empirical as Empirical
 from ._fitted import FittedWorkload as FittedWorkload
 from ._geometric import Geometric as Geometric
-from ._parse import (
-    FIXED_SPEC as FIXED_SPEC,
-)
-from ._parse import (
-    UNIFORM_SPEC as UNIFORM_SPEC,
-)
-from ._parse import (
-    parse_fixed_spec as parse_fixed_spec,
-)
-from ._parse import (
-    parse_uniform_spec as parse_uniform_spec,
-)
 from ._prefill import (
     PREFILL_CLASSES as PREFILL_CLASSES,
 )
