@@ -5,16 +5,48 @@
   comparison runs in a subprocess with ``JAX_ENABLE_X64=0``).
 * The bundled traces are parsed here with ``csv``/``json`` directly, independently of
   afdjax's own trace loader.
+* Compiled XLA programs are shared through JAX's persistent compilation cache in a folder
+  made for this run (one per xdist worker), so a program that several test modules, the
+  notebooks' kernels and the CLI subprocesses compile is compiled once per worker.
+  Compilation is most of the suite's time; the cache changes no number (it stores the
+  very executable that would be compiled).
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gc
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 
-import jax
+
+def _share_compiled_programs() -> None:
+    """Point JAX's persistent compilation cache at a folder made for this run.
+
+    Set through the environment before JAX is imported, so the notebook kernels and CLI
+    subprocesses a worker starts (which inherit it) use the worker's folder. The process
+    that made the folder removes it at exit. Every program is cached (no minimum compile time
+    or size): the suite's programs are many and small."""
+    base = os.environ.get("AFDJAX_TESTS_XLA_CACHE")
+    if not base:
+        base = tempfile.mkdtemp(prefix="afdjax-tests-xla-")
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        os.environ["AFDJAX_TESTS_XLA_CACHE"] = base
+    # one folder per xdist worker: JAX writes cache entries without a lock
+    folder = os.path.join(base, os.environ.get("PYTEST_XDIST_WORKER", "main"))
+    os.makedirs(folder, exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+_share_compiled_programs()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
