@@ -1,5 +1,6 @@
 """afdjax.sweep: grid parsing, equality with afdjax.simulate, chunking and device
-independence, resume after SIGKILL / SIGINT, refusal of mismatched grids, the CLI."""
+independence, resume after SIGKILL / SIGINT, refusal of mismatched grids, the CLI.
+(The folder's lock and several processes sharing a folder: test_sweep_concurrency.py.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -214,7 +216,18 @@ def _interrupt_and_resume(reference, tmp_path, sig):
     partial = pd.read_parquet(out)
     assert partial["point"].nunique() == len(finished)
     # The same sweep (float64, in-process) resumes it: finished chunks are kept as they are.
-    summary = afdjax.sweep(grid_file, out, progress=False)
+    # A killed run leaves its lock file behind; its flock went with the process, so the
+    # lock is stale and taken over, with a warning.
+    stale = (out / "_lock.0").exists()
+    assert stale or sig != signal.SIGKILL
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = afdjax.sweep(grid_file, out, progress=False)
+    took_over = [w for w in caught if "took over the stale lock" in str(w.message)]
+    assert len(took_over) == int(stale), [str(w.message) for w in caught]
+    if stale:
+        assert f"left by process {proc.pid} on host " in str(took_over[0].message)
+    assert not list(out.glob("_lock.*"))
     assert summary.points_skipped == len(finished) and summary.points_computed == 12 - len(finished)
     assert summary.complete
     for name, mtime in finished.items():
@@ -403,6 +416,12 @@ def test_cli_summary_json_and_errors(tmp_path, capsys):
     assert "holds a different sweep" in err and err.count("\n") == 1
     assert main(["sweep", "--grid", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # An --out that cannot be created: one line, exit code 2, before any simulation.
+    grid_file.write_text(toml_text(grid))
+    assert main(["sweep", "--grid", str(grid_file), "--out", str(bad / "sub")]) == 2
+    assert capsys.readouterr().err == (
+        f"afdjax: error: output folder {str(bad / 'sub')!r} cannot be created: Not a directory\n"
+    )
 
 
 def test_chunk_size_follows_the_memory_budget():

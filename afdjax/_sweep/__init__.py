@@ -1,4 +1,5 @@
-"""Large resumable sweeps: ``_grid`` (schema), ``_core`` (running), ``_store`` (files)."""
+"""Large resumable sweeps: ``_grid`` (schema), ``_core`` (running), ``_store`` (files),
+``_lock`` (one writer per folder; the processes of a multi-host sweep share it)."""
 
 from ._core import SweepSummary as SweepSummary
 from ._core import sweep as sweep

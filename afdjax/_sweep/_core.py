@@ -32,10 +32,14 @@ flow is the engine's, vectorised over points:
 * **Resume.** Running the same sweep again reads the ``point`` column of the finished
   chunk files and computes only the missing points. A different grid, settings,
   afdjax version or float dtype is refused.
+* **One writer.** A running sweep holds ``OUT/_lock.<process index>`` (``_lock``); a
+  second sweep into ``OUT`` is refused, except the other processes of the same
+  multi-process split of the same grid, which write disjoint points.
 
 Layout: ``_grid`` (the TOML schema and its expansion into groups of points), this
-module (running: chunk sizes, the compiled chunk function, devices, :func:`sweep`) and
-``_store`` (the folder, manifest, Parquet chunks, resume and :func:`read_sweep`).
+module (running: chunk sizes, the compiled chunk function, devices, :func:`sweep`),
+``_store`` (the folder, manifest, Parquet chunks, resume and :func:`read_sweep`) and
+``_lock`` (the folder's writer locks).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from .._step import as_step_model
 from .._validate import check_int
 from .._workload import Geometric
 from ._grid import _FORMAT, WORKLOAD_FLOATS, SweepGrid, _Group, load_grid
+from ._lock import acquire as acquire_lock
 from ._store import (
     MANIFEST,
     METRICS,
@@ -65,6 +70,8 @@ from ._store import (
     _prepare_dir,
     _table,
     _write_chunk,
+    check_dir,
+    clean_temporaries,
     read_manifest,
     read_sweep,
 )
@@ -247,11 +254,13 @@ def sweep(
     - ``grid``: a TOML file path, the parsed mapping of one, or a :class:`SweepGrid`
       (schema: README, "Large sweeps"; example ``experiments/sweep_example.toml``).
     - ``out_dir``: results folder. An existing folder holding the same sweep is resumed
-      (finished chunks are kept); one holding a different sweep is refused.
+      (finished chunks are kept); one holding a different sweep is refused. One writer
+      at a time: see "One writer per folder" below.
     - ``memory_budget_bytes``: bound on one chunk's working memory (summed over
       devices), from the engine's per-replica sizing; the chunk size follows from it.
     - ``progress``: a tqdm bar (points, rate, ETA) on stderr when it is a terminal.
-    - ``overwrite``: discard the results of a different sweep in ``out_dir``.
+    - ``overwrite``: discard the results of a different sweep in ``out_dir`` (in a
+      multi-process sweep process 0 does it; the others wait for it, at most two minutes).
     - ``devices``: devices to shard chunks over (default ``jax.local_devices()``).
     - ``max_chunk_points``: upper bound on points per chunk (so results land in files
       regularly); ``None`` for memory-only sizing.
@@ -259,11 +268,33 @@ def sweep(
       ``jax.process_index()``, ``jax.process_count()``): process ``p`` takes the points
       whose id is ``p`` modulo ``process_count``.
 
+    **One writer per folder.** While it runs, a sweep holds the lock file
+    ``out_dir/_lock.<p>`` (``p`` its process index, ``0`` for one process): JSON with its
+    pid, host, start time (UTC), process index and count and grid hash, created
+    atomically and held under ``fcntl.flock``; it is removed when the call ends, also on
+    an exception. A second sweep into the same folder is refused with a ``ValueError``
+    that names the folder and the owner (the command line: ``afdjax: error: ...``, exit
+    code 2). A lock left by a process that ended without removing it (``kill -9``,
+    ``os._exit``) is *stale* when it was written on this host and its ``flock`` is free
+    (or, without ``flock``, its pid is gone): it is taken over with a ``RuntimeWarning``
+    saying so. A lock from another host is never judged stale: the message names its
+    host and pid and the file to remove if that process is gone.
+
+    **Several processes** (the multi-host mode: every process of a ``jax.distributed``
+    job calls ``sweep(grid, out_dir)`` with the same grid): process ``p`` of ``n`` holds
+    ``_lock.<p>`` and cooperates with every other live lock of the same grid hash and
+    the same ``n``; any other live lock (another grid, another ``n``, or the same slot
+    ``p``) is refused, so of two jobs at most one writes. Each process writes only its own
+    points, so no ``(point, ratio)`` row is written twice. Every process writes the same
+    manifest atomically and accepts an identical one. Leftover temporary files are only
+    removed by a process that sees no other live writer. ``complete`` in the summary is
+    whether every point of the grid was in ``out_dir`` when this process finished: when
+    processes end at different times only the last to finish reports ``True``;
+    :func:`read_sweep` reads whatever is there.
+
     **Returns:** a :class:`SweepSummary`. Read the results with :func:`read_sweep` or
     ``pandas.read_parquet(out_dir)``.
     """
-    from tqdm.auto import tqdm
-
     g_obj = load_grid(grid)
     s = g_obj.settings
     memory_budget_bytes = check_int("memory_budget_bytes", memory_budget_bytes, 2**20)  # at least 1 MiB
@@ -309,7 +340,22 @@ def sweep(
         ],
     }
     out = Path(os.fspath(out_dir)).expanduser()
-    _prepare_dir(out, manifest, overwrite, clean_temporaries=pc == 1)
+    check_dir(out)
+    lock = acquire_lock(out, pi, pc, grid_hash)
+    try:
+        _prepare_dir(out, manifest, overwrite, leader=pi == 0)
+        if lock.alone:
+            clean_temporaries(out, lock.mtime_ns)
+        return _run(g_obj, out, devices, pi, pc, memory_budget_bytes, max_chunk_points, progress, grid_hash)
+    finally:
+        lock.release()
+
+
+def _run(g_obj, out, devices, pi, pc, memory_budget_bytes, max_chunk_points, progress, grid_hash) -> SweepSummary:
+    """The sweep proper, under the folder's lock: this process's missing points, chunk by chunk."""
+    from tqdm.auto import tqdm
+
+    s = g_obj.settings
     done = _done_points(out)
     t0 = time.perf_counter()
     evaluator = _Evaluator(s, devices)

@@ -5,13 +5,18 @@ finished chunk, ``OUT/chunk-gGGGG-PPPPPPPPP-nNNNNN.parquet``, written to a dot-p
 temporary name and then ``os.replace``-d. ``pd.read_parquet(OUT)`` reads every finished
 chunk (pyarrow skips names starting with ``.`` or ``_``, so neither the manifest nor
 temporary files are read as results). Resuming reads the ``point`` column of the
-finished chunks.
+finished chunks. The folder's lock files ``OUT/_lock.<i>`` are ``_lock``'s; preparing the
+folder (``_prepare_dir``) is safe while the processes of one multi-process sweep do it
+at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,56 +102,117 @@ def _done_points(out: Path) -> np.ndarray:
     return np.concatenate(done) if done else np.zeros(0, np.int64)
 
 
-def _prepare_dir(out: Path, manifest: dict, overwrite: bool, clean_temporaries: bool) -> None:
+# Names a sweep itself puts in its folder: results, their temporaries, the manifest's
+# temporaries, lock files (``_lock``) and theirs.
+_CHUNK_NAMES = ("chunk-", ".chunk-")
+_OWN_NAMES = (*_CHUNK_NAMES, f".{MANIFEST}.tmp-", "_lock.", "._lock.")
+# How long a process other than 0 of a multi-process ``overwrite`` waits for process 0 to
+# replace a different sweep's manifest (seconds).
+OVERWRITE_WAIT_S = 120.0
+
+
+def check_dir(out: Path) -> None:
+    """Refuse, before writing anything, an output path that is a file or a folder holding
+    something other than a sweep; create the folder."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {os.fspath(out)!r} is a file, expected a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / MANIFEST
-    if path.exists() and not overwrite:
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise ValueError(f"{os.fspath(path)!r} is unreadable; remove the folder or use overwrite") from None
-        if old.get("grid_hash") != manifest["grid_hash"]:
-            diff = [k for k in manifest["identity"] if old.get("identity", {}).get(k) != manifest["identity"][k]]
-            raise ValueError(
-                f"output folder {os.fspath(out)!r} holds a different sweep (its {', '.join(diff) or 'grid'} "
-                "differ); use another --out, or --overwrite to discard its results"
-            )
-    else:
-        entries = [p for p in out.iterdir() if p.name != MANIFEST]
-        ours = [p for p in entries if p.name.startswith(("chunk-", ".chunk-"))]
-        if len(entries) != len(ours) and not path.exists():
-            raise ValueError(
-                f"output folder {os.fspath(out)!r} is not empty and is not an afdjax sweep; use another --out"
-            )
-        if ours and not path.exists() and not overwrite:
-            raise ValueError(
-                f"output folder {os.fspath(out)!r} holds chunk files but no {MANIFEST}, so they cannot be checked "
-                "against this grid; use another --out, or --overwrite to discard them"
-            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"output folder {os.fspath(out)!r} cannot be created: {err.strerror or err}") from None
+    _check_foreign(out, [p.name for p in out.iterdir()], (out / MANIFEST).exists())
+
+
+def _check_foreign(out: Path, names: list, has_manifest: bool) -> None:
+    if not has_manifest and any(n != MANIFEST and not n.startswith(_OWN_NAMES) for n in names):
+        raise ValueError(f"output folder {os.fspath(out)!r} is not empty and is not an afdjax sweep; use another --out")
+
+
+def _manifest_or_none(path: Path, overwrite: bool):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
         if overwrite:
-            for p in ours:
-                p.unlink()
+            return {}
+        raise ValueError(f"{os.fspath(path)!r} is unreadable; remove the folder or use overwrite") from None
+
+
+def _prepare_dir(out: Path, manifest: dict, overwrite: bool, leader: bool = True) -> None:
+    """Check ``out`` against ``manifest`` and write the manifest if it has none.
+
+    Safe while the other processes of a multi-process sweep do the same: the folder is
+    listed before the manifest is read (so chunk files seen without a matching manifest
+    predate this sweep), every process writes the same manifest atomically (temporary
+    file, then ``os.replace``) and accepts an identical one. Only the ``leader`` (process
+    0) discards another sweep's files under ``overwrite``; the others wait for its
+    manifest (at most ``OVERWRITE_WAIT_S``)."""
+    path = out / MANIFEST
+    deadline = time.monotonic() + OVERWRITE_WAIT_S
+    while True:
+        names = [p.name for p in out.iterdir()]
+        old = _manifest_or_none(path, overwrite)
+        if old is not None and old.get("grid_hash") == manifest["grid_hash"]:
+            return  # the same sweep: resume
+        _check_foreign(out, names, old is not None)
+        chunks = [n for n in names if n.startswith(_CHUNK_NAMES)]
+        if not overwrite:
+            if old is not None:
+                diff = [k for k in manifest["identity"] if old.get("identity", {}).get(k) != manifest["identity"][k]]
+                raise ValueError(
+                    f"output folder {os.fspath(out)!r} holds a different sweep (its {', '.join(diff) or 'grid'} "
+                    "differ); use another --out, or --overwrite to discard its results"
+                )
+            if chunks:
+                raise ValueError(
+                    f"output folder {os.fspath(out)!r} holds chunk files but no {MANIFEST}, so they cannot be "
+                    "checked against this grid; use another --out, or --overwrite to discard them"
+                )
+        elif old is not None or chunks:
+            if not leader:
+                if time.monotonic() > deadline:
+                    raise ValueError(
+                        f"output folder {os.fspath(out)!r} holds a different sweep, which process 0 of this sweep "
+                        f"discards under overwrite; it did not within {OVERWRITE_WAIT_S:.0f} s"
+                    )
+                time.sleep(0.2)
+                continue
+            for n in chunks:
+                (out / n).unlink(missing_ok=True)
         _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True))
-    if clean_temporaries:
-        for p in out.glob(".chunk-*"):
-            p.unlink(missing_ok=True)
+        return
+
+
+def clean_temporaries(out: Path, before_ns: int) -> None:
+    """Remove temporary files left by killed runs: call it only when no other writer was
+    running at ``before_ns`` (file-system time); newer files may be a new writer's. (A
+    lock's own temporary file lives for microseconds; one left by a kill is harmless and
+    kept, since a writer starting just now may be about to link it.)"""
+    for p in out.iterdir():
+        if p.name.startswith((".chunk-", f".{MANIFEST}.tmp-")):
+            try:
+                if p.stat().st_mtime_ns < before_ns:
+                    p.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")  # unique across hosts
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    if hasattr(os, "chmod"):
+        os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
 def _write_chunk(out: Path, name: str, table) -> None:
     import pyarrow.parquet as pq
 
-    tmp = out / f".{name}.tmp-{os.getpid()}"
+    tmp = out / f".{name}.tmp-{socket.gethostname()}-{os.getpid()}"
     pq.write_table(table, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -157,7 +223,13 @@ def read_sweep(out_dir):
     """The results of a sweep as a pandas DataFrame, one row per (point, ratio), sorted.
 
     Equivalent to ``pandas.read_parquet(out_dir)`` plus sorting; the manifest is
-    ``out_dir/_manifest.json``. Raises ``ValueError`` if ``out_dir`` holds no sweep.
+    ``out_dir/_manifest.json``. Raises ``ValueError`` if ``out_dir`` holds no sweep, and
+    if it holds a ``(point, ratio)`` row more than once (two sweeps written into one
+    folder at once, which the folder's lock now prevents): the message names the points
+    and chunk files concerned. Nothing is dropped silently: to read such a folder anyway,
+    ``pandas.read_parquet(out_dir).drop_duplicates(["point", "ratio"])`` (the copies of a
+    point agree to float64 rounding when they come from the same grid and settings).
+    A folder that a sweep is still writing is read as it is (finished chunks only).
 
     Needs pandas, which ``pip install afdjax`` does not bring: install the extra,
     ``pip install 'afdjax[pandas]'`` (without it, ``ImportError`` says so; the Parquet
@@ -176,7 +248,28 @@ def read_sweep(out_dir):
         raise ValueError(f"{os.fspath(out)!r} is not an afdjax sweep folder (no {MANIFEST})")
     if not any(out.glob("chunk-*.parquet")):
         raise ValueError(f"{os.fspath(out)!r} holds no finished chunks yet")
-    return pd.read_parquet(out).sort_values(["point", "ratio"]).reset_index(drop=True)
+    df = pd.read_parquet(out).sort_values(["point", "ratio"]).reset_index(drop=True)
+    dup = df.duplicated(["point", "ratio"], keep=False).to_numpy()
+    if dup.any():
+        raise ValueError(_duplicates_message(out, np.unique(df["point"].to_numpy()[dup]), int(dup.sum())))
+    return df
+
+
+def _duplicates_message(out: Path, points: np.ndarray, rows: int) -> str:
+    import pyarrow.parquet as pq
+
+    files = [
+        f.name
+        for f in sorted(out.glob("chunk-*.parquet"))
+        if np.isin(pq.read_table(f, columns=["point"]).column("point").to_numpy(), points).any()
+    ]
+    shown = ", ".join(str(int(p)) for p in points[:8]) + (", ..." if len(points) > 8 else "")
+    names = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
+    return (
+        f"{os.fspath(out)!r} holds {rows} rows whose (point, ratio) is not unique (points {shown}; in {names}): "
+        "two sweeps wrote into it at once; remove the extra chunk files, or read it anyway with "
+        f"pandas.read_parquet({os.fspath(out)!r}).drop_duplicates(['point', 'ratio'])"
+    )
 
 
 def read_manifest(out_dir) -> dict:
