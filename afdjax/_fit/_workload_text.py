@@ -25,7 +25,7 @@ def format_workload_fit(result) -> str:
     parts = result.theta_gap_parts
     lines += [
         "",
-        "Stationary slot load, tokens (PAPER.md section 2: the slot is length-biased)",
+        "Stationary slot load, tokens (arXiv 2601.21351 section 2: the slot is length-biased)",
         f"  fitted {result.best_decode} D x {result.best_prefill} P (independent):  theta_fit = {result.theta_fit:.6g}"
         + (f" +- {se:.3g}" if math.isfinite(se) else "")
         + f"   slot sd {math.sqrt(max(result.slot_variance_fit, 0)):.6g}",
