@@ -438,3 +438,12 @@ def test_docs_name_files_that_exist_and_no_paper_md():
     assert "--observations afdjax/data/example_step_latency.csv" in readme and "steps.csv" not in readme
     assert (REPO / "afdjax" / "data" / "example_step_latency.csv").is_file()
     assert "sweep-out/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_parser_limits_are_the_library_limits():
+    """The parser repeats three library constants (so that it needs no JAX import)."""
+    from afdjax._cli import _parser
+    from afdjax._engine._config import MAX_INDEX
+    from afdjax._validate import INT32_MAX
+
+    assert (_parser.INT32_MAX, _parser.MAX_RATIO, _parser.MAX_BATCH_SIZE) == (INT32_MAX, MAX_RATIO, MAX_INDEX)
