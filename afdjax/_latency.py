@@ -42,8 +42,8 @@ PRESETS: dict[str, dict[str, float]] = {
 class LatencyModel(eqx.Module):
     """Linear stage latencies of an rA-1F bundle.
 
-    **Arguments:** (all finite and ``>= 0``; array leaves, so they can be swept,
-    vmapped and differentiated without recompiling)
+    **Arguments:** (all finite and ``>= 0``, not all six zero; array leaves, so they can
+    be swept, vmapped and differentiated without recompiling)
 
     - ``alpha_a``: attention time per KV token held by one instance (time/token).
     - ``beta_a``: attention fixed time per step (time).
@@ -67,6 +67,7 @@ class LatencyModel(eqx.Module):
         check_choice("comm_scaling", self.comm_scaling, COMM_SCALINGS)
         for name in COEFFICIENT_NAMES:  # every element finite and >= 0; traced values are skipped
             check_array_parameter(name, getattr(self, name), allow_zero=True)
+        _check_some_stage_takes_time(self)
 
     @classmethod
     def from_preset(cls, name: str, comm_scaling: str | None = None) -> LatencyModel:
@@ -96,3 +97,20 @@ class LatencyModel(eqx.Module):
         # str() of a NumPy scalar is the shortest decimal that round-trips at its own
         # precision, so float32 storage reports 0.083 rather than 0.0829999968.
         return {name: float(str(np.asarray(getattr(self, name))[()])) for name in COEFFICIENT_NAMES}
+
+
+def _check_some_stage_takes_time(latency: LatencyModel) -> None:
+    """``ValueError`` when all six coefficients are zero (for some element of a batch of
+    coefficients): every step would take no time and the throughput would be infinite.
+    Traced coefficients are not checked."""
+    try:
+        values = [np.asarray(getattr(latency, name), dtype=float) for name in COEFFICIENT_NAMES]
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return
+    all_zero = np.all(np.stack(np.broadcast_arrays(*values)) == 0.0, axis=0)
+    if np.any(all_zero):
+        where = "" if all_zero.ndim == 0 else f" at index {tuple(int(i) for i in np.argwhere(all_zero)[0])}"
+        raise ValueError(
+            f"latency coefficients {' = '.join(COEFFICIENT_NAMES)} = 0{where}: with all six zero every step "
+            "takes no time (infinite throughput); expected at least one coefficient > 0"
+        )

@@ -1,6 +1,8 @@
 """Every user-facing string and file grammar of afdjax, in one module.
 
 - workload specs: ``geometric:...`` and ``trace:PATH,...`` (:func:`parse_workload_spec`);
+  a file path ends at the first comma unless quoted: ``trace:"a,b.csv",decode=COL``
+  (:func:`split_spec_path`);
 - accelerator and model specs: ``NAME``, ``NAME,field=value,...`` or a TOML file with an
   ``[accelerator]`` / ``[model]`` table (:func:`parse_accelerator_spec`,
   :func:`parse_model_spec`);
@@ -48,6 +50,7 @@ from ._validate import invalid
 from ._workload import PREFILL_FAMILIES, FittedWorkload, Fixed, Geometric, Uniform, Workload
 
 __all__ = [
+    "SPEC_PATH_QUOTING",
     "deployment_to_toml",
     "derive_from_spec",
     "is_accelerator_model_spec",
@@ -58,6 +61,7 @@ __all__ = [
     "parse_model_spec",
     "parse_workload_spec",
     "read_toml",
+    "split_spec_path",
 ]
 
 
@@ -86,14 +90,46 @@ def _bad_content(where: str, what: str) -> ValueError:
     return ValueError(f"{where}: {what}")
 
 
-def _parse_pairs(text: str, what: str) -> dict[str, str]:
+SPEC_PATH_QUOTING = (
+    "a file path in a spec ends at the first comma; quote a path that contains commas, "
+    """e.g. trace:"logs/a,b.csv",decode=COL (double or single quotes; the quotes are not part of the path)"""
+)
+"""How a spec names a file whose path contains commas (``trace:``, ``fitted:``)."""
+
+
+def split_spec_path(text: str, spec: str) -> tuple[str, str]:
+    """``(path, options)`` of the text after ``trace:`` or ``fitted:``: the path runs to the
+    first comma, or, when it starts with a double or single quote, to the matching
+    closing quote (so it may hold commas; see :data:`SPEC_PATH_QUOTING`); ``options`` is
+    what follows the comma after it."""
+    stripped = text.strip()
+    if stripped[:1] in ("'", '"'):
+        quote = stripped[0]
+        end = stripped.find(quote, 1)
+        if end < 0:
+            raise ValueError(f"workload spec {spec!r}: the quoted path has no closing {quote}")
+        path, after = stripped[1:end], stripped[end + 1 :].strip()
+        if after and not after.startswith(","):
+            raise ValueError(f"workload spec {spec!r}: expected a comma after the quoted path, got {after!r}")
+        return path, after[1:]
+    path, _, options = text.partition(",")
+    return path.strip(), options
+
+
+def _parse_pairs(text: str, what: str, spec: str | None = None) -> dict[str, str]:
+    """``key=value`` items separated by commas. ``spec``: the whole spec the items come
+    from, shown in messages (after a file path, a stray item may be the rest of a path
+    holding a comma: the message then says how to quote it)."""
     pairs: dict[str, str] = {}
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
         if "=" not in item:
-            raise ValueError(f"malformed {what} {text!r}: expected key=value items separated by commas, got {item!r}")
+            raise ValueError(
+                f"malformed {what} {spec or text!r}: expected key=value items separated by commas, got {item!r}"
+                + (f"; {SPEC_PATH_QUOTING}" if spec is not None else "")
+            )
         k, v = item.split("=", 1)
         k, v = k.strip(), v.strip()
         if k in pairs:
@@ -119,7 +155,8 @@ def parse_workload_spec(spec: str) -> Workload:
       and ``sigma=1.0`` (lognormal log-sd);
     - ``trace:PATH`` (Azure LLM inference CSV or Mooncake JSONL, or a bundled name
       ``azure-code``, ``azure-conv``, ``mooncake-conv``), optionally
-      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``;
+      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``; a PATH holding commas
+      is quoted: ``trace:"logs/a,b.csv",decode=COLUMN`` (:data:`SPEC_PATH_QUOTING`);
     - ``fixed:prefill=P,decode=D`` (every request the same, :class:`~afdjax.Fixed`);
     - ``uniform:prefill=A..B,decode=C..D`` (integer ranges, inclusive, :class:`~afdjax.Uniform`);
     - ``fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]``: the length families
@@ -160,10 +197,10 @@ def parse_workload_spec(spec: str) -> Workload:
             if v < 0:
                 raise ValueError(f"workload spec {spec!r}: {k}={v:g} must be >= 0")
         return Geometric(values["mu_p"], values["mu_d"], prefill=prefill, prefill_sigma=sigma)
-    path, _, options = rest.partition(",")
+    path, options = split_spec_path(rest, spec)
     if not path.strip():
         raise ValueError(f"workload spec {spec!r}: missing trace path after 'trace:'")
-    pairs = _parse_pairs(options, "workload spec")
+    pairs = _parse_pairs(options, "workload spec", spec)
     unknown = set(pairs) - {"prefill", "decode", "tokens_per_step"}
     if unknown:
         raise ValueError(
@@ -174,7 +211,7 @@ def parse_workload_spec(spec: str) -> Workload:
     if not tps.isdigit() or int(tps) < 1:
         raise ValueError(f"workload spec {spec!r}: tokens_per_step={tps!r} must be an integer >= 1")
     return load_trace(
-        path.strip(),
+        path,
         prefill_column=pairs.get("prefill"),
         decode_column=pairs.get("decode"),
         tokens_per_step=int(tps),
@@ -361,7 +398,10 @@ def _latency_from_mapping(values: dict, source: str) -> LatencyModel:
     scaling = table.get("comm_scaling", "batch")
     if scaling not in COMM_SCALINGS:
         raise ValueError(f"{source}: comm_scaling={scaling!r}; expected one of {', '.join(COMM_SCALINGS)}")
-    return LatencyModel(**kwargs, comm_scaling=scaling)
+    try:
+        return LatencyModel(**kwargs, comm_scaling=scaling)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def parse_hardware_spec(spec: str) -> LatencyModel:
@@ -592,8 +632,7 @@ FITTED_SPEC = "fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]
 def parse_fitted_spec(rest: str, spec: str) -> FittedWorkload:
     """:class:`~afdjax.FittedWorkload` from ``TRACE[,decode=..][,prefill=..][,tokens_per_step=K]``
     (the text after ``fitted:``); ``ValueError`` naming the key, the value and what is allowed."""
-    path, _, options = rest.partition(",")
-    path = path.strip()
+    path, options = split_spec_path(rest, spec)
     if not path:
         raise ValueError(f"workload spec {spec!r}: missing trace after 'fitted:'; expected {FITTED_SPEC!r}")
     pairs: dict[str, str] = {}
@@ -601,7 +640,9 @@ def parse_fitted_spec(rest: str, spec: str) -> FittedWorkload:
         key, eq, value = item.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not eq or not value:
-            raise ValueError(f"workload spec {spec!r}: {item!r} is not KEY=VALUE; expected {FITTED_SPEC!r}")
+            raise ValueError(
+                f"workload spec {spec!r}: {item!r} is not KEY=VALUE; expected {FITTED_SPEC!r}; {SPEC_PATH_QUOTING}"
+            )
         if key not in ("decode", "prefill", "tokens_per_step"):
             raise ValueError(f"workload spec {spec!r}: unknown key {key!r}; allowed: decode, prefill, tokens_per_step")
         pairs[key] = value

@@ -28,9 +28,39 @@ def float_leaf(x) -> jax.Array:
     return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
 
 
+INT32_MAX = 2**31 - 1
+"""Largest count (steps, replicas, ...) the engine's int32 counters hold."""
+
+
+def plain(value):
+    """A value as a user reads it in a message: NumPy and JAX arrays become Python numbers
+    (a 0-d array) or nested lists, so ``mu_p=-1.0`` is printed, not
+    ``mu_p=Array(-1., dtype=float32)``; anything else (and a traced value) is returned as is."""
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        try:
+            array = np.asarray(value)
+        except _TRACED:
+            return value
+        return array.item() if array.ndim == 0 else array.tolist()
+    return value
+
+
 def invalid(name: str, value, allowed: str) -> ValueError:
-    """The one wording of a bad argument: ``name=value is invalid: expected allowed``."""
-    return ValueError(f"{name}={value!r} is invalid: expected {allowed}")
+    """The one wording of a bad argument: ``name=value is invalid: expected allowed``
+    (array values shown as plain numbers, see :func:`plain`)."""
+    return ValueError(f"{name}={plain(value)!r} is invalid: expected {allowed}")
+
+
+def format_number(value, spec: str = "") -> str:
+    """``format(value, spec)``, except that a number which rounds to zero prints without a
+    minus sign (``-0.000`` -> ``0.000``, ``-0.00%`` -> ``0.00%``): the one formatting rule of
+    the text reports. Non-finite values format as Python does (``nan``, ``-inf``)."""
+    text = format(value, spec)
+    if "-" in text and isinstance(value, (float, np.floating)) and math.isfinite(value):
+        mantissa = text.lower().split("e")[0]
+        if not any(c in "123456789" for c in mantissa):
+            return format(0.0, spec)
+    return text
 
 
 def _bound_text(minimum, maximum, strict: bool) -> str:

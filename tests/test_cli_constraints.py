@@ -114,9 +114,9 @@ def test_joint_choice_json_is_consistent(capsys, tmp_path):
         (["--tpot-ms", "0"], "--tpot-ms must be > 0"),
         (
             ["--kv-overflow-prob", "1.5", "--kv-capacity-gb", "60", "--hardware", "h100:deepseek-v3"],
-            "kv_overflow_tolerance=1.5 is invalid",
+            "--kv-overflow-prob must be a probability in [0, 1), got 1.5",
         ),
-        (["--batch-sizes", "16,32", "--micro-batches", "24"], "micro_batches=24 is invalid"),
+        (["--batch-sizes", "16,32", "--micro-batches", "24"], "--micro-batches 24 is invalid"),
     ],
 )
 def test_constraint_errors_are_one_line(capsys, argv, message):

@@ -82,7 +82,7 @@ def test_bad_coefficient_names_it(name, bad):
 
 
 def test_zero_coefficients_allowed():
-    lat = LatencyModel(**{n: 0.0 for n in NAMES})
+    lat = LatencyModel(**dict({n: 0.0 for n in NAMES}, beta_c=1.0))  # all six zero: refused
     assert float(lat.attention_time(10.0)) == 0.0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from ._errors import CliError
-from ._files import check_plot_path, split_names, write_text
+from ._files import check_output_path, check_plot_path, split_names, write_text
+from ._parser import SIMULATION_OPTIONS, option_names
 
 
 def cmd_fit_workload(args) -> int:
@@ -26,17 +27,25 @@ def cmd_fit_workload(args) -> int:
 
 
 def cmd_fit_latency(args) -> int:
+    if args.out:
+        check_output_path(args.out, "--out")
+    if args.plot:
+        check_plot_path(args.plot)
     from .._fit._latency import fit_latency
     from .._specs import parse_hardware_spec
 
     defaults = parse_hardware_spec(args.defaults) if args.defaults else None
-    fit = fit_latency(
-        args.observations, loss=args.loss, comm_scaling=args.comm_scaling, n_bootstrap=args.bootstrap, defaults=defaults
-    )
+    with option_names("n_bootstrap"):
+        fit = fit_latency(
+            args.observations,
+            loss=args.loss,
+            comm_scaling=args.comm_scaling,
+            n_bootstrap=args.bootstrap,
+            defaults=defaults,
+        )
     if args.out:
         write_text(args.out, fit.to_toml())
     if args.plot:
-        check_plot_path(args.plot)
         fit.plot_residuals(args.plot)
     if args.json:
         out = fit.to_dict()
@@ -51,6 +60,8 @@ def cmd_fit_latency(args) -> int:
 
 
 def cmd_fit_throughput(args) -> int:
+    if args.out:
+        check_output_path(args.out, "--out")
     import jax
 
     from .._fit._throughput import fit_throughput, read_throughput_observations
@@ -59,15 +70,16 @@ def cmd_fit_throughput(args) -> int:
     obs = read_throughput_observations(args.observations)
     workload = parse_workload_spec(args.workload)
     latency = parse_hardware_spec(args.hardware)
-    fit = fit_throughput(
-        obs,
-        workload,
-        latency,
-        split_names(args.fit) or (),
-        key=jax.random.key(args.seed),
-        num_steps=args.steps,
-        num_replicas=args.replicas,
-    )
+    with option_names(*SIMULATION_OPTIONS):
+        fit = fit_throughput(
+            obs,
+            workload,
+            latency,
+            split_names(args.fit) or (),
+            key=jax.random.key(args.seed),
+            num_steps=args.steps,
+            num_replicas=args.replicas,
+        )
     if args.out:
         write_text(
             args.out,

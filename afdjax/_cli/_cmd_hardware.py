@@ -8,6 +8,7 @@ import sys
 
 from ._errors import CliError
 from ._files import check_output_path, check_plot_path, write_text
+from ._parser import DERIVATION_OPTIONS, PROFILE_OPTIONS, option_names
 
 
 def cmd_hardware(args) -> int:
@@ -17,18 +18,22 @@ def cmd_hardware(args) -> int:
     if args.list:
         print(format_presets(), end="")
         return 0
-    derivation = derive_latency(
-        parse_accelerator_spec(args.accelerator),
-        parse_model_spec(args.model),
-        dtype=args.dtype,
-        memory_efficiency=args.memory_efficiency,
-        compute_efficiency=args.compute_efficiency,
-        network_efficiency=args.network_efficiency,
-        kernel_overhead_us=args.kernel_overhead_us,
-        attention_devices=args.attention_devices,
-        ffn_devices=args.ffn_devices,
-        comm_scaling=args.comm_scaling,
-    )
+    if args.out:
+        check_output_path(args.out, "--out")
+    accelerator, model = parse_accelerator_spec(args.accelerator), parse_model_spec(args.model)
+    with option_names(*DERIVATION_OPTIONS):
+        derivation = derive_latency(
+            accelerator,
+            model,
+            dtype=args.dtype,
+            memory_efficiency=args.memory_efficiency,
+            compute_efficiency=args.compute_efficiency,
+            network_efficiency=args.network_efficiency,
+            kernel_overhead_us=args.kernel_overhead_us,
+            attention_devices=args.attention_devices,
+            ffn_devices=args.ffn_devices,
+            comm_scaling=args.comm_scaling,
+        )
     if args.out:
         write_text(args.out, derivation.to_toml())
     if args.json:
@@ -61,23 +66,24 @@ def cmd_profile(args) -> int:
     if args.scale is not None and not (0 < args.scale <= 1):
         raise CliError(f"--scale must be in (0, 1], got {args.scale:g}")
     if args.out:
-        check_output_path(args.out)
+        check_output_path(args.out, "--out")
     if args.plot:
         check_plot_path(args.plot)
-    result = profile_hardware(
-        model=args.model,
-        scale=args.scale,
-        hidden_size=args.hidden_size,
-        batch_size=args.batch_size,
-        kv_lengths=_int_list("--kv-lengths", args.kv_lengths),
-        ffn_batches=_int_list("--ffn-batches", args.ffn_batches),
-        repeats=args.repeats,
-        quantile=args.quantile,
-        comm=args.comm,
-        defaults=args.defaults,
-        seed=args.seed,
-        progress=not args.json and sys.stdout.isatty(),
-    )
+    with option_names(*PROFILE_OPTIONS):
+        result = profile_hardware(
+            model=args.model,
+            scale=args.scale,
+            hidden_size=args.hidden_size,
+            batch_size=args.batch_size,
+            kv_lengths=_int_list("--kv-lengths", args.kv_lengths),
+            ffn_batches=_int_list("--ffn-batches", args.ffn_batches),
+            repeats=args.repeats,
+            quantile=args.quantile,
+            comm=args.comm,
+            defaults=args.defaults,
+            seed=args.seed,
+            progress=not args.json and sys.stdout.isatty(),
+        )
     if args.out:
         write_text(args.out, result.to_toml())
     if args.plot:

@@ -8,10 +8,38 @@ import json
 import sys
 
 from ._files import check_plot_path, short_spec
-from ._parser import parse_ratios
+from ._parser import SIMULATION_OPTIONS, option_names, parse_ratios
+
+NUM_BINS = 4096  # simulate's default num_bins (histogram bins), which the commands use
+
+
+def check_run_fits(workload, batch_size: int, max_ratio: int, args) -> None:
+    """Before any simulation: refuse a run that cannot work (micro-batches beyond ``B``,
+    more steps than int32 counts, more memory than this machine holds), naming the
+    options. The same checks :func:`afdjax.simulate` makes, made here before anything
+    is compiled or allocated."""
+    from .._engine._sizing import plan_sizes
+    from .._step import as_step_model
+
+    with option_names(*SIMULATION_OPTIONS):
+        model = as_step_model(None, args.micro_batches)
+        model.check(batch_size)
+        warmup = getattr(args, "warmup", None)
+        cfg = dict(
+            max_ratio=max_ratio,
+            batch_size=batch_size,
+            num_steps=args.steps,
+            warmup_steps=model.default_warmup_steps() if warmup is None else warmup,
+            num_replicas=args.replicas,
+            num_bins=NUM_BINS,
+            step_model=model,
+        )
+        plan_sizes(workload, cfg)
 
 
 def cmd_simulate(args) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
     import jax
 
     from .. import __version__
@@ -22,21 +50,21 @@ def cmd_simulate(args) -> int:
     ratios = parse_ratios(args.ratios)
     workload = parse_workload_spec(args.workload)
     latency = parse_hardware_spec(args.hardware)
-    if args.plot:
-        check_plot_path(args.plot)
-    result = simulate(
-        jax.random.key(args.seed),
-        workload,
-        latency,
-        args.batch_size,
-        ratios,
-        args.steps,
-        args.replicas,
-        start=args.start,
-        warmup_steps=args.warmup,
-        micro_batches=args.micro_batches,
-        progress=not args.json and sys.stderr.isatty(),
-    )
+    check_run_fits(workload, args.batch_size, max(ratios), args)
+    with option_names(*SIMULATION_OPTIONS):
+        result = simulate(
+            jax.random.key(args.seed),
+            workload,
+            latency,
+            args.batch_size,
+            ratios,
+            args.steps,
+            args.replicas,
+            start=args.start,
+            warmup_steps=args.warmup,
+            micro_batches=args.micro_batches,
+            progress=not args.json and sys.stderr.isatty(),
+        )
     settings = {
         "workload": args.workload,
         "hardware": args.hardware,

@@ -4,12 +4,20 @@ the shared option groups and every subcommand's options."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import re
 
 from ._errors import CliError
 
 DEFAULT_WORKLOAD = "geometric:mu_p=100,mu_d=500"
 DEFAULT_HARDWARE = "paper-910c"
+
+# Limits checked at parse time (the library's own limits, repeated here so that the parser
+# needs no JAX import): int32 counters, the engine's largest ratio and batch size.
+INT32_MAX = 2**31 - 1  # afdjax._validate.INT32_MAX
+MAX_RATIO = 4096  # afdjax._engine._config.MAX_RATIO
+MAX_BATCH_SIZE = 2**16  # afdjax._engine._config.MAX_INDEX
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,8 +25,10 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(message)
 
 
-def parse_ratios(text: str) -> list[int]:
-    """``1:32`` (inclusive), ``1:32:2`` (step), or ``1,2,4,8`` (each ratio once), sorted."""
+def parse_ratios(text: str, option: str = "--ratios", maximum: int = MAX_RATIO, noun: str = "ratio") -> list[int]:
+    """``1:32`` (inclusive), ``1:32:2`` (step), or ``1,2,4,8`` (each ratio once), sorted;
+    every ratio in ``[1, maximum]`` (checked before the range is built). ``option``,
+    ``maximum`` and ``noun`` serve other integer lists (``--batch-sizes``)."""
     t = text.strip()
     try:
         if ":" in t:
@@ -27,27 +37,38 @@ def parse_ratios(text: str) -> list[int]:
                 raise ValueError
             lo, hi = parts[0], parts[1]
             step = parts[2] if len(parts) == 3 else 1
-            if step < 1:
-                raise CliError(f"--ratios {text!r}: the step must be >= 1")
-            values = list(range(lo, hi + 1, step))
         else:
             values = [int(p) for p in t.split(",") if p.strip()]
     except ValueError:
         raise CliError(
-            f"--ratios {text!r} is malformed: expected LO:HI, LO:HI:STEP or a comma list like 1,2,4"
+            f"{option} {text!r} is malformed: expected LO:HI, LO:HI:STEP or a comma list like 1,2,4"
         ) from None
+    if ":" in t:
+        if step < 1:
+            raise CliError(f"{option} {text!r}: the step must be >= 1")
+        if lo > hi:
+            raise CliError(f"{option} {text!r} is an empty range: LO={lo} is above HI={hi}")
+        if lo < 1:
+            raise CliError(f"{option} {text!r}: {noun}s must be >= 1")
+        if hi > maximum:
+            raise CliError(f"{option} {text!r}: {noun}s must be <= {maximum}, got HI={hi}")
+        values = list(range(lo, hi + 1, step))
     if not values:
-        raise CliError(f"--ratios {text!r} is an empty range")
+        raise CliError(f"{option} {text!r} is an empty range")
     if min(values) < 1:
-        raise CliError(f"--ratios {text!r}: ratios must be >= 1")
+        raise CliError(f"{option} {text!r}: {noun}s must be >= 1")
+    if max(values) > maximum:
+        raise CliError(f"{option} {text!r}: {noun}s must be <= {maximum}, got {max(values)}")
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
-        raise CliError(f"--ratios {text!r} repeats {', '.join(map(str, repeated))}: give each ratio once")
+        raise CliError(f"{option} {text!r} repeats {', '.join(map(str, repeated))}: give each {noun} once")
     return sorted(values)
 
 
-def _int_at_least(name: str, minimum: int):
-    """argparse type: an integer >= minimum, with a one-line message naming the option."""
+def _int_at_least(name: str, minimum: int, maximum: int = INT32_MAX):
+    """argparse type: an integer in ``[minimum, maximum]`` (by default at most the int32
+    maximum: every count the engine keeps is an int32), with a one-line message naming
+    the option."""
 
     def conv(text):
         try:
@@ -56,13 +77,16 @@ def _int_at_least(name: str, minimum: int):
             raise argparse.ArgumentTypeError(f"{name} {text!r} is not an integer") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {v}")
+        if v > maximum:
+            why = " (the int32 maximum)" if maximum == INT32_MAX else ""
+            raise argparse.ArgumentTypeError(f"{name} must be <= {maximum}{why}, got {v}")
         return v
 
     return conv
 
 
-def _positive_int(name):
-    return _int_at_least(name, 1)
+def _positive_int(name, maximum: int = INT32_MAX):
+    return _int_at_least(name, 1, maximum)
 
 
 def _nonneg_int(name):
@@ -75,7 +99,8 @@ def _add_model_options(p, ratios_default, steps, replicas):
         default=DEFAULT_WORKLOAD,
         help="geometric:mu_p=100,mu_d=500[,prefill=constant|exponential|lognormal,sigma=1.0] | "
         "trace:PATH (Azure CSV / Mooncake JSONL, or azure-code, azure-conv, mooncake-conv) | "
-        "trace:PATH,prefill=COLUMN,decode=COLUMN[,tokens_per_step=K]. Decode steps = output tokens. "
+        "trace:PATH,prefill=COLUMN,decode=COLUMN[,tokens_per_step=K] (quote a PATH with commas: "
+        'trace:"a,b.csv",decode=COL). Decode steps = output tokens. '
         f"Default: {DEFAULT_WORKLOAD}",
     )
     p.add_argument(
@@ -86,14 +111,16 @@ def _add_model_options(p, ratios_default, steps, replicas):
     )
     p.add_argument(
         "--batch-size",
-        type=_positive_int("--batch-size"),
+        type=_positive_int("--batch-size", MAX_BATCH_SIZE),
         default=256,
-        help="slots B per Attention instance (default 256)",
+        help=f"slots B per Attention instance, 1..{MAX_BATCH_SIZE} (default 256)",
     )
     p.add_argument(
         "--ratios",
         default=ratios_default,
-        help="ratios r: LO:HI, LO:HI:STEP or 1,2,4 (default " + (ratios_default or "1..max(32, 1.5 r*)") + ")",
+        help=f"ratios r: LO:HI, LO:HI:STEP or 1,2,4, each in 1..{MAX_RATIO} (default "
+        + (ratios_default or "1..max(32, 1.5 r*)")
+        + ")",
     )
     p.add_argument(
         "--steps",
@@ -172,26 +199,39 @@ def _gb_or_auto(name: str):
 
 
 def parse_batch_sizes(text: str) -> list[int]:
-    """``64,128,256`` or ``LO:HI:STEP`` (inclusive) or ``x2:LO:HI`` (powers-of-two ladder)."""
+    """``64,128,256`` or ``LO:HI:STEP`` (inclusive) or ``x2:LO:HI`` (powers-of-two ladder);
+    every batch size in ``[1, 65536]``."""
     t = text.strip()
-    try:
-        if t.startswith("x2:"):
+    usage = "expected a comma list like 64,128,256, LO:HI:STEP or x2:LO:HI (doubling)"
+    if t.startswith("x2:"):
+        try:
             lo, hi = (int(p) for p in t[3:].split(":"))
-            values, b = [], lo
-            while b <= hi:
-                values.append(b)
-                b *= 2
-        elif ":" in t:
-            values = parse_ratios(t)
-        else:
-            values = [int(p) for p in t.split(",") if p.strip()]
-    except (ValueError, CliError):
-        raise CliError(
-            f"--batch-sizes {text!r} is malformed: expected a comma list like 64,128,256, LO:HI:STEP "
-            "or x2:LO:HI (doubling)"
-        ) from None
-    if not values or min(values) < 1:
-        raise CliError(f"--batch-sizes {text!r}: expected batch sizes >= 1")
+        except ValueError:
+            raise CliError(
+                f"--batch-sizes {text!r} is malformed: x2:LO:HI needs two integers, like x2:64:1024"
+            ) from None
+        if lo < 1:
+            raise CliError(f"--batch-sizes {text!r}: x2:LO:HI needs LO >= 1, got LO={lo}")
+        if lo > hi:
+            raise CliError(f"--batch-sizes {text!r}: x2:LO:HI needs LO <= HI, got LO={lo} above HI={hi}")
+        if hi > MAX_BATCH_SIZE:
+            raise CliError(f"--batch-sizes {text!r}: batch sizes must be <= {MAX_BATCH_SIZE}, got HI={hi}")
+        values, b = [], lo
+        while b <= hi:
+            values.append(b)
+            b *= 2
+        return values
+    if ":" in t:
+        return parse_ratios(t, "--batch-sizes", MAX_BATCH_SIZE, "batch size")
+    try:
+        values = [int(p) for p in t.split(",") if p.strip()]
+    except ValueError:
+        raise CliError(f"--batch-sizes {text!r} is malformed: {usage}") from None
+    if not values:
+        raise CliError(f"--batch-sizes {text!r} is empty: {usage}")
+    if min(values) < 1 or max(values) > MAX_BATCH_SIZE:
+        bad = min(values) if min(values) < 1 else max(values)
+        raise CliError(f"--batch-sizes {text!r}: batch sizes must be in 1..{MAX_BATCH_SIZE}, got {bad}")
     return sorted(set(values))
 
 
@@ -220,7 +260,7 @@ def _add_constraint_options(p):
     )
     g.add_argument(
         "--kv-overflow-prob",
-        type=_float_at_least("--kv-overflow-prob", 0.0, strict=False),
+        type=_float_in("--kv-overflow-prob", lambda v: 0 <= v < 1, "a probability in [0, 1)"),
         default=1e-3,
         metavar="P",
         help="largest allowed P(an instance's KV load > capacity) per step (default 0.001)",
@@ -575,3 +615,81 @@ def _add_hardware_commands(sub) -> None:
     prof.add_argument("--out", metavar="TOML", help="write the fitted coefficients as a hardware TOML")
     prof.add_argument("--plot", metavar="PNG", help="write measured-vs-fitted and residual plots")
     prof.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+# ------------------------------------------------------------------------ option names in library messages
+OPTION_NAMES = {
+    "batch_size": "--batch-size",
+    "num_steps": "--steps",
+    "num_replicas": "--replicas",
+    "warmup_steps": "--warmup",
+    "micro_batches": "--micro-batches",
+    "kv_overflow_tolerance": "--kv-overflow-prob",
+    "kv_bytes_per_token": "--kv-bytes-per-token",
+    "tpot_target_ms": "--tpot-ms",
+    "num_layers": "--num-layers",
+    "time_unit_us": "--time-unit-us",
+    "attention_price_per_hour": "--price-attention",
+    "ffn_price_per_hour": "--price-ffn",
+    "attention_power_w": "--power-attention-w",
+    "ffn_power_w": "--power-ffn-w",
+    "memory_efficiency": "--memory-efficiency",
+    "compute_efficiency": "--compute-efficiency",
+    "network_efficiency": "--network-efficiency",
+    "kernel_overhead_us": "--kernel-overhead-us",
+    "attention_devices": "--attention-devices",
+    "ffn_devices": "--ffn-devices",
+    "scale": "--scale",
+    "hidden_size": "--hidden-size",
+    "repeats": "--repeats",
+    "quantile": "--quantile",
+    "n_bootstrap": "--bootstrap",
+}
+"""Library argument names and the options that set them (for messages of library calls)."""
+
+SIMULATION_OPTIONS = ("batch_size", "num_steps", "num_replicas", "warmup_steps", "micro_batches")
+CONSTRAINT_OPTIONS = (
+    "kv_overflow_tolerance",
+    "kv_bytes_per_token",
+    "tpot_target_ms",
+    "num_layers",
+    "time_unit_us",
+    "attention_price_per_hour",
+    "ffn_price_per_hour",
+    "attention_power_w",
+    "ffn_power_w",
+)
+DERIVATION_OPTIONS = (
+    "memory_efficiency",
+    "compute_efficiency",
+    "network_efficiency",
+    "kernel_overhead_us",
+    "attention_devices",
+    "ffn_devices",
+)
+PROFILE_OPTIONS = ("scale", "hidden_size", "batch_size", "repeats", "quantile")
+
+
+def with_option_names(message: str, names) -> str:
+    """``message`` with each ``name=value`` of a library argument in ``names`` written as
+    the option a user typed: ``num_steps=0 is invalid`` -> ``--steps 0 is invalid``. Names
+    inside a spec (after a quote, comma or colon) are left alone."""
+    for name in names:
+        message = re.sub(rf"(?<![\w'\",:.-]){name}=", f"{OPTION_NAMES[name]} ", message)
+    return message
+
+
+@contextlib.contextmanager
+def option_names(*names: str):
+    """Turn a library ``ValueError`` raised inside into a :class:`CliError` that names the
+    options (:func:`with_option_names`); a run too large for this machine's memory is
+    reworded with ``--replicas``, ``--ratios`` and ``--batch-size``."""
+    try:
+        yield
+    except ValueError as err:
+        estimate = getattr(err, "estimate", None)
+        if estimate is not None:
+            raise CliError(
+                estimate.message({"num_replicas": "--replicas", "ratios": "--ratios", "batch_size": "--batch-size"})
+            ) from None
+        raise CliError(with_option_names(str(err), names)) from None

@@ -62,12 +62,22 @@ def _bad_content(p: Path, what: str) -> ValueError:
     return ValueError(f"{p}: {what}")
 
 
-def read_records(p: Path) -> tuple[list[str], list[dict]]:
+def read_records(p: Path, what: str = "file") -> tuple[list[str], list[dict]]:
     """Rows of a CSV (header line; lines starting with ``#`` are comments) or JSON Lines
     file, with the column names seen (for JSONL, the union over records in first-seen
     order). A UTF-8 byte-order mark is ignored; a CSV row with more cells than the header
-    is an error."""
-    text = p.read_text(encoding="utf-8-sig")
+    is an error, and so is a file that is not UTF-8 text (a binary file), named with
+    ``what`` (e.g. ``"trace"``)."""
+    label = "file" if what == "file" else f"{what} file"
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{label} {str(p)!r} is not a text CSV or JSON Lines {what} (byte 0x{err.object[err.start]:02x} "
+            f"at offset {err.start} is not UTF-8)"
+        ) from None
+    if "\x00" in text:
+        raise ValueError(f"{label} {str(p)!r} is not a text CSV or JSON Lines {what} (it holds NUL bytes)")
     if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         columns: list[str] = []
         rows = []
@@ -112,7 +122,7 @@ def read_trace(path, prefill_column: str | None = None, decode_column: str | Non
     to be finite, integer-valued, prefill ``>= 0`` and output ``>= 1``.
     """
     p = resolve_trace(path)
-    columns, rows = read_records(p)
+    columns, rows = read_records(p, "trace")
     if not rows:
         raise ValueError(f"{p}: no records")
     if prefill_column is None and decode_column is None:

@@ -1,12 +1,16 @@
-"""Buffer sizing (host side): chunk length, requests drawn per chunk, replica batch.
+"""Buffer sizing (host side): chunk length, requests drawn per chunk, replica batch, and
+the checks that a run can work at all (counts within int32, ratios within
+:data:`~._config.MAX_RATIO`, memory within what the machine holds), made before anything
+is allocated or compiled.
 
-None of these change the numbers, only speed and memory. ``requests_per_chunk`` is a
+None of the sizes change the numbers, only speed and memory. ``requests_per_chunk`` is a
 capacity sized by a Chernoff bound; running out is detected and the run repeated with a
 larger buffer and the same random numbers (:func:`afdjax._engine._kernel.rerun_on_overflow`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -14,7 +18,9 @@ import jax
 import numpy as np
 
 from .._step import Barrier
+from .._validate import INT32_MAX
 from .._workload import Workload
+from ._config import MAX_RATIO
 
 
 def bucket(n: int) -> int:
@@ -67,8 +73,15 @@ def plan_sizes(
     ``num_replicas``, ``num_bins`` and optionally ``step_model`` (default ``Barrier()``).
     Returns a dict with ``chunk_steps``, ``num_chunks``, ``requests_per_chunk`` and
     ``replica_batch_size``.
+
+    Raises ``ValueError`` for a run that cannot work, before anything is allocated: a
+    largest ratio beyond :data:`~afdjax._engine._config.MAX_RATIO`, more steps than int32
+    counts, or an estimated memory (:func:`memory_estimate`) beyond what this machine (or
+    the accelerator) holds.
     """
     rmax, B, R = cfg_kwargs["max_ratio"], cfg_kwargs["batch_size"], cfg_kwargs["num_replicas"]
+    if rmax > MAX_RATIO:
+        raise ValueError(f"ratios has max {rmax}: expected ratios <= {MAX_RATIO} (afdjax's largest A/F ratio)")
     total = cfg_kwargs["warmup_steps"] + cfg_kwargs["num_steps"]
     if chunk_steps is None:
         mean_d = _concrete_float(workload.mean_decode_steps(), "the workload's mean decode length")
@@ -91,12 +104,22 @@ def plan_sizes(
         if jax.default_backend() == "cpu":
             fit = min(fit, os.cpu_count() or 1)
         replica_batch_size = int(min(R, fit))
-    return dict(
+    sizes = dict(
         chunk_steps=int(chunk_steps),
         num_chunks=int(num_chunks),
         requests_per_chunk=int(requests_per_chunk),
         replica_batch_size=int(replica_batch_size),
     )
+    if num_chunks * chunk_steps > INT32_MAX:
+        raise ValueError(
+            f"num_steps={cfg_kwargs['num_steps']} with warmup_steps={cfg_kwargs['warmup_steps']} is invalid: "
+            f"expected at most {INT32_MAX} steps in all (int32 step counters; "
+            f"{num_chunks * chunk_steps} in chunks of {chunk_steps})"
+        )
+    estimate = memory_estimate(cfg_kwargs, sizes)
+    if not estimate.fits:
+        raise RunTooLarge(estimate)
+    return sizes
 
 
 def replica_bytes(cfg_kwargs: dict, chunk_steps: int, requests_per_chunk: int) -> int:
@@ -108,3 +131,112 @@ def replica_bytes(cfg_kwargs: dict, chunk_steps: int, requests_per_chunk: int) -
     step_model = cfg_kwargs.get("step_model")
     step_model = Barrier() if step_model is None else step_model
     return per_replica + step_model.replica_bytes(rmax, B, chunk_steps)
+
+
+def statistics_bytes(max_ratio: int, num_bins: int) -> int:
+    """Bytes of one replica's statistics (an estimate), kept for every replica until they
+    are pooled: a cycle-time histogram per ratio, a KV-load histogram and nine float64
+    sums per instance or ratio."""
+    return 4 * num_bins * (max_ratio + 1) + 72 * max_ratio + 64
+
+
+def available_memory() -> tuple[int | None, str]:
+    """``(bytes, where)``: the memory a run can use, and what it is. On an accelerator
+    the default device's ``bytes_limit``; on the CPU the physical memory, or the
+    container's (cgroup) limit when lower. ``(None, ...)`` when it cannot be told."""
+    if jax.default_backend() != "cpu":
+        device = jax.devices()[0]
+        try:
+            limit = (device.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # some backends do not report memory statistics
+            limit = None
+        if limit:
+            return int(limit), f"memory of {device.platform}:{device.id}"
+    try:
+        total, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"
+    except (ValueError, OSError, AttributeError):
+        total, where = None, "memory"
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total, where = int(text), "container's memory limit"
+        break
+    return total, f"{where} of this machine"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated memory of one engine run against what the machine holds (bytes)."""
+
+    statistics: int
+    """Statistics of all replicas (``num_replicas x`` :func:`statistics_bytes`)."""
+    working: int
+    """Working memory of the replicas in flight (``replica_batch_size x`` :func:`replica_bytes`)."""
+    available: int | None
+    """What the machine holds (:func:`available_memory`; ``None``: unknown)."""
+    where: str
+    num_replicas: int
+    max_ratio: int
+    batch_size: int
+
+    @property
+    def total(self) -> int:
+        return self.statistics + self.working
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def message(self, names: dict | None = None) -> str:
+        """Why the run does not fit and what to lower. ``names`` spells ``num_replicas``,
+        ``ratios`` and ``batch_size`` as the caller's user knows them (e.g. CLI options)."""
+        n = {"num_replicas": "num_replicas", "ratios": "ratios", "batch_size": "batch_size", **(names or {})}
+        if self.statistics >= self.working:
+            advice = (
+                f"{self.num_replicas} replicas keep {_gb(self.statistics)} GB of statistics; lower {n['num_replicas']}"
+            )
+        else:
+            advice = (
+                f"one replica's working memory grows with the largest ratio ({self.max_ratio}) times the "
+                f"batch size ({self.batch_size}); lower the largest of {n['ratios']} or {n['batch_size']}"
+            )
+        return (
+            f"the simulation needs about {_gb(self.total)} GB of memory, more than the "
+            f"{_gb(self.available)} GB {self.where}: {advice}"
+        )
+
+
+class RunTooLarge(ValueError):
+    """A run whose estimated memory exceeds what the machine holds; ``estimate`` is the
+    :class:`MemoryEstimate` (so that a caller can word the advice its own way)."""
+
+    def __init__(self, estimate: MemoryEstimate):
+        super().__init__(estimate.message())
+        self.estimate = estimate
+
+
+def _gb(n: int) -> str:
+    """Bytes as GB: 3 significant digits, whole GB with thousands separators from 1000 GB."""
+    x = n / 1e9
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
+
+
+def memory_estimate(cfg_kwargs: dict, sizes: dict) -> MemoryEstimate:
+    """The estimated memory of a run (``cfg_kwargs`` as for :func:`plan_sizes`, ``sizes``
+    its result) against :func:`available_memory`."""
+    available, where = available_memory()
+    rmax = cfg_kwargs["max_ratio"]
+    per = replica_bytes(cfg_kwargs, sizes["chunk_steps"], sizes["requests_per_chunk"])
+    return MemoryEstimate(
+        statistics=cfg_kwargs["num_replicas"] * statistics_bytes(rmax, cfg_kwargs["num_bins"]),
+        working=sizes["replica_batch_size"] * per,
+        available=available,
+        where=where,
+        num_replicas=int(cfg_kwargs["num_replicas"]),
+        max_ratio=int(rmax),
+        batch_size=int(cfg_kwargs["batch_size"]),
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .._validate import format_number as _num
+
 
 def format_workload_fit(result) -> str:
     """A readable report: a table per margin, then the load comparison."""
@@ -25,23 +27,25 @@ def format_workload_fit(result) -> str:
     parts = result.theta_gap_parts
     lines += [
         "",
-        "Stationary slot load, tokens (PAPER.md section 2: the slot is length-biased)",
+        "Stationary slot load, tokens (arXiv 2601.21351 section 2: the slot is length-biased)",
         f"  fitted {result.best_decode} D x {result.best_prefill} P (independent):  theta_fit = {result.theta_fit:.6g}"
         + (f" +- {se:.3g}" if math.isfinite(se) else "")
         + f"   slot sd {math.sqrt(max(result.slot_variance_fit, 0)):.6g}",
         (
-            f"  trace plug-in, paired (corr(P, D) = {pl['correlation_pd']:+.3f}):  theta_np = {result.theta_np:.6g}"
+            f"  trace plug-in, paired (corr(P, D) = {_num(pl['correlation_pd'], '+.3f')}):  "
+            f"theta_np = {result.theta_np:.6g}"
             f"   slot sd {math.sqrt(max(result.slot_variance_np, 0)):.6g}"
         ),
         f"  trace plug-in, P-D pairing broken:  theta_independent_np = {result.theta_independent_np:.6g}",
         (
-            f"  gap theta_fit / theta_np - 1 = {100 * result.theta_relative_gap:+.2f} %"
-            f"   (P-D correlation {100 * result.correlation_relative_gap:+.2f} %,"
-            f" fitted families {100 * result.fit_relative_gap:+.2f} %)"
+            f"  gap theta_fit / theta_np - 1 = {_num(100 * result.theta_relative_gap, '+.2f')} %"
+            f"   (P-D correlation {_num(100 * result.correlation_relative_gap, '+.2f')} %,"
+            f" fitted families {_num(100 * result.fit_relative_gap, '+.2f')} %)"
         ),
         (
-            f"  gap in tokens: correlation {parts['correlation']:+.4g}, prefill family {parts['prefill_family']:+.4g},"
-            f" decode family {parts['decode_family']:+.4g}"
+            f"  gap in tokens: correlation {_num(parts['correlation'], '+.4g')}, "
+            f"prefill family {_num(parts['prefill_family'], '+.4g')},"
+            f" decode family {_num(parts['decode_family'], '+.4g')}"
         ),
         (
             f"  decode tail: the 1 % longest requests hold {100 * pl['decode_top1_share']:.0f} % of the trace's"

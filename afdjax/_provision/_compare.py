@@ -5,7 +5,9 @@ Every ratio of one :func:`afdjax.simulate` run is simulated on the same random n
 difference between two ratios is measured replica by replica and its standard error is
 that of the paired differences, much smaller than two independent standard errors
 combined. ``afdjax simulate`` and ``afdjax provision`` both report "the ratios within 2
-standard errors of the best" with :func:`ratios_within_2_stderr` (one definition).
+standard errors of the best" with :func:`ratios_within_2_stderr` (one definition), and
+the same warnings on what limits that answer (:func:`range_warnings`,
+:func:`replica_warnings`, :func:`replica_note`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 
 import numpy as np
 
+from .._engine._config import MAX_RATIO
 from .._validate import invalid
 
 
@@ -27,7 +30,8 @@ class PairedDifference:
       (tokens per time unit per instance).
     - ``stderr``: its standard error (NaN with one replica).
     - ``z``: ``difference / stderr`` (``+-inf`` when the standard error is 0 and the
-      difference is not, 0 for an exact tie).
+      difference is not, 0 for an exact tie, NaN with one replica when the difference
+      is not 0: nothing can be told).
     """
 
     ratio: int
@@ -48,6 +52,8 @@ def paired_difference(result, i: int, j: int) -> PairedDifference:
     se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     if se > 0:
         z = mean / se
+    elif math.isnan(se):  # one replica: no standard error, so no test
+        z = 0.0 if mean == 0 else math.nan
     else:
         z = math.inf if mean > 0 else (0.0 if mean == 0 else -math.inf)
     return PairedDifference(ratio=int(np.asarray(result.ratios)[j]), difference=mean, stderr=se, z=z)
@@ -86,3 +92,44 @@ def check_ratio_list(ratios) -> list[int]:
             f"distinct ratios (repeated: {', '.join(map(str, dups))})",
         )
     return values
+
+
+def range_warnings(ratios: list[int], best: int, what: str) -> list[str]:
+    """A warning when ``best`` (the ``what``, e.g. "best ratio") is the top or the bottom of
+    the ratios simulated: the optimum may lie beyond the range, and how to widen it."""
+    lo, hi = min(ratios), max(ratios)
+    if len(ratios) < 2 or lo < best < hi:
+        return []
+    if best == hi:
+        if hi >= MAX_RATIO:
+            return [f"the {what} r = {best} is afdjax's largest ratio ({MAX_RATIO}): the optimum may lie beyond it"]
+        return [
+            f"the {what} r = {best} is the largest simulated: the optimum may lie beyond it; widen the range "
+            f"(--ratios {lo}:{min(2 * hi, MAX_RATIO)}, ratios= in Python)"
+        ]
+    if lo > 1:
+        return [
+            f"the {what} r = {best} is the smallest simulated: the optimum may lie below it; widen the range "
+            f"(--ratios 1:{hi}, ratios= in Python)"
+        ]
+    return []
+
+
+def replica_warnings(num_replicas: int) -> list[str]:
+    """A warning when standard errors cannot exist (fewer than 2 replicas)."""
+    if num_replicas >= 2:
+        return []
+    return [
+        "with one replica there are no standard errors (they need at least 2 replicas), so no ratio can be "
+        "told apart from the best: use 2 or more replicas (--replicas)"
+    ]
+
+
+def replica_note(num_replicas: int) -> str | None:
+    """A note when the paired comparison rests on 2 or 3 replicas (a weak test)."""
+    if 2 <= num_replicas < 4:
+        return (
+            f"Note: {num_replicas} replicas give rough standard errors (few degrees of freedom), so the paired "
+            "comparison is weak; 4 or more replicas (--replicas) make it reliable."
+        )
+    return None

@@ -1,8 +1,7 @@
 """Provisioning under real constraints: KV capacity, a TPOT target and a cost objective.
 
 The paper's model answers "which r maximises tokens per instance?" for a fixed batch
-size. An operator has more to respect (section 5 of PAPER.md lists what the paper leaves
-out):
+size. An operator has more to respect, which the paper (arXiv 2601.21351) leaves out:
 
 * **KV capacity.** An Attention instance holds ``T_j`` KV tokens, ``T_j *
   kv_bytes_per_token`` bytes over all layers. The batch size ``B`` is only usable if the

@@ -15,20 +15,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._engine import simulate
+from .._engine._config import MAX_RATIO
 from .._json import jsonable
 from .._latency import LatencyModel
 from .._step import as_step_model
 from .._theory import mean_field_optimum
 from .._validate import invalid
 from .._workload import Workload
-from ._compare import check_ratio_list, paired_difference, ratios_within_2_stderr
+from ._compare import (
+    check_ratio_list,
+    paired_difference,
+    range_warnings,
+    ratios_within_2_stderr,
+    replica_warnings,
+)
 
 
 def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: int) -> list[int]:
-    """``1..max(32, ceil(1.5 r*))``: wide enough to show the optimum and the fall beyond it."""
+    """``1..max(32, ceil(1.5 r*))``: wide enough to show the optimum and the fall beyond it
+    (at most ``1..MAX_RATIO``, afdjax's largest ratio, 4096)."""
     r_star = float(mean_field_optimum(workload, latency, batch_size).r_star)
     top = 32 if not math.isfinite(r_star) else max(32, math.ceil(1.5 * r_star))
-    return list(range(1, top + 1))
+    return list(range(1, min(top, MAX_RATIO) + 1))
 
 
 def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
@@ -54,9 +62,14 @@ class ProvisionReport:
     table: list[dict]
     errors: dict
     idle_crossing: float | None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """Sentences on what limits the answer: an optimum at the edge of the ratios
+    simulated (or beyond them), no standard errors with one replica."""
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (non-finite numbers become None)."""
+        """A JSON-serialisable dict (non-finite numbers become None). The ``warnings`` are
+        not part of it (the saved reference outputs fix its keys); ``afdjax provision
+        --json`` prints them on stderr."""
 
         return jsonable(
             {
@@ -256,4 +269,18 @@ def provision(
         table=table,
         errors=errors,
         idle_crossing=_crossing(r, att, ffn),
+        warnings=_provision_warnings([int(x) for x in r], int(r[best]), float(opt.r_star), int(num_replicas)),
     )
+
+
+def _provision_warnings(ratios: list[int], best: int, r_star: float, num_replicas: int) -> list[str]:
+    """The simulated best at an edge of the range, the mean-field r* beyond it, one replica."""
+    out = range_warnings(ratios, best, "simulated best ratio")
+    if r_star > max(ratios) and not out:
+        shown = "+inf" if math.isinf(r_star) else f"{r_star:.4g}"
+        wider = max(2 * max(ratios), math.ceil(1.5 * r_star) if math.isfinite(r_star) else 0)
+        out.append(
+            f"the mean-field optimum r* = {shown} lies beyond the largest ratio simulated ({max(ratios)}): "
+            f"the closed-form integer choices are capped there; widen the range (--ratios 1:{min(wider, MAX_RATIO)})"
+        )
+    return out + replica_warnings(num_replicas)

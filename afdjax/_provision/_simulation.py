@@ -16,7 +16,7 @@ import numpy as np
 from .._engine import SimulationResult
 from .._latency import LatencyModel
 from .._workload import Workload
-from ._compare import ratios_within_2_stderr
+from ._compare import range_warnings, ratios_within_2_stderr, replica_warnings
 
 
 @dataclasses.dataclass
@@ -32,8 +32,8 @@ class SimulationReport:
       instance.
     - ``within_2_stderr``: the ratios within 2 paired standard errors of the best (best
       included; see :func:`afdjax.ratios_within_2_stderr`).
-    - ``warnings``: sentences on what limits the answer (the best ratio at the top of the
-      range simulated, no standard errors with one replica).
+    - ``warnings``: sentences on what limits the answer (the best ratio at the top or
+      the bottom of the range simulated, no standard errors with one replica).
     """
 
     result: SimulationResult
@@ -62,7 +62,8 @@ class SimulationReport:
     def to_dict(self) -> dict:
         """The JSON of ``afdjax simulate --json``: :meth:`SimulationResult.to_dict` plus
         ``best_ratio_throughput``, ``best_ratio_stderr``, ``ratios_within_2_stderr_of_best``,
-        ``theta_tokens``, ``slot_std_tokens`` and ``settings`` (non-finite numbers: None)."""
+        ``theta_tokens``, ``slot_std_tokens``, ``settings`` (non-finite numbers: None) and,
+        when there are any, ``warnings``."""
         out = self.result.to_dict()
         out.update(
             best_ratio_throughput=out["throughput_per_instance"][self.best_index],
@@ -72,6 +73,8 @@ class SimulationReport:
             slot_std_tokens=self.slot_std,
             settings=self.settings,
         )
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def format_text(self) -> str:
@@ -124,17 +127,7 @@ def simulation_report(
     base.update(settings or {})
     best = result.best_index()
     ratios = [int(r) for r in np.asarray(result.ratios).tolist()]
-    warnings = []
-    if len(ratios) > 1 and ratios[best] == max(ratios):
-        warnings.append(
-            f"the best ratio r = {ratios[best]} is the largest simulated: the peak may lie beyond it "
-            "(simulate larger ratios)"
-        )
-    if int(result.num_replicas) < 2:
-        warnings.append(
-            "with one replica there are no standard errors, so no ratio can be told apart from the "
-            "best (use 2 or more replicas)"
-        )
+    warnings = range_warnings(ratios, ratios[best], "best ratio") + replica_warnings(int(result.num_replicas))
     return SimulationReport(
         result=result,
         settings=base,

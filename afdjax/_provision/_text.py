@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 
 from .._step import as_step_model
+from .._validate import format_number as _num
+from ._compare import replica_note
 
 OBJECTIVE_UNITS = {
     "per_instance": "tokens / time unit / instance",
@@ -17,13 +19,13 @@ OBJECTIVE_UNITS = {
 
 def _fmt(x, digits: int = 4) -> str:
     """A number with ``digits`` significant digits; ``nan`` for None or NaN."""
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else _num(x, f".{digits}g")
 
 
 def _cell(value, width: int, spec: str) -> str:
     """A right-aligned table cell of ``width`` characters: ``value`` formatted with
     ``spec``, or ``-`` for a missing value (so columns stay aligned either way)."""
-    return ("-" if value is None else format(value, spec)).rjust(width)
+    return ("-" if value is None else _num(value, spec)).rjust(width)
 
 
 def _ranges(values: list[int]) -> str:
@@ -82,17 +84,25 @@ def provision_text(report, max_rows: int = 40) -> str:
         f"  best integer ratio  {br['ratio']:9d}   (continuous optimum {br['r_continuous']:.3f})",
         "",
         "Monte Carlo",
-        f"  best ratio          {sim['ratio']:9d}   throughput {sim['throughput']:.5g} +- {sim['stderr']:.2g}",
+        f"  best ratio          {sim['ratio']:9d}   throughput {sim['throughput']:.5g}"
+        + (f" +- {sim['stderr']:.2g}" if s["replicas"] >= 2 else ""),
     ]
     for nb in sim["neighbours"]:
+        if s["replicas"] < 2:
+            lines.append(
+                f"  vs r = {nb['ratio']:<4d}         better by {_num(nb['difference'], '.3g')} "
+                "(no standard error: it needs at least 2 replicas)"
+            )
+            continue
         verdict = "distinguishable" if abs(nb["z"]) > 2 else "NOT distinguishable"
         se = "0" if nb["stderr"] == 0 else f"{nb['stderr']:.2g}"
         lines.append(
-            f"  vs r = {nb['ratio']:<4d}         better by {nb['difference']:.3g} +- {se} "
-            f"(paired, common random numbers; z = {nb['z']:.1f}): {verdict}"
+            f"  vs r = {nb['ratio']:<4d}         better by {_num(nb['difference'], '.3g')} +- {se} "
+            f"(paired, common random numbers; z = {_num(nb['z'], '.1f')}): {verdict}"
         )
     near = [r for r in sim["within_2_stderr"] if r != sim["ratio"]]
-    lines.append("  within 2 paired standard errors of the best: " + (_ranges(near) if near else "none"))
+    if s["replicas"] >= 2:
+        lines.append("  within 2 paired standard errors of the best: " + (_ranges(near) if near else "none"))
     if report.idle_crossing is not None:
         lines.append(f"  attention and FFN idle fractions cross at r = {report.idle_crossing:.2f}")
     lines += ["", "Per ratio (throughput per instance; rel. err = prediction / simulated - 1)"]
@@ -126,7 +136,8 @@ def provision_text(report, max_rows: int = 40) -> str:
             tags.append("MF")
         lines.append(
             f"{row['ratio']:>4} {row['mean_field']:>11.5g} {row['barrier']:>9.5g} {row['simulated']:>10.5g} "
-            f"{row['stderr']:>9.2g} {100 * row['rel_err_mean_field']:>7.2f}% {100 * row['rel_err_barrier']:>7.2f}% "
+            f"{row['stderr']:>9.2g} {_num(100 * row['rel_err_mean_field'], '>7.2f')}% "
+            f"{_num(100 * row['rel_err_barrier'], '>7.2f')}% "
             f"{max(row['attention_idle_fraction'], 0.0):>9.3f} {max(row['ffn_idle_fraction'], 0.0):>8.3f}"
             + (f"  <- {', '.join(tags)}" if tags else "")
         )
@@ -154,6 +165,8 @@ def provision_text(report, max_rows: int = 40) -> str:
             else " (mean field, barrier model and simulation agree)."
         ),
     ]
+    note = replica_note(s["replicas"])
+    lines += ([note] if note else []) + [f"Warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
 
@@ -243,7 +256,8 @@ def constrained_text(report) -> str:
     per_s = rec["bundle_tokens_per_s"] / (rec["ratio"] + 1)
     lines.append(
         f"Recommendation: B = {rec['batch_size']}, r = {rec['ratio']} Attention instances per FFN instance: "
-        f"{rec['objective']:.5g} {unit} (+- {rec['objective_stderr']:.2g})"
+        f"{rec['objective']:.5g} {unit}"
+        + (f" (+- {rec['objective_stderr']:.2g})" if s.get("replicas", 2) >= 2 else "")
         + (f" = {per_s:,.0f} output tokens/s per instance" if c.num_layers else "")
         + (
             f", TPOT mean {rec['tpot_mean_ms']:.4g} ms / p99 {rec['tpot_p99_ms']:.4g} ms"
@@ -280,8 +294,9 @@ def _explain(row: dict) -> str:
     )
     if row["barrier_exceptions"]:
         worst = max(row["barrier_exceptions"], key=lambda e: abs(e["rel_err_barrier"]))
+        worst_pct = _num(100 * worst["rel_err_barrier"], "+.2f")
         parts.append(
-            f"{len(row['barrier_exceptions'])} ratio(s) beyond 2%: worst {100 * worst['rel_err_barrier']:+.2f}% at "
+            f"{len(row['barrier_exceptions'])} ratio(s) beyond 2%: worst {worst_pct}% at "
             f"r = {worst['ratio']} (per-instance load not Gaussian enough: heavy-tailed request lengths make the "
             "max over instances larger than the Gaussian predicts)"
         )
@@ -335,14 +350,15 @@ def _markdown(rows: list[dict], settings: dict) -> str:
             else "-"
         )
         crossing = f"{row['idle_crossing']:.2f}" if row["idle_crossing"] is not None else "-"
-        sim = f"{row['ratio_simulated']}" + ("" if row["simulated_distinguishable"] else " (tie)")
+        tie = not row["simulated_distinguishable"] and settings["replicas"] >= 2
+        sim = f"{row['ratio_simulated']}" + (" (tie)" if tie else "")
         lines.append(
             f"| {row['study']} | {row['label']} | {row['theta']:.0f} | {paper} | {row['r_star']:.3f}"
             + (f" ({row['r_star_pipeline']:.3f})" if row.get("r_star_pipeline") is not None else "")
             + " | "
             f"{row['regime']} | {row['ratio_mean_field']} | "
             f"{row['ratio_barrier']} ({row['r_barrier_continuous']:.2f}) | "
-            f"{sim} | {100 * row['rel_gap_r_star']:+.1f}% | {100 * row['loss_mean_field']:.2f}% | "
+            f"{sim} | {_num(100 * row['rel_gap_r_star'], '+.1f')}% | {100 * row['loss_mean_field']:.2f}% | "
             f"{100 * row['loss_barrier']:.2f}% | {crossing} | {100 * row['max_abs_rel_err_mean_field']:.2f}% | "
             f"{100 * row['max_abs_rel_err_barrier']:.2f}% |"
         )
@@ -363,6 +379,9 @@ def _markdown(rows: list[dict], settings: dict) -> str:
         (
             "- '(tie)' marks a simulated best that is not distinguishable from a neighbouring ratio (paired "
             "difference under 2 standard errors, common random numbers)."
+            if settings["replicas"] >= 2
+            else "- With one replica there are no standard errors (they need at least 2 replicas): no ratio is "
+            "marked '(tie)' and the 2% test has no error bar; use --replicas 2 or more."
         ),
     ]
     return "\n".join(lines)
@@ -411,16 +430,19 @@ def simulation_text(report) -> str:
     for i, r in enumerate(out["ratios"]):
         mark = "  <- best" if i == best else ""
         lines.append(
-            f"{r:>4}  {thr[i]:>15.5g}  {_fmt(se[i], 3):>9}  {out['attention_idle_fraction'][i]:>9.3f}  "
-            f"{out['ffn_idle_fraction'][i]:>8.3f}  {out['mean_cycle_time'][i]:>10.5g}  {p99[i]:>9.5g}"
+            f"{r:>4}  {_num(thr[i], '>15.5g')}  {_fmt(se[i], 3):>9}  "
+            f"{_num(out['attention_idle_fraction'][i], '>9.3f')}  "
+            f"{_num(out['ffn_idle_fraction'][i], '>8.3f')}  {_num(out['mean_cycle_time'][i], '>10.5g')}  "
+            f"{_num(p99[i], '>9.5g')}"
             + (f"  {max(out['pipeline_bubble_fraction'][i], 0.0):>6.3f}" if bubble else "")
             + mark
         )
+    error = f" +- {_fmt(se[best], 3)}" if s["replicas"] >= 2 else ""
     lines += [
         "",
         (
             f"Simulated throughput peaks at r = {out['ratios'][best]} "
-            f"({thr[best]:.5g} +- {_fmt(se[best], 3)} tokens per time unit per instance)."
+            f"({thr[best]:.5g}{error} tokens per time unit per instance)."
         ),
     ]
     others = [r for r in report.within_2_stderr if r != out["ratios"][best]]
@@ -430,5 +452,6 @@ def simulation_text(report) -> str:
         lines.append(f"Within 2 paired standard errors of the peak: r = {_ranges(others)}.")
     else:
         lines.append("No other ratio is within 2 paired standard errors of the peak.")
-    lines += [f"Warning: {w}" for w in report.warnings]
+    note = replica_note(s["replicas"])
+    lines += ([note] if note else []) + [f"Warning: {w}" for w in report.warnings]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from ._report import ProvisionReport, provision
 from ._text import _markdown
 
 # (study, label, mu_p, mu_d, B, r* reported by the paper, r* the paper's formula gives
-# with its published coefficients, per PAPER.md section 4)
+# with its published coefficients, per arXiv 2601.21351 section 4)
 PAPER_CONFIGS = (
     ("batch", "B=128, mu_p=100, mu_d=500", 100.0, 500.0, 128, 7.08, 7.22),
     ("batch", "B=256, mu_p=100, mu_d=500", 100.0, 500.0, 256, 9.34, 9.58),
