@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import afdjax
+import afdjax._step as step
 import afdjax._theory as theory
 from afdjax._cli._main import main
 from afdjax._engine import _sizing
@@ -171,16 +172,18 @@ def test_all_zero_latency_model_is_refused():
 
 
 def _theory_functions():
-    """Every public function of afdjax._theory that takes a batch size."""
-    for name in sorted(vars(theory)):
-        fn = getattr(theory, name)
-        if not name.startswith("_") and inspect.isfunction(fn) and "batch_size" in inspect.signature(fn).parameters:
-            yield name, fn
+    """Every public function of afdjax._theory and afdjax._step (the pipeline's closed
+    forms) that takes a batch size."""
+    for module in (theory, step):
+        for name in sorted(vars(module)):
+            fn = getattr(module, name)
+            if not name.startswith("_") and inspect.isfunction(fn) and "batch_size" in inspect.signature(fn).parameters:
+                yield name, fn
 
 
 def test_every_theory_function_refuses_batch_size_at_most_zero():
     wl, lat = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c")
-    values = dict(workload=wl, latency=lat, ratio=4.0, max_ratio=8, cycle_time=300.0)
+    values = dict(workload=wl, latency=lat, ratio=4.0, max_ratio=8, cycle_time=300.0, micro_batches=2)
     checked = []
     for name, fn in _theory_functions():
         params = inspect.signature(fn).parameters
@@ -189,7 +192,14 @@ def test_every_theory_function_refuses_batch_size_at_most_zero():
             with pytest.raises(ValueError, match=r"batch_size=.* is invalid: expected a finite number > 0"):
                 fn(**args)
         checked.append(name)
-    for name in ("mean_field_optimum", "mean_field_integer_ratio", "barrier_optimum", "mean_field_throughput"):
+    for name in (
+        "mean_field_optimum",
+        "mean_field_integer_ratio",
+        "barrier_optimum",
+        "mean_field_throughput",
+        "pipeline_cycle_time",
+        "pipeline_barrier_throughput",
+    ):
         assert name in checked
 
 

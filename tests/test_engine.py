@@ -206,7 +206,7 @@ def _cold_case():
 
 
 def _cold_expected_slot_load(mu_p, mu_d, W, K):
-    """Mean over steps k = W..W+K-1 of E[T_k]/B = mu_p + mu_d (1 - (1-p)^k) (PAPER.md s.2)."""
+    """Mean over steps k = W..W+K-1 of E[T_k]/B = mu_p + mu_d (1 - (1-p)^k) (arXiv 2601.21351 s.2)."""
     q = mu_d / (1.0 + mu_d)
     k = np.arange(W, W + K)
     return float(np.mean(mu_p + mu_d * (1 - q**k)))
@@ -929,7 +929,7 @@ def test_paper_baseline_closed_form_regimes(paper_baseline, paper_latency):
     t_f = 0.083 * 32 * B + 100.0
     assert thr[31] == pytest.approx(32 * B / (33 * t_f), rel=1e-12)
     assert float(res.ffn_idle_fraction[31]) == pytest.approx(0.0, abs=1e-12)
-    assert float(res.attention_idle_fraction[31]) > 0.6  # PAPER.md section 4 idle pattern
+    assert float(res.attention_idle_fraction[31]) > 0.6  # arXiv 2601.21351 section 4 idle pattern
     assert float(res.ffn_idle_fraction[0]) > 0.55
 
 

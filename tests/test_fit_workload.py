@@ -329,7 +329,7 @@ def test_unconstrained_round_trip():
 
 
 def test_geometric_stationary_index_is_the_papers_mu_d():
-    # PAPER.md section 2: for geometric D the stationary mean index is (1-p)/p.
+    # arXiv 2601.21351 section 2: for geometric D the stationary mean index is (1-p)/p.
     p = 0.004
     assert float(fw.GeometricDecode(p).stationary_mean_index()) == pytest.approx((1 - p) / p, rel=1e-12)
 
@@ -479,7 +479,7 @@ def test_theta_of_fitted_model_matches_plugin_on_independent_data():
     theta_true = 1.5 * 600 + stationary_index(m)
     assert abs(fit.theta_fit - theta_true) <= 4 * fit.theta_fit_stderr
     assert fit.theta_fit_stderr < se_np  # the parametric estimate is the sharper one
-    # Slot variance of the true model (PAPER.md formula, P independent of D).
+    # Slot variance of the true model (arXiv 2601.21351 formula, P independent of D).
     mean_p, second_p = 900.0, 1.5 * 600**2 + 900.0**2
     var_true = (m[0] * second_p + mean_p * (m[1] - m[0]) + (2 * m[2] - 3 * m[1] + m[0]) / 6) / m[0] - theta_true**2
     assert fit.slot_variance_fit == pytest.approx(var_true, rel=0.1)

@@ -16,7 +16,7 @@ COEF = dict(alpha_a=0.5, beta_a=3.0, alpha_f=0.25, beta_f=7.0, alpha_c=0.125, be
 
 
 def test_paper_preset_values(paper_latency):
-    # PAPER.md section 4 (arXiv 2601.21351, DeepSeek-V3 on Ascend 910C).
+    # arXiv 2601.21351 section 4 (DeepSeek-V3 on Ascend 910C).
     assert afdjax.PRESETS["paper-910c"] == PAPER
     for name, value in PAPER.items():
         assert float(getattr(paper_latency, name)) == value

@@ -105,7 +105,7 @@ def test_paper_configurations(paper_study):
         assert row["label"] == label
         # the report's mean-field r* against the paper's formula, to 1e-3 relative
         assert row["r_star"] == pytest.approx(hand_r_star(mu_p, mu_d, B), rel=1e-3)
-        assert row["r_star"] == pytest.approx(formula, abs=0.006)  # PAPER.md prints 2 decimals
+        assert row["r_star"] == pytest.approx(formula, abs=0.006)  # arXiv 2601.21351 prints 2 decimals
         # the paper's claim: simulated integer optimum within 10 % of r*, or explained
         if not row["within_10_percent"]:
             assert "cannot be met" in _explain(row) or "moving the optimum" in _explain(row)

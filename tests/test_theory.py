@@ -1,8 +1,8 @@
-"""Tests of the closed-form theory (``afdjax._theory``; PAPER.md sections 2-4).
+"""Tests of the closed-form theory (``afdjax._theory``; arXiv 2601.21351 sections 2-4).
 
 Every expected value here is computed independently of the code under test:
 
-* mean-field quantities by hand (the formulas of PAPER.md section 3, written out in
+* mean-field quantities by hand (the formulas of arXiv 2601.21351 section 3, written out in
   plain Python/NumPy below) and by brute-force search over fine grids;
 * the barrier integral ``integral_{z0}^inf (1 - Phi(x)^r) dx`` by ``scipy.integrate.quad``
   in float64 (integrand ``-expm1(r * scipy.stats.norm.logcdf(x))``), by the r = 1 closed
@@ -61,7 +61,7 @@ def lat_of(comm_scaling="batch", **overrides) -> LatencyModel:
 
 # ----------------------------------------------------------------- independent helpers
 def hand_stage_times(c: dict, comm_scaling: str, theta: float, B: float, r):
-    """(t_A_bar, t_C, t_F) by hand (PAPER.md section 1/3)."""
+    """(t_A_bar, t_C, t_F) by hand (arXiv 2601.21351 section 1/3)."""
     r = np.asarray(r, dtype=np.float64)
     t_a = c["alpha_a"] * B * theta + c["beta_a"]
     t_f = c["alpha_f"] * r * B + c["beta_f"]
@@ -121,13 +121,13 @@ def ref_barrier_cycle(G: float, mu: float, s: float, r: float) -> float:
 
 
 def hand_moments(c: dict, comm_scaling: str, theta: float, var: float, B: float, r: float):
-    """(G, mu_A, s) by hand (PAPER.md section 3, barrier refinement)."""
+    """(G, mu_A, s) by hand (arXiv 2601.21351 section 3, barrier refinement)."""
     t_a, t_c, t_f = hand_stage_times(c, comm_scaling, theta, B, r)
     return float(max(t_c, t_f)), float(t_a), float(c["alpha_a"] * math.sqrt(B * var))
 
 
 def geometric_moments_by_renewal_sum(mu_p, mu_d, var_p, d_max=400_000):
-    """Renewal-reward formulas of PAPER.md section 2 summed over a truncated geometric pmf.
+    """Renewal-reward formulas of arXiv 2601.21351 section 2 summed over a truncated geometric pmf.
 
     theta = E[D P + D(D-1)/2] / E[D] and
     sigma^2 = E[D P^2 + P D (D-1) + D(D-1)(2D-1)/6] / E[D] - theta^2, with P independent
@@ -172,7 +172,7 @@ def test_paper_baseline_hand_values(paper_latency):
     assert float(th.attention_time_mean_field(Geometric(mu_p, mu_d), paper_latency, B)) == pytest.approx(t_a, rel=1e-12)
 
 
-# (B, mu_p, mu_d, value printed in PAPER.md section 4, expected regime)
+# (B, mu_p, mu_d, value printed in arXiv 2601.21351 section 4, expected regime)
 SIX_CONFIGS = [
     (128, 100.0, 500.0, 7.22, "attention"),
     (256, 100.0, 500.0, 9.58, "attention"),
@@ -194,7 +194,7 @@ def test_paper_six_configurations(paper_latency, B, mu_p, mu_d, printed, regime)
     opt = th.mean_field_optimum(Geometric(mu_p, mu_d), paper_latency, B)
     assert float(opt.r_star) == pytest.approx(formula, rel=1e-3)
     assert float(opt.r_star) == pytest.approx(formula, rel=1e-12)
-    # PAPER.md prints two decimals. Note: 9.5745 is printed there as "9.58" (a double
+    # arXiv 2601.21351 prints two decimals. Note: 9.5745 is printed there as "9.58" (a double
     # rounding 9.5745 -> 9.575 -> 9.58); allow one unit in the last printed place.
     assert abs(float(opt.r_star) - printed) <= 0.01 + 1e-12
     assert opt.regime_name == regime

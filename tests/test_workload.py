@@ -36,7 +36,7 @@ def _np(x):
 
 
 def _plugin_with_se(P, D):
-    """Plug-in theta and sigma^2 of PAPER.md section 2 with delta-method standard errors.
+    """Plug-in theta and sigma^2 of arXiv 2601.21351 section 2 with delta-method standard errors.
 
     theta = sum a / sum D, m2 = sum b / sum D, sigma^2 = m2 - theta^2, with
     a = D P + D(D-1)/2 and b = D P^2 + P D (D-1) + D (D-1)(2D-1)/6; influence functions

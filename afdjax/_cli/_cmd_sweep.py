@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
+from ._files import check_output_dir
+
 
 def cmd_sweep(args) -> int:
+    check_output_dir(args.out)  # before JAX is imported or the grid is read
     from .._sweep._core import sweep
 
     try:

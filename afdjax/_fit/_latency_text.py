@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from .._hardware import latency_to_toml
+from .._validate import format_number
 from ._latency_lines import HUBER_EFFICIENCY_CONSTANT, MAD_TO_SIGMA
 from ._latency_observations import STAGES
 
@@ -34,7 +35,12 @@ def format_latency_fit(self) -> str:
         "",
         f"  {'coefficient':<12}{'estimate':>13}   {'bootstrap 95 % CI':<27}{'sandwich 95 % CI':<27}{'sandwich se':>11}",
     ]
-    fmt = lambda iv: "-" if not all(map(math.isfinite, iv)) else f"[{iv[0]:.5g}, {iv[1]:.5g}]"
+
+    def fmt(iv):
+        if not all(map(math.isfinite, iv)):
+            return "-"
+        return f"[{format_number(iv[0], '.5g')}, {format_number(iv[1], '.5g')}]"
+
     boot, sand, se = self.bootstrap_intervals, self.sandwich_intervals, self.standard_errors
     coefficients = self.latency.coefficients()
     for stage in STAGES:
@@ -47,7 +53,8 @@ def format_latency_fit(self) -> str:
                 tail = "   (at the >= 0 bound)"
             se_text = f"{se[name]:.3g}" if math.isfinite(se[name]) else "-"
             lines.append(
-                f"  {name:<12}{coefficients[name]:>13.6g}   {fmt(boot[name]):<27}{fmt(sand[name]):<27}"
+                f"  {name:<12}{format_number(coefficients[name], '>13.6g')}   "
+                f"{fmt(boot[name]):<27}{fmt(sand[name]):<27}"
                 f"{se_text:>11}{tail}"
             )
     lines += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._hardware import Deployment, deployment_to_toml
+from .._validate import format_number
 from ._holdout import HOLDOUT_EVERY
 
 
@@ -66,7 +67,7 @@ def format_profile(result) -> str:
         parts = []
         for x, e in zip(r.held_out[stage], errs):
             meas = lookup[int(x)]
-            parts.append(f"{int(x)}: {meas:.4g} -> {meas * (1 + e):.4g} ({100 * e:+.1f}%)")
+            parts.append(f"{int(x)}: {meas:.4g} -> {meas * (1 + e):.4g} ({format_number(float(100 * e), '+.1f')}%)")
         lines.append(f"    {stage}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 

@@ -67,11 +67,10 @@ class ProvisionReport:
     simulated (or beyond them), no standard errors with one replica."""
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (non-finite numbers become None). The ``warnings`` are
-        not part of it (the saved reference outputs fix its keys); ``afdjax provision
-        --json`` prints them on stderr."""
+        """A JSON-serialisable dict (non-finite numbers become None), with ``warnings``
+        when there are any (``afdjax provision --json`` also prints them on stderr)."""
 
-        return jsonable(
+        out = jsonable(
             {
                 "theta": self.theta,
                 "slot_variance": self.slot_variance,
@@ -92,6 +91,9 @@ class ProvisionReport:
                 "settings": self.settings,
             }
         )
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     # ------------------------------------------------------------------ typed views
     @property

@@ -62,7 +62,7 @@ import numpy as np
 
 from .._latency import LatencyModel
 from .._theory import as_float as _float
-from .._theory import attention_time_moments, expected_max_normal_excess
+from .._theory import attention_time_moments, check_batch_size, expected_max_normal_excess
 from .._theory import per_instance_throughput as _per_instance
 from .._workload import Workload
 
@@ -72,6 +72,7 @@ _UNROLL_MAX = 32  # prefix ops along the micro-batch axis are unrolled up to thi
 def micro_batch_sizes(batch_size: int, micro_batches: int) -> np.ndarray:
     """``(m,)`` int: slots per micro-batch, ``B_g = ceil((B - g) / m)`` (slot ``s`` is in
     group ``s % m``); they sum to ``B`` and differ by at most one."""
+    check_batch_size(batch_size)
     B, m = int(batch_size), int(micro_batches)
     return np.array([(B - g + m - 1) // m for g in range(m)], dtype=np.int64)
 
@@ -250,6 +251,7 @@ def pipeline_period(attention_time, comm_time, ffn_time, micro_batches) -> jax.A
 
 
 def _stage_times(workload, latency, batch_size, ratio, micro_batches):
+    check_batch_size(batch_size)
     B, r, m = _float(batch_size), _float(ratio), _float(micro_batches)
     per_group = B / m  # equal micro-batches (exact when m divides B)
     t_a = latency.attention_time(per_group * workload.theta())
