@@ -420,8 +420,10 @@ def test_cli_summary_json_and_errors(tmp_path, capsys):
     grid_file.write_text(toml_text(grid))
     assert main(["sweep", "--grid", str(grid_file), "--out", str(bad / "sub")]) == 2
     assert capsys.readouterr().err == (
-        f"afdjax: error: output folder {str(bad / 'sub')!r} cannot be created: Not a directory\n"
+        f"afdjax: error: cannot create --out {str(bad / 'sub')!r}: {str(bad)!r} is not a folder\n"
     )
+    with pytest.raises(ValueError, match=r"output folder '.*sub' cannot be created: Not a directory"):
+        afdjax.sweep(grid, bad / "sub")  # the library's own check
 
 
 def test_chunk_size_follows_the_memory_budget():
