@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
+from ._errors import set_interrupt_hint
+
 
 def cmd_sweep(args) -> int:
     from .._sweep._core import sweep
 
+    set_interrupt_hint(f"finished chunks are kept in {args.out}: run the same command again to resume")
     try:
         summary = sweep(
             args.grid,
