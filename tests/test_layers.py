@@ -14,7 +14,7 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "afdjax"
 
 LAYERS = (
-    ("leaves", {"_validate", "_json", "_random", "_plot"}),
+    ("leaves", {"_validate", "_json", "_random", "_plot", "_interrupt"}),
     ("model inputs", {"_workload", "_latency"}),
     ("closed forms", {"_theory"}),
     ("step models", {"_step"}),

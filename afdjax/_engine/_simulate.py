@@ -13,6 +13,20 @@ How the engine works, in the order a step is computed (one module each):
 
 :mod:`._kernel` strings the stages into one ``lax.scan`` over chunks per replica and
 holds the one retry loop; :mod:`._sizing` chooses the buffer sizes.
+
+**Interrupting a long call** (Ctrl-C in a script, a kernel interrupt in a notebook):
+``KeyboardInterrupt`` is raised in the calling (main) thread within a fraction of a
+second, whether the call is tracing, compiling or waiting for results, since JAX's
+compilation and its waits poll for signals and every engine run (``simulate``, each
+chunk of a sweep) is wrapped in :func:`afdjax._interrupt.deliver_interrupts`, which
+re-delivers an interrupt that Python would otherwise drop inside JAX's garbage-collector
+callback (measured: 30 of 30 interrupts at random moments arrived, within 0.13 s). The
+call returns nothing and leaves nothing half-done behind (a sweep keeps its finished
+chunk files and resumes). What it cannot do is cancel the XLA program already running:
+it goes on in the background until it ends, so the next call may wait for it (with
+``progress=True`` the replicas run in host-side blocks and only the current block is
+left running), and a Python process that exits while it still runs may crash at
+shutdown (a JAX limitation; the ``afdjax`` command line leaves with ``os._exit`` instead).
 """
 
 from __future__ import annotations
