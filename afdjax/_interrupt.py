@@ -4,11 +4,14 @@ In a notebook or a script, Ctrl-C (a kernel interrupt) raises ``KeyboardInterrup
 main thread at the next Python bytecode; JAX's compilation and its waits for results poll
 for signals, so a long :func:`afdjax.simulate` or :func:`afdjax.sweep` answers within a
 fraction of a second. But an interrupt that lands while the garbage collector runs JAX's
-callback (``_xla_gc_callback``), or a ``__del__`` method, is printed as ``Exception ignored
-in ...`` and dropped, and the call then runs to its end (measured: 5 of 40 interrupts
-during compilation). :func:`deliver_interrupts` closes that gap around the engine's runs:
-inside it, such an interrupt is delivered again 20 ms later, outside the callback, and
-one that was dropped anyway is raised when the block ends.
+callback (``_xla_gc_callback``), a ``__del__`` method or a weakref callback (``finalize``)
+is printed as ``Exception ignored in ...`` and dropped, and the call then runs to its end
+(measured: 5 of 40 interrupts during compilation). :func:`deliver_interrupts` closes that
+gap around the engine's runs: inside it, ``sys.unraisablehook`` catches such a dropped
+interrupt and SIGINT is sent again 20 ms later (by then outside the callback); one that
+was swallowed some other way is raised when the block ends. The ``KeyboardInterrupt`` that
+leaves the block carries a short traceback (the block and its callers, not the hundred
+frames inside JAX's tracing and compilation, which a notebook takes seconds to format).
 
 It changes nothing unless it runs in the main thread and SIGINT has Python's default
 handler (``signal.default_int_handler``, which Jupyter kernels also use while a cell
@@ -18,25 +21,16 @@ runs); the command line installs its own handlers (``afdjax._cli._signals``).
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
+import sys
 import threading
 
 REDELIVER_S = 0.02
 
 _depth = 0
 _pending = False
-
-
-def _in_ignoring_context(frame) -> bool:
-    """Whether an exception raised in ``frame`` would be printed and dropped."""
-    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+_previous_unraisablehook = None
 
 
 def _redeliver(signum: int) -> None:
@@ -44,14 +38,20 @@ def _redeliver(signum: int) -> None:
         os.kill(os.getpid(), signum)
 
 
-def _handler(signum, frame) -> None:
-    global _pending
-    _pending = True
-    if _in_ignoring_context(frame):
-        timer = threading.Timer(REDELIVER_S, _redeliver, (signum,))
+def _unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` inside the block: an interrupt that Python is about to drop
+    (raised in a gc callback, a ``__del__``, a weakref callback) is sent again in a moment."""
+    if _depth and _pending and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        timer = threading.Timer(REDELIVER_S, _redeliver, (signal.SIGINT,))
         timer.daemon = True
         timer.start()
         return
+    (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
+def _handler(signum, frame) -> None:
+    global _pending
+    _pending = True
     raise KeyboardInterrupt
 
 
@@ -59,7 +59,7 @@ def _handler(signum, frame) -> None:
 def deliver_interrupts():
     """Within the block, a SIGINT always ends it with ``KeyboardInterrupt`` (see the module
     docstring). Re-entrant; a no-op outside the main thread or under a custom handler."""
-    global _depth, _pending
+    global _depth, _pending, _previous_unraisablehook
     if threading.current_thread() is not threading.main_thread() or (
         _depth == 0 and signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
@@ -67,14 +67,28 @@ def deliver_interrupts():
         return
     if _depth == 0:
         _pending = False
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
         signal.signal(signal.SIGINT, _handler)
     _depth += 1
     try:
-        yield
-        if _depth == 1 and _pending:  # an interrupt was dropped after all: raise it now
+        try:
+            yield
+        except KeyboardInterrupt as err:
+            if _depth > 1:
+                raise
+            # A fresh, short traceback (from here up to the caller): the frames inside JAX
+            # say nothing to the user, and IPython takes seconds to format their hundred;
+            # dropping them also frees what they hold (a notebook keeps the last error).
+            err.__traceback__ = None
+            raise KeyboardInterrupt from None
+        if _depth == 1 and _pending:  # an interrupt was swallowed after all: raise it now
             raise KeyboardInterrupt
     finally:
         _depth -= 1
         if _depth == 0:
             _pending = False
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if sys.unraisablehook is _unraisable:
+                sys.unraisablehook = _previous_unraisablehook
+            _previous_unraisablehook = None
