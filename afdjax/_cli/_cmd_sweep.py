@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ._errors import set_interrupt_hint
 from ._files import check_output_dir
 
 
@@ -12,6 +13,7 @@ def cmd_sweep(args) -> int:
     check_output_dir(args.out)  # before JAX is imported or the grid is read
     from .._sweep._core import sweep
 
+    set_interrupt_hint(f"finished chunks are kept in {args.out}: run the same command again to resume")
     try:
         summary = sweep(
             args.grid,

@@ -1,10 +1,14 @@
 """The ``afdjax`` command line: a thin host-side shell around the library.
 
 Layout: ``_parser`` (argument types and every command's options), ``_errors`` (one-line
-errors and exit codes), ``_files`` (output paths), and one module per command group:
+errors and exit codes), ``_signals`` (SIGINT and SIGTERM: one line, exit code 130 / 143),
+``_files`` (output paths), and one module per command group:
 ``_cmd_simulate``, ``_cmd_provision`` (provision, verify), ``_cmd_hardware`` (hardware,
 profile), ``_cmd_fit`` and ``_cmd_sweep``. Every number and decision a command prints
 comes from a library call; the commands parse, call and print.
+
+Nothing here imports JAX at module import time: the commands import the library inside
+their functions, so ``--help``, ``--version`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from ._cmd_hardware import cmd_hardware, cmd_profile
 from ._cmd_provision import cmd_provision, cmd_verify
 from ._cmd_simulate import cmd_simulate
 from ._cmd_sweep import cmd_sweep
-from ._errors import CliError, one_line_warning, run_guarded
+from ._errors import CliError, one_line_warning, run_guarded, set_interrupt_hint
 from ._parser import build_parser, parse_batch_sizes, parse_ratios
+from ._signals import exit_on_signals
 
 __all__ = ["CliError", "build_parser", "main", "parse_batch_sizes", "parse_ratios"]
 
@@ -32,11 +37,21 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, handle_signals: bool | None = None) -> int:
     """The ``afdjax`` console entry point: run one command, return its exit code
-    (0 success, 2 user error, 1 internal error, 130 interrupted)."""
+    (0 success, 2 user error, 1 internal error, 130 interrupted).
+
+    ``handle_signals`` (default: ``argv is None``, i.e. when run as the program): SIGINT
+    and SIGTERM end the process at once with one line and exit code 130 / 143
+    (:mod:`._signals`). In-process calls with an argument list keep Python's own
+    ``KeyboardInterrupt``, reported as one line and 130."""
+    if handle_signals is None:
+        handle_signals = argv is None
+    if handle_signals:
+        exit_on_signals()  # first, before anything imports JAX
     import warnings
 
+    set_interrupt_hint(None)
     parser = build_parser()
     previous, warnings.showwarning = warnings.showwarning, one_line_warning
     try:

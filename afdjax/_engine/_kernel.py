@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._interrupt import deliver_interrupts
 from ._config import EngineConfig
 from ._draws import draw_requests, initial_slots, slot_streams
 from ._loads import chunk_loads
@@ -159,22 +160,26 @@ def rerun_on_overflow(run, sizes: dict, *, who: str = "afdjax.simulate", warn: b
     out); ``sizes`` is updated in place, so later calls start from the larger buffer.
     Under tracing (``covered`` a tracer) no rerun is possible: the output carries an
     ``eqx.error_if`` instead. Returns ``out``.
+
+    Every engine run (``simulate``, each sweep chunk) goes through here, so this is also
+    where a Ctrl-C is made certain to arrive (:func:`afdjax._interrupt.deliver_interrupts`).
     """
-    while True:
-        out, covered = run(sizes)
-        if _traced(covered):
-            return eqx.error_if(
-                out, ~jnp.all(covered), f"{who}: requests_per_chunk was too small for this run; increase it"
-            )
-        if bool(np.all(np.asarray(covered))):
-            return out
-        if sizes["requests_per_chunk"] > sizes["chunk_steps"]:  # cannot happen: D >= 1
-            raise RuntimeError(f"{who}: internal error, request buffer cannot cover a chunk")
-        if warn:
-            warnings.warn(
-                f"{who}: requests_per_chunk={sizes['requests_per_chunk']} ran out in some chunk; "
-                "rerunning with twice the buffer (same random numbers)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        sizes["requests_per_chunk"] = min(2 * sizes["requests_per_chunk"], sizes["chunk_steps"] + 1)
+    with deliver_interrupts():
+        while True:
+            out, covered = run(sizes)
+            if _traced(covered):
+                return eqx.error_if(
+                    out, ~jnp.all(covered), f"{who}: requests_per_chunk was too small for this run; increase it"
+                )
+            if bool(np.all(np.asarray(covered))):
+                return out
+            if sizes["requests_per_chunk"] > sizes["chunk_steps"]:  # cannot happen: D >= 1
+                raise RuntimeError(f"{who}: internal error, request buffer cannot cover a chunk")
+            if warn:
+                warnings.warn(
+                    f"{who}: requests_per_chunk={sizes['requests_per_chunk']} ran out in some chunk; "
+                    "rerunning with twice the buffer (same random numbers)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            sizes["requests_per_chunk"] = min(2 * sizes["requests_per_chunk"], sizes["chunk_steps"] + 1)

@@ -13,6 +13,23 @@ How the engine works, in the order a step is computed (one module each):
 
 :mod:`._kernel` strings the stages into one ``lax.scan`` over chunks per replica and
 holds the one retry loop; :mod:`._sizing` chooses the buffer sizes.
+
+**Interrupting a long call** (Ctrl-C in a script, a kernel interrupt in a notebook):
+``KeyboardInterrupt`` is raised in the calling (main) thread within a fraction of a
+second, whether the call is tracing, compiling or waiting for results, since JAX's
+compilation and its waits poll for signals and every engine run (``simulate``, each
+chunk of a sweep) is wrapped in :func:`afdjax._interrupt.deliver_interrupts`, which
+re-delivers an interrupt that Python would otherwise drop inside JAX's garbage-collector
+callback, and gives the ``KeyboardInterrupt`` a short traceback that a notebook shows at
+once (measured on 2 loaded cores, interrupts at random moments: in a script 40 of 40
+arrived, within 0.19 s; in a Jupyter kernel 24 of 24, the cell ending 0.35-1.35 s after
+the interrupt, where before 1 of 12 was dropped and cells took up to 11 s to end).
+The call returns nothing and leaves nothing half-done behind (a sweep keeps its finished
+chunk files and resumes). What it cannot do is cancel the XLA program already running:
+it goes on in the background until it ends, so the next call may wait for it (with
+``progress=True`` the replicas run in host-side blocks and only the current block is
+left running), and a Python process that exits while it still runs may crash at
+shutdown (a JAX limitation; the ``afdjax`` command line leaves with ``os._exit`` instead).
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._interrupt import deliver_interrupts
 from .._latency import LatencyModel
 from .._step import as_step_model
 from .._validate import check_int
@@ -153,12 +171,13 @@ def simulate(
         num_bins=num_bins,
         step_model=model,
     )
-    sizes = plan_sizes(workload, base, chunk_steps, requests_per_chunk, replica_batch_size, memory_budget_bytes)
-    key_words = jax.random.bits(key, (2,), dtype=jnp.uint32)
-    show = bool(progress) and not _traced((workload, latency))
+    with deliver_interrupts():  # a Ctrl-C from here on is never dropped (see the module docstring)
+        sizes = plan_sizes(workload, base, chunk_steps, requests_per_chunk, replica_batch_size, memory_budget_bytes)
+        key_words = jax.random.bits(key, (2,), dtype=jnp.uint32)
+        show = bool(progress) and not _traced((workload, latency))
 
-    def run(sizes):
-        return run_engine(key_words, workload, latency, levels, EngineConfig(**base, **sizes, progress=show))
+        def run(sizes):
+            return run_engine(key_words, workload, latency, levels, EngineConfig(**base, **sizes, progress=show))
 
-    result = rerun_on_overflow(run, sizes)
-    return select_ratios(result, np.asarray(ratio_list, dtype=np.int32) - 1)
+        result = rerun_on_overflow(run, sizes)
+        return select_ratios(result, np.asarray(ratio_list, dtype=np.int32) - 1)
