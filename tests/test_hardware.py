@@ -594,6 +594,7 @@ def test_profiled_moe_matches_a_per_token_reference(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow  # a subprocess with two host devices; the single-device profile runs by default
 def test_profile_device_to_device_with_two_host_devices(tmp_path):
     """With two devices the communication stage is a device-to-device copy (two XLA host
     devices in a subprocess, since the device count is fixed at JAX start-up)."""

@@ -121,18 +121,22 @@ def _f(x):
     return np.asarray(x, dtype=float).tolist()
 
 
-def python_outputs() -> dict:
-    """Float64 results of public Python calls (call with x64 enabled)."""
-    import jax
-    import jax.numpy as jnp
-
+def _inputs():
     import afdjax
 
-    assert jnp.zeros(()).dtype == jnp.float64, "enable x64 first"
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     geo = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
     logn = afdjax.Geometric(mu_p=300.0, mu_d=200.0, prefill="lognormal", prefill_sigma=1.0)
     trace = afdjax.load_trace("azure-conv")
+    return lat, geo, logn, trace
+
+
+def _closed_forms() -> dict:
+    import jax.numpy as jnp
+
+    import afdjax
+
+    lat, geo, logn, trace = _inputs()
     out = {}
     mf = afdjax.mean_field_optimum(geo, lat, 256)
     out["mean_field_optimum"] = {
@@ -147,7 +151,17 @@ def python_outputs() -> dict:
     out["pipeline_barrier_throughput"] = _f(afdjax.pipeline_barrier_throughput(geo, lat, 256, r, 3))
     out["theta"] = [_f(w.theta()) for w in (geo, logn, trace)]
     out["slot_variance"] = [_f(w.slot_variance()) for w in (geo, logn, trace)]
+    out["derive_latency"] = afdjax.derive_latency("h100", "deepseek-v3").latency.coefficients()
+    return out
 
+
+def _simulations() -> dict:
+    import jax
+
+    import afdjax
+
+    lat, geo, logn, trace = _inputs()
+    out = {}
     key = jax.random.key(7)
     for name, kwargs in {
         "simulate_geometric": dict(workload=geo, batch_size=32, ratios=range(1, 13)),
@@ -158,7 +172,19 @@ def python_outputs() -> dict:
     }.items():
         res = afdjax.simulate(key, latency=lat, num_steps=300, num_replicas=3, **kwargs)
         out[name] = res.to_dict()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rep = afdjax.provision(jax.random.key(5), trace, lat, 64, ratios=range(1, 17), num_steps=300, num_replicas=4)
+    out["provision"] = json.loads(json.dumps(rep.to_dict()))
+    return out
 
+
+def _gradients() -> dict:
+    import jax
+
+    import afdjax
+
+    lat, geo, logn, _ = _inputs()
+    out = {}
     g = afdjax.throughput_gradients(jax.random.key(3), geo, lat, 64, 9.0, num_steps=300, num_replicas=4)
     out["throughput_gradients"] = jax.tree_util.tree_map(
         _f,
@@ -176,16 +202,37 @@ def python_outputs() -> dict:
             jax.random.key(4), logn, lat, 32, 5.5, num_steps=300, num_replicas=3, max_ratio=8, **buffers
         )
     )
+    return out
+
+
+def _fits() -> dict:
+    import afdjax
+
+    out = {}
     fit = afdjax.fit_trace("azure-conv")
     out["fit_trace"] = json.loads(json.dumps(fit.to_dict()))
     lat_fit = afdjax.fit_latency(
         str(pathlib.Path(afdjax.__file__).parent / "data" / "example_step_latency.csv"), n_bootstrap=20, seed=1
     )
     out["fit_latency"] = json.loads(json.dumps(lat_fit.to_dict()))
-    out["derive_latency"] = afdjax.derive_latency("h100", "deepseek-v3").latency.coefficients()
-    with contextlib.redirect_stdout(io.StringIO()):
-        rep = afdjax.provision(jax.random.key(5), trace, lat, 64, ratios=range(1, 17), num_steps=300, num_replicas=4)
-    out["provision"] = json.loads(json.dumps(rep.to_dict()))
+    return out
+
+
+PYTHON_GROUPS = {"closed_forms": _closed_forms, "simulations": _simulations, "gradients": _gradients, "fits": _fits}
+"""The float64 cases in groups (each group's keys are its own), so a test can run them apart."""
+
+
+def python_outputs(groups=None) -> dict:
+    """Float64 results of public Python calls (call with x64 enabled): every group, or the
+    named ones."""
+    import jax.numpy as jnp
+
+    import afdjax
+
+    assert jnp.zeros(()).dtype == jnp.float64, "enable x64 first"
+    out = {}
+    for name in groups or PYTHON_GROUPS:
+        out.update(PYTHON_GROUPS[name]())
     root = str(pathlib.Path(afdjax.__file__).resolve().parent.parent)
     return json.loads(json.dumps(out).replace(root, "<repo>"))
 
