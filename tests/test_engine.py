@@ -799,6 +799,7 @@ _F32_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a long float32 horizon in a subprocess
 def test_float32_matches_float64_long_horizon(paper_latency):
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -974,6 +975,7 @@ def test_unrolled_threefry_is_bit_exact():
 
 
 # ============================================================ progress bar
+@pytest.mark.slow  # four runs in replica blocks
 def test_progress_bar_counts_every_replica_step_and_changes_nothing(monkeypatch):
     """simulate(progress=True): replicas run in host-side blocks that feed a tqdm bar whose
     total is replicas x chunks x chunk length; the numbers are those of progress=False."""

@@ -432,6 +432,7 @@ def test_bundled_example_is_the_documented_synthetic_process(tmp_path):
         fit_latency(path, n_bootstrap=0, loss="l2")
 
 
+@pytest.mark.slow  # bootstrap chunking at several chunk sizes
 def test_bootstrap_chunks_and_bound():
     """Replicates do not depend on how they are chunked (chunks whose lines are all feasible
     skip the face problems), and every replicate satisfies a, b >= 0."""

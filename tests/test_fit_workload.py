@@ -536,7 +536,7 @@ def _bundled_fit(name):
     return fw.fit_trace(name)
 
 
-@pytest.mark.parametrize("name", TRACES)
+@pytest.mark.parametrize("name", [*TRACES[:2], pytest.param(TRACES[2], marks=pytest.mark.slow)])
 def test_bundled_traces_theta_fit_vs_plugin(name):
     prefill, output = afdjax.read_trace(name)
     fit = _bundled_fit(name)

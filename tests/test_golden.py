@@ -46,7 +46,11 @@ def _saved():
     return json.loads(GOLDEN.read_text())
 
 
-@pytest.mark.parametrize("group", sorted(PYTHON_GROUPS))
+@pytest.mark.parametrize(
+    "group",
+    # the fits group (every family on a 19k-row trace, a bootstrap) is the slowest: -m slow
+    [pytest.param(g, marks=pytest.mark.slow) if g == "fits" else g for g in sorted(PYTHON_GROUPS)],
+)
 def test_python_float64_bit_for_bit(group):
     fresh = python_outputs([group])
     saved = {k: v for k, v in _saved()["python_float64"].items() if k in fresh}

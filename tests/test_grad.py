@@ -139,6 +139,7 @@ def test_optimise_ratio_derivative_vanishes():
     assert float(opt.ratio) == pytest.approx(float(bo.r_continuous), abs=1e-3)
 
 
+@pytest.mark.slow  # a compile-count property, several shapes
 def test_optimise_ratio_compiles_once_per_shape():
     """Acceptance (issue 10): a second call with new coefficients, workload parameters,
     start and learning rate (same batch size, max_ratio and num_steps) compiles nothing.

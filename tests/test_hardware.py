@@ -466,6 +466,7 @@ def test_profile_tiny_end_to_end(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.slow  # a second end-to-end profile (dense GQA)
 def test_profile_dense_gqa_keeps_comm_defaults(tmp_path, capsys, paper_latency):
     r = afdjax.profile_hardware("llama-3.1-70b", comm="defaults", defaults="paper-910c", **TINY)
     assert "comm" not in r.measurements and r.fit.stages["comm"].source == "defaults"

@@ -97,6 +97,7 @@ def paper_study(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow  # six paper configurations, 2000 steps x 8 replicas each
 def test_paper_configurations(paper_study):
     out, summary = paper_study
     rows = summary["rows"]
@@ -144,6 +145,7 @@ def test_provision_cli_json_and_plot(capsys, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # a trace provision through the CLI; test_cli covers the text
 def test_provision_cli_text_on_trace(capsys):
     code = main(["provision", "--workload", "trace:azure-conv", "--steps", "800", "--replicas", "4"])
     out, err = capsys.readouterr()

@@ -364,6 +364,7 @@ def test_grid_schema_expansion(tmp_path):
     assert all(grp.micro_batches == 1 for grp in g.groups)
 
 
+@pytest.mark.slow  # pipelined and trace sweeps; test_points_equal_simulate covers the sweep
 def test_micro_batches_and_traces_run(tmp_path):
     """micro_batches is a static axis (one group per value) that reaches the engine's
     pipeline; trace workloads are shared, unbatched leaves."""
