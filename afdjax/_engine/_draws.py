@@ -43,6 +43,16 @@ def slot_streams(key_words, replica_id, max_ratio: int, batch_size: int) -> Slot
     return SlotStreams(k1, k2)
 
 
+def initial_jump_weights(streams: SlotStreams, workload, start: str, state: SlotState):
+    """``(age, remaining)`` value-zero jump surrogates of the requests in the slots at step
+    0 (coupled decode estimator, :mod:`._jumps`); the same bits as :func:`initial_slots`."""
+    k1, k2 = streams.k1, streams.k2
+    if start == "stationary":
+        b0, b1 = _hash(k1, k2, 0, 0), _hash(k1, k2, 0, 1)
+        return workload._stationary_jump_weights((b0[0], b0[1], b1[0], b1[1]), state.decode, state.index)
+    return jnp.zeros(state.decode.shape, jnp.zeros(()).dtype), workload._decode_jump_weight(state.decode)
+
+
 def initial_slots(streams: SlotStreams, workload, start: str):
     """``(SlotState, log_prob)``: the requests in the slots at step 0 and the log-likelihood
     of their decode lengths summed per instance (``(r_max,)``, the score-function carrier)."""

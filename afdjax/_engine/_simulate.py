@@ -51,6 +51,7 @@ def simulate(
     micro_batches: int | None = None,
     step_model=None,
     progress: bool = False,
+    decode_jumps: bool = False,
 ) -> SimulationResult:
     """Monte Carlo simulation of the saturated rA-1F decode process.
 
@@ -102,6 +103,9 @@ def simulate(
       simulated replica-steps. The replicas then run in host-side blocks of
       ``replica_batch_size`` and the bar advances after each block; the numbers are
       those of ``progress=False`` (ignored when tracing under ``jit``/``grad``/``vmap``).
+    - ``decode_jumps``: also compute ``SimulationResult.decode_jump``, the coupled
+      estimator's term for decode-length gradients (value 0; see
+      :func:`afdjax.expected_throughput`). Costs about one more forward; no number changes.
 
     **Returns:** a :class:`SimulationResult`.
 
@@ -158,7 +162,8 @@ def simulate(
     show = bool(progress) and not _traced((workload, latency))
 
     def run(sizes):
-        return run_engine(key_words, workload, latency, levels, EngineConfig(**base, **sizes, progress=show))
+        cfg = EngineConfig(**base, **sizes, progress=show)
+        return run_engine(key_words, workload, latency, levels, cfg, bool(decode_jumps))
 
     result = rerun_on_overflow(run, sizes)
     return select_ratios(result, np.asarray(ratio_list, dtype=np.int32) - 1)
