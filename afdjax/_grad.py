@@ -90,7 +90,7 @@ def decode_jumps_for(workload: Workload, decode_estimator: str) -> bool:
         )
     if decode_estimator != "coupled":
         return False
-    return workload._decode_jump_weight(jnp.ones((1,), jnp.int32)) is not None
+    return workload._has_decode_jumps()
 
 
 def throughput_estimate(result: SimulationResult) -> jax.Array:

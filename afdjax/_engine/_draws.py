@@ -50,7 +50,7 @@ def initial_jump_weights(streams: SlotStreams, workload, start: str, state: Slot
     if start == "stationary":
         b0, b1 = _hash(k1, k2, 0, 0), _hash(k1, k2, 0, 1)
         return workload._stationary_jump_weights((b0[0], b0[1], b1[0], b1[1]), state.decode, state.index)
-    return jnp.zeros(state.decode.shape, jnp.zeros(()).dtype), workload._decode_jump_weight(state.decode)
+    return jnp.zeros(state.decode.shape, jnp.zeros(()).dtype), workload._fresh_jump_weight(b0[0], b0[1], state.decode)
 
 
 def initial_slots(streams: SlotStreams, workload, start: str):
@@ -71,9 +71,13 @@ def initial_slots(streams: SlotStreams, workload, start: str):
     return state, log_prob.astype(fdtype)
 
 
-def draw_requests(streams: SlotStreams, next_request, workload, count: int):
-    """The next ``count`` requests of every slot: ``(prefill, decode)``, ``(r_max, B, count)``."""
+def draw_requests(streams: SlotStreams, next_request, workload, count: int, jumps: bool = False):
+    """The next ``count`` requests of every slot: ``(prefill, decode)``, ``(r_max, B, count)``,
+    and with ``jumps`` their coupled-estimator jump surrogates (:mod:`._jumps`) third."""
     offsets = jnp.arange(count, dtype=jnp.uint32)
     bits = _hash(streams.k1[..., None], streams.k2[..., None], next_request[..., None] + offsets, 0)
     prefill, decode = workload._fresh(bits[0], bits[1])
+    if jumps:
+        weight = workload._fresh_jump_weight(bits[0], bits[1], decode).astype(jnp.zeros(()).dtype)
+        return prefill.astype(jnp.zeros(()).dtype), decode, weight
     return prefill.astype(jnp.zeros(()).dtype), decode

@@ -45,7 +45,8 @@ def replica_sums(
 
     def chunk(carry, c):
         slots, timing_state, stats, jstate = carry
-        new_prefill, new_decode = draw_requests(streams, slots.next_request, workload, M)  # 1. draws
+        drawn = draw_requests(streams, slots.next_request, workload, M, jumps)  # 1. draws
+        new_prefill, new_decode = drawn[:2]
         next_slots, loads = chunk_loads(slots, new_prefill, new_decode, model.slot_groups(), L)  # 2. loads
         # Score-function carrier: log-likelihood of the decode lengths of every request
         # that started in this chunk (one sum per instance).
@@ -54,7 +55,7 @@ def replica_sums(
         measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
         group_load, jump_time = loads.group_load, jnp.zeros(rmax, fdtype)
         if jumps:  # 2b. coupled decode-length jumps (gradients only; value 0)
-            new_weight = workload._decode_jump_weight(new_decode).astype(fdtype)
+            new_weight = drawn[2]
             jstate, cj = chunk_jumps(jstate, loads.starts, loads.jump, new_weight, model.slot_groups(), L)
             if exact_jumps:
                 jump_time = barrier_jump_time(

@@ -104,6 +104,16 @@ class Workload(eqx.Module):
         ``None``: the family has no such estimator (the score function is used)."""
         return None
 
+    def _fresh_jump_weight(self, bits_d: jax.Array, bits_p: jax.Array, decode: jax.Array):
+        """:meth:`_decode_jump_weight` of the fresh requests drawn from ``(bits_d, bits_p)``
+        (the same bits as :meth:`_fresh`), for families whose jump rate depends on more
+        than the drawn length (:class:`~afdjax.Empirical`'s ``decode_scale``)."""
+        return self._decode_jump_weight(decode)
+
+    def _has_decode_jumps(self) -> bool:
+        """Whether the coupled decode estimator applies (else the score function)."""
+        return self._decode_jump_weight(jnp.ones((1,), jnp.int32)) is not None
+
     def _stationary_jump_weights(self, bits, decode, index):
         """``(age, remaining)`` value-zero surrogates of the stationary slot's two jump
         kinds: the index grows by one (load +1 while the request lasts) or the remaining
