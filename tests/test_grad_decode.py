@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 
 import afdjax
-from afdjax import FittedWorkload, Geometric, LatencyModel
+from afdjax import Empirical, FittedWorkload, Geometric, LatencyModel
+from afdjax._random import uniform_int
 from afdjax._workload import ExponentialPrefill, LogNormalDecode
 
+_RNG = np.random.default_rng(0)
+TRACE_D = _RNG.integers(1, 12, 50)
+TRACE_P = _RNG.exponential(20.0, 50)
 LINEAR = LatencyModel(alpha_a=1.0, beta_a=0.0, alpha_f=0.0, beta_f=0.0, alpha_c=0.0, beta_c=0.0)
 
 
@@ -34,7 +38,21 @@ def _time_derivative(workload, param, B, steps, reps, seed):
     "workload, param, exact",
     [
         # theta = mu_p + mu_d: d E[time] / d mu_d = steps * B * alpha_a exactly (stationary start)
-        (Geometric(20.0, 6.0), lambda w, s: Geometric(20.0, 6.0 * s), None),
+        pytest.param(
+            Geometric(20.0, 6.0), lambda w, s: Geometric(20.0, 6.0 * s), None, marks=pytest.mark.slow
+        ),  # geometric is covered by default in the CRN-differences test below
+        # decode lengths x (1 + s) at s = 0.15 (d/ds), and at s = 0 (the right derivative)
+        (
+            Empirical(TRACE_P, TRACE_D, decode_scale=0.15),
+            lambda w, x: Empirical(TRACE_P, TRACE_D, decode_scale=0.15 + (x - 1.0)),
+            None,
+        ),
+        pytest.param(
+            Empirical(TRACE_P, TRACE_D),
+            lambda w, x: Empirical(TRACE_P, TRACE_D, decode_scale=x - 1.0),
+            None,
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             FittedWorkload(LogNormalDecode(1.5, 0.6), ExponentialPrefill(20.0)),
             lambda w, s: FittedWorkload(LogNormalDecode(1.5 * s, 0.6), ExponentialPrefill(20.0)),
@@ -42,19 +60,44 @@ def _time_derivative(workload, param, B, steps, reps, seed):
             marks=pytest.mark.slow,  # ~30 s: compiling the lognormal stationary sampler under jacfwd
         ),
     ],
-    ids=["geometric", "lognormal"],
+    ids=["geometric", "empirical-scale", "empirical-scale-0", "lognormal"],
 )
 def test_renewal_reward_theta_derivative(workload, param, exact):
     """One instance, linear step time ``sum_s load_s``: E[time] = steps * B * theta at every
     run length (stationary start), so the coupled estimate of d E[time]/d theta-parameter
     must average to ``steps * B * d theta`` (closed form / exact moments by autodiff)."""
-    B, steps, reps = 4, 300, 64
+    B, steps, reps = (4, 1000, 512) if isinstance(workload, Empirical) else (4, 300, 64)
     d_theta = float(jax.grad(lambda s: param(workload, s).theta())(1.0))
     target = steps * B * d_theta
     g = _time_derivative(workload, param, B, steps, reps, seed=5)
     se = g.std(ddof=1) / math.sqrt(len(g))
     assert abs(g.mean() - target) <= 4 * se, (g.mean(), target, se)
     assert se < 0.35 * abs(target)  # informative (small runs: the end-of-run term dominates)
+
+
+def test_empirical_scale_zero_draws_the_trace_bit_for_bit():
+    """decode_scale = 0 draws exactly the rows and lengths of the unscaled sampler (the
+    fraction V comes from the same 64-bit product, no extra draw); s != 0 scales the mean."""
+    bits = jax.random.bits(jax.random.key(0), (4, 4096), dtype=jnp.uint32)
+    w = Empirical(TRACE_P, TRACE_D)
+    d = jnp.asarray(TRACE_D, jnp.int32)
+    row = uniform_int(bits[0], bits[1], len(TRACE_D))
+    prefill, decode = w._fresh(bits[0], bits[1])
+    assert np.array_equal(np.asarray(decode), np.asarray(d[row]))
+    assert np.array_equal(np.asarray(prefill), np.asarray(w.prefill_tokens[row]))
+    cum = jnp.cumsum(d)
+    srow = jnp.searchsorted(cum, uniform_int(bits[0], bits[1], cum[-1]), side="right")
+    _, sdec, sidx = w._stationary(tuple(bits))
+    assert np.array_equal(np.asarray(sdec), np.asarray(d[srow]))
+    assert np.array_equal(np.asarray(sidx), np.asarray(uniform_int(bits[2], bits[3], d[srow])))
+    assert w.describe() == "empirical (50 requests)"
+    scaled = Empirical(TRACE_P, TRACE_D, decode_scale=0.1)
+    assert scaled.describe() == "empirical (50 requests, decode x 1.1)"
+    _, dec = scaled._fresh(bits[0], bits[1])
+    assert np.all(np.abs(np.asarray(dec) - 1.1 * np.asarray(d[row])) < 1.0)
+    assert float(scaled.mean_decode_steps()) == pytest.approx(1.1 * TRACE_D.mean(), rel=1e-6)
+    with pytest.raises(ValueError, match="decode_scale"):
+        Empirical(TRACE_P, TRACE_D, decode_scale=-1.0)
 
 
 def test_value_is_unchanged_and_score_selectable():
