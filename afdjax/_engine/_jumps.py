@@ -154,7 +154,6 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
     ``floor_time`` ``(r_max,)`` ``max(t_F, t_C)`` per ratio."""
     load, floor_time, alpha_a, beta_a = (jax.lax.stop_gradient(x) for x in (load, floor_time, alpha_a, beta_a))
     rmax, L = load.shape
-    fdtype = load.dtype
     j = jnp.arange(rmax)
     in_system = j[None, :] < (j[:, None] + 1)  # (r, j): instance j in the system with ratio r
     # top-2 loads over the first r instances, per step: (r, L)
@@ -179,10 +178,12 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
     z = gap(
         load[None], j[None, :, None] == arg[:, None, :], top[:, None], second[:, None], t_top[:, None], floor[:, None]
     )
-    w_meas = measured.astype(fdtype)[None, None, :]
-    sys_mask = in_system[:, :, None].astype(fdtype)
+    # Masks are applied to the effects *before* they multiply the weights: an effect that
+    # is not finite where it is unused would otherwise give 0 * nan in reverse mode.
+    use = measured[None, None, :] & in_system[:, :, None]
     steps = jnp.sum(
-        (cj.omega[None, :, 0, :] * effect(z, -1.0) + cj.age[None, :, 0, :] * effect(z, 1.0)) * w_meas * sys_mask,
+        cj.omega[None, :, 0, :] * jnp.where(use, effect(z, -1.0), 0.0)
+        + cj.age[None, :, 0, :] * jnp.where(use, effect(z, 1.0), 0.0),
         axis=(1, 2),
     )
     # boundaries: (j, B, K) gathered per ratio r -> (r, j, B, K)
@@ -198,9 +199,12 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
         g(t_top),
         floor_time[:, None, None, None],
     )
-    d = cj.b_delta[None]
-    spikes = cj.b_before[None] * (effect(zb, d) - effect(zb, -1.0)) + cj.b_own[None] * effect(zb, d + 1.0)
-    spikes = jnp.where(valid[None] & in_system[:, :, None, None], spikes, 0.0)
+    use_b = valid[None] & in_system[:, :, None, None]
+    d = jnp.where(use_b, cj.b_delta[None], 0.0)
+    zb = jnp.where(use_b, zb, 0.0)
+    spikes = cj.b_before[None] * jnp.where(use_b, effect(zb, d) - effect(zb, -1.0), 0.0) + cj.b_own[None] * jnp.where(
+        use_b, effect(zb, d + 1.0), 0.0
+    )
     return steps + jnp.sum(spikes, axis=(1, 2, 3))
 
 
@@ -208,7 +212,7 @@ def load_perturbation(cj: ChunkJumps, B: int, L: int):
     """``(rmax, G, L)`` zero-valued load perturbation whose derivative is
     ``sum_i w_i delta_i(t)`` (the first-order, linearised effect of every jump)."""
     rmax, G = cj.omega.shape[:2]
-    spike = (cj.b_before + cj.b_own) * (cj.b_delta + 1.0)
+    spike = (cj.b_before + cj.b_own) * jnp.where(cj.b_step < L, cj.b_delta + 1.0, 0.0)  # no 0 * inf in reverse
     spikes = _slot_group_field(spike, cj.b_step, rmax, G, L, B)
     # the field is a cumulative sum: add the spike at b and remove it at b + 1
     spikes = spikes - _slot_group_field(spike, jnp.where(cj.b_step < L, cj.b_step + 1, L), rmax, G, L, B)
