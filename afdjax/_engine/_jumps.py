@@ -178,13 +178,13 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
     z = gap(
         load[None], j[None, :, None] == arg[:, None, :], top[:, None], second[:, None], t_top[:, None], floor[:, None]
     )
-    # Masks are applied to the effects *before* they multiply the weights: an effect that
-    # is not finite where it is unused would otherwise give 0 * nan in reverse mode.
+    # Unused gaps are set to 0 before the effects are taken: a non-finite effect where it
+    # is masked out would otherwise give 0 * nan = nan in reverse mode.
     use = measured[None, None, :] & in_system[:, :, None]
+    z = jnp.where(use, z, 0.0)
+    w_use = use.astype(z.dtype)
     steps = jnp.sum(
-        cj.omega[None, :, 0, :] * jnp.where(use, effect(z, -1.0), 0.0)
-        + cj.age[None, :, 0, :] * jnp.where(use, effect(z, 1.0), 0.0),
-        axis=(1, 2),
+        (cj.omega[None, :, 0, :] * effect(z, -1.0) + cj.age[None, :, 0, :] * effect(z, 1.0)) * w_use, axis=(1, 2)
     )
     # boundaries: (j, B, K) gathered per ratio r -> (r, j, B, K)
     b = jnp.minimum(cj.b_step, L - 1)
@@ -202,9 +202,8 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
     use_b = valid[None] & in_system[:, :, None, None]
     d = jnp.where(use_b, cj.b_delta[None], 0.0)
     zb = jnp.where(use_b, zb, 0.0)
-    spikes = cj.b_before[None] * jnp.where(use_b, effect(zb, d) - effect(zb, -1.0), 0.0) + cj.b_own[None] * jnp.where(
-        use_b, effect(zb, d + 1.0), 0.0
-    )
+    spikes = cj.b_before[None] * (effect(zb, d) - effect(zb, -1.0)) + cj.b_own[None] * effect(zb, d + 1.0)
+    spikes = jnp.where(use_b, spikes, 0.0)
     return steps + jnp.sum(spikes, axis=(1, 2, 3))
 
 
