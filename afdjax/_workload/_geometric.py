@@ -81,7 +81,9 @@ class Geometric(Workload):
         sigma = self.prefill_sigma
         # Phi^-1(u) = sqrt(2) erfinv(2u - 1): XLA's erf_inv is a fused polynomial, ~10x
         # faster on CPU than ndtri and as accurate on the (0, 1) grid of u used here.
-        z = jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(2.0 * u - 1.0)
+        # 2u - 1 capped below 1: in float32 the largest draw rounds to u = 1 (erfinv = inf).
+        x = jnp.minimum(2.0 * u - 1.0, jnp.nextafter(jnp.ones((), u.dtype), jnp.zeros((), u.dtype)))
+        z = jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(x)
         return mu_p * jnp.exp(sigma * z - 0.5 * sigma**2)
 
     def _prefill_variance(self) -> jax.Array:
