@@ -31,8 +31,9 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   for the barrier up to the linearisation ``1/(time + Delta) ~ 1/time - Delta/time^2``
   per request (relative bias of order one request's effect over the run's time, below
   1e-3 at the paper baseline). With the micro-batch pipeline (a step with state) the
-  per-step effects are linearised through the step model's own derivative (first order:
-  biased where a spike moves the max; measured in ``experiments/bench_grad.py``). The
+  score function is used: the first-order form through the step model's own derivative
+  (:func:`afdjax._engine._jumps.load_perturbation`) disagreed with common-random-numbers
+  differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2). The
   first request of a stationary slot adds an *age* jump (load +1 while it lasts).
   Families without an inverse-CDF sampler (the geometric mixture) and
   :class:`Empirical` fall back to the score function.

@@ -48,7 +48,8 @@ class Empirical(Workload):
       to ``D`` stays within one step of ``1 + s``, and ``s = 0`` gives ``D' = D`` bit
       for bit. ``s`` is an array leaf: differentiable with the coupled decode estimator
       (``decode_estimator="coupled"``, the default; the score function gives it no
-      derivative), e.g. ``throughput_gradients(...).workload.decode_scale`` is
+      derivative, and the micro-batch pipeline uses the score function), e.g.
+      ``throughput_gradients(...).workload.decode_scale`` is
       ``d T / d s``.
 
     Row ``j`` is drawn as a whole, so any correlation between P and D is kept.
