@@ -35,8 +35,9 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   (:func:`afdjax._engine._jumps.load_perturbation`) disagreed with common-random-numbers
   differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2). The
   first request of a stationary slot adds an *age* jump (load +1 while it lasts).
-  Families without an inverse-CDF sampler (the geometric mixture) and
-  :class:`Empirical` fall back to the score function.
+  :class:`Empirical` traces through ``decode_scale`` (lengths x ``(1 + s)``, the jump
+  from the row's lower length ``k`` to ``k + 1`` at rate ``D / (1 - f)``). Families
+  without an inverse-CDF sampler (the geometric mixture) fall back to the score function.
 * The older estimator (``decode_estimator="score"``) is the score-function
   (likelihood-ratio) estimator ``E[(f - b) d log p(D)/d theta]``. It sums the
   log-likelihood of every decode length drawn for the first ``r`` instances of a replica,
