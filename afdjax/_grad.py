@@ -9,9 +9,37 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   autodiff returns its exact (sub)gradient. Unbiased for the gradient of the expectation
   whenever the max is attained uniquely with probability one, which holds for continuous
   prefill or non-degenerate coefficients; variance comes from the replicas (stated s.e.).
-* **Decode-length parameters** (``mu_d`` of :class:`Geometric`): decode lengths are integers,
-  so the pathwise derivative is zero almost surely (biased). afdjax uses the
-  score-function (likelihood-ratio) estimator ``E[(f - b) d log p(D)/d theta]``. It sums the
+* **Decode-length parameters** (``mu_d`` of :class:`Geometric`; the geometric, negative
+  binomial and discretised lognormal families of :class:`FittedWorkload`): decode lengths
+  are integers, so the pathwise derivative is zero almost surely. The default
+  (``decode_estimator="coupled"``) is smoothed perturbation analysis with coupled
+  alternative paths, *not pruned*: each inverse-CDF draw ``D_i`` jumps to ``D_i + 1`` at
+  rate ``w_i = -dF(D_i)/dtheta / p(D_i)`` and ``dE[T]/dtheta = E[sum_i w_i (T_i^+ - T)]``
+  where ``T_i^+`` is the path with only ``D_i`` one longer (the counter-based draws give
+  it every other draw unchanged). The sum over *all* requests is computed exactly in the
+  same pass (:mod:`afdjax._engine._jumps`): the alternative path differs from the primal
+  one only in one slot, by a load shift of -1 and a spike at each later boundary, and for
+  the barrier step a step's time depends only on that step's loads, so every
+  ``T_i^+ - T`` decomposes into per-step effects of the max (top-2 over instances) that
+  cumulative weights sum in one pass. Why not the alternatives: pruning to one (or a
+  few) alternative paths per replica is unbiased but its variance is that of one
+  request's effect, whose end-of-run term (the load of the slot at the last step) has a
+  coefficient of variation above 1, so it needs hundreds of alternative paths per
+  replica for 2 %; the score function sums ``O(requests)`` score terms, so its variance
+  grows with the run length; a continuous relaxation of the renewal times is biased by
+  the max's curvature at the load spikes (about ``P + D`` tokens on one instance). Exact
+  for the barrier up to the linearisation ``1/(time + Delta) ~ 1/time - Delta/time^2``
+  per request (relative bias of order one request's effect over the run's time, below
+  1e-3 at the paper baseline). With the micro-batch pipeline (a step with state) the
+  score function is used: the first-order form through the step model's own derivative
+  (:func:`afdjax._engine._jumps.load_perturbation`) disagreed with common-random-numbers
+  differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2). The
+  first request of a stationary slot adds an *age* jump (load +1 while it lasts).
+  :class:`Empirical` traces through ``decode_scale`` (lengths x ``(1 + s)``, the jump
+  from the row's lower length ``k`` to ``k + 1`` at rate ``D / (1 - f)``). Families
+  without an inverse-CDF sampler (the geometric mixture) fall back to the score function.
+* The older estimator (``decode_estimator="score"``) is the score-function
+  (likelihood-ratio) estimator ``E[(f - b) d log p(D)/d theta]``. It sums the
   log-likelihood of every decode length drawn for the first ``r`` instances of a replica,
   including the stationary initial state, and uses a leave-one-out baseline ``b`` (the
   mean throughput of the other replicas). Unbiased; its variance grows with the number of
@@ -53,15 +81,31 @@ from ._theory import (
 from ._validate import check_int, check_number
 from ._workload import Workload
 
+DECODE_ESTIMATORS = ("coupled", "score")
+
+
+def decode_jumps_for(workload: Workload, decode_estimator: str) -> bool:
+    """Whether the coupled estimator applies (``simulate(..., decode_jumps=...)``)."""
+    if decode_estimator not in DECODE_ESTIMATORS:
+        raise ValueError(
+            f"decode_estimator={decode_estimator!r} is invalid: expected one of {', '.join(DECODE_ESTIMATORS)}"
+        )
+    if decode_estimator != "coupled":
+        return False
+    return workload._has_decode_jumps()
+
 
 def throughput_estimate(result: SimulationResult) -> jax.Array:
-    """Per-ratio throughput estimate ``(n,)`` whose gradient is pathwise + score function.
-
+    """Per-ratio throughput estimate ``(n,)`` whose gradient is pathwise + the decode
+    estimator: the coupled jump term when the simulation computed it
+    (``decode_jumps=True``), else the score function
     ``mean_i [T_i + stop_gradient(T_i - b_i) (log p_i - stop_gradient(log p_i))]`` where
     ``T_i`` is replica ``i``'s throughput, ``log p_i`` the log-likelihood of its decode
     lengths and ``b_i`` the mean of the other replicas. Its value equals ``mean_i T_i``.
     """
     per = result.throughput_per_replica
+    if result.decode_jumps:
+        return jnp.mean(per + result.decode_jump, axis=0)
     log_prob = result.decode_log_prob
     R = per.shape[0]
     if R > 1:
@@ -95,6 +139,7 @@ def expected_throughput(
     max_ratio: int,
     chunk_steps: int,
     requests_per_chunk: int,
+    decode_estimator: str = "coupled",
     **simulate_kwargs,
 ) -> jax.Array:
     """Monte Carlo throughput per instance at a (possibly traced, real) ratio, differentiable
@@ -104,8 +149,10 @@ def expected_throughput(
     :func:`plan_buffers`. ``max_ratio`` (static) bounds the ratio. Other keyword
     arguments go to :func:`~afdjax.simulate`, e.g. ``micro_batches=m`` for the
     micro-batch pipeline (its event times are max/plus of the stage times, so the
-    pathwise gradient is exact there too).
+    pathwise gradient is exact there too). ``decode_estimator``: ``"coupled"`` (default)
+    or ``"score"`` for decode-length parameters (module docstring).
     """
+    jumps = decode_jumps_for(workload, decode_estimator)
     result = simulate(
         key,
         workload,
@@ -116,6 +163,7 @@ def expected_throughput(
         num_replicas,
         chunk_steps=chunk_steps,
         requests_per_chunk=requests_per_chunk,
+        decode_jumps=jumps,
         **simulate_kwargs,
     )
     return _interpolate(throughput_estimate(result), ratio)
@@ -165,18 +213,21 @@ def throughput_gradients(
     ratio: float,
     num_steps: int = 4000,
     num_replicas: int = 16,
+    decode_estimator: str = "coupled",
     **simulate_kwargs,
 ) -> ThroughputGradient:
     """Throughput per instance at ``ratio`` and its gradient with respect to every workload
     parameter, every latency coefficient and the ratio, in one reverse-mode pass.
 
     Standard errors of the gradient: call with several keys (or see
-    ``experiments/bench_grad.py``); the score-function part for ``mu_d`` is the noisiest.
+    ``experiments/bench_grad.py``). ``decode_estimator``: ``"coupled"`` (default) or
+    ``"score"`` (the older score-function estimator) for decode-length parameters.
     ``simulate_kwargs`` (e.g. ``micro_batches=m``, ``start``, ``warmup_steps``) go to
     :func:`~afdjax.simulate`.
     """
     if not (isinstance(ratio, (int, float, np.integer, np.floating)) and math.isfinite(ratio) and ratio >= 1):
         raise ValueError(f"ratio={ratio!r} is invalid: expected a real number >= 1")
+    jumps = decode_jumps_for(workload, decode_estimator)
     max_ratio = max(2, math.floor(ratio) + 1)
     sizes = plan_buffers(
         workload, batch_size, max_ratio, num_steps, num_replicas, simulate_kwargs.get("warmup_steps", 0)
@@ -192,7 +243,7 @@ def throughput_gradients(
         max_ratio,
         sizes["chunk_steps"],
         sizes["requests_per_chunk"],
-        tuple(sorted(simulate_kwargs.items())),
+        tuple(sorted(dict(simulate_kwargs, decode_jumps=jumps).items())),
     )
     (value, stderr) = value
     g_workload, g_latency, g_ratio = grads

@@ -1,13 +1,19 @@
-"""Gradient benchmark (issue 4): one gradient of the Monte Carlo throughput against one forward.
+"""Gradient benchmark (issues 4 and 12): the cost and the variance of one gradient of the
+Monte Carlo throughput, against one forward, for both decode-length estimators.
 
 Paper baseline (B = 256, Geometric(100, 500) with lognormal prefill so that every
 parameter has a gradient, paper-910c), ratio 9.5 (interpolating systems 9 and 10,
-r_max = 10). The gradient covers all six latency coefficients, mu_p, mu_d (score
-function), prefill_sigma and the ratio, in one reverse pass. Forward and gradient are
-timed alternately in one loop (medians); memory is XLA's compiled temporary-buffer size
-for each program, next to what storing every slot at every step would take.
+r_max = 10). A gradient covers all six latency coefficients, mu_p, mu_d, prefill_sigma
+and the ratio, in one reverse pass; ``mu_d`` comes from the coupled estimator
+(``decode_estimator="coupled"``, the default) or the score function (``"score"``), the
+others are pathwise in both. Each estimator is run on ``--keys`` independent keys: the
+table gives, per component, the mean and the s.d. per call over the keys (relative s.d.
+in %), and the cost line the median seconds per call after compilation and its ratio to
+one forward ``simulate`` of the same size (no gradient, no jump term). Memory is XLA's
+compiled temporary-buffer size for each program, next to what storing every slot at
+every step would take.
 
-    python experiments/bench_grad.py [--steps 4000] [--replicas 8] [--json]
+    python experiments/bench_grad.py [--steps 4000] [--replicas 8] [--keys 8] [--json]
 """
 
 from __future__ import annotations
@@ -24,18 +30,31 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import afdjax
 from afdjax._grad import _interpolate, throughput_estimate
 
+LATENCY_KEYS = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")
+ESTIMATORS = ("coupled", "score")
+
+
+def _components(grads) -> dict:
+    w, lat, r = grads
+    out = {k: float(getattr(lat, k)) for k in LATENCY_KEYS}
+    out.update(mu_p=float(w.mu_p), mu_d=float(w.mu_d), prefill_sigma=float(w.prefill_sigma), ratio=float(r))
+    return out
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--keys", type=int, default=8, help="independent keys per estimator (variance)")
+    parser.add_argument("--repeats", type=int, default=5, help="forward calls timed (median)")
+    parser.add_argument("--no-optimise-ratio", action="store_true", help="skip the optimise_ratio compile count")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -43,28 +62,43 @@ def main():
     latency = afdjax.LatencyModel.from_preset("paper-910c")
     workload = afdjax.Geometric(100.0, 500.0, prefill="lognormal", prefill_sigma=0.5)
     sizes = afdjax.plan_buffers(workload, B, rmax, args.steps, args.replicas)
+    systems = list(range(1, rmax + 1))
 
-    def objective(params, key):
+    def objective(params, key, jumps):
         w, lat, r = params
-        res = afdjax.simulate(key, w, lat, B, list(range(1, rmax + 1)), args.steps, args.replicas, **sizes)
+        res = afdjax.simulate(key, w, lat, B, systems, args.steps, args.replicas, decode_jumps=jumps, **sizes)
         return _interpolate(throughput_estimate(res), r)
 
     params = (workload, latency, jnp.asarray(ratio))
-    forward = eqx.filter_jit(objective)
-    gradient = eqx.filter_jit(eqx.filter_value_and_grad(objective))
+    forward = eqx.filter_jit(lambda p, k: objective(p, k, False))
+    gradients = {
+        est: eqx.filter_jit(eqx.filter_value_and_grad(lambda p, k, j=(est == "coupled"): objective(p, k, j)))
+        for est in ESTIMATORS
+    }
 
     def timed(fn, key):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, key))
-        return time.perf_counter() - t0
+        out = jax.block_until_ready(fn(params, key))
+        return time.perf_counter() - t0, out
 
-    compile_fwd = timed(forward, jax.random.key(0))
-    compile_grad = timed(gradient, jax.random.key(0))
-    fwd, grd = [], []
-    for i in range(args.repeats):
-        fwd.append(timed(forward, jax.random.key(i + 1)))
-        grd.append(timed(gradient, jax.random.key(i + 1)))
-    t_fwd, t_grad = statistics.median(fwd), statistics.median(grd)
+    compile_fwd, _ = timed(forward, jax.random.key(0))
+    t_fwd = statistics.median(timed(forward, jax.random.key(i + 1))[0] for i in range(args.repeats))
+    per_estimator = {}
+    for est, fn in gradients.items():
+        compile_s, _ = timed(fn, jax.random.key(0))
+        times, rows = [], []
+        for i in range(args.keys):
+            t, (_, grads) = timed(fn, jax.random.key(1000 + i))
+            times.append(t)
+            rows.append(_components(grads))
+        table = {k: np.array([row[k] for row in rows]) for k in rows[0]}
+        per_estimator[est] = dict(
+            compile_s=compile_s,
+            gradient_s=statistics.median(times),
+            ratio_to_forward=statistics.median(times) / t_fwd,
+            mean={k: float(v.mean()) for k, v in table.items()},
+            sd_per_call={k: float(v.std(ddof=1)) for k, v in table.items()},
+        )
 
     def temp_bytes(fn):
         try:
@@ -74,35 +108,25 @@ def main():
         except Exception:  # memory analysis is backend-dependent
             return None
 
-    mem_fwd = temp_bytes(objective)
-    mem_grad = temp_bytes(eqx.filter_value_and_grad(objective))
+    mem_fwd = temp_bytes(lambda p, k: objective(p, k, False))
+    mem_grad = temp_bytes(eqx.filter_value_and_grad(lambda p, k: objective(p, k, True)))
     slot_step_bytes = rmax * B * args.steps * args.replicas * 4
-    value, grads = gradient(params, jax.random.key(1))
     report = dict(
         date=time.strftime("%Y-%m-%d"),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores",
         jax=jax.__version__,
         backend=jax.default_backend(),
-        config=dict(batch_size=B, ratio=ratio, steps=args.steps, replicas=args.replicas, **sizes),
+        config=dict(batch_size=B, ratio=ratio, steps=args.steps, replicas=args.replicas, keys=args.keys, **sizes),
         forward_s=t_fwd,
-        gradient_s=t_grad,
-        ratio_gradient_to_forward=t_grad / t_fwd,
         compile_forward_s=compile_fwd,
-        compile_gradient_s=compile_grad,
+        estimators=per_estimator,
         temp_bytes_forward=mem_fwd,
-        temp_bytes_gradient=mem_grad,
+        temp_bytes_gradient_coupled=mem_grad,
         bytes_if_every_slot_step_were_stored=slot_step_bytes,
-        value=float(value),
-        gradient=dict(
-            **{k: float(getattr(grads[1], k)) for k in ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")},
-            mu_p=float(grads[0].mu_p),
-            mu_d=float(grads[0].mu_d),
-            prefill_sigma=float(grads[0].prefill_sigma),
-            ratio=float(grads[2]),
-        ),
-        target=dict(ratio_gradient_to_forward=4.0),
+        target=dict(ratio_gradient_to_forward=4.0, mu_d_relative_sd=0.02),
     )
-    report["optimise_ratio"] = optimise_ratio_compiles(latency, workload, B)
+    if not args.no_optimise_ratio:
+        report["optimise_ratio"] = optimise_ratio_compiles(latency, workload, B)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -111,20 +135,40 @@ def main():
         f"afdjax gradient benchmark ({report['date']}, {report['machine']}, jax {jax.__version__} "
         f"on {report['backend']})"
     )
-    print(f"paper baseline B={B}, ratio {ratio} (systems 9 and 10), {args.steps} steps x {args.replicas} replicas")
-    print(f"forward  : {t_fwd * 1e3:8.1f} ms (median of {args.repeats}; compile {compile_fwd:.1f} s)")
-    print(f"gradient : {t_grad * 1e3:8.1f} ms (all 10 parameters, one reverse pass; compile {compile_grad:.1f} s)")
-    print(f"gradient / forward = {t_grad / t_fwd:.2f}x   (target <= 4x)")
     print(
-        f"temporary memory: forward {mb(mem_fwd)}, gradient {mb(mem_grad)}; "
+        f"paper baseline B={B}, ratio {ratio} (systems 9 and 10), {args.steps} steps x {args.replicas} "
+        f"replicas, {args.keys} keys per estimator"
+    )
+    print(
+        f"forward (simulate, no gradient): {t_fwd:.3f} s per call "
+        f"(median of {args.repeats}; compile {compile_fwd:.1f} s)"
+    )
+    for est, r in per_estimator.items():
+        print(
+            f"gradient, {est:7s}: {r['gradient_s']:.3f} s per call = {r['ratio_to_forward']:.2f}x forward "
+            f"(target <= 4x; compile {r['compile_s']:.1f} s)"
+        )
+    head = f"{'component':>13s}"
+    for est in per_estimator:
+        head += f" | {est + ' mean':>12s} {'s.d./call':>10s} {'rel.':>8s}"
+    print(head)
+    for k in per_estimator["coupled"]["mean"]:
+        line = f"{k:>13s}"
+        for r in per_estimator.values():
+            m, sd = r["mean"][k], r["sd_per_call"][k]
+            rel = f"{100 * sd / abs(m):.2f} %" if m != 0 else "n/a"
+            line += f" | {m:12.4e} {sd:10.2e} {rel:>8s}"
+        print(line)
+    print(
+        f"temporary memory: forward {mb(mem_fwd)}, gradient (coupled) {mb(mem_grad)}; "
         f"storing every slot at every step would need {mb(slot_step_bytes)}"
     )
-    print("gradient:", ", ".join(f"{k}={v:.4g}" for k, v in report["gradient"].items()))
-    opt = report["optimise_ratio"]
-    print(
-        f"optimise_ratio: first call {opt['first_compiles']} compilations, {opt['first_s']:.1f} s; "
-        f"second call (new coefficients) {opt['second_compiles']} compilations, {opt['second_s']:.2f} s"
-    )
+    if "optimise_ratio" in report:
+        opt = report["optimise_ratio"]
+        print(
+            f"optimise_ratio: first call {opt['first_compiles']} compilations, {opt['first_s']:.1f} s; "
+            f"second call (new coefficients) {opt['second_compiles']} compilations, {opt['second_s']:.2f} s"
+        )
 
 
 def optimise_ratio_compiles(latency, workload, batch_size) -> dict:

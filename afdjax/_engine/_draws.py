@@ -43,6 +43,16 @@ def slot_streams(key_words, replica_id, max_ratio: int, batch_size: int) -> Slot
     return SlotStreams(k1, k2)
 
 
+def initial_jump_weights(streams: SlotStreams, workload, start: str, state: SlotState):
+    """``(age, remaining)`` value-zero jump surrogates of the requests in the slots at step
+    0 (coupled decode estimator, :mod:`._jumps`); the same bits as :func:`initial_slots`."""
+    k1, k2 = streams.k1, streams.k2
+    if start == "stationary":
+        b0, b1 = _hash(k1, k2, 0, 0), _hash(k1, k2, 0, 1)
+        return workload._stationary_jump_weights((b0[0], b0[1], b1[0], b1[1]), state.decode, state.index)
+    return jnp.zeros(state.decode.shape, jnp.zeros(()).dtype), workload._fresh_jump_weight(b0[0], b0[1], state.decode)
+
+
 def initial_slots(streams: SlotStreams, workload, start: str):
     """``(SlotState, log_prob)``: the requests in the slots at step 0 and the log-likelihood
     of their decode lengths summed per instance (``(r_max,)``, the score-function carrier)."""
@@ -61,9 +71,13 @@ def initial_slots(streams: SlotStreams, workload, start: str):
     return state, log_prob.astype(fdtype)
 
 
-def draw_requests(streams: SlotStreams, next_request, workload, count: int):
-    """The next ``count`` requests of every slot: ``(prefill, decode)``, ``(r_max, B, count)``."""
+def draw_requests(streams: SlotStreams, next_request, workload, count: int, jumps: bool = False):
+    """The next ``count`` requests of every slot: ``(prefill, decode)``, ``(r_max, B, count)``,
+    and with ``jumps`` their coupled-estimator jump surrogates (:mod:`._jumps`) third."""
     offsets = jnp.arange(count, dtype=jnp.uint32)
     bits = _hash(streams.k1[..., None], streams.k2[..., None], next_request[..., None] + offsets, 0)
     prefill, decode = workload._fresh(bits[0], bits[1])
+    if jumps:
+        weight = workload._fresh_jump_weight(bits[0], bits[1], decode).astype(jnp.zeros(()).dtype)
+        return prefill.astype(jnp.zeros(()).dtype), decode, weight
     return prefill.astype(jnp.zeros(()).dtype), decode

@@ -22,13 +22,19 @@ import numpy as np
 
 from .._interrupt import deliver_interrupts
 from ._config import EngineConfig
-from ._draws import draw_requests, initial_slots, slot_streams
+from ._draws import draw_requests, initial_jump_weights, initial_slots, slot_streams
+from ._jumps import JumpState, barrier_jump_time, chunk_jumps, load_perturbation
 from ._loads import chunk_loads
 from ._stats import HistogramRanges, Statistics, aggregate
 
 
-def replica_sums(replica_id, key_words, workload, latency, constants, ranges: HistogramRanges, cfg: EngineConfig):
-    """Simulate one replica; return its :class:`Statistics` (one entry per r = 1..r_max)."""
+def replica_sums(
+    replica_id, key_words, workload, latency, constants, ranges: HistogramRanges, cfg: EngineConfig, jumps=False
+):
+    """Simulate one replica; return its :class:`Statistics` (one entry per r = 1..r_max).
+
+    ``jumps`` (static): also accumulate the coupled decode-length jump term
+    (:mod:`._jumps`; value 0, for gradients only). The other numbers are the same."""
     rmax, B, L, M = cfg.max_ratio, cfg.batch_size, cfg.chunk_steps, cfg.requests_per_chunk
     model = cfg.step_model
     fdtype = jnp.zeros(()).dtype
@@ -36,16 +42,29 @@ def replica_sums(replica_id, key_words, workload, latency, constants, ranges: Hi
     slots0, log_prob0 = initial_slots(streams, workload, cfg.start)
     steps_local = jnp.arange(L)
 
+    exact_jumps = jumps and model.supports_decode_jumps()
+
     def chunk(carry, c):
-        slots, timing_state, stats = carry
-        new_prefill, new_decode = draw_requests(streams, slots.next_request, workload, M)  # 1. draws
+        slots, timing_state, stats, jstate = carry
+        drawn = draw_requests(streams, slots.next_request, workload, M, jumps)  # 1. draws
+        new_prefill, new_decode = drawn[:2]
         next_slots, loads = chunk_loads(slots, new_prefill, new_decode, model.slot_groups(), L)  # 2. loads
         # Score-function carrier: log-likelihood of the decode lengths of every request
         # that started in this chunk (one sum per instance).
         log_prob = jnp.sum(jnp.where(loads.started, workload._decode_log_prob(new_decode), 0.0), axis=(1, 2))
-        timing_state, times = model.step_times(constants, timing_state, loads.group_load, latency)  # 3. timing
         step = c * L + steps_local
         measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
+        group_load, jump_time = loads.group_load, jnp.zeros(rmax, fdtype)
+        if jumps:  # 2b. coupled decode-length jumps (gradients only; value 0)
+            new_weight = drawn[2]
+            jstate, cj = chunk_jumps(jstate, loads.starts, loads.jump, new_weight, model.slot_groups(), L)
+            if exact_jumps:
+                jump_time = barrier_jump_time(
+                    cj, loads.load, constants.floor_time, latency.alpha_a, latency.beta_a, measured
+                )
+            else:  # first order through the step model's own derivative
+                group_load = group_load + load_perturbation(cj, B, L)
+        timing_state, times = model.step_times(constants, timing_state, group_load, latency)  # 3. timing
         stats = stats.add(
             times,
             loads.load,
@@ -55,13 +74,19 @@ def replica_sums(replica_id, key_words, workload, latency, constants, ranges: Hi
             cfg.num_bins,  # 4. statistics
             loads.covered,
             log_prob,
+            jump_time,
         )
-        return (next_slots, timing_state, stats), None
+        return (next_slots, timing_state, stats, jstate), None
 
-    carry0 = (slots0, model.initial_state(rmax, fdtype), Statistics.zeros(rmax, cfg.num_bins, log_prob0))
+    if jumps:
+        age, remaining = initial_jump_weights(streams, workload, cfg.start, slots0)
+        jstate0 = JumpState.initial(age.astype(fdtype), remaining.astype(fdtype))
+    else:
+        jstate0 = None
+    carry0 = (slots0, model.initial_state(rmax, fdtype), Statistics.zeros(rmax, cfg.num_bins, log_prob0), jstate0)
     # checkpoint: reverse-mode differentiation stores only the carry between chunks and
     # recomputes each chunk's internals, so gradient memory does not grow with steps.
-    (_, _, stats), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))
+    (_, _, stats, _), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))
     return stats
 
 
@@ -71,11 +96,11 @@ def run_constants(workload, latency, cfg: EngineConfig):
     return constants, HistogramRanges.make(constants.centre, workload, cfg.batch_size, cfg.num_bins)
 
 
-def _map_replicas(key_words, workload, latency, constants, ranges, cfg: EngineConfig, replica_ids):
+def _map_replicas(key_words, workload, latency, constants, ranges, cfg: EngineConfig, replica_ids, jumps=False):
     """Stacked :class:`Statistics` of the replicas ``replica_ids``, advanced
     ``replica_batch_size`` at a time (vmap inside a batch, batches one after another)."""
     return jax.lax.map(
-        lambda i: replica_sums(i, key_words, workload, latency, constants, ranges, cfg),
+        lambda i: replica_sums(i, key_words, workload, latency, constants, ranges, cfg, jumps),
         replica_ids,
         batch_size=min(cfg.replica_batch_size, replica_ids.shape[0]),
     )
@@ -87,7 +112,7 @@ def block_sums(key_words, workload, latency, cfg: EngineConfig, replica_ids):
     return _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids)
 
 
-def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig):
+def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig, jumps: bool = False):
     """The pure (un-jitted) simulation of one configuration: ``(SimulationResult, covered)``
     for every ratio ``r = 1..cfg.max_ratio``.
 
@@ -96,15 +121,15 @@ def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig)
     """
     replica_ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
     constants, ranges = run_constants(workload, latency, cfg)
-    sums = _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids)
-    return aggregate(sums, constants, ranges, levels, cfg)
+    sums = _map_replicas(key_words, workload, latency, constants, ranges, cfg, replica_ids, jumps)
+    return aggregate(sums, constants, ranges, levels, cfg, jumps)
 
 
 @eqx.filter_jit
-def _simulate_jit(key_words, workload, latency, levels, cfg: EngineConfig):
+def _simulate_jit(key_words, workload, latency, levels, cfg: EngineConfig, jumps: bool = False):
     """All ratios r = 1..r_max; the caller selects the requested ones outside this jit
     (so a different subset of ratios never recompiles the simulation)."""
-    return simulate_all_ratios(key_words, workload, latency, levels, cfg)
+    return simulate_all_ratios(key_words, workload, latency, levels, cfg, jumps)
 
 
 _block_sums_jit = eqx.filter_jit(block_sums)
@@ -139,12 +164,13 @@ def _simulate_with_progress(key_words, workload, latency, levels, cfg: EngineCon
         bar.close()
 
 
-def run_engine(key_words, workload, latency, levels, cfg: EngineConfig):
+def run_engine(key_words, workload, latency, levels, cfg: EngineConfig, jumps: bool = False):
     """One engine run of a configuration (jitted; blocks with a progress bar when
-    ``cfg.progress``): ``(SimulationResult for r = 1..r_max, covered)``."""
-    if cfg.progress:
+    ``cfg.progress``): ``(SimulationResult for r = 1..r_max, covered)``. ``jumps``: also
+    the coupled decode-length term (gradients; not with the progress mode)."""
+    if cfg.progress and not jumps:
         return _simulate_with_progress(key_words, workload, latency, levels, cfg)
-    return _simulate_jit(key_words, workload, latency, levels, cfg)
+    return _simulate_jit(key_words, workload, latency, levels, cfg, jumps)
 
 
 def _traced(x) -> bool:

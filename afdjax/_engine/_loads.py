@@ -34,6 +34,10 @@ class ChunkLoads(eqx.Module):
     """``(r_max, B, M)`` bool: the drawn request started inside the chunk."""
     covered: jax.Array
     """Scalar bool: the ``M`` drawn requests reached past the chunk's end for every slot."""
+    starts: jax.Array
+    """``(r_max, B, M)`` int: local start step of each drawn request (``> L``: after the chunk)."""
+    jump: jax.Array
+    """``(r_max, B, M)``: load jump ``P_new - P_old - D_old`` at each request's start."""
 
 
 def cumsum_last(x, block: int = 32):
@@ -116,4 +120,6 @@ def chunk_loads(slots: SlotState, new_prefill, new_decode, groups: int, chunk_st
         index=jnp.where(has_new, L - take(starts), index + L),
         next_request=slots.next_request + started.astype(jnp.uint32),
     )
-    return next_slots, ChunkLoads(group_load=group_load, load=load, started=starts < L, covered=covered)
+    return next_slots, ChunkLoads(
+        group_load=group_load, load=load, started=starts < L, covered=covered, starts=starts, jump=jump
+    )

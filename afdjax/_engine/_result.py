@@ -75,9 +75,15 @@ class SimulationResult(eqx.Module):
     ``r`` instances of each replica, as a function of the workload parameters. Its value
     is not a result; its gradient carries the score-function estimator (see
     :func:`afdjax.throughput_estimate`)."""
-    batch_size: int = eqx.field(static=True)
-    num_steps: int = eqx.field(static=True)
-    num_replicas: int = eqx.field(static=True)
+    decode_jump: jax.Array | None = None
+    """``(num_replicas, n)``: the coupled decode-length jump term of each replica's
+    throughput (value 0; its gradient is the coupled estimator's part for decode-length
+    parameters, see :mod:`afdjax._engine._jumps`). Zero unless ``decode_jumps``."""
+    decode_jumps: bool = eqx.field(static=True, default=False)
+    """Whether ``simulate(..., decode_jumps=True)`` computed ``decode_jump``."""
+    batch_size: int = eqx.field(static=True, default=0)
+    num_steps: int = eqx.field(static=True, default=0)
+    num_replicas: int = eqx.field(static=True, default=0)
     micro_batches: int | None = eqx.field(static=True, default=None)
     """Micro-batches per Attention instance, or None for the paper's barrier step."""
     step_model: StepModel | None = eqx.field(static=True, default=None)
@@ -173,4 +179,5 @@ def select_ratios(result: SimulationResult, ratio_index: np.ndarray) -> Simulati
         link_idle_fraction=result.link_idle_fraction[idx],
         pipeline_bubble_fraction=result.pipeline_bubble_fraction[idx],
         decode_log_prob=result.decode_log_prob[:, idx],
+        decode_jump=None if result.decode_jump is None else result.decode_jump[:, idx],
     )

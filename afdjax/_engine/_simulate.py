@@ -69,6 +69,7 @@ def simulate(
     micro_batches: int | None = None,
     step_model=None,
     progress: bool = False,
+    decode_jumps: bool = False,
 ) -> SimulationResult:
     """Monte Carlo simulation of the saturated rA-1F decode process.
 
@@ -120,6 +121,11 @@ def simulate(
       simulated replica-steps. The replicas then run in host-side blocks of
       ``replica_batch_size`` and the bar advances after each block; the numbers are
       those of ``progress=False`` (ignored when tracing under ``jit``/``grad``/``vmap``).
+    - ``decode_jumps``: also compute ``SimulationResult.decode_jump``, the coupled
+      estimator's term for decode-length gradients (value 0; see
+      :func:`afdjax.expected_throughput`). Costs about one more forward; no number changes.
+      Barrier step only: with a micro-batch pipeline it is ignored (``result.decode_jumps``
+      is False and gradients use the score function).
 
     **Returns:** a :class:`SimulationResult`.
 
@@ -157,6 +163,11 @@ def simulate(
         replica_batch_size = check_int("replica_batch_size", replica_batch_size, 1)
     model = as_step_model(step_model, micro_batches)
     model.check(batch_size)
+    # The coupled term is exact for the barrier step only. Its first-order form for step
+    # models with state (``_jumps.load_perturbation``) was measured wrong against
+    # common-random-numbers differences (micro_batches=1: opposite sign; 2: off by more
+    # than 100 %), so those models keep the score function (decode_jump is 0).
+    decode_jumps = bool(decode_jumps) and model.supports_decode_jumps()
     if warmup_steps is None:
         warmup_steps = model.default_warmup_steps()
     warmup_steps = check_int("warmup_steps", warmup_steps, 0)
@@ -177,7 +188,8 @@ def simulate(
         show = bool(progress) and not _traced((workload, latency))
 
         def run(sizes):
-            return run_engine(key_words, workload, latency, levels, EngineConfig(**base, **sizes, progress=show))
+            cfg = EngineConfig(**base, **sizes, progress=show)
+            return run_engine(key_words, workload, latency, levels, cfg, bool(decode_jumps))
 
         result = rerun_on_overflow(run, sizes)
         return select_ratios(result, np.asarray(ratio_list, dtype=np.int32) - 1)

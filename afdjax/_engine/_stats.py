@@ -71,6 +71,8 @@ class Statistics(eqx.Module):
     """Scalar bool: no chunk ran out of drawn requests."""
     log_prob: jax.Array
     """``(r_max instances,)``: log-likelihood of the decode lengths drawn per instance."""
+    jump_time: jax.Array
+    """``(r_max,)``: coupled decode-jump term ``sum_i w~_i Delta time_i`` (value 0)."""
 
     @staticmethod
     def zeros(max_ratio: int, num_bins: int, log_prob) -> Statistics:
@@ -91,10 +93,20 @@ class Statistics(eqx.Module):
             hist=jnp.zeros(max_ratio * num_bins, jnp.int32),
             covered=jnp.array(True),
             log_prob=log_prob,
+            jump_time=zeros,
         )
 
     def add(
-        self, times: StepTimes, load, measured, centre, ranges: HistogramRanges, num_bins: int, covered, log_prob
+        self,
+        times: StepTimes,
+        load,
+        measured,
+        centre,
+        ranges: HistogramRanges,
+        num_bins: int,
+        covered,
+        log_prob,
+        jump_time=0.0,
     ) -> Statistics:
         """Add one chunk: ``times`` from the step model, ``load`` ``(r_max, L)`` per
         instance, ``measured`` ``(L,)`` bool (after the warm-up, before the end)."""
@@ -127,6 +139,7 @@ class Statistics(eqx.Module):
             hist=self.hist.at[hist_index.reshape(-1)].add(1, mode="drop"),
             covered=self.covered & covered,
             log_prob=self.log_prob + log_prob,
+            jump_time=self.jump_time + jump_time,
         )
 
 
@@ -148,7 +161,9 @@ def _quantiles_from_histogram(hist, log_lo, dlog, tau_min, tau_max, levels):
     return jnp.stack([one(lv) for lv in levels], axis=-1)
 
 
-def aggregate(sums: Statistics, constants: StepConstants, ranges: HistogramRanges, levels, cfg: EngineConfig):
+def aggregate(
+    sums: Statistics, constants: StepConstants, ranges: HistogramRanges, levels, cfg: EngineConfig, jumps=False
+):
     """``(SimulationResult, covered)`` from the stacked per-replica sums of all ``num_replicas``."""
     fdtype = jnp.zeros(()).dtype
     B, K, R = cfg.batch_size, cfg.num_steps, cfg.num_replicas
@@ -207,6 +222,8 @@ def aggregate(sums: Statistics, constants: StepConstants, ranges: HistogramRange
         kv_load_histogram=kv_hist,
         kv_load_bin_edges_tokens=kv_edges,
         decode_log_prob=jnp.cumsum(sums.log_prob, axis=1),
+        decode_jump=-jax.lax.stop_gradient(per_replica / time) * sums.jump_time,
+        decode_jumps=bool(jumps),
         batch_size=B,
         num_steps=K,
         num_replicas=R,

@@ -10,8 +10,8 @@ and ``mu_d``. They are fitted in log space, so they stay positive.
 2. **Refinement through the simulation**: Levenberg-Marquardt steps on the Monte Carlo
    predictions with a fixed key (common random numbers). The Jacobian comes from
    forward-mode autodiff through the engine: pathwise for coefficients and prefill, the
-   score function for ``mu_d``. This removes the barrier model's approximation error
-   (about 0.5 %) from the fit.
+   coupled decode-jump estimator for ``mu_d`` (:mod:`afdjax._grad`). This removes the
+   barrier model's approximation error (about 0.5 %) from the fit.
 3. **Uncertainty**: Gauss-Newton covariance ``(J^T W J)^-1`` at the optimum. Here
    ``W = 1 / (sigma_obs^2 + sigma_MC^2)``; when no ``stderr`` is given, ``sigma_obs`` is
    estimated from the residuals. 95 % intervals are ``exp(log theta +- 1.96 se)``.
@@ -33,7 +33,7 @@ import numpy as np
 
 from .._data import read_records, resolve_file
 from .._engine import simulate
-from .._grad import throughput_estimate
+from .._grad import decode_jumps_for, throughput_estimate
 from .._json import jsonable
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._theory import barrier_throughput
@@ -164,14 +164,24 @@ class ThroughputFit:
 
 
 def _mc_predict(key, workload, latency, obs: ThroughputObservations, num_steps, num_replicas, sizes):
-    """Monte Carlo throughput (mean over replicas, with score-function gradient) and its s.e.
+    """Monte Carlo throughput (mean over replicas, with the coupled decode gradient) and its s.e.
     at every observation, one simulation per distinct batch size."""
     preds, ses = [], []
     order = []
     for b in sorted(set(int(x) for x in obs.batch_size)):
         idx = np.nonzero(obs.batch_size == b)[0]
         rmax = int(obs.ratio[idx].max())
-        res = simulate(key, workload, latency, b, list(range(1, rmax + 1)), num_steps, num_replicas, **sizes[b])
+        res = simulate(
+            key,
+            workload,
+            latency,
+            b,
+            list(range(1, rmax + 1)),
+            num_steps,
+            num_replicas,
+            decode_jumps=decode_jumps_for(workload, "coupled"),
+            **sizes[b],
+        )
         est = throughput_estimate(res)
         per = res.throughput_per_replica
         se = jax.lax.stop_gradient(jnp.std(per, axis=0, ddof=1) / math.sqrt(per.shape[0]))

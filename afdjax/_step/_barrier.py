@@ -48,6 +48,9 @@ class Barrier(StepModel):
     def default_warmup_steps(self) -> int:
         return 0
 
+    def supports_decode_jumps(self) -> bool:
+        return True
+
     def replica_bytes(self, max_ratio: int, batch_size: int, chunk_steps: int) -> int:
         return 0
 

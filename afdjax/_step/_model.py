@@ -86,6 +86,13 @@ class StepModel(eqx.Module):
     def default_warmup_steps(self) -> int:
         """Steps simulated before measuring when ``simulate(warmup_steps=None)``."""
 
+    def supports_decode_jumps(self) -> bool:
+        """Whether the engine's coupled decode-length derivative (``simulate(decode_jumps=True)``,
+        the default gradient estimator for decode parameters) is exact for this timing. Only
+        a stateless step whose time is a max over instances qualifies; others use the score
+        function."""
+        return False
+
     @abc.abstractmethod
     def replica_bytes(self, max_ratio: int, batch_size: int, chunk_steps: int) -> int:
         """Working memory (bytes, an estimate) this timing adds to one replica in flight."""

@@ -97,6 +97,29 @@ class Workload(eqx.Module):
         """Log-probability of a stationary slot's ``(decode, index)``; 0 when parameter-free."""
         return jnp.zeros(jnp.shape(decode))
 
+    def _decode_jump_weight(self, decode: jax.Array):
+        """Value-zero surrogate ``w~`` of each fresh decode length's jump ``D -> D + 1``:
+        its value is 0 and its derivative in the workload's parameters is the jump rate
+        ``-dF_theta(D)/dtheta / p_theta(D)`` (coupled estimator, :mod:`afdjax._engine._jumps`).
+        ``None``: the family has no such estimator (the score function is used)."""
+        return None
+
+    def _fresh_jump_weight(self, bits_d: jax.Array, bits_p: jax.Array, decode: jax.Array):
+        """:meth:`_decode_jump_weight` of the fresh requests drawn from ``(bits_d, bits_p)``
+        (the same bits as :meth:`_fresh`), for families whose jump rate depends on more
+        than the drawn length (:class:`~afdjax.Empirical`'s ``decode_scale``)."""
+        return self._decode_jump_weight(decode)
+
+    def _has_decode_jumps(self) -> bool:
+        """Whether the coupled decode estimator applies (else the score function)."""
+        return self._decode_jump_weight(jnp.ones((1,), jnp.int32)) is not None
+
+    def _stationary_jump_weights(self, bits, decode, index):
+        """``(age, remaining)`` value-zero surrogates of the stationary slot's two jump
+        kinds: the index grows by one (load +1 while the request lasts) or the remaining
+        life grows by one (its end moves one step later). ``None``: not available."""
+        return None
+
     @abc.abstractmethod
     def _decode_log_mgf_neg(self, t: np.ndarray) -> np.ndarray:
         """Host-side ``log E[exp(-t D)]`` for a grid of ``t > 0`` (sizes the engine's buffers)."""

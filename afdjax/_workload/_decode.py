@@ -179,6 +179,25 @@ class DecodeDistribution(eqx.Module):
         """``log P(D* = d, index = i) = log P(D = d) - log E[D]`` (any index)."""
         return self.log_pmf(decode) - jnp.log(self.mean())
 
+    # ---- coupled decode-length jumps (afdjax._engine._jumps): value-zero surrogates
+    def _jump_weight(self, d: jax.Array) -> jax.Array:
+        """``w~`` with value 0 and derivative ``-dF_theta(d)/dtheta / p_theta(d)`` (the rate
+        at which the inverse-CDF draw ``d`` becomes ``d + 1``): from the closed-form CDF."""
+        return _surrogate(-self.cdf(d), self.log_pmf(d))
+
+    def _stationary_jump_weights(self, bits0, bits1, bits3, decode, index):
+        """Table sampling: ``D*`` jumps to ``D* + 1`` at the size-biased table's rate; the
+        index ``floor(x D*)`` then becomes ``floor(x (D* + 1))``: one more (an age jump) or
+        the same (a remaining-life jump)."""
+        table = self._table(True)
+        i = jnp.clip(decode - 1, 0, SAMPLING_TABLE_STEPS - 1)
+        d = decode.astype(table.dtype)
+        log_p = self.log_pmf(d) + jnp.log(d) - jnp.log(self.mean())
+        w = _surrogate(-table[i], log_p)
+        w = jnp.where(decode < SAMPLING_TABLE_STEPS, w, 0.0)
+        grows = _uniform_int(bits1, bits3, decode + 1) > index
+        return jnp.where(grows, w, 0.0), jnp.where(grows, 0.0, w)
+
     def _log_mgf_neg(self, t: np.ndarray) -> np.ndarray:
         """Host-side ``log E[exp(-t D)]`` (float64) from the table, with the mass beyond it
         counted at ``d = 65537`` (an upper bound: conservative buffers)."""
@@ -234,6 +253,12 @@ class DecodeDistribution(eqx.Module):
         return None
 
 
+def _surrogate(g, log_p):
+    """``(g - stop_gradient(g)) / stop_gradient(p)``: value 0, derivative ``g' / p``."""
+    p = jax.lax.stop_gradient(jnp.exp(log_p))
+    return jnp.where(p > 0, (g - jax.lax.stop_gradient(g)) / jnp.where(p > 0, p, 1.0), 0.0)
+
+
 def _logit(p):
     return jnp.log(p) - jnp.log1p(-p)
 
@@ -273,6 +298,18 @@ class GeometricDecode(DecodeDistribution):
 
     def _sample(self, u):
         return 1 + self._count(u)
+
+    def _count_jump(self, n):
+        """Jump rate ``n p`` of ``1 + count`` as ``q0/p0 ((q/q0)^n - 1)``, ``q = 1 - p``."""
+        log_q = jnp.log1p(-self.p)
+        q0 = jax.lax.stop_gradient(1 - self.p)
+        return q0 / (1 - q0) * jnp.expm1(n.astype(log_q.dtype) * (log_q - jax.lax.stop_gradient(log_q)))
+
+    def _jump_weight(self, d):
+        return self._count_jump(d)
+
+    def _stationary_jump_weights(self, bits0, bits1, bits3, decode, index):
+        return self._count_jump(index + 1), self._count_jump(decode - index)
 
     def _sample_stationary(self, bits0, bits1, bits3):
         # Memorylessness: age ~ Geometric on {0, 1, ..}, remaining life an independent fresh D.
@@ -333,6 +370,13 @@ class NegativeBinomialDecode(DecodeDistribution):
         m2 = k2 + k1**2
         m3 = k3 + 3 * k2 * k1 + k1**3
         return 1 + m1, 1 + 2 * m1 + m2, 1 + 3 * m1 + 3 * m2 + m3
+
+    def _jump_weight(self, d):
+        # the sampler is the inverse CDF on the table: F(d) = table[d - 1] (no betainc
+        # derivative in n is needed)
+        table = self._table(False)
+        g = -table[jnp.clip(d - 1, 0, SAMPLING_TABLE_STEPS - 1)]
+        return jnp.where(d < SAMPLING_TABLE_STEPS, _surrogate(g, self.log_pmf(d)), 0.0)
 
     def _log_mgf_neg(self, t):
         # E[exp(-t K)] = (p / (1 - (1-p) e^-t))^n for K ~ NB(n, p); D = 1 + K.
@@ -518,6 +562,12 @@ class GeometricMixtureDecode(DecodeDistribution):
         w = _uniform_open(bits1)
         remaining = 1 + jnp.where(first, g1._count(w), g2._count(w))
         return index + remaining, index
+
+    def _jump_weight(self, d):
+        return None  # its sampler is not an inverse CDF of the mixture: score function
+
+    def _stationary_jump_weights(self, bits0, bits1, bits3, decode, index):
+        return None
 
     def _log_mgf_neg(self, t):
         g1, g2 = self._components()

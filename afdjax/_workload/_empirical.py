@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._random import mulhi_u32 as _mulhi_u32
 from .._random import uniform_int as _uniform_int
+from .._random import uniform_open as _uniform_open
+from .._validate import float_leaf, invalid
 from ._base import Workload, validate_lengths
+
+_TRACED = (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError)
+
+
+def _uniform_int_and_fraction(hi, lo, n):
+    """``(floor(x n / 2^64), V)`` for the 64-bit ``x = hi 2^32 + lo``: the integer of
+    :func:`afdjax._random.uniform_int` (bit for bit the same arithmetic) and ``V`` in
+    (0, 1) from bits 32..63 of ``x n mod 2^64``, the fractional part of ``x n / 2^64``,
+    which is uniform and independent of the integer up to ``2^-32`` (no extra draw)."""
+    n = jnp.asarray(n).astype(jnp.uint32)
+    low_word = hi * n
+    total = low_word + _mulhi_u32(lo, n)
+    carry = (total < low_word).astype(jnp.uint32)
+    return (_mulhi_u32(hi, n) + carry).astype(jnp.int32), _uniform_open(total)
 
 
 class Empirical(Workload):
@@ -21,14 +40,29 @@ class Empirical(Workload):
       that records output tokens, one token is emitted per step, so decode steps =
       output tokens (see :func:`afdjax.load_trace` to change that mapping).
 
+    - ``decode_scale``: ``s > -1``, default 0: decode lengths x ``(1 + s)``, so
+      ``decode_scale=0.1`` asks how throughput and the optimum move if outputs grow by
+      10 %. A drawn row's ``D`` becomes ``D' = max(1, floor(D (1 + s) + V))`` with ``V``
+      uniform on (0, 1) (the fractional part of the row draw, no extra random number):
+      ``E[D' | row] = D (1 + s)`` (exact while ``D (1 + s) >= 1``), the ratio of ``D'``
+      to ``D`` stays within one step of ``1 + s``, and ``s = 0`` gives ``D' = D`` bit
+      for bit. ``s`` is an array leaf: differentiable with the coupled decode estimator
+      (``decode_estimator="coupled"``, the default; the score function gives it no
+      derivative, and the micro-batch pipeline uses the score function), e.g.
+      ``throughput_gradients(...).workload.decode_scale`` is
+      ``d T / d s``.
+
     Row ``j`` is drawn as a whole, so any correlation between P and D is kept.
-    ``theta`` and ``slot_variance`` are the plug-in estimators of arXiv 2601.21351 section 2.
+    ``theta`` and ``slot_variance`` are the plug-in estimators of arXiv 2601.21351 section 2
+    (over the scaled lengths: each row's ``D'`` takes ``k = floor(D (1 + s))`` with
+    probability ``1 - f`` and ``k + 1`` with probability ``f = D (1 + s) - k``).
     """
 
     prefill_tokens: jax.Array
     decode_steps: jax.Array
+    decode_scale: jax.Array
 
-    def __init__(self, prefill_tokens, decode_steps):
+    def __init__(self, prefill_tokens, decode_steps, decode_scale=0.0):
         prefill = np.asarray(prefill_tokens) if not isinstance(prefill_tokens, jax.Array) else prefill_tokens
         decode = np.asarray(decode_steps) if not isinstance(decode_steps, jax.Array) else decode_steps
         if prefill.ndim != 1 or decode.ndim != 1 or prefill.shape != decode.shape:
@@ -50,36 +84,106 @@ class Empirical(Workload):
                     "sampling counts steps in int32). Subsample the trace's rows: the workload's "
                     "statistics need far fewer requests"
                 )
+        try:
+            scale = float(decode_scale)
+        except _TRACED:
+            scale = None
+        if scale is not None and not (math.isfinite(scale) and scale > -1.0):
+            raise invalid("decode_scale", scale, "a finite number > -1")
         self.prefill_tokens = jnp.asarray(prefill, dtype=jnp.zeros(()).dtype)
         self.decode_steps = jnp.asarray(decode, dtype=jnp.int32)
+        self.decode_scale = float_leaf(decode_scale)
 
     def describe(self) -> str:
-        return f"empirical ({self.num_requests} requests)"
+        try:
+            scale = float(self.decode_scale)
+        except _TRACED:
+            return f"empirical ({self.num_requests} requests, decode x (1 + <traced>))"
+        if scale == 0.0:
+            return f"empirical ({self.num_requests} requests)"
+        return f"empirical ({self.num_requests} requests, decode x {1.0 + scale:g})"
 
     @property
     def num_requests(self) -> int:
         return int(self.decode_steps.shape[0])
 
+    def _cell(self, d):
+        """``(k, f)`` of rows with trace length ``d`` (int): ``D (1 + s) = k + f``,
+        ``k = floor(D (1 + s))`` (no gradient), ``f`` in [0, 1) carrying ``d/ds = D``."""
+        s = jnp.asarray(self.decode_scale, self.prefill_tokens.dtype)
+        ds = d.astype(s.dtype) * s  # D s: the extra length, exactly 0 at s = 0
+        k_extra = jax.lax.stop_gradient(jnp.floor(ds))
+        return d + k_extra.astype(jnp.int32), ds - k_extra
+
+    def _scaled(self, d, v):
+        """``D' = max(1, D + floor(D s + V))`` (int32): exactly ``D`` at ``s = 0``."""
+        s = jax.lax.stop_gradient(jnp.asarray(self.decode_scale, self.prefill_tokens.dtype))
+        extra = jnp.floor(d.astype(s.dtype) * s + v.astype(s.dtype))
+        return jnp.maximum(d + extra.astype(jnp.int32), 1)
+
     def _fresh(self, bits_d, bits_p):
-        row = _uniform_int(bits_d, bits_p, self.num_requests)
-        return self.prefill_tokens[row], self.decode_steps[row]
+        row, v = _uniform_int_and_fraction(bits_d, bits_p, self.num_requests)
+        return self.prefill_tokens[row], self._scaled(self.decode_steps[row], v)
+
+    def _stationary_parts(self, bits):
+        """``(row, k, f, c, D', index)`` of the length-biased slot state. ``E[D' | row] =
+        D (1 + s)`` is proportional to ``D``, so the row is drawn with probability
+        ``D_j / sum(D)`` at every ``s`` (integer target in [0, sum D), which the
+        constructor keeps below 2^31); then ``D'`` is ``k + 1`` with the length-biased
+        probability ``c = f (k + 1) / (D (1 + s))`` (``V < c``), else ``k``; the index is
+        uniform in ``[0, D')``."""
+        cum = jnp.cumsum(self.decode_steps)
+        target, v = _uniform_int_and_fraction(bits[0], bits[1], cum[-1])
+        row = jnp.searchsorted(cum, target, side="right").astype(jnp.int32)
+        d = self.decode_steps[row]
+        k, f = self._cell(d)
+        c = f * (k + 1).astype(f.dtype) / (k.astype(f.dtype) + f)
+        decode = jnp.maximum(jnp.where(v < jax.lax.stop_gradient(c), k + 1, k), 1)
+        index = _uniform_int(bits[2], bits[3], decode)
+        return row, k, f, c, decode, index
 
     def _stationary(self, bits):
-        # Row j with probability D_j / sum(D) (integer target in [0, sum D), which the
-        # constructor keeps below 2^31), then an index uniform in [0, D_j).
-        cum = jnp.cumsum(self.decode_steps)
-        target = _uniform_int(bits[0], bits[1], cum[-1])
-        row = jnp.searchsorted(cum, target, side="right").astype(jnp.int32)
-        decode = self.decode_steps[row]
-        index = _uniform_int(bits[2], bits[3], decode)
+        row, _, _, _, decode, index = self._stationary_parts(bits)
         return self.prefill_tokens[row], decode, index
 
+    # ------------------------------------------------------------ coupled decode jumps
+    def _has_decode_jumps(self) -> bool:
+        return True
+
+    def _fresh_jump_weight(self, bits_d, bits_p, decode):
+        # D' = floor(X), X = D (1 + s) + V, dX/ds = D: given the row, D' = k (V < 1 - f)
+        # jumps to k + 1 at rate D / (1 - f); D' = k + 1 cannot jump (X < k + 2).
+        row, v = _uniform_int_and_fraction(bits_d, bits_p, self.num_requests)
+        d = self.decode_steps[row]
+        k, f = self._cell(d)
+        at_k = (v < 1 - jax.lax.stop_gradient(f)) & (decode == k)
+        return jnp.where(at_k, (f - jax.lax.stop_gradient(f)) / (1 - jax.lax.stop_gradient(f)), 0.0)
+
+    def _stationary_jump_weights(self, bits, decode, index):
+        # The row does not move; D' = k jumps to k + 1 as the threshold c(s) rises, at
+        # rate c'(s) / (1 - c). With the index's uniform fixed, the longer request has
+        # the same index (the remaining life grows: a "remaining" jump) or one more
+        # (an "age" jump).
+        _, k, _, c, dec, _ = self._stationary_parts(bits)
+        at_k = (dec == k) & (k >= 1)
+        rate = c / (1 - jax.lax.stop_gradient(c))
+        w = jnp.where(at_k, rate - jax.lax.stop_gradient(rate), 0.0)
+        index_up = _uniform_int(bits[2], bits[3], k + 1)
+        age = jnp.where(index_up > index, w, 0.0)
+        return age, w - age
+
     def _moments(self):
-        d = self.decode_steps.astype(self.prefill_tokens.dtype)
+        fdtype = self.prefill_tokens.dtype
+        k, f = self._cell(self.decode_steps)
         p = self.prefill_tokens
-        sum_d = jnp.sum(d)
-        theta = jnp.sum(d * p + d * (d - 1) / 2) / sum_d
-        second = jnp.sum(d * p**2 + p * d * (d - 1) + d * (d - 1) * (2 * d - 1) / 6) / sum_d
+
+        def per_row(g):
+            lo, hi = jnp.maximum(k, 1).astype(fdtype), (k + 1).astype(fdtype)
+            return jnp.sum((1 - f) * g(lo) + f * g(hi))
+
+        sum_d = per_row(lambda d: d)
+        theta = per_row(lambda d: d * p + d * (d - 1) / 2) / sum_d
+        second = per_row(lambda d: d * p**2 + p * d * (d - 1) + d * (d - 1) * (2 * d - 1) / 6) / sum_d
         return theta, second - theta**2
 
     def theta(self):
@@ -89,11 +193,23 @@ class Empirical(Workload):
         return self._moments()[1]
 
     def mean_decode_steps(self):
-        return jnp.mean(self.decode_steps.astype(self.prefill_tokens.dtype))
+        k, f = self._cell(self.decode_steps)
+        return jnp.mean(jnp.maximum(k, 1).astype(f.dtype) * (1 - f) + (k + 1).astype(f.dtype) * f)
 
     def _decode_log_mgf_neg(self, t):
-        d, counts = np.unique(np.asarray(self.decode_steps), return_counts=True)
-        w = counts / counts.sum()
+        raw = np.asarray(self.decode_steps)
+        scale = float(self.decode_scale)
+        if scale == 0.0:
+            d, counts = np.unique(raw, return_counts=True)
+            w = counts / counts.sum()
+        else:
+            x = raw.astype(np.float64) * (1.0 + scale)
+            k = np.floor(x)
+            frac = x - k
+            values = np.concatenate([np.maximum(k, 1), k + 1])
+            d, inverse = np.unique(values, return_inverse=True)
+            w = np.bincount(inverse, weights=np.concatenate([1 - frac, frac]), minlength=len(d)) / len(raw)
+            d, w = d[w > 0], w[w > 0]
         t = np.asarray(t, dtype=np.float64)[:, None]
         # log-sum-exp for stability: log sum_i w_i exp(-t d_i)
         a = np.log(w)[None, :] - t * d[None, :]

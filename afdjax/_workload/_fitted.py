@@ -99,6 +99,12 @@ class FittedWorkload(Workload):
     def _stationary_log_prob(self, decode, index):
         return self.decode._stationary_log_prob(decode)
 
+    def _decode_jump_weight(self, decode):
+        return self.decode._jump_weight(decode)
+
+    def _stationary_jump_weights(self, bits, decode, index):
+        return self.decode._stationary_jump_weights(bits[0], bits[1], bits[3], decode, index)
+
     def _decode_log_mgf_neg(self, t):
         return np.asarray(self.decode._log_mgf_neg(t), dtype=np.float64)
 

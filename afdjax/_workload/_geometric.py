@@ -81,7 +81,9 @@ class Geometric(Workload):
         sigma = self.prefill_sigma
         # Phi^-1(u) = sqrt(2) erfinv(2u - 1): XLA's erf_inv is a fused polynomial, ~10x
         # faster on CPU than ndtri and as accurate on the (0, 1) grid of u used here.
-        z = jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(2.0 * u - 1.0)
+        # 2u - 1 capped below 1: in float32 the largest draw rounds to u = 1 (erfinv = inf).
+        x = jnp.minimum(2.0 * u - 1.0, jnp.nextafter(jnp.ones((), u.dtype), jnp.zeros((), u.dtype)))
+        z = jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(x)
         return mu_p * jnp.exp(sigma * z - 0.5 * sigma**2)
 
     def _prefill_variance(self) -> jax.Array:
@@ -111,6 +113,21 @@ class Geometric(Workload):
         # age ~ p (1-p)^index and remaining = decode - index ~ p (1-p)^(remaining - 1)
         p = self.finish_probability
         return 2 * jnp.log(p) + (decode - 1).astype(p.dtype) * jnp.log1p(-p)
+
+    def _count_jump(self, count_plus_one):
+        """Value-zero surrogate of the jump rate of a geometric draw ``n = 1 + count``:
+        ``-dF(n)/dmu_d / p(n) = n / (1 + mu_d)``, written ``mu_d ((q/q0)^n - 1)`` with
+        ``q = 1 - p`` (stable for long draws)."""
+        log_q = jnp.log(self.mu_d) - jnp.log1p(self.mu_d)
+        n = count_plus_one.astype(log_q.dtype)
+        return jax.lax.stop_gradient(self.mu_d) * jnp.expm1(n * (log_q - jax.lax.stop_gradient(log_q)))
+
+    def _decode_jump_weight(self, decode):
+        return self._count_jump(decode)
+
+    def _stationary_jump_weights(self, bits, decode, index):
+        # age = count(u0) jumps at rate (index + 1)/(1 + mu_d); remaining = 1 + count(u1).
+        return self._count_jump(index + 1), self._count_jump(decode - index)
 
     def theta(self):
         return self.mu_p + self.mu_d

@@ -39,8 +39,13 @@ GAMMA_NEWTON_STEPS = 16
 
 
 def _normal_quantile(u: jax.Array) -> jax.Array:
-    """``Phi^-1(u) = sqrt(2) erfinv(2u - 1)`` (XLA's fused erf_inv: fast on CPU)."""
-    return jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(2.0 * u - 1.0)
+    """``Phi^-1(u) = sqrt(2) erfinv(2u - 1)`` (XLA's fused erf_inv: fast on CPU).
+
+    ``2u - 1`` is capped just below 1: in float32 the largest uniform draw rounds to
+    ``u = 1`` (probability ``2^-24`` per draw), where ``erfinv`` is infinite (an infinite
+    prefill, and ``nan`` gradients through the masked, unused draws)."""
+    x = jnp.minimum(2.0 * u - 1.0, jnp.nextafter(jnp.ones((), u.dtype), jnp.zeros((), u.dtype)))
+    return jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(x)
 
 
 def gamma_quantile(shape: jax.Array, u: jax.Array) -> jax.Array:

@@ -1,0 +1,218 @@
+"""Stage 5 (gradients only), coupled decode-length jumps: the smoothed-perturbation-analysis
+term of ``d E[time] / d theta`` for decode-length parameters ``theta``.
+
+Every decode length is an inverse-CDF draw ``D = min{d : F_theta(d) >= U}``; as ``theta``
+grows, ``D_i`` jumps to ``D_i + 1`` at rate ``w_i = -dF_theta(D_i)/dtheta / p_theta(D_i)``
+(summation by parts makes this one-sided form exact in expectation for either sign), so
+
+    d E[time] / d theta = E[ sum_i w_i (time(path with D_i + 1) - time(path)) ].
+
+The alternative path of request ``i`` (slot ``s`` of instance ``j``) differs from the
+primal one only in that slot: one extra step of load ``P_i + D_i`` at the step ``e_i``
+where its successor started, and after it the slot's sawtooth shifted by one step: load
+``-1`` on every later step except at the slot's later request boundaries ``b``, where it
+is ``delta_b = P_old + D_old - 1 - P_new``. The stationary first request of a slot also
+has an *age* jump (load ``+1`` while it lasts, no shift). So with cumulative weights
+
+    Omega_j(t) = sum of w_i over requests of instance j that ended before t,
+
+the sum over all requests is a few scatter-adds and cumulative sums per chunk, like the
+loads themselves (no suffix sums: everything is known when a step is computed):
+
+    sum_i w_i Delta_i = sum_t sum_j Omega_j(t) e_j(t, -1) + sum_t sum_j A_j(t) e_j(t, +1)
+                        + sum_b [W_b (e(b, delta_b) - e(b, -1)) + w_own e(b, delta_b + 1)],
+
+where ``e_j(t, delta)`` is the change of step ``t``'s time when instance ``j``'s load
+changes by ``delta``. For the barrier step (stateless) ``e`` is exact:
+``relu(z + alpha_a delta) - relu(z)`` with ``z`` the gap between ``t_A(T_j)`` and the
+largest other term of the max (top-2 over instances per ratio). For a step model with
+state (the micro-batch pipeline) the same weights build a zero-valued load perturbation
+whose autodiff gives the first-order effect (``e`` linearised): see
+:func:`load_perturbation`.
+
+The weights ``w_i`` are carried as *value-zero surrogates* ``w~_i`` (value 0, derivative
+``w_i``), so the result ``Z`` is 0 and ``jax.grad``/``jvp`` of ``Z`` is the estimator.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._loads import cumsum_last
+
+
+class JumpState(eqx.Module):
+    """Per-slot cumulative jump weights at the start of a chunk (``(r_max, B)`` each)."""
+
+    ended: jax.Array
+    """Sum of ``w~`` of the slot's requests that ended before the chunk's first step."""
+    current: jax.Array
+    """``w~`` of the slot's current request."""
+    age: jax.Array
+    """``w~`` of the age jump of the stationary first request while it lasts (else 0)."""
+    pend_own: jax.Array
+    """``w~`` of a request that ended exactly at the chunk's first step (its boundary spike is there)."""
+    pend_before: jax.Array
+    """``Omega``-weight of the slot's requests ended before that boundary."""
+    pend_delta: jax.Array
+    """``delta_b`` of that boundary (tokens), 0 when none."""
+    pending: jax.Array
+    """Bool: a request ended exactly at the chunk's first step."""
+
+    @staticmethod
+    def initial(age, remaining):
+        z = jnp.zeros_like(remaining)
+        return JumpState(ended=z, current=remaining, age=age, pend_own=z, pend_before=z, pend_delta=z, pending=z != z)
+
+
+def _slot_group_field(values, positions, rmax, G, L, B):
+    """``(rmax, G, L)`` cumulative sum of ``values`` (``(rmax, B, K)``) scattered at
+    ``positions`` (local steps; ``>= L`` dropped), slot ``s`` in group ``s % G``."""
+    fdtype = values.dtype
+    group = (jnp.arange(B) % G)[None, :, None]
+    base = (jnp.arange(rmax)[:, None, None] * G + group) * L
+    flat = jnp.where(positions < L, base + positions, rmax * G * L)
+    buf = jnp.zeros(rmax * G * L, fdtype).at[flat.reshape(-1)].add(values.reshape(-1), mode="drop")
+    return cumsum_last(buf.reshape(rmax, G, L))
+
+
+class ChunkJumps(eqx.Module):
+    """The jump weights of one chunk, per slot group and step, and per boundary."""
+
+    omega: jax.Array
+    """``(rmax, G, L)``: shift weight ``Omega`` (requests ended before the step)."""
+    age: jax.Array
+    """``(rmax, G, L)``: age-jump weight active at the step."""
+    b_step: jax.Array
+    """``(rmax, B, M + 1)`` local step of each boundary (``>= L``: none); column 0 the pending one."""
+    b_delta: jax.Array
+    """``(rmax, B, M + 1)`` ``delta_b`` (tokens)."""
+    b_before: jax.Array
+    """``(rmax, B, M + 1)`` weight of the requests ended before the boundary."""
+    b_own: jax.Array
+    """``(rmax, B, M + 1)`` weight of the request that ends at the boundary."""
+
+
+def chunk_jumps(js: JumpState, starts, jump, new_weight, groups: int, L: int):
+    """``(next JumpState, ChunkJumps)`` from the chunk's request starts ``(rmax, B, M)``,
+    load jumps ``P_new - P_old - D_old`` and the new requests' surrogate weights."""
+    rmax, B, _ = starts.shape
+    G = groups
+    prev_w = jnp.concatenate([js.current[..., None], new_weight[..., :-1]], axis=-1)
+    inside = starts < L
+    before = js.ended[..., None] + js.pend_own[..., None] + jnp.cumsum(prev_w, axis=-1) - prev_w
+    delta = jax.lax.stop_gradient(-jump - 1.0)
+    # Omega: ended weight from step 0, the pending request's from step 1, each request
+    # ending inside the chunk from the step after its successor started.
+    one = jnp.ones((rmax, B, 1), jnp.int32)
+    values = jnp.concatenate([js.ended[..., None], js.pend_own[..., None], jnp.where(inside, prev_w, 0.0)], -1)
+    positions = jnp.concatenate([0 * one, one, jnp.where(inside, starts + 1, L)], -1)
+    omega = _slot_group_field(values, positions, rmax, G, L, B)
+    first = starts[..., :1]
+    age = _slot_group_field(
+        jnp.concatenate([js.age[..., None], -js.age[..., None]], -1),
+        jnp.concatenate([0 * one, jnp.where(first < L, first, L)], -1),
+        rmax,
+        G,
+        L,
+        B,
+    )
+    b_step = jnp.concatenate([jnp.where(js.pending, 0, L)[..., None], jnp.where(inside, starts, L)], -1)
+    cj = ChunkJumps(
+        omega=omega,
+        age=age,
+        b_step=b_step,
+        b_delta=jnp.concatenate([js.pend_delta[..., None], delta], -1),
+        b_before=jnp.concatenate([js.pend_before[..., None], before], -1),
+        b_own=jnp.concatenate([js.pend_own[..., None], prev_w], -1),
+    )
+    # state after the chunk
+    ended = js.ended + js.pend_own + jnp.sum(jnp.where(inside, prev_w, 0.0), axis=-1)
+    at_end = starts == L
+    started = jnp.sum(starts <= L, axis=-1)
+    last = jnp.maximum(started - 1, 0)[..., None]
+    take = lambda a: jnp.take_along_axis(a, last, axis=-1)[..., 0]
+    has_new = started > 0
+    pend = jnp.any(at_end, axis=-1)
+    nxt = JumpState(
+        ended=ended,
+        current=jnp.where(has_new, take(new_weight), js.current),
+        age=jnp.where(first[..., 0] <= L, 0.0, js.age),
+        pend_own=jnp.sum(jnp.where(at_end, prev_w, 0.0), axis=-1),
+        pend_before=jnp.where(pend, ended, 0.0),
+        pend_delta=jnp.sum(jnp.where(at_end, delta, 0.0), axis=-1),
+        pending=pend,
+    )
+    return nxt, cj
+
+
+def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measured):
+    """``(r_max,)``: ``sum_i w~_i Delta time_i`` over the chunk's measured steps for the
+    barrier step (exact per-step effects). ``load`` ``(rmax, L)`` per instance,
+    ``floor_time`` ``(r_max,)`` ``max(t_F, t_C)`` per ratio."""
+    load, floor_time, alpha_a, beta_a = (jax.lax.stop_gradient(x) for x in (load, floor_time, alpha_a, beta_a))
+    rmax, L = load.shape
+    j = jnp.arange(rmax)
+    in_system = j[None, :] < (j[:, None] + 1)  # (r, j): instance j in the system with ratio r
+    # top-2 loads over the first r instances, per step: (r, L)
+    masked = jnp.where(in_system[:, :, None], load[None, :, :], -jnp.inf)  # (r, j, L)
+    arg = jnp.argmax(masked, axis=1)  # (r, L)
+    top = jnp.max(masked, axis=1)
+    second = jnp.max(jnp.where(j[None, :, None] == arg[:, None, :], -jnp.inf, masked), axis=1)
+    t_top = alpha_a * top + beta_a
+    floor = floor_time[:, None]
+
+    def gap(load_j, is_arg, top_r, second_r, t_top_r, floor_r):
+        """``z``: t_A(T_j) minus the largest other term of the step's max."""
+        own = alpha_a * load_j + beta_a
+        as_top = jnp.minimum(alpha_a * (top_r - second_r), t_top_r - floor_r)
+        other = jnp.minimum(alpha_a * (load_j - top_r), own - floor_r)
+        return jnp.where(is_arg, as_top, other)
+
+    def effect(z, delta):
+        return jax.nn.relu(z + alpha_a * delta) - jax.nn.relu(z)
+
+    # per step: z (r, j, L)
+    z = gap(
+        load[None], j[None, :, None] == arg[:, None, :], top[:, None], second[:, None], t_top[:, None], floor[:, None]
+    )
+    # Unused gaps are set to 0 before the effects are taken: a non-finite effect where it
+    # is masked out would otherwise give 0 * nan = nan in reverse mode.
+    use = measured[None, None, :] & in_system[:, :, None]
+    z = jnp.where(use, z, 0.0)
+    w_use = use.astype(z.dtype)
+    steps = jnp.sum(
+        (cj.omega[None, :, 0, :] * effect(z, -1.0) + cj.age[None, :, 0, :] * effect(z, 1.0)) * w_use, axis=(1, 2)
+    )
+    # boundaries: (j, B, K) gathered per ratio r -> (r, j, B, K)
+    b = jnp.minimum(cj.b_step, L - 1)
+    valid = (cj.b_step < L) & measured[b]
+    lj = jnp.take_along_axis(load[:, None, :], b.reshape(rmax, 1, -1), axis=-1).reshape(b.shape)
+    g = lambda a: a[:, b]  # (r, L) -> (r, j, B, K) gathered at each boundary's step
+    zb = gap(
+        lj[None],
+        j[None, :, None, None] == g(arg),
+        g(top),
+        g(second),
+        g(t_top),
+        floor_time[:, None, None, None],
+    )
+    use_b = valid[None] & in_system[:, :, None, None]
+    d = jnp.where(use_b, cj.b_delta[None], 0.0)
+    zb = jnp.where(use_b, zb, 0.0)
+    spikes = cj.b_before[None] * (effect(zb, d) - effect(zb, -1.0)) + cj.b_own[None] * effect(zb, d + 1.0)
+    spikes = jnp.where(use_b, spikes, 0.0)
+    return steps + jnp.sum(spikes, axis=(1, 2, 3))
+
+
+def load_perturbation(cj: ChunkJumps, B: int, L: int):
+    """``(rmax, G, L)`` zero-valued load perturbation whose derivative is
+    ``sum_i w_i delta_i(t)`` (the first-order, linearised effect of every jump)."""
+    rmax, G = cj.omega.shape[:2]
+    spike = (cj.b_before + cj.b_own) * jnp.where(cj.b_step < L, cj.b_delta + 1.0, 0.0)  # no 0 * inf in reverse
+    spikes = _slot_group_field(spike, cj.b_step, rmax, G, L, B)
+    # the field is a cumulative sum: add the spike at b and remove it at b + 1
+    spikes = spikes - _slot_group_field(spike, jnp.where(cj.b_step < L, cj.b_step + 1, L), rmax, G, L, B)
+    return -cj.omega + cj.age + spikes
