@@ -341,12 +341,8 @@ def _point(cli: Cli, name: str, command: str, out) -> None:
         cli.wait_for("the run", cli.stderr_has("Finished XLA compilation of jit(_simulate_jit)"))
 
 
-@pytest.mark.slow
-@linux_only
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("point", ["startup", "jax-import", "compilation", "run"])
-@pytest.mark.parametrize("command", ["provision", "simulate", "sweep"])
-def test_signal_at_every_point(command, point, sig, tmp_path):
+def _start(command: str, tmp_path):
+    """``(Cli, sweep output folder)`` for one of the three commands, the sweep on a small grid."""
     grid = tmp_path / "grid.toml"
     grid.write_text(SWEEP_GRID)
     out = tmp_path / "out"
@@ -355,7 +351,16 @@ def test_signal_at_every_point(command, point, sig, tmp_path):
         "simulate": SIMULATE,
         "sweep": ["sweep", "--grid", str(grid), "--out", str(out), "--max-chunk-points", "2"],
     }[command]
-    cli = Cli(args, tmp_path)
+    return Cli(args, tmp_path), out
+
+
+@pytest.mark.slow
+@linux_only
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point", ["startup", "jax-import", "compilation", "run"])
+@pytest.mark.parametrize("command", ["provision", "simulate", "sweep"])
+def test_signal_at_every_point(command, point, sig, tmp_path):
+    cli, out = _start(command, tmp_path)
     _point(cli, point, command, out)
     rc, err, took = cli.signal(sig)
     lines = [_interrupt_line(sig)]
@@ -370,15 +375,7 @@ def test_signal_at_every_point(command, point, sig, tmp_path):
 @pytest.mark.parametrize("command", ["provision", "simulate", "sweep"])
 def test_second_ctrl_c_while_exiting(command, repeat, tmp_path):
     """An impatient user: a second SIGINT 0-40 ms after the first still gives one line, 130."""
-    grid = tmp_path / "grid.toml"
-    grid.write_text(SWEEP_GRID)
-    out = tmp_path / "out"
-    args = {
-        "provision": PROVISION,
-        "simulate": SIMULATE,
-        "sweep": ["sweep", "--grid", str(grid), "--out", str(out), "--max-chunk-points", "2"],
-    }[command]
-    cli = Cli(args, tmp_path)
+    cli, out = _start(command, tmp_path)
     _point(cli, ["jax-import", "compilation", "run"][repeat % 3], command, out)
     rc, err, took = cli.signal(signal.SIGINT, again_after=0.008 * repeat)
     lines = [_interrupt_line(signal.SIGINT)]

@@ -159,7 +159,9 @@ def _check_coverage(family, truth, estimates, stderrs, covered):
         assert abs(estimates[:, i].mean() - truth[name]) < 4 * estimates[:, i].std(ddof=1) / math.sqrt(len(SEEDS))
 
 
-@pytest.mark.parametrize("family", list(DECODE_TRUTH))
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=pytest.mark.slow) if f == "geometric_mixture" else f for f in DECODE_TRUTH]
+)
 def test_decode_parameter_recovery(family):
     truth = DECODE_TRUTH[family]
     estimates, stderrs, covered, index_est, index_se = _recovery("decode", family, truth)

@@ -193,7 +193,7 @@ def test_throughput_gradients_validation():
 
 
 @pytest.mark.parametrize("metric", ["mean_cycle_time", "attention_idle_fraction", "ffn_idle_fraction"])
-@pytest.mark.parametrize("name", ["alpha_a", "beta_f"])
+@pytest.mark.parametrize("name", ["alpha_a", pytest.param("beta_f", marks=pytest.mark.slow)])
 def test_cycle_time_and_idle_fraction_gradients(setup, metric, name):
     """Pathwise gradients of the other simulated metrics against central differences (CRN)."""
     w, lat, sizes, _ = setup

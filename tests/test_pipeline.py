@@ -642,6 +642,7 @@ def test_cli_help_mentions_idealised_default(capsys):
     assert "--micro-batches" in out and "ideal" in out
 
 
+@pytest.mark.slow  # provision with m = 2; test_cli_simulate_micro_batches covers the pipelined CLI
 def test_provision_with_micro_batches(paper_latency):
     wl = Geometric(100.0, 500.0)
     rep = afdjax.provision(jax.random.key(0), wl, paper_latency, 64, range(1, 9), 300, 3, micro_batches=2)

@@ -114,6 +114,7 @@ def test_points_equal_simulate(reference, paper_latency):
     assert checked == 8
 
 
+@pytest.mark.slow  # chunk sizes 1..all; test_points_equal_simulate checks the chunked sweep
 def test_chunked_equals_unchunked(reference, tmp_path):
     summary = afdjax.sweep(small_grid(), tmp_path, progress=False, max_chunk_points=1)
     assert summary.chunks_written == 12
@@ -144,6 +145,7 @@ def _subprocess_env(**extra):
     return env | extra
 
 
+@pytest.mark.slow  # a subprocess with four host devices; the single-device sweep runs by default
 def test_four_devices_equal_one(reference, tmp_path):
     script = textwrap.dedent(
         """
