@@ -78,7 +78,7 @@ from ._theory import (
     mean_field_optimum,
     newton_polish,
 )
-from ._validate import check_int, check_number
+from ._validate import check_choice, check_int, check_number
 from ._workload import Workload
 
 DECODE_ESTIMATORS = ("coupled", "score")
@@ -86,11 +86,7 @@ DECODE_ESTIMATORS = ("coupled", "score")
 
 def decode_jumps_for(workload: Workload, decode_estimator: str) -> bool:
     """Whether the coupled estimator applies (``simulate(..., decode_jumps=...)``)."""
-    if decode_estimator not in DECODE_ESTIMATORS:
-        raise ValueError(
-            f"decode_estimator={decode_estimator!r} is invalid: expected one of {', '.join(DECODE_ESTIMATORS)}"
-        )
-    if decode_estimator != "coupled":
+    if check_choice("decode_estimator", decode_estimator, DECODE_ESTIMATORS) != "coupled":
         return False
     return workload._has_decode_jumps()
 

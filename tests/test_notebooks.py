@@ -29,7 +29,7 @@ def _make_small(nb) -> None:
     nbformat = pytest.importorskip("nbformat")
     for i, cell in enumerate(nb.cells):
         if "parameters" in cell.metadata.get("tags", ()):
-            names = [name for name in SMALL if f"{name}" in cell.source]
+            names = [name for name in SMALL if name in cell.source]
             assert names, "the parameters cell defines none of " + ", ".join(SMALL)
             code = "\n".join(f"{name} = {SMALL[name]!r}" for name in names)
             nb.cells.insert(i + 1, nbformat.v4.new_code_cell(code))

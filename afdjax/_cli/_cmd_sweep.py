@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from ._errors import set_interrupt_hint
 from ._files import check_output_dir
@@ -14,21 +13,14 @@ def cmd_sweep(args) -> int:
     from .._sweep._core import sweep
 
     set_interrupt_hint(f"finished chunks are kept in {args.out}: run the same command again to resume")
-    try:
-        summary = sweep(
-            args.grid,
-            args.out,
-            memory_budget_bytes=args.memory_budget_mb * 2**20,
-            max_chunk_points=args.max_chunk_points,
-            overwrite=args.overwrite,
-            progress=not args.json,
-        )
-    except KeyboardInterrupt:
-        print(
-            f"afdjax: interrupted; finished chunks are kept in {args.out}: run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130
+    summary = sweep(  # an interrupt: run_guarded prints the line with this hint, exit 130
+        args.grid,
+        args.out,
+        memory_budget_bytes=args.memory_budget_mb * 2**20,
+        max_chunk_points=args.max_chunk_points,
+        overwrite=args.overwrite,
+        progress=not args.json,
+    )
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
         return 0
