@@ -78,7 +78,7 @@ from ._theory import (
     mean_field_optimum,
     newton_polish,
 )
-from ._validate import check_choice, check_int, check_number
+from ._validate import check_choice, check_int, check_number, strong_leaves
 from ._workload import Workload
 
 DECODE_ESTIMATORS = ("coupled", "score")
@@ -228,6 +228,7 @@ def throughput_gradients(
     sizes = plan_buffers(
         workload, batch_size, max_ratio, num_steps, num_replicas, simulate_kwargs.get("warmup_steps", 0)
     )
+    workload, latency = strong_leaves((workload, latency))
     value, grads = _value_and_grad(
         key,
         workload,
@@ -349,6 +350,7 @@ def optimise_ratio(
     if max_ratio is None:
         max_ratio = max(2, math.ceil(2 * start) + 2)
     max_ratio = check_max_ratio(max_ratio)
+    workload, latency = strong_leaves((workload, latency))
     ratio, gradient, throughput = _ascend(
         workload, latency, batch_size, as_float(start), as_float(learning_rate), as_float(max_ratio), num_steps
     )

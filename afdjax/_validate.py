@@ -28,6 +28,27 @@ def float_leaf(x) -> jax.Array:
     return jnp.asarray(x, dtype=jnp.zeros(()).dtype)
 
 
+def strong_leaves(tree):
+    """``tree`` with every Python float leaf made a :func:`float_leaf` and every weakly
+    typed array leaf made strongly typed (same dtype, same values).
+
+    Constructors convert their parameters with :func:`float_leaf`, but a leaf replaced
+    afterwards (``eqx.tree_at(lambda m: m.alpha_a, latency, 0.5)``, a common way to move
+    one coefficient) bypasses them: a Python float is a *static* leaf to
+    ``eqx.filter_jit`` and a weakly typed array another abstract signature, so each such
+    call compiled the engine again (about 5 s on a CPU). The jitted entry points pass
+    their workload and latency model through here first. Tracers are left as they are."""
+
+    def strong(x):
+        if isinstance(x, float):
+            return float_leaf(x)
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.weak_type:
+            return jnp.asarray(x, dtype=x.dtype)
+        return x
+
+    return jax.tree_util.tree_map(strong, tree)
+
+
 INT32_MAX = 2**31 - 1
 """Largest count (steps, replicas, ...) the engine's int32 counters hold."""
 

@@ -31,6 +31,7 @@ import textwrap
 import time
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -739,6 +740,12 @@ def test_no_recompilation_explicit_sizes(trace_counter):
     afdjax.simulate(jax.random.key(1), Geometric(120.0, 510.0), _recompile_lat(), ratios=sweep, **RC, **sizes)
     # a different subset of the same length and max
     afdjax.simulate(key, Geometric(100.0, 500.0), _recompile_lat(), ratios=[6, 1, 2, 2, 5, 3], **RC, **sizes)
+    # a parameter replaced with eqx.tree_at bypasses the constructors' float_leaf: a Python
+    # float (static to filter_jit) or a weakly typed array is made a strong leaf first
+    lat, wl = _recompile_lat(), Geometric(100.0, 500.0)
+    afdjax.simulate(key, wl, eqx.tree_at(lambda m: m.alpha_a, lat, 0.003), ratios=sweep, **RC, **sizes)
+    afdjax.simulate(key, wl, eqx.tree_at(lambda m: m.beta_a, lat, jnp.asarray(91.0)), ratios=sweep, **RC, **sizes)
+    afdjax.simulate(key, eqx.tree_at(lambda w: w.mu_d, wl, 450.0), lat, ratios=sweep, **RC, **sizes)
     assert trace_counter() == (1, 1)
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._interrupt import deliver_interrupts
+from .._validate import strong_leaves
 from ._config import EngineConfig
 from ._draws import draw_requests, initial_jump_weights, initial_slots, slot_streams
 from ._jumps import JumpState, barrier_jump_time, chunk_jumps, load_perturbation
@@ -168,6 +169,7 @@ def run_engine(key_words, workload, latency, levels, cfg: EngineConfig, jumps: b
     """One engine run of a configuration (jitted; blocks with a progress bar when
     ``cfg.progress``): ``(SimulationResult for r = 1..r_max, covered)``. ``jumps``: also
     the coupled decode-length term (gradients; not with the progress mode)."""
+    workload, latency = strong_leaves((workload, latency))
     if cfg.progress and not jumps:
         return _simulate_with_progress(key_words, workload, latency, levels, cfg)
     return _simulate_jit(key_words, workload, latency, levels, cfg, jumps)
