@@ -65,7 +65,7 @@ _EXPORTS = {
         "parse_model_spec",
         "parse_workload_spec",
     ),
-    "_step": ("Barrier", "Pipeline", "StepModel"),
+    "_step": ("Barrier", "Colocated", "Pipeline", "StepModel"),
     "_step._pipeline": (
         "PipelineEvents",
         "PipelineState",
@@ -213,6 +213,7 @@ if TYPE_CHECKING:
     from ._specs import parse_model_spec as parse_model_spec
     from ._specs import parse_workload_spec as parse_workload_spec
     from ._step import Barrier as Barrier
+    from ._step import Colocated as Colocated
     from ._step import Pipeline as Pipeline
     from ._step import StepModel as StepModel
     from ._step._pipeline import PipelineEvents as PipelineEvents
