@@ -81,14 +81,17 @@ def _expected_max_normal_jit(ranks):
     return expected_max_normal_excess(_Z_LOW, ranks) + _Z_LOW
 
 
-def _group_sizes(batch_size, groups: int):
-    """Slots per micro-batch ``ceil((B - g) / G)`` (concrete ``B``) or ``B / G`` (traced)."""
-    if isinstance(batch_size, jax.core.Tracer) or groups == 1:
+def _group_sizes(batch_size, groups: int) -> list:
+    """Slots per micro-batch: ``ceil((B - g) / G)`` for integer-valued ``B`` (arrays too),
+    ``B / G`` for a real or traced ``B``."""
+    if groups == 1:
+        return [as_float(batch_size)]
+    if isinstance(batch_size, jax.core.Tracer):
         return [as_float(batch_size) / groups] * groups
-    B = int(np.asarray(batch_size)) if float(np.asarray(batch_size)).is_integer() else None
-    if B is None:
-        return [as_float(batch_size) / groups] * groups
-    return [as_float((B - g + groups - 1) // groups) for g in range(groups)]
+    b = np.asarray(batch_size, dtype=float)
+    if np.all(b == np.round(b)):
+        return [as_float(np.floor((b - g + groups - 1) / groups)) for g in range(groups)]
+    return [as_float(b / groups)] * groups
 
 
 class ColocatedConstants(StepConstants):
@@ -149,11 +152,11 @@ class Colocated(StepModel):
         remote = 1.0 - 1.0 / ranks
         return remote * alpha * group_slots + jnp.where(ranks > 1, latency.beta_c, 0.0)
 
-    def _stage_constants(self, latency, batch_size, ranks):
-        """``(ffn, comm)``, each ``ranks.shape + (G,)``."""
-        sizes = _group_sizes(batch_size, self.slot_groups())
+    def _stage_constants(self, latency, batch_size, ranks, sizes=None):
+        """``(ffn, comm)``, each of shape ``broadcast(B, N) + (G,)``."""
+        sizes = _group_sizes(batch_size, self.slot_groups()) if sizes is None else sizes
         r = as_float(ranks)[..., None]
-        bg = jnp.stack(sizes)
+        bg = jnp.stack(jnp.broadcast_arrays(*sizes), axis=-1)
         return self.ffn_share_time(latency, r, bg), self.transfer_time(latency, r, bg)
 
     def _combine(self, attention_groups, ffn, comm):
@@ -201,8 +204,7 @@ class Colocated(StepModel):
         return state, StepTimes(cycle_time=tau, attention_busy=jnp.sum(attention_g, axis=1))
 
     # ------------------------------------------------------------ closed forms
-    def _attention_groups(self, workload, latency, batch_size, ranks, noise: bool):
-        sizes = _group_sizes(batch_size, self.slot_groups())
+    def _attention_groups(self, workload, latency, sizes, ranks, noise: bool):
         out = []
         for bg in sizes:
             mu, s = attention_time_moments(workload, latency, bg)
@@ -211,13 +213,12 @@ class Colocated(StepModel):
 
     def _cycle(self, workload, latency, batch_size, ranks, noise: bool):
         check_batch_size(batch_size)
-        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
-            batch_size = int(batch_size)  # static under the jit below: the exact group sizes
-        return _cycle_jit(self, workload, latency, batch_size, as_float(ranks), noise)
+        sizes = _group_sizes(batch_size, self.slot_groups())  # exact, before tracing
+        return _cycle_jit(self, workload, latency, sizes, as_float(ranks), noise)
 
-    def _cycle_traced(self, workload, latency, batch_size, ranks, noise: bool):
-        ffn, comm = self._stage_constants(latency, batch_size, ranks)
-        return self._combine(self._attention_groups(workload, latency, batch_size, ranks, noise), ffn, comm)
+    def _cycle_traced(self, workload, latency, sizes, ranks, noise: bool):
+        ffn, comm = self._stage_constants(latency, None, ranks, sizes)
+        return self._combine(self._attention_groups(workload, latency, sizes, ranks, noise), ffn, comm)
 
     def cycle_time(self, workload, latency, batch_size, ratio) -> jax.Array:
         """Mean-field step time at ``N = ratio`` ranks (every load at its mean; time units)."""
@@ -257,8 +258,8 @@ class Colocated(StepModel):
 
 
 @eqx.filter_jit
-def _cycle_jit(model, workload, latency, batch_size, ranks, noise: bool):
-    return model._cycle_traced(workload, latency, batch_size, ranks, noise)
+def _cycle_jit(model, workload, latency, sizes, ranks, noise: bool):
+    return model._cycle_traced(workload, latency, sizes, ranks, noise)
 
 
 @eqx.filter_jit
