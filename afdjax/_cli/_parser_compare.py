@@ -51,8 +51,8 @@ def add_compare_parser(sub, types) -> None:
     p.add_argument(
         "--steps",
         type=_nonneg_int("--steps"),
-        default=200,
-        help="simulated steps per replica for the two best configurations (default 200; 0: closed form only)",
+        default=100,
+        help="simulated steps per replica for the two best configurations (default 100; 0: closed form only)",
     )
     p.add_argument("--replicas", type=_positive_int("--replicas"), default=2, help="replicas (default 2)")
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
