@@ -98,3 +98,22 @@ def test_barrier_optimum_against_simulation_over_prices(coefs, B):
         assert sim[chosen - 1] >= (1 - 0.005) * sim.max(), report
         closed = np.asarray(cost_objective(w, lat, B, r, w_a, w_f, barrier=True))
         np.testing.assert_allclose(closed, sim, rtol=0.01)
+
+
+def test_provision_shows_the_closed_form_beside_the_simulated_optimum():
+    """Cost objectives: ``provision`` adds ``closed_form`` to each batch size (and a text
+    line); the per-instance objective adds nothing (its output is unchanged)."""
+    from afdjax import Costs, provision_constrained
+
+    w, lat = Geometric(100.0, 500.0), LatencyModel(**FFN_HEAVY)
+    costs = Costs(attention_power_w=700.0, ffn_power_w=2800.0)
+    report = provision_constrained(
+        jax.random.key(0), w, lat, 16, list(range(1, 9)), 50, 2, costs=costs, objective="per_joule"
+    )
+    closed = report.per_batch[0]["closed_form"]
+    expect = cost_optimum(w, lat, 16, 700.0, 2800.0, 8).to_dict()
+    assert {k: closed[k] for k in expect} == expect and closed["ffn_cost"] == 2800.0
+    assert "Closed form, cost-weighted" in report.format_text()
+    assert report.to_dict()["per_batch_size"][0]["closed_form"]["regime"] == expect["regime"]
+    plain = provision_constrained(jax.random.key(0), w, lat, 16, list(range(1, 9)), 50, 2, costs=costs)
+    assert "closed_form" not in plain.per_batch[0] and "Closed form" not in plain.format_text()
