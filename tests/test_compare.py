@@ -136,3 +136,31 @@ def test_simulated_configurations_agree_with_closed_form():
         sim = side["simulated"]
         assert sim["throughput_per_device"] == pytest.approx(side["throughput_per_device"], rel=0.02)
     assert result.gain["simulated_ratio"] == pytest.approx(result.gain["ratio"], rel=0.03)
+
+
+def test_heterogeneous_hardware_spec():
+    """``ATTENTION_ACCEL/FFN_ACCEL:MODEL``: attention coefficients and KV room from the first,
+    FFN coefficients, FFN instance size and power from the second."""
+    from afdjax import deployment_instance_power_w, load_deployment
+    from afdjax._specs import derive_from_spec
+
+    mixed = derive_from_spec("h200/b200:deepseek-v3")
+    attention, ffn = derive_latency("h200", "deepseek-v3"), derive_latency("b200", "deepseek-v3")
+    got = mixed.latency.coefficients()
+    for name in ("alpha_a", "beta_a", "alpha_c"):
+        assert got[name] == attention.latency.coefficients()[name]
+    for name in ("alpha_f", "beta_f"):
+        assert got[name] == ffn.latency.coefficients()[name]
+    assert mixed.ffn_devices == ffn.ffn_devices and mixed.attention_devices == attention.attention_devices
+    assert mixed.heterogeneous and not attention.heterogeneous
+    assert any("heterogeneous AFD: Attention on h200, FFN on b200" in n for n in mixed.notes)
+    dep = load_deployment("h200/b200:deepseek-v3")
+    assert dep.accelerator == "h200/b200" and dep.kv_capacity_bytes() == attention.deployment().kv_capacity_bytes()
+    assert deployment_instance_power_w(dep) == (700.0 * dep.attention_devices, 1000.0 * dep.ffn_devices)
+    assert "ffn_power_watts" not in load_deployment("h100:deepseek-v3").to_dict()
+    assert derive_from_spec("h100/h100:deepseek-v3").latency.coefficients() == HW.latency.coefficients()
+    # compare: the co-located side runs on the Attention accelerator
+    result = compare(Geometric(100.0, 500.0), mixed, DEVICES, num_steps=0)
+    assert result.afd["accelerator"] == "h200/b200" and result.colocated["accelerator"] == "h200"
+    with pytest.raises(ValueError, match=r"unknown accelerator 'b999'"):
+        compare(Geometric(100.0, 500.0), "h200/b999:deepseek-v3", DEVICES, num_steps=0)

@@ -9,6 +9,8 @@ derivation, :func:`afdjax.derive_latency`: microseconds per layer) and the same 
   paper's barrier step (:class:`~afdjax.Barrier`). An Attention instance holds no FFN
   weights: its KV capacity is ``n_A HBM - W_attn`` (``kv_capacity_bytes="auto"``) or the
   number given.
+* heterogeneous AFD (``ATTENTION_ACCEL/FFN_ACCEL:MODEL``): the co-located side runs on
+  the Attention accelerator (its FFN coefficients re-derived for it); equal device counts.
 * **co-located** (:class:`~afdjax.Colocated`): expert-parallel groups of ``g`` ranks
   (``n_A`` devices each, attention data-parallel), ``floor(devices / (g n_A))`` groups;
   every rank also holds ``1/g`` of the FFN weights, so its KV capacity is the AFD one
@@ -44,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._engine import simulate
-from .._hardware import HardwareDerivation
+from .._hardware import HardwareDerivation, derive_latency
 from .._json import jsonable
 from .._specs import derive_from_spec, is_accelerator_model_spec
 from .._step import Barrier, Colocated
@@ -278,10 +280,14 @@ def compare(
     }
 
     # ---------------------------------------------------------------- co-located grid
-    model = Colocated(ffn_devices=n_f, attention_devices=n_a, overlap=colocated_overlap)
+    co_hw = _colocated_hardware(hw)
+    co_lat, co_f = co_hw.latency, co_hw.ffn_devices
+    if co_hw is not hw and kv_capacity_bytes == "auto":
+        afd_capacity = n_a * co_hw.hbm_capacity_bytes - co_hw.attention_weight_bytes
+    model = Colocated(ffn_devices=co_f, attention_devices=n_a, overlap=colocated_overlap)
     ranks_total = devices // n_a
     groups = np.arange(1, ranks_total + 1)
-    expert_share = hw.ffn_weight_bytes / groups  # bytes of FFN weights per rank
+    expert_share = co_hw.ffn_weight_bytes / groups  # bytes of FFN weights per rank
     tops = np.array(
         [
             _max_batch(
@@ -299,12 +305,12 @@ def compare(
         raise invalid(
             "devices",
             devices,
-            f"enough devices for a co-located group to hold the FFN weights ({hw.ffn_weight_bytes / 1e9:.4g} GB) "
+            f"enough devices for a co-located group to hold the FFN weights ({co_hw.ffn_weight_bytes / 1e9:.4g} GB) "
             "and some KV cache",
         )
     co_grid = _batch_grid(int(tops.max()), least)
     tau_co = np.asarray(
-        _colocated_cycle(model, workload, lat, co_grid[:, None], groups[None, :].astype(float)), dtype=float
+        _colocated_cycle(model, workload, co_lat, co_grid[:, None], groups[None, :].astype(float)), dtype=float
     )
 
     def co_thr(b, tau, g):
@@ -319,7 +325,7 @@ def compare(
     i, j = cell
     g_best = int(groups[j])
     b_co, t_co, v_co = _refine(
-        lambda b, g: _colocated_cycle(model, workload, lat, b, g),
+        lambda b, g: _colocated_cycle(model, workload, co_lat, b, g),
         float(g_best),
         int(tops[j]),
         co_grid,
@@ -340,7 +346,10 @@ def compare(
         "bundles": afd_bundles,
         "devices_used": afd_bundles * (r_best * n_a + n_f),
         "max_batch_size": afd_top,
-        "kv_capacity_bytes": afd_capacity,
+        "kv_capacity_bytes": n_a * hw.hbm_capacity_bytes - hw.attention_weight_bytes
+        if kv_capacity_bytes == "auto"
+        else afd_capacity,
+        "accelerator": hw.deployment().accelerator,
         "cycle_time_us": t_afd,
         "tpot_ms": float(tpot_of(t_afd)),
         "throughput_per_device": v_afd,
@@ -354,7 +363,8 @@ def compare(
         "groups": co_groups,
         "devices_used": co_groups * g_best * n_a,
         "max_batch_size": int(tops[g_best - 1]),
-        "kv_capacity_bytes": None if afd_capacity is None else afd_capacity - hw.ffn_weight_bytes / g_best,
+        "kv_capacity_bytes": None if afd_capacity is None else afd_capacity - co_hw.ffn_weight_bytes / g_best,
+        "accelerator": co_hw.accelerator.name,
         "overlap": colocated_overlap,
         "cycle_time_us": t_co,
         "tpot_ms": float(tpot_of(t_co)),
@@ -374,14 +384,14 @@ def compare(
             key, workload, lat, b_afd, r_best, Barrier(), num_steps, num_replicas, afd, layers
         )
         colocated["simulated"] = _simulated(
-            key, workload, lat, b_co, g_best, model, num_steps, num_replicas, colocated, layers
+            key, workload, co_lat, b_co, g_best, model, num_steps, num_replicas, colocated, layers
         )
         gain["simulated_ratio"] = (
             afd["simulated"]["throughput_per_device"] / colocated["simulated"]["throughput_per_device"]
         )
     settings = {
         "workload": workload.describe(),
-        "hardware": f"{hw.accelerator.name}:{hw.model.name}",
+        "hardware": f"{hw.deployment().accelerator}:{hw.model.name}",
         "devices": devices,
         "kv_capacity": kv_capacity_bytes if isinstance(kv_capacity_bytes, str) else afd_capacity,
         "kv_overflow_tolerance": kv_overflow_tolerance,
@@ -395,6 +405,24 @@ def compare(
         "replicas": num_replicas,
     }
     return Comparison(afd=afd, colocated=colocated, gain=gain, curve=curve, settings=settings)
+
+
+def _colocated_hardware(hw: HardwareDerivation) -> HardwareDerivation:
+    """The co-located side's hardware: ``hw`` itself, or for heterogeneous AFD the same
+    derivation with the FFN on the Attention accelerator (a co-located rank runs both)."""
+    if not hw.heterogeneous:
+        return hw
+    return derive_latency(
+        hw.accelerator,
+        hw.model,
+        dtype=hw.dtype,
+        memory_efficiency=hw.memory_efficiency,
+        compute_efficiency=hw.compute_efficiency,
+        network_efficiency=hw.network_efficiency,
+        kernel_overhead_us=hw.kernel_overhead_us,
+        attention_devices=hw.attention_devices,
+        comm_scaling=hw.latency.comm_scaling,
+    )
 
 
 def _no_tpot(side: str, fastest_ms: float, target: float):

@@ -85,9 +85,10 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
     ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
     if deployment.power_watts is None:
         return None
+    ffn_watts = deployment.power_watts if deployment.ffn_power_watts is None else deployment.ffn_power_watts
     return (
         deployment.power_watts * (deployment.attention_devices or 1),
-        deployment.power_watts * (deployment.ffn_devices or 1),
+        ffn_watts * (deployment.ffn_devices or 1),
     )
 
 
