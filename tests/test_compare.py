@@ -22,8 +22,9 @@ HW = derive_latency("h100", "deepseek-v3")
 DEVICES = 40
 
 
-def _brute_force(hw, workload, devices, tpot_ms=None, overlap=True, top=4096):
-    """Best throughput per device (tokens/s) of each side for a zero-variance workload."""
+def _brute_force(hw, workload, devices, tpot_ms=None, top=4096):
+    """Best throughput per device (tokens/s) of each side for a zero-variance workload
+    (co-located: the better of two-batch overlap and none)."""
     c = hw.latency.coefficients()
     theta, L, n_a, n_f = float(workload.theta()), hw.num_layers, hw.attention_devices, hw.ffn_devices
     cap = n_a * hw.hbm_capacity_bytes - hw.attention_weight_bytes  # KV bytes of an Attention instance
@@ -44,17 +45,19 @@ def _brute_force(hw, workload, devices, tpot_ms=None, overlap=True, top=4096):
     fits = B * theta * hw.kv_bytes_per_token <= cap
     afd = np.max(np.where(ok(tau) & fits, thr, -np.inf))
     g = np.arange(1, devices // n_a + 1)[None, :]
-    halves = [np.floor((B - k + 1) / 2) for k in range(2)] if overlap else [B]
-    compute = sum(
-        c["alpha_a"] * h * theta + c["beta_a"] + n_f / n_a * (c["alpha_f"] * h + c["beta_f"] / g) for h in halves
-    )
-    comm = sum(2 * ((1 - 1 / g) * c["alpha_c"] * h + np.where(g > 1, c["beta_c"], 0.0)) for h in halves)
-    tau_c = np.maximum(compute, comm) if overlap else compute + comm
-    thr_c = (devices // n_a // g) * g * B / (n_a * L * tau_c * 1e-6) / devices
-    fits_c = B * theta * hw.kv_bytes_per_token <= cap - hw.ffn_weight_bytes / g
-    if overlap:
-        fits_c &= B >= 2
-    co = np.max(np.where(ok(tau_c) & fits_c, thr_c, -np.inf))
+    co = -np.inf
+    for overlap in (False, True):
+        halves = [np.floor((B - k + 1) / 2) for k in range(2)] if overlap else [B]
+        compute = sum(
+            c["alpha_a"] * h * theta + c["beta_a"] + n_f / n_a * (c["alpha_f"] * h + c["beta_f"] / g) for h in halves
+        )
+        comm = sum(2 * ((1 - 1 / g) * c["alpha_c"] * h + np.where(g > 1, c["beta_c"], 0.0)) for h in halves)
+        tau_c = np.maximum(compute, comm) if overlap else compute + comm
+        thr_c = (devices // n_a // g) * g * B / (n_a * L * tau_c * 1e-6) / devices
+        fits_c = B * theta * hw.kv_bytes_per_token <= cap - hw.ffn_weight_bytes / g
+        if overlap:
+            fits_c &= B >= 2
+        co = max(co, np.max(np.where(ok(tau_c) & fits_c, thr_c, -np.inf)))
     return afd, co
 
 
@@ -96,6 +99,11 @@ def test_bad_input_names_the_argument():
         compare(w, "h999:deepseek-v3", DEVICES, num_steps=0)
     with pytest.raises(ValueError, match=r"kv_capacity_bytes='lots' is invalid"):
         compare(w, HW, DEVICES, kv_capacity_bytes="lots", num_steps=0)
+    with pytest.raises(ValueError, match=r"ratios=\[99\] is invalid: expected integers in 1..24"):
+        compare(w, HW, DEVICES, ratios=[99], num_steps=0)
+    one = compare(w, HW, DEVICES, ratios=[3], group_sizes=[16], colocated_overlap=False, num_steps=0)
+    assert (one.afd["ratio"], one.colocated["ranks_per_group"], one.colocated["overlap"]) == (3, 16, False)
+    assert one.colocated["groups"] == DEVICES // 16 and one.afd["bundles"] == DEVICES // 19
 
 
 def test_cli_json_and_plot(tmp_path, capsys):

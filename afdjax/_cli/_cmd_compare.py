@@ -45,7 +45,7 @@ def cmd_compare(args) -> int:
             kv_capacity_bytes=args.kv_capacity_gb,
             tpot_ms=args.tpot_ms,
             max_batch_size=args.max_batch_size,
-            colocated_overlap=not args.no_overlap,
+            colocated_overlap={"auto": None, "on": True, "off": False}[args.overlap],
             num_steps=args.steps,
             num_replicas=args.replicas,
             key=jax.random.key(args.seed),

@@ -46,7 +46,10 @@ def add_compare_parser(sub, types) -> None:
         help="largest slots per Attention instance or rank considered (default 4096)",
     )
     p.add_argument(
-        "--no-overlap", action="store_true", help="co-located side without two-batch overlap (default: ideal overlap)"
+        "--overlap",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="co-located two-batch overlap: on, off, or auto (the better of the two; default)",
     )
     p.add_argument(
         "--steps",

@@ -14,8 +14,8 @@ derivation, :func:`afdjax.derive_latency`: microseconds per layer) and the same 
 * **co-located** (:class:`~afdjax.Colocated`): expert-parallel groups of ``g`` ranks
   (``n_A`` devices each, attention data-parallel), ``floor(devices / (g n_A))`` groups;
   every rank also holds ``1/g`` of the FFN weights, so its KV capacity is the AFD one
-  minus ``W_ffn / g``. Two-batch overlap (ideal) by default, so that both sides overlap
-  communication ideally.
+  minus ``W_ffn / g``. With and without (ideal) two-batch overlap, the better of the two
+  (overlap hides the all-to-all but pays the fixed costs once per micro-batch).
 
 For every ratio (group size) and batch size the **closed form** is evaluated: the mean
 step time ``E[tau]`` of the Gaussian barrier (AFD: ``E[max(t_F, t_C, mu_A + s M_r)]``;
@@ -169,10 +169,12 @@ def compare(
     tpot_ms: float | None = None,
     kv_overflow_tolerance: float = 1e-3,
     max_batch_size: int = 4096,
-    colocated_overlap: bool = True,
+    colocated_overlap: bool | None = None,
     num_steps: int = 400,
     num_replicas: int = 4,
     key: jax.Array | None = None,
+    ratios=None,
+    group_sizes=None,
 ) -> Comparison:
     """The best AFD configuration (ratio, batch, bundles) against the best co-located one
     (expert-parallel group size, batch) on the same ``devices`` (module docstring).
@@ -190,9 +192,13 @@ def compare(
     - ``kv_overflow_tolerance``: allowed probability that an instance's KV load exceeds
       its capacity (default ``1e-3``).
     - ``max_batch_size``: largest slots per Attention instance or rank considered.
-    - ``colocated_overlap``: two-batch overlap on the co-located side (default ``True``).
+    - ``colocated_overlap``: two-batch overlap on the co-located side (``True``), none
+      (``False``), or the better of the two (``None``, the default).
     - ``num_steps``, ``num_replicas``: simulation of the two best configurations
       (``num_steps=0``: closed form only); ``key``: its PRNG key (default ``key(0)``).
+    - ``ratios``, ``group_sizes``: restrict the AFD ratios ``r`` and the co-located
+      expert-parallel group sizes (ranks) considered, e.g. to evaluate one published
+      layout (default: every one that fits the devices).
 
     **Returns:** a :class:`Comparison`. Raises ``ValueError`` naming the argument: fewer
     devices than one bundle, a hardware spec without memory data, or a ``tpot_ms`` that
@@ -230,7 +236,7 @@ def compare(
         return None if bytes_ is None else bytes_ / kv_token
 
     # ---------------------------------------------------------------- AFD grid
-    ratios = np.arange(1, (devices - n_f) // n_a + 1)
+    ratios = _restrict("ratios", ratios, (devices - n_f) // n_a)
     afd_top = _max_batch(theta, variance, capacity_tokens(afd_capacity), kv_overflow_tolerance, max_batch_size)
     if afd_top < 1:
         raise invalid("kv_capacity_bytes", kv_capacity_bytes, "room for at least one slot on an Attention instance")
@@ -284,9 +290,8 @@ def compare(
     co_lat, co_f = co_hw.latency, co_hw.ffn_devices
     if co_hw is not hw and kv_capacity_bytes == "auto":
         afd_capacity = n_a * co_hw.hbm_capacity_bytes - co_hw.attention_weight_bytes
-    model = Colocated(ffn_devices=co_f, attention_devices=n_a, overlap=colocated_overlap)
     ranks_total = devices // n_a
-    groups = np.arange(1, ranks_total + 1)
+    groups = _restrict("group_sizes", group_sizes, ranks_total)
     expert_share = co_hw.ffn_weight_bytes / groups  # bytes of FFN weights per rank
     tops = np.array(
         [
@@ -300,39 +305,39 @@ def compare(
             for share in expert_share
         ]
     )
-    least = 2 if colocated_overlap else 1
-    if np.all(tops < least):
+    if np.all(tops < 1):
         raise invalid(
             "devices",
             devices,
             f"enough devices for a co-located group to hold the FFN weights ({co_hw.ffn_weight_bytes / 1e9:.4g} GB) "
             "and some KV cache",
         )
-    co_grid = _batch_grid(int(tops.max()), least)
-    tau_co = np.asarray(
-        _colocated_cycle(model, workload, co_lat, co_grid[:, None], groups[None, :].astype(float)), dtype=float
-    )
 
     def co_thr(b, tau, g):
         return (ranks_total // g) * g * b / (n_a * layers * tau * us_to_s) / devices
 
-    thr_co = co_thr(co_grid[:, None], tau_co, groups[None, :])
-    ok_co = meets(tau_co) & (co_grid[:, None] <= tops[None, :])
-    cell = _best_cell(thr_co, ok_co)
-    if cell is None:
-        fits = co_grid[:, None] <= tops[None, :]
-        _no_tpot("co-located", tpot_of(np.min(np.where(fits, tau_co, np.inf))), tpot_ms)
-    i, j = cell
-    g_best = int(groups[j])
-    b_co, t_co, v_co = _refine(
-        lambda b, g: _colocated_cycle(model, workload, co_lat, b, g),
-        float(g_best),
-        int(tops[j]),
-        co_grid,
-        i,
-        meets,
-        lambda b, t: co_thr(b, t, g_best),
-    )
+    options = [False, True] if colocated_overlap is None else [bool(colocated_overlap)]
+    found = [
+        _colocated_search(
+            Colocated(ffn_devices=co_f, attention_devices=n_a, overlap=o),
+            workload,
+            co_lat,
+            groups,
+            tops,
+            meets,
+            co_thr,
+        )
+        for o in options
+    ]
+    found = [f for f in found if f is not None]
+    if not found:
+        fastest = min(
+            _fastest(Colocated(ffn_devices=co_f, attention_devices=n_a, overlap=o), workload, co_lat, groups, tops)
+            for o in options
+        )
+        _no_tpot("co-located", tpot_of(fastest), tpot_ms)
+    model, g_best, j, b_co, t_co, v_co = max(found, key=lambda f: f[-1])
+    colocated_overlap = model.overlap
 
     # ---------------------------------------------------------------- report
     afd_bundles = devices // (r_best * n_a + n_f)
@@ -353,6 +358,7 @@ def compare(
         "cycle_time_us": t_afd,
         "tpot_ms": float(tpot_of(t_afd)),
         "throughput_per_device": v_afd,
+        "throughput_per_used_device": v_afd * devices / (afd_bundles * (r_best * n_a + n_f)),
         "step_model": Barrier().describe(),
     }
     colocated = {
@@ -362,13 +368,14 @@ def compare(
         "group_devices": g_best * n_a,
         "groups": co_groups,
         "devices_used": co_groups * g_best * n_a,
-        "max_batch_size": int(tops[g_best - 1]),
+        "max_batch_size": int(tops[j]),
         "kv_capacity_bytes": None if afd_capacity is None else afd_capacity - co_hw.ffn_weight_bytes / g_best,
         "accelerator": co_hw.accelerator.name,
         "overlap": colocated_overlap,
         "cycle_time_us": t_co,
         "tpot_ms": float(tpot_of(t_co)),
         "throughput_per_device": v_co,
+        "throughput_per_used_device": v_co * devices / (co_groups * g_best * n_a),
         "step_model": model.describe(),
     }
     factors = {
@@ -405,6 +412,50 @@ def compare(
         "replicas": num_replicas,
     }
     return Comparison(afd=afd, colocated=colocated, gain=gain, curve=curve, settings=settings)
+
+
+def _colocated_search(model, workload, latency, groups, tops, meets, throughput):
+    """Best ``(model, group size, its index, B, E[tau], throughput)`` of one co-located step
+    model over the groups and batch sizes, or ``None`` if no cell meets the TPOT target."""
+    least = 2 if model.overlap else 1
+    if np.all(tops < least):
+        return None
+    grid = _batch_grid(int(tops.max()), least)
+    tau = np.asarray(_colocated_cycle(model, workload, latency, grid[:, None], groups[None, :].astype(float)), float)
+    thr = throughput(grid[:, None], tau, groups[None, :])
+    cell = _best_cell(thr, meets(tau) & (grid[:, None] <= tops[None, :]))
+    if cell is None:
+        return None
+    i, j = cell
+    g = int(groups[j])
+    b, t, v = _refine(
+        lambda b, n: _colocated_cycle(model, workload, latency, b, n),
+        float(g),
+        int(tops[j]),
+        grid,
+        i,
+        meets,
+        lambda b, t: throughput(b, t, g),
+    )
+    return model, g, int(j), b, t, v
+
+
+def _fastest(model, workload, latency, groups, tops) -> float:
+    """The shortest ``E[tau]`` (one slot per rank) of the group sizes with room for a slot."""
+    fits = groups[tops >= (2 if model.overlap else 1)]
+    if len(fits) == 0:
+        return np.inf
+    return float(np.min(_colocated_cycle(model, workload, latency, 2.0 if model.overlap else 1.0, fits.astype(float))))
+
+
+def _restrict(name: str, values, top: int) -> np.ndarray:
+    """``1..top``, or the given integers (each in ``1..top``: they must fit the devices)."""
+    if values is None:
+        return np.arange(1, top + 1)
+    chosen = sorted({int(v) for v in np.atleast_1d(values)})
+    if not chosen or chosen[0] < 1 or chosen[-1] > top or any(v != int(v) for v in np.atleast_1d(values)):
+        raise invalid(name, values, f"integers in 1..{top} (what fits the devices)")
+    return np.asarray(chosen)
 
 
 def _colocated_hardware(hw: HardwareDerivation) -> HardwareDerivation:
