@@ -61,8 +61,9 @@ def _engine_per_device(result, model):
     return np.asarray(result.throughput_per_instance) * scale, np.asarray(result.stderr) * scale
 
 
-# (overlap, comm_scaling): two compilations, shared with the zero-variance test
-CASES = [(False, "batch"), (True, "ratio_batch")]
+# (overlap, comm_scaling): two compilations, shared with the zero-variance test; the overlap
+# case is slow (its step times are checked by hand without the engine by default)
+CASES = [(False, "batch"), pytest.param(True, "ratio_batch", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("overlap, comm_scaling", CASES)
@@ -126,6 +127,30 @@ def test_zero_variance_equals_closed_form_exactly(overlap, comm_scaling):
         np.testing.assert_allclose(mean_field, np.maximum(2 * (t_a2 + ffn2), 4 * comm2), rtol=1e-12)
     per_device = np.asarray(colocated_throughput_per_device(model, mean_field, B))
     np.testing.assert_allclose(per_device, B / (N_A * mean_field), rtol=1e-12)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_step_times_by_hand(overlap):
+    """The engine-side timing of one chunk against the formula, from random group loads
+    (no engine run): the barrier per micro-batch across the first N ranks."""
+    latency = LatencyModel(**COEFS, comm_scaling="ratio_batch")
+    model = Colocated(ffn_devices=N_F, attention_devices=N_A, overlap=overlap)
+    G, n_max, L = model.slot_groups(), 5, 7
+    loads = np.random.default_rng(2).uniform(500, 3000, (n_max, G, L))
+    constants = model.constants(Geometric(100, 60), latency, B, n_max)
+    _, times = model.step_times(constants, model.initial_state(n_max, float), jax.numpy.asarray(loads), latency)
+    per_group = COEFS["alpha_a"] * loads + COEFS["beta_a"]
+    a_c = COEFS["alpha_c"] * N_F / N_A
+    sizes = [B / G] * G
+    for n in range(1, n_max + 1):
+        compute = sum(
+            per_group[:n, g].max(axis=0) + N_F / N_A * (COEFS["alpha_f"] * sizes[g] + COEFS["beta_f"] / n)
+            for g in range(G)
+        )
+        comm = sum(2 * ((1 - 1 / n) * a_c * sizes[g] + (COEFS["beta_c"] if n > 1 else 0.0)) for g in range(G))
+        expect = np.maximum(compute, comm) if overlap else compute + comm
+        np.testing.assert_allclose(np.asarray(times.cycle_time)[n - 1], expect, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(times.attention_busy), per_group.sum(axis=1), rtol=1e-12)
 
 
 def test_expected_max_normal():

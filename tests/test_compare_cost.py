@@ -40,7 +40,10 @@ def test_equal_costs_are_the_paper_optimum(scaling):
         assert int(mine.ratio_mean_field) == int(mean_field_integer_ratio(w, lat, B, max_ratio=MAX_RATIO))
 
 
-@pytest.mark.parametrize("coefs, scaling", [(FFN_HEAVY, "batch"), (PAPER, "batch"), (FFN_HEAVY, "ratio_batch")])
+@pytest.mark.parametrize(
+    "coefs, scaling",
+    [(FFN_HEAVY, "batch"), (PAPER, "batch"), pytest.param(FFN_HEAVY, "ratio_batch", marks=pytest.mark.slow)],
+)
 def test_closed_form_against_brute_force(coefs, scaling):
     w, lat, B = Geometric(100.0, 500.0), LatencyModel(**coefs, comm_scaling=scaling), 64
     grid = np.linspace(0.05, MAX_RATIO, 200_001)
@@ -100,6 +103,31 @@ def test_barrier_optimum_against_simulation_over_prices(coefs, B):
         np.testing.assert_allclose(closed, sim, rtol=0.01)
 
 
+def test_provision_closed_form_entry_and_text():
+    """What ``provision`` adds for cost objectives, without a simulation: the entry is
+    ``cost_optimum`` with the costs of the objective, and one text block; nothing for
+    the per-instance objective or another step model."""
+    from afdjax import Costs, Pipeline
+    from afdjax._provision._closed_cost import closed_form_cost
+    from afdjax._provision._text import _closed_cost_lines
+    from afdjax._step import Barrier
+
+    w, lat = Geometric(100.0, 500.0), LatencyModel(**FFN_HEAVY)
+    costs = Costs(attention_price_per_hour=2.0, ffn_price_per_hour=8.0, attention_power_w=700.0, ffn_power_w=2800.0)
+    entry = closed_form_cost(w, lat, 64, costs, "per_dollar", MAX_RATIO, Barrier())
+    expect = cost_optimum(w, lat, 64, 2.0, 8.0, MAX_RATIO).to_dict()
+    assert {k: entry[k] for k in expect} == expect and (entry["attention_cost"], entry["ffn_cost"]) == (2.0, 8.0)
+    assert closed_form_cost(w, lat, 64, costs, "per_instance", MAX_RATIO, Barrier()) is None
+    assert closed_form_cost(w, lat, 64, costs, "per_joule", MAX_RATIO, Pipeline(2)) is None
+    lines = _closed_cost_lines([{"batch_size": 64, "closed_form": entry, "best": {"ratio": 38}}])
+    assert lines[1].startswith("Closed form, cost-weighted")
+    assert lines[2].startswith(
+        f"  B = 64: r* = {entry['r_star']:.4g} (ffn-bound), integer {entry['ratio_mean_field']};"
+    )
+    assert lines[2].endswith("simulated best feasible 38") and _closed_cost_lines([{"batch_size": 1}]) == []
+
+
+@pytest.mark.slow
 def test_provision_shows_the_closed_form_beside_the_simulated_optimum():
     """Cost objectives: ``provision`` adds ``closed_form`` to each batch size (and a text
     line); the per-instance objective adds nothing (its output is unchanged)."""
@@ -107,13 +135,12 @@ def test_provision_shows_the_closed_form_beside_the_simulated_optimum():
 
     w, lat = Geometric(100.0, 500.0), LatencyModel(**FFN_HEAVY)
     costs = Costs(attention_power_w=700.0, ffn_power_w=2800.0)
-    report = provision_constrained(
-        jax.random.key(0), w, lat, 16, list(range(1, 9)), 50, 2, costs=costs, objective="per_joule"
-    )
+    ratios = list(range(1, 9))
+    report = provision_constrained(jax.random.key(0), w, lat, 16, ratios, 20, 2, costs=costs, objective="per_joule")
     closed = report.per_batch[0]["closed_form"]
     expect = cost_optimum(w, lat, 16, 700.0, 2800.0, 8).to_dict()
     assert {k: closed[k] for k in expect} == expect and closed["ffn_cost"] == 2800.0
     assert "Closed form, cost-weighted" in report.format_text()
     assert report.to_dict()["per_batch_size"][0]["closed_form"]["regime"] == expect["regime"]
-    plain = provision_constrained(jax.random.key(0), w, lat, 16, list(range(1, 9)), 50, 2, costs=costs)
+    plain = provision_constrained(jax.random.key(0), w, lat, 16, ratios, 20, 2, costs=costs)
     assert "closed_form" not in plain.per_batch[0] and "Closed form" not in plain.format_text()

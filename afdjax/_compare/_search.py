@@ -140,6 +140,22 @@ def _colocated_cycle(model, workload, latency, batch, ranks):
     return model.barrier_cycle_time(workload, latency, batch, ranks)
 
 
+def _bucket(n: int) -> int:
+    """Padded length of an axis (a power of two, at least 16): calls with similar grids share
+    one compiled program."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _on_grid(cycle, batches, shapes) -> np.ndarray:
+    """``cycle(B, shape)`` on the grid ``batches x shapes`` (1-D each), as ``(len(batches),
+    len(shapes))`` floats; both axes padded (with their last value) to :func:`_bucket` sizes."""
+    batches, shapes = np.atleast_1d(batches), np.atleast_1d(shapes)
+    b = np.pad(batches, (0, _bucket(len(batches)) - len(batches)), mode="edge").astype(float)
+    x = np.pad(shapes, (0, _bucket(len(shapes)) - len(shapes)), mode="edge").astype(float)
+    out = np.asarray(cycle(b[:, None], x[None, :]), dtype=float)
+    return out[: len(batches), : len(shapes)]
+
+
 def _best_cell(values, feasible):
     """``(i, j)`` of the largest feasible value, or ``None``."""
     masked = np.where(feasible, values, -np.inf)
@@ -153,7 +169,7 @@ def _refine(cycle, shape_value, batch_top, grid, i, feasible_tpot, throughput):
     lo = grid[i - 1] if i > 0 else grid[i]
     hi = grid[i + 1] if i + 1 < len(grid) else grid[i]
     batches = np.arange(lo, min(hi, batch_top) + 1)
-    tau = np.asarray(cycle(batches.astype(float), shape_value), dtype=float)
+    tau = _on_grid(cycle, batches, shape_value)[:, 0]
     thr = throughput(batches, tau)
     ok = feasible_tpot(tau)
     k = int(np.argmax(np.where(ok, thr, -np.inf)))
@@ -246,7 +262,7 @@ def compare(
     def afd_cycle(b, r):
         return _afd_cycle(workload, lat, jnp.asarray(b, float), jnp.asarray(r, float))
 
-    tau_afd = np.asarray(afd_cycle(afd_grid[:, None], ratios[None, :].astype(float)), dtype=float)
+    tau_afd = _on_grid(afd_cycle, afd_grid, ratios)
 
     def afd_thr(b, tau, r):
         return (devices // (r * n_a + n_f)) * r * b / (layers * tau * us_to_s) / devices
@@ -421,7 +437,7 @@ def _colocated_search(model, workload, latency, groups, tops, meets, throughput)
     if np.all(tops < least):
         return None
     grid = _batch_grid(int(tops.max()), least)
-    tau = np.asarray(_colocated_cycle(model, workload, latency, grid[:, None], groups[None, :].astype(float)), float)
+    tau = _on_grid(lambda b, g: _colocated_cycle(model, workload, latency, b, g), grid, groups)
     thr = throughput(grid[:, None], tau, groups[None, :])
     cell = _best_cell(thr, meets(tau) & (grid[:, None] <= tops[None, :]))
     if cell is None:
@@ -445,7 +461,8 @@ def _fastest(model, workload, latency, groups, tops) -> float:
     fits = groups[tops >= (2 if model.overlap else 1)]
     if len(fits) == 0:
         return np.inf
-    return float(np.min(_colocated_cycle(model, workload, latency, 2.0 if model.overlap else 1.0, fits.astype(float))))
+    least = np.array([2 if model.overlap else 1])
+    return float(np.min(_on_grid(lambda b, g: _colocated_cycle(model, workload, latency, b, g), least, fits)))
 
 
 def _restrict(name: str, values, top: int) -> np.ndarray:
