@@ -533,6 +533,7 @@ def load_deployment(spec: str) -> Deployment:
             ffn_devices=dep.get("ffn_devices"),
             attention_weight_bytes=dep.get("attention_weight_bytes"),
             time_unit=units if isinstance(units, str) else dep.get("time_unit"),
+            ffn_power_watts=None if "ffn_power_watts" not in accel else float(accel["ffn_power_watts"]),
         )
     if head in PRESETS and head in LATENCY_PRESET_MODELS:
         m = MODELS[LATENCY_PRESET_MODELS[head]]

@@ -146,7 +146,7 @@ def test_simulated_configurations_agree_with_closed_form():
     assert result.gain["simulated_ratio"] == pytest.approx(result.gain["ratio"], rel=0.03)
 
 
-def test_heterogeneous_hardware_spec():
+def test_heterogeneous_hardware_spec(tmp_path):
     """``ATTENTION_ACCEL/FFN_ACCEL:MODEL``: attention coefficients and KV room from the first,
     FFN coefficients, FFN instance size and power from the second."""
     from afdjax import deployment_instance_power_w, load_deployment
@@ -166,6 +166,10 @@ def test_heterogeneous_hardware_spec():
     assert dep.accelerator == "h200/b200" and dep.kv_capacity_bytes() == attention.deployment().kv_capacity_bytes()
     assert deployment_instance_power_w(dep) == (700.0 * dep.attention_devices, 1000.0 * dep.ffn_devices)
     assert "ffn_power_watts" not in load_deployment("h100:deepseek-v3").to_dict()
+    toml = tmp_path / "mixed.toml"  # the TOML round trip keeps the FFN device's power
+    toml.write_text(mixed.to_toml())
+    assert deployment_instance_power_w(load_deployment(str(toml))) == (700.0, 1000.0 * dep.ffn_devices)
+    assert "ffn_power_watts" not in HW.to_toml()
     assert derive_from_spec("h100/h100:deepseek-v3").latency.coefficients() == HW.latency.coefficients()
     # compare: the co-located side runs on the Attention accelerator
     result = compare(Geometric(100.0, 500.0), mixed, DEVICES, num_steps=0)
