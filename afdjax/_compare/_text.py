@@ -30,12 +30,12 @@ def comparison_text(comparison) -> str:
         f"AFD         {a['ratio']}A-1F (r = {a['ratio']}; {a['attention_devices']} + {a['ffn_devices']} devices per "
         f"Attention + FFN instance), {a['bundles']} bundle(s) of {a['bundle_devices']} devices "
         f"({a['devices_used']} used), B = {a['batch_size']} slots per Attention instance "
-        f"(KV room for {a['max_batch_size']}, {_gb(a['kv_capacity_bytes'])})",
+        f"(at most {a['max_batch_size']}: KV capacity {_gb(a['kv_capacity_bytes'])})",
         f"            {format_number(a['throughput_per_device'], ',.0f')} tokens/s per device, "
         f"TPOT {format_number(a['tpot_ms'], '.3g')} ms (closed form){_sim(a)}",
         f"co-located  EP groups of {c['ranks_per_group']} rank(s) x {c['devices_per_rank']} device(s), "
         f"{c['groups']} group(s) ({c['devices_used']} used), B = {c['batch_size']} slots per rank "
-        f"(KV room for {c['max_batch_size']}, {_gb(c['kv_capacity_bytes'])} after the expert share), "
+        f"(at most {c['max_batch_size']}: KV capacity {_gb(c['kv_capacity_bytes'])} after the expert share), "
         f"{'two-batch overlap' if c['overlap'] else 'no overlap'}",
         f"            {format_number(c['throughput_per_device'], ',.0f')} tokens/s per device, "
         f"TPOT {format_number(c['tpot_ms'], '.3g')} ms (closed form){_sim(c)}",
