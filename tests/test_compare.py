@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from afdjax import Geometric, derive_latency
+from afdjax import Colocated, Geometric, Pipeline, derive_latency, pipeline_barrier_cycle_time
 from afdjax._cli import main
 from afdjax._compare import compare
 
@@ -104,6 +104,14 @@ def test_bad_input_names_the_argument():
     one = compare(w, HW, DEVICES, ratios=[3], group_sizes=[16], colocated_overlap=False, num_steps=0)
     assert (one.afd["ratio"], one.colocated["ranks_per_group"], one.colocated["overlap"]) == (3, 16, False)
     assert one.colocated["groups"] == DEVICES // 16 and one.afd["bundles"] == DEVICES // 19
+    # the AFD side as an explicit pipeline: its closed form is the pipeline's Gaussian period
+    piped = compare(w, HW, DEVICES, ratios=[3], group_sizes=[16], afd_step_model=Pipeline(2), num_steps=0)
+    a = piped.afd
+    assert a["micro_batches"] == 2 and "pipeline of 2 micro-batches" in piped.format_text()
+    expect = float(pipeline_barrier_cycle_time(w, HW.latency, a["batch_size"], 3.0, 2))
+    assert a["cycle_time_us"] == pytest.approx(expect, rel=1e-6)
+    with pytest.raises(ValueError, match=r"afd_step_model=.* is invalid: expected Barrier\(\) or Pipeline\(m\)"):
+        compare(w, HW, DEVICES, afd_step_model=Colocated(), num_steps=0)
 
 
 def test_cli_json_and_plot(tmp_path, capsys):

@@ -18,6 +18,7 @@ _OPTIONS = {
     "num_steps": "--steps",
     "num_replicas": "--replicas",
     "workload": "--workload",
+    "afd_step_model": "--afd-micro-batches",
 }
 
 
@@ -35,6 +36,7 @@ def cmd_compare(args) -> int:
 
     from .._compare import compare
     from .._specs import parse_workload_spec
+    from .._step import Pipeline
 
     workload = parse_workload_spec(args.workload)
     try:
@@ -49,6 +51,7 @@ def cmd_compare(args) -> int:
             num_steps=args.steps,
             num_replicas=args.replicas,
             key=jax.random.key(args.seed),
+            afd_step_model=None if args.afd_micro_batches is None else Pipeline(args.afd_micro_batches),
         )
     except ValueError as err:
         raise CliError(_as_option(str(err))) from None

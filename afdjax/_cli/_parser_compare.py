@@ -52,6 +52,12 @@ def add_compare_parser(sub, types) -> None:
         help="co-located two-batch overlap: on, off, or auto (the better of the two; default)",
     )
     p.add_argument(
+        "--afd-micro-batches",
+        type=_positive_int("--afd-micro-batches"),
+        default=None,
+        help="AFD side as an explicit pipeline of M micro-batches (default: the paper's ideal overlap)",
+    )
+    p.add_argument(
         "--steps",
         type=_nonneg_int("--steps"),
         default=100,

@@ -6,7 +6,8 @@ derivation, :func:`afdjax.derive_latency`: microseconds per layer) and the same 
 
 * **AFD**: bundles of ``r`` Attention instances (``n_A`` devices each) and one FFN
   instance (``n_F`` devices), ``floor(devices / (r n_A + n_F))`` of them; the step is the
-  paper's barrier step (:class:`~afdjax.Barrier`). An Attention instance holds no FFN
+  paper's barrier step (:class:`~afdjax.Barrier`) or an explicit micro-batch pipeline
+  (:class:`~afdjax.Pipeline`, ``afd_step_model``). An Attention instance holds no FFN
   weights: its KV capacity is ``n_A HBM - W_attn`` (``kv_capacity_bytes="auto"``) or the
   number given.
 * heterogeneous AFD (``ATTENTION_ACCEL/FFN_ACCEL:MODEL``): the co-located side runs on
@@ -49,8 +50,7 @@ from .._engine import simulate
 from .._hardware import HardwareDerivation, derive_latency
 from .._json import jsonable
 from .._specs import derive_from_spec, is_accelerator_model_spec
-from .._step import Barrier, Colocated
-from .._theory import barrier_cycle_time
+from .._step import Barrier, Colocated, Pipeline, StepModel
 from .._validate import check_int, check_number, invalid
 from .._workload import Workload
 
@@ -132,8 +132,8 @@ def _batch_grid(top: int, minimum: int) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _afd_cycle(workload, latency, batch, ratio):
-    return barrier_cycle_time(workload, latency, batch, ratio)
+def _afd_cycle(step_model, workload, latency, batch, ratio):
+    return step_model.barrier_cycle_time(workload, latency, batch, ratio)
 
 
 def _colocated_cycle(model, workload, latency, batch, ranks):
@@ -191,6 +191,7 @@ def compare(
     key: jax.Array | None = None,
     ratios=None,
     group_sizes=None,
+    afd_step_model: StepModel | None = None,
 ) -> Comparison:
     """The best AFD configuration (ratio, batch, bundles) against the best co-located one
     (expert-parallel group size, batch) on the same ``devices`` (module docstring).
@@ -215,6 +216,9 @@ def compare(
     - ``ratios``, ``group_sizes``: restrict the AFD ratios ``r`` and the co-located
       expert-parallel group sizes (ranks) considered, e.g. to evaluate one published
       layout (default: every one that fits the devices).
+    - ``afd_step_model``: the AFD step, :class:`~afdjax.Barrier` (the paper's ideal
+      overlap, default) or :class:`~afdjax.Pipeline` ``(m)`` (explicit micro-batch
+      pipeline; its closed form is the Gaussian approximation of its period).
 
     **Returns:** a :class:`Comparison`. Raises ``ValueError`` naming the argument: fewer
     devices than one bundle, a hardware spec without memory data, or a ``tpot_ms`` that
@@ -252,15 +256,21 @@ def compare(
         return None if bytes_ is None else bytes_ / kv_token
 
     # ---------------------------------------------------------------- AFD grid
+    afd_step = Barrier() if afd_step_model is None else afd_step_model
+    if not isinstance(afd_step, (Barrier, Pipeline)):
+        raise invalid("afd_step_model", afd_step, "Barrier() or Pipeline(m)")
     ratios = _restrict("ratios", ratios, (devices - n_f) // n_a)
     afd_top = _max_batch(theta, variance, capacity_tokens(afd_capacity), kv_overflow_tolerance, max_batch_size)
     if afd_top < 1:
         raise invalid("kv_capacity_bytes", kv_capacity_bytes, "room for at least one slot on an Attention instance")
     bundles = devices // (ratios * n_a + n_f)
-    afd_grid = _batch_grid(afd_top, 1)
+    least_afd = afd_step.micro_batches or 1
+    if afd_top < least_afd:
+        raise invalid("afd_step_model", afd_step, f"at most {afd_top} micro-batches (the KV room for slots)")
+    afd_grid = _batch_grid(afd_top, least_afd)
 
     def afd_cycle(b, r):
-        return _afd_cycle(workload, lat, jnp.asarray(b, float), jnp.asarray(r, float))
+        return _afd_cycle(afd_step, workload, lat, jnp.asarray(b, float), jnp.asarray(r, float))
 
     tau_afd = _on_grid(afd_cycle, afd_grid, ratios)
 
@@ -375,7 +385,8 @@ def compare(
         "tpot_ms": float(tpot_of(t_afd)),
         "throughput_per_device": v_afd,
         "throughput_per_used_device": v_afd * devices / (afd_bundles * (r_best * n_a + n_f)),
-        "step_model": Barrier().describe(),
+        "step_model": afd_step.describe(),
+        "micro_batches": afd_step.micro_batches,
     }
     colocated = {
         "ranks_per_group": g_best,
@@ -403,9 +414,7 @@ def compare(
     gain = {"ratio": v_afd / v_co, **factors}
     if num_steps:
         key = jax.random.key(0) if key is None else key
-        afd["simulated"] = _simulated(
-            key, workload, lat, b_afd, r_best, Barrier(), num_steps, num_replicas, afd, layers
-        )
+        afd["simulated"] = _simulated(key, workload, lat, b_afd, r_best, afd_step, num_steps, num_replicas, afd, layers)
         colocated["simulated"] = _simulated(
             key, workload, co_lat, b_co, g_best, model, num_steps, num_replicas, colocated, layers
         )

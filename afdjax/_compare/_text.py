@@ -30,7 +30,8 @@ def comparison_text(comparison) -> str:
         f"AFD         {a['ratio']}A-1F (r = {a['ratio']}; {a['attention_devices']} + {a['ffn_devices']} devices per "
         f"Attention + FFN instance), {a['bundles']} bundle(s) of {a['bundle_devices']} devices "
         f"({a['devices_used']} used), B = {a['batch_size']} slots per Attention instance "
-        f"(at most {a['max_batch_size']}: KV capacity {_gb(a['kv_capacity_bytes'])})",
+        f"(at most {a['max_batch_size']}: KV capacity {_gb(a['kv_capacity_bytes'])})"
+        + (f", a pipeline of {a['micro_batches']} micro-batches" if a.get("micro_batches") else ", ideal overlap"),
         f"            {format_number(a['throughput_per_device'], ',.0f')} tokens/s per device, "
         f"TPOT {format_number(a['tpot_ms'], '.3g')} ms (closed form){_sim(a)}",
         f"co-located  EP groups of {c['ranks_per_group']} rank(s) x {c['devices_per_rank']} device(s), "
