@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 # submodule -> the public names it defines (the one table of the package's interface)
 _EXPORTS = {
+    "_compare": ("Comparison", "compare"),
     "_data": ("BUNDLED_TRACES", "bundled_trace_path", "load_trace", "read_trace"),
     "_engine": ("SimulationResult", "simulate"),
     "_fit._latency": ("LatencyFit", "fit_latency", "read_latency_observations"),
@@ -65,7 +66,7 @@ _EXPORTS = {
         "parse_model_spec",
         "parse_workload_spec",
     ),
-    "_step": ("Barrier", "Pipeline", "StepModel"),
+    "_step": ("Barrier", "Colocated", "Pipeline", "StepModel"),
     "_step._pipeline": (
         "PipelineEvents",
         "PipelineState",
@@ -82,11 +83,14 @@ _EXPORTS = {
     "_theory": (
         "REGIMES",
         "BarrierOptimum",
+        "CostOptimum",
         "MeanFieldOptimum",
         "attention_time_moments",
         "barrier_cycle_time",
         "barrier_optimum",
         "barrier_throughput",
+        "cost_objective",
+        "cost_optimum",
         "expected_max_normal_excess",
         "mean_field_cycle_time",
         "mean_field_integer_ratio",
@@ -151,6 +155,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     __version__: str
+    from ._compare import Comparison as Comparison
+    from ._compare import compare as compare
     from ._data import BUNDLED_TRACES as BUNDLED_TRACES
     from ._data import bundled_trace_path as bundled_trace_path
     from ._data import load_trace as load_trace
@@ -213,6 +219,7 @@ if TYPE_CHECKING:
     from ._specs import parse_model_spec as parse_model_spec
     from ._specs import parse_workload_spec as parse_workload_spec
     from ._step import Barrier as Barrier
+    from ._step import Colocated as Colocated
     from ._step import Pipeline as Pipeline
     from ._step import StepModel as StepModel
     from ._step._pipeline import PipelineEvents as PipelineEvents
@@ -233,11 +240,14 @@ if TYPE_CHECKING:
     from ._sweep._core import sweep as sweep
     from ._theory import REGIMES as REGIMES
     from ._theory import BarrierOptimum as BarrierOptimum
+    from ._theory import CostOptimum as CostOptimum
     from ._theory import MeanFieldOptimum as MeanFieldOptimum
     from ._theory import attention_time_moments as attention_time_moments
     from ._theory import barrier_cycle_time as barrier_cycle_time
     from ._theory import barrier_optimum as barrier_optimum
     from ._theory import barrier_throughput as barrier_throughput
+    from ._theory import cost_objective as cost_objective
+    from ._theory import cost_optimum as cost_optimum
     from ._theory import expected_max_normal_excess as expected_max_normal_excess
     from ._theory import mean_field_cycle_time as mean_field_cycle_time
     from ._theory import mean_field_integer_ratio as mean_field_integer_ratio

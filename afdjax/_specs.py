@@ -346,7 +346,9 @@ _DERIVE_OPTIONS = {
 
 def derive_from_spec(spec: str) -> HardwareDerivation:
     """``ACCELERATOR:MODEL[,option=value,...]`` (options: the keyword arguments of
-    :func:`derive_latency`), e.g. ``h100:deepseek-v3,dtype=bf16,ffn_devices=32``."""
+    :func:`derive_latency`), e.g. ``h100:deepseek-v3,dtype=bf16,ffn_devices=32``; for
+    heterogeneous AFD ``ATTENTION_ACCELERATOR/FFN_ACCELERATOR:MODEL``, e.g.
+    ``h200/h100:deepseek-v3`` (Attention on H200, FFN on H100)."""
     accel, sep, rest = spec.strip().partition(":")
     if not sep:
         raise ValueError(f"hardware spec {spec!r}: expected ACCELERATOR:MODEL")
@@ -366,7 +368,10 @@ def derive_from_spec(spec: str) -> HardwareDerivation:
         except ValueError:
             kind = _DERIVE_OPTIONS[k].__name__
             raise ValueError(f"hardware spec {spec!r}: {k}={v!r} is not a valid {kind}") from None
-    return derive_latency(parse_accelerator_spec(accel), parse_model_spec(model), **kwargs)
+    attention_accel, slash, ffn_accel = accel.partition("/")  # heterogeneous: ATTENTION_ACCEL/FFN_ACCEL
+    if slash:
+        kwargs["ffn_accelerator"] = parse_accelerator_spec(ffn_accel.strip())
+    return derive_latency(parse_accelerator_spec(attention_accel.strip()), parse_model_spec(model), **kwargs)
 
 
 def is_accelerator_model_spec(text: str) -> bool:
@@ -528,6 +533,7 @@ def load_deployment(spec: str) -> Deployment:
             ffn_devices=dep.get("ffn_devices"),
             attention_weight_bytes=dep.get("attention_weight_bytes"),
             time_unit=units if isinstance(units, str) else dep.get("time_unit"),
+            ffn_power_watts=None if "ffn_power_watts" not in accel else float(accel["ffn_power_watts"]),
         )
     if head in PRESETS and head in LATENCY_PRESET_MODELS:
         m = MODELS[LATENCY_PRESET_MODELS[head]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+from ._cmd_compare import cmd_compare
 from ._cmd_fit import cmd_fit
 from ._cmd_hardware import cmd_hardware, cmd_profile
 from ._cmd_provision import cmd_provision, cmd_verify
@@ -34,6 +35,7 @@ COMMANDS = {
     "hardware": cmd_hardware,
     "profile": cmd_profile,
     "fit": cmd_fit,
+    "compare": cmd_compare,
 }
 
 

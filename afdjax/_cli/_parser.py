@@ -7,8 +7,10 @@ import argparse
 import contextlib
 import math
 import re
+import sys
 
 from ._errors import CliError
+from ._parser_compare import add_compare_parser
 
 DEFAULT_WORKLOAD = "geometric:mu_p=100,mu_d=500"
 DEFAULT_HARDWARE = "paper-910c"
@@ -460,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", action="store_true", help="print one JSON object")
     _add_sweep_parser(sub)
     _add_hardware_commands(sub)
+    add_compare_parser(sub, sys.modules[__name__])
     return parser
 
 

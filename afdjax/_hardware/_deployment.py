@@ -28,6 +28,8 @@ class Deployment:
     - ``attention_weight_bytes``: weights resident on one Attention instance, all layers
       (bytes); see :meth:`kv_capacity_bytes`.
     - ``time_unit``: unit of the coefficients, e.g. ``"us per layer"``.
+    - ``ffn_power_watts``: board power of one FFN device (W) when the FFN runs on another
+      accelerator than the Attention (heterogeneous AFD); ``None``: ``power_watts``.
     """
 
     latency: LatencyModel
@@ -41,6 +43,7 @@ class Deployment:
     ffn_devices: int | None = None
     attention_weight_bytes: float | None = None
     time_unit: str | None = None
+    ffn_power_watts: float | None = None
 
     def kv_capacity_bytes(self, reserve_fraction: float = 0.0) -> float | None:
         """HBM left for KV cache on one Attention instance:
@@ -55,6 +58,8 @@ class Deployment:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "latency"}
+        if self.ffn_power_watts is None:  # only heterogeneous deployments have it
+            del out["ffn_power_watts"]
         out["latency"] = self.latency.coefficients()
         out["comm_scaling"] = self.latency.comm_scaling
         return out

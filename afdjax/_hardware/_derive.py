@@ -121,6 +121,19 @@ class HardwareDerivation:
     latency: LatencyModel
     coefficients: dict
     notes: tuple[str, ...]
+    ffn_accelerator: Accelerator | None = None
+    """The FFN instance's accelerator when it differs from the Attention one
+    (heterogeneous AFD, ``ATTENTION_ACCEL/FFN_ACCEL:MODEL``); ``None``: the same."""
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Whether Attention and FFN run on different accelerators."""
+        return self.ffn_accelerator is not None
+
+    @property
+    def ffn_power_watts(self) -> float | None:
+        """Board power of one FFN device (W; the Attention device's when not heterogeneous)."""
+        return (self.ffn_accelerator or self.accelerator).power_watts
 
     @property
     def num_layers(self) -> int:
@@ -154,13 +167,14 @@ class HardwareDerivation:
             num_layers=self.num_layers,
             kv_bytes_per_token=self.kv_bytes_per_token,
             hbm_capacity_bytes=self.hbm_capacity_bytes,
-            accelerator=self.accelerator.name,
+            accelerator=self.accelerator.name + (f"/{self.ffn_accelerator.name}" if self.heterogeneous else ""),
             model=self.model.name,
             power_watts=self.power_watts,
             attention_devices=self.attention_devices,
             ffn_devices=self.ffn_devices,
             attention_weight_bytes=self.attention_weight_bytes,
             time_unit=TIME_UNIT,
+            ffn_power_watts=self.ffn_power_watts if self.heterogeneous else None,
         )
 
     def format_text(self) -> str:
@@ -173,6 +187,7 @@ class HardwareDerivation:
     def to_dict(self) -> dict:
         return {
             "accelerator": dataclasses.asdict(self.accelerator),
+            **({"ffn_accelerator": dataclasses.asdict(self.ffn_accelerator)} if self.heterogeneous else {}),
             "model": dataclasses.asdict(self.model),
             "dtype": self.dtype,
             "memory_efficiency": self.memory_efficiency,
@@ -214,6 +229,7 @@ def derive_latency(
     attention_devices: int | None = None,
     ffn_devices: int | None = None,
     comm_scaling: str = "batch",
+    ffn_accelerator: Accelerator | str | None = None,
 ) -> HardwareDerivation:
     """Roofline latency coefficients (microseconds per layer) of ``model`` on ``accelerator``.
 
@@ -231,20 +247,28 @@ def derive_latency(
       (default: the smallest power of two whose HBM holds the weights, see the module doc).
     - ``comm_scaling``: ``batch`` (default; the Attention instance's links bound) or
       ``ratio_batch`` (the FFN instance's links bound: ``alpha_c`` uses ``n_F`` devices).
+    - ``ffn_accelerator``: heterogeneous AFD: the FFN instance's accelerator (default: the
+      same as ``accelerator``). The FFN coefficients, the FFN instance's size and, with
+      ``ratio_batch``, the link bandwidth come from it; the attention coefficients, the KV
+      capacity and the ``batch`` link from ``accelerator``. A dtype that one side lacks
+      (FP8) falls back to BF16 on both.
 
     The formulas are in the module docstring; :meth:`HardwareDerivation.format_text` shows
     them with the numbers.
     """
     acc = _resolve(accelerator, ACCELERATORS, Accelerator, "accelerator")
     mod = _resolve(model, MODELS, ModelSpec, "model")
+    acc_f = acc if ffn_accelerator is None else _resolve(ffn_accelerator, ACCELERATORS, Accelerator, "ffn_accelerator")
     notes: list[str] = []
     if dtype is None:
         dtype = mod.weight_dtype
-        if dtype == "fp8" and acc.fp8_flops_per_s is None:
-            notes.append(f"{acc.name} has no FP8: {mod.name}'s FP8 weights are taken as BF16 (dtype=bf16)")
-            dtype = "bf16"
+        for a in dict.fromkeys((acc, acc_f)):
+            if dtype == "fp8" and a.fp8_flops_per_s is None:
+                notes.append(f"{a.name} has no FP8: {mod.name}'s FP8 weights are taken as BF16 (dtype=bf16)")
+                dtype = "bf16"
     check_choice("dtype", dtype, DTYPES)
-    peak = acc.peak_flops_per_s(dtype)
+    acc.peak_flops_per_s(dtype)  # the dtype must exist on both sides
+    peak = acc_f.peak_flops_per_s(dtype)
     for name, v in (
         ("memory_efficiency", memory_efficiency),
         ("compute_efficiency", compute_efficiency),
@@ -258,18 +282,20 @@ def derive_latency(
     attn_weights = (L * mod.attention_params_per_layer + mod.vocab_params) * wb
     ffn_weights = mod.ffn_params * wb
     cap = acc.hbm_capacity_bytes
+    if acc_f is not acc:
+        notes.append(f"heterogeneous AFD: Attention on {acc.name}, FFN on {acc_f.name}")
     if attention_devices is None:
         attention_devices = _instance_devices(attn_weights, cap, ATTENTION_HBM_WEIGHT_FRACTION)
     else:
         check_int("attention_devices", attention_devices, 1)
     if ffn_devices is None:
-        ffn_devices = _instance_devices(ffn_weights, cap, FFN_HBM_WEIGHT_FRACTION)
+        ffn_devices = _instance_devices(ffn_weights, acc_f.hbm_capacity_bytes, FFN_HBM_WEIGHT_FRACTION)
     else:
         check_int("ffn_devices", ffn_devices, 1)
     na, nf = attention_devices, ffn_devices
-    for side, w, n in (("Attention", attn_weights, na), ("FFN", ffn_weights, nf)):
-        if w > n * cap:
-            notes.append(f"the {side} instance's weights ({w / 1e9:.4g} GB) exceed its HBM ({n} x {cap / 1e9:.4g} GB)")
+    for side, w, n, c in (("Attention", attn_weights, na, cap), ("FFN", ffn_weights, nf, acc_f.hbm_capacity_bytes)):
+        if w > n * c:
+            notes.append(f"the {side} instance's weights ({w / 1e9:.4g} GB) exceed its HBM ({n} x {c / 1e9:.4g} GB)")
 
     bw, mem_e, cmp_e, net_e = acc.hbm_bandwidth_bytes_per_s, memory_efficiency, compute_efficiency, network_efficiency
     us = 1e6
@@ -311,14 +337,15 @@ def derive_latency(
         f"{fflops:.6g} FLOP / ({nf} x {peak:.4g} FLOP/s x {cmp_e:g}) = {t:.4g} us",
         "compute",
     )
+    bw_f = acc_f.hbm_bandwidth_bytes_per_s
     wf = ffn_weights / L
-    t = wf / (nf * bw * mem_e) * us
+    t = wf / (nf * bw_f * mem_e) * us
     touched = mod.experts_touched_99_tokens()
     coeffs["beta_f"] = CoefficientDerivation(
         "beta_f",
         t + kernel_overhead_us,
         "W_ffn / L / (n_F BW e_mem) + overhead" + (" (all experts touched)" if touched is not None else ""),
-        f"{wf:.4g} B / ({nf} x {bw:.4g} B/s x {mem_e:g}) + {kernel_overhead_us:g} us "
+        f"{wf:.4g} B / ({nf} x {bw_f:.4g} B/s x {mem_e:g}) + {kernel_overhead_us:g} us "
         f"= {t:.4g} + {kernel_overhead_us:g} us",
         "memory (weights)",
     )
@@ -330,7 +357,7 @@ def derive_latency(
     # communication, per token of one instance's batch
     fan_moe = min(mod.num_experts_per_token, nf) if mod.num_moe_layers else 0
     fanout = (mod.num_dense_layers * 1 + mod.num_moe_layers * fan_moe) / L
-    link = acc.interconnect_bandwidth_bytes_per_s
+    link = (acc if comm_scaling == "batch" else acc_f).interconnect_bandwidth_bytes_per_s
     n_link = na if comm_scaling == "batch" else nf
     per_token = fanout * mod.hidden_size * mod.activation_bytes  # one direction (dispatch; combine is symmetric)
     t = per_token / (n_link * link * net_e) * us
@@ -365,6 +392,7 @@ def derive_latency(
         latency=latency,
         coefficients=coeffs,
         notes=tuple(notes),
+        ffn_accelerator=None if acc_f is acc else acc_f,
     )
 
 

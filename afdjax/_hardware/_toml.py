@@ -22,8 +22,10 @@ ACCELERATOR_TABLE_KEYS = {
     "hbm_capacity_bytes": (int, float),
     "hbm_capacity_gb": (int, float),
     "power_watts": (int, float),
+    "ffn_power_watts": (int, float),
 }
-"""``[accelerator]`` keys a :class:`Deployment` reads (``hbm_capacity_gb`` in 1e9 bytes)."""
+"""``[accelerator]`` keys a :class:`Deployment` reads (``hbm_capacity_gb`` in 1e9 bytes;
+``ffn_power_watts`` only for heterogeneous AFD, the FFN device's board power)."""
 DEPLOYMENT_TABLE_KEYS = {
     "attention_devices": int,
     "ffn_devices": int,
@@ -87,6 +89,7 @@ def deployment_to_toml(
             name=dep.accelerator,
             hbm_capacity_bytes=dep.hbm_capacity_bytes,
             power_watts=dep.power_watts,
+            ffn_power_watts=dep.ffn_power_watts,
             **(extra_accelerator or {}),
         ),
         "deployment": dict(

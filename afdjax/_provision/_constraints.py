@@ -49,6 +49,7 @@ from .._latency import LatencyModel
 from .._step import as_step_model
 from .._validate import check_choice, check_int, check_optional_number, invalid
 from .._workload import Workload
+from ._closed_cost import closed_form_cost
 from ._compare import check_ratio_list
 from ._text import _CONSTRAINT_NAMES, OBJECTIVE_UNITS, _describe_violation
 
@@ -84,9 +85,10 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
     ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
     if deployment.power_watts is None:
         return None
+    ffn_watts = deployment.power_watts if deployment.ffn_power_watts is None else deployment.ffn_power_watts
     return (
         deployment.power_watts * (deployment.attention_devices or 1),
-        deployment.power_watts * (deployment.ffn_devices or 1),
+        ffn_watts * (deployment.ffn_devices or 1),
     )
 
 
@@ -580,6 +582,9 @@ def provision_constrained(
                 note=note,
             )
         )
+        closed = closed_form_cost(workload, latency, B, costs, objective, max(np.atleast_1d(ratios)), model)
+        if closed is not None:  # cost objectives: the closed-form optimum beside the simulated one
+            per_batch[-1]["closed_form"] = closed
     feasible = [cell for cell in cells if cell["feasible"]]
     recommendation = max(feasible, key=lambda cell: cell["objective"]) if feasible else None
     if recommendation is None:

@@ -248,6 +248,7 @@ def constrained_text(report) -> str:
             )
             + p["note"]
         )
+    lines += _closed_cost_lines(report.per_batch)
     lines.append("")
     rec = report.recommendation
     if rec is None:
@@ -271,6 +272,23 @@ def constrained_text(report) -> str:
         lines.append("  at the recommendation: " + "; ".join(slack))
     lines.append(f"Binding constraint: {report.binding['text']}")
     return "\n".join(lines)
+
+
+def _closed_cost_lines(per_batch: list[dict]) -> list[str]:
+    """The closed-form cost optimum beside the simulated best ratio (cost objectives only)."""
+    rows = [p for p in per_batch if p.get("closed_form")]
+    if not rows:
+        return []
+    lines = ["", "Closed form, cost-weighted: r* = max(r_A, r_C, sqrt(beta_F w_F / (alpha_F B w_A)))"]
+    for p in rows:
+        cf, best = p["closed_form"], p["best"]
+        lines.append(
+            f"  B = {p['batch_size']}: r* = {_fmt(cf['r_star'])} ({cf['regime']}-bound), "
+            f"integer {cf['ratio_mean_field']}; "
+            f"barrier {cf['ratio_barrier']} ({_fmt(cf['r_barrier_continuous'])}); "
+            f"simulated best feasible {best['ratio'] if best else '-'}"
+        )
+    return lines
 
 
 def _explain(row: dict) -> str:

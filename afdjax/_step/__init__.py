@@ -2,6 +2,9 @@
 
 from ._barrier import Barrier as Barrier
 from ._barrier import BarrierConstants as BarrierConstants
+from ._colocated import Colocated as Colocated
+from ._colocated import colocated_throughput_per_device as colocated_throughput_per_device
+from ._colocated import expected_max_normal as expected_max_normal
 from ._model import StepConstants as StepConstants
 from ._model import StepModel as StepModel
 from ._model import StepTimes as StepTimes

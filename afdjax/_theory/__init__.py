@@ -14,6 +14,9 @@ from ._base import as_float as as_float
 from ._base import check_batch_size as check_batch_size
 from ._base import fail_if as fail_if
 from ._base import per_instance_throughput as per_instance_throughput
+from ._cost import CostOptimum as CostOptimum
+from ._cost import cost_objective as cost_objective
+from ._cost import cost_optimum as cost_optimum
 from ._max_normal import expected_max_normal_excess as expected_max_normal_excess
 from ._mean_field import REGIMES as REGIMES
 from ._mean_field import MeanFieldOptimum as MeanFieldOptimum
