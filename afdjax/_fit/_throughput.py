@@ -189,7 +189,7 @@ def _layout(obs: ThroughputObservations, sizes: dict) -> tuple:
     return tuple(out)
 
 
-def _mc_predict(x, key, workload, latency, names, layout, num_steps, num_replicas):
+def _mc_predict(x, key, workload, latency, names, layout, num_steps, num_replicas, decode_estimator):
     """Monte Carlo throughput at every observation (mean over replicas, with the coupled
     decode gradient), its s.e., and the replicas' own values ``(R, n)`` (no gradient); one
     simulation per distinct batch size, all with ``key``."""
@@ -205,7 +205,7 @@ def _mc_predict(x, key, workload, latency, names, layout, num_steps, num_replica
             list(range(1, rmax + 1)),
             num_steps,
             num_replicas,
-            decode_jumps=decode_jumps_for(workload, "coupled"),
+            decode_jumps=decode_jumps_for(workload, decode_estimator),
             chunk_steps=chunk_steps,
             requests_per_chunk=requests_per_chunk,
         )
@@ -225,9 +225,9 @@ _mc = eqx.filter_jit(_mc_predict)
 
 
 @eqx.filter_jit
-def _mc_jacobian(x, key, workload, latency, names, layout, num_steps, num_replicas):
+def _mc_jacobian(x, key, workload, latency, *static):
     """``d prediction / d x`` ``(n, p)`` by forward-mode autodiff through the engine."""
-    return jax.jacfwd(lambda v: _mc_predict(v, key, workload, latency, names, layout, num_steps, num_replicas)[0])(x)
+    return jax.jacfwd(lambda v: _mc_predict(v, key, workload, latency, *static)[0])(x)
 
 
 @eqx.filter_jit
@@ -252,6 +252,8 @@ def fit_throughput(
     num_steps: int = 2000,
     num_replicas: int = 8,
     refine_iterations: int = 4,
+    warm_start: bool = True,
+    decode_estimator: str = "coupled",
 ) -> ThroughputFit:
     """Calibrate ``fit`` so that the simulated throughput matches ``observations``.
 
@@ -261,11 +263,15 @@ def fit_throughput(
     ``LogNormalDecode``; :mod:`afdjax._fit._throughput_params`). ``workload`` and
     ``latency`` hold the starting values and the parameters that stay fixed. ``key`` (a
     JAX PRNG key, required) fixes the random numbers of every simulated prediction
-    (common random numbers across iterations). Module docstring: method and intervals.
-    The simulation is compiled once per (parameter names, batch sizes and ratios,
-    ``num_steps``, ``num_replicas``, buffer sizes): a second call with new observed values,
-    key or starting values reuses it."""
+    (common random numbers across iterations). ``refine_iterations``: Levenberg-Marquardt
+    steps through the simulation. ``warm_start``: start them from the barrier-model fit
+    (default) or from the given values. ``decode_estimator``: ``"coupled"`` (default) or
+    ``"score"``, the decode-length part of the Jacobian (:func:`afdjax.expected_throughput`).
+    Module docstring: method and intervals. The simulation is compiled once per (parameter
+    names, batch sizes and ratios, ``num_steps``, ``num_replicas``, buffer sizes, estimator):
+    a second call with new observed values, key or starting values reuses it."""
     names = params.check_names(fit, workload)
+    decode_jumps_for(workload, decode_estimator)  # ValueError for an unknown estimator
     obs = observations
     y = jnp.asarray(obs.throughput, dtype=jnp.zeros(()).dtype)
     x0 = params.start_vector(workload, latency, names).astype(y.dtype)
@@ -276,7 +282,7 @@ def fit_throughput(
     r_arr = jnp.asarray(obs.ratio, dtype=y.dtype)
 
     # ---------------------------------------------------------------- 1. warm start
-    x = _warm_start(x0, y, b_arr, r_arr, workload, latency, names)
+    x = _warm_start(x0, y, b_arr, r_arr, workload, latency, names) if warm_start else x0
     w_x, lat_x = params.apply(workload, latency, names, x)
     warm = {n: params.natural(w_x, lat_x, n) for n in names}
 
@@ -285,7 +291,7 @@ def fit_throughput(
     for b in sorted(set(int(v) for v in obs.batch_size)):
         rmax = int(obs.ratio[obs.batch_size == b].max())
         sizes[b] = plan_buffers(w_x, b, rmax, num_steps, num_replicas)
-    static = (names, _layout(obs, sizes), num_steps, num_replicas)
+    static = (names, _layout(obs, sizes), num_steps, num_replicas, decode_estimator)
 
     def mc(x):
         return _mc(x, key, workload, latency, *static)
