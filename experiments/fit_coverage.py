@@ -114,8 +114,14 @@ def main():
     true, start, names, truth = family(args.family)
     rows = []
     t0 = time.time()
+    skipped = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        obs = observations(seed, true, args.observation_steps, args.observation_replicas, args.observations)
+        try:
+            obs = observations(seed, true, args.observation_steps, args.observation_replicas, args.observations)
+        except ValueError as error:  # a replica with a non-finite throughput (reported, not hidden)
+            skipped.append(seed)
+            print(f"seed {seed:3d}  skipped: observations invalid ({error})", flush=True)
+            continue
         fit = fit_throughput(
             obs,
             start,
@@ -125,6 +131,10 @@ def main():
             num_steps=args.fit_steps,
             num_replicas=args.fit_replicas,
         )
+        if not all(math.isfinite(fit.estimate[n]) and math.isfinite(fit.stderr_log[n]) for n in names):
+            skipped.append(seed)
+            print(f"seed {seed:3d}  skipped: the fit is not finite ({fit.estimate})", flush=True)
+            continue
         row = {"seed": seed, "max_abs_rel_residual": fit.max_abs_rel_residual}
         for n in names:
             lo, hi = fit.interval[n]
@@ -162,13 +172,13 @@ def main():
             mean_se=statistics.fmean(r[n]["se"] for r in rows),
         )
     if args.json:
-        print(json.dumps(dict(arguments=vars(args), summary=summary, rows=rows), indent=2))
+        print(json.dumps(dict(arguments=vars(args), summary=summary, rows=rows, skipped=skipped), indent=2))
         return
     print()
     print(
         f"fit_throughput coverage: {args.family}, {args.observations} observations, "
         f"fit {args.fit_replicas} x {args.fit_steps}, observed {args.observation_replicas} x {args.observation_steps}, "
-        f"{time.time() - t0:.0f} s"
+        f"{time.time() - t0:.0f} s" + (f"; seeds skipped (non-finite): {skipped}" if skipped else "")
     )
     print(
         f"{'parameter (fitted scale)':>26} {'truth':>8} {'seeds':>5} {'coverage':>9} {'99% band':>12} "

@@ -35,7 +35,11 @@ log space, so they stay positive; family parameters on the family's unconstraine
 
 Identifiability: at a single batch size, ``alpha_a`` and ``beta_a`` enter the
 attention-bound throughput mostly through ``alpha_a B theta + beta_a``. Observe at least
-two batch sizes to separate them, or fix one (see the ``fit`` argument).
+two batch sizes to separate them, or fix one (see the ``fit`` argument). Likewise the
+throughput sees the workload mostly through the stationary load ``theta`` (and a little
+through its spread), so two decode parameters (a lognormal's ``mu`` and ``sigma``) are
+nearly collinear: their intervals are wide and, being linearised, less reliable than a
+single decode parameter's (``experiments/fit_coverage.py --family lognormal``).
 """
 
 from __future__ import annotations
