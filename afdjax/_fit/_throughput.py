@@ -123,8 +123,13 @@ class ThroughputFit:
 
     names: tuple[str, ...]
     estimate: dict
+    """Fitted value of each parameter, in its own units."""
     stderr_log: dict
+    """Standard error on the fitted scale: of ``log`` value for coefficients and
+    ``mu_p`` / ``mu_d``, of the family's unconstrained parameter otherwise (a lognormal's
+    ``mu`` itself, ``log sigma``, ``logit p``)."""
     interval: dict
+    """95 % interval ``(low, high)`` in the parameter's own units (module docstring)."""
     workload: Workload
     latency: LatencyModel
     predicted: np.ndarray
@@ -194,9 +199,9 @@ def _layout(obs: ThroughputObservations, sizes: dict) -> tuple:
 
 
 def _mc_predict(x, key, workload, latency, names, layout, num_steps, num_replicas, decode_estimator):
-    """Monte Carlo throughput at every observation (mean over replicas, with the coupled
-    decode gradient), its s.e., and the replicas' own values ``(R, n)`` (no gradient); one
-    simulation per distinct batch size, all with ``key``."""
+    """Monte Carlo throughput at every observation (mean over replicas, whose gradient is
+    pathwise plus ``decode_estimator``'s decode term), its s.e., and the replicas' own
+    values ``(R, n)`` (no gradient); one simulation per distinct batch size, all with ``key``."""
     workload, latency = params.apply(workload, latency, names, x)
     preds, ses, pers = [], [], []
     order = []
