@@ -27,6 +27,20 @@ in "mean dof"); the last column is the coverage of ``+- 1.96 se`` for comparison
 
     python experiments/fit_coverage.py [--family geometric|lognormal] [--seeds 40]
         [--fit-steps 1500] [--fit-replicas 8] [--observations independent|shared] [--json]
+
+Measured (defaults, two shared CPU cores, float32):
+
+* geometric, 40 seeds: 37 covered (92.5 %; 99 % band 85-100 %), mean log mu_d 6.2153
+  (truth 6.2146), s.d. over seeds 0.0093, mean s.e. 0.0073 (mean dof 14); about 15 s a
+  seed. With the former Gauss-Newton covariance ``(J^T W J)^-1`` the same fits covered 26
+  (65 %), mean s.e. 0.0049. ``--observations shared``, 20 seeds: 18 (90 %).
+* lognormal, seeds 0-35: 29 usable, 26 covered for each parameter (89.7 %; band
+  82.8-100 %); decode_mu mean 5.742 (truth 5.704), s.d. 0.342, mean s.e. 0.366; log sigma
+  mean -0.275 (truth -0.223), s.d. 0.203, mean s.e. 0.206. The two are nearly collinear
+  (the misses sit on the ridge, at mu ~ 6.37, sigma ~ 0.47). Seven seeds are skipped: a
+  replica's throughput is NaN because ``afdjax._random.uniform_open`` in float32 returns
+  exactly 1.0 for the top 256 of 2^32 bit patterns (``(2^24 - 1 + 0.5) 2^-24`` rounds up),
+  and ``ExponentialPrefill``'s inverse CDF is infinite there.
 """
 
 from __future__ import annotations
