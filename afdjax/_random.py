@@ -37,7 +37,11 @@ def uniform_open(bits: jax.Array) -> jax.Array:
     dtype = jnp.zeros(()).dtype
     if dtype == jnp.float64:
         return (bits.astype(jnp.float64) + 0.5) * (2.0**-32)
-    return ((bits >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-24)
+    # k + 0.5 is not representable for k >= 2^23 and rounds to even: the top pattern
+    # (k = 2^24 - 1) became exactly 1.0 (an infinite exponential prefill). It is kept
+    # at the largest float32 below 1; every other value is unchanged.
+    value = ((bits >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-24)
+    return jnp.minimum(value, jnp.float32(1.0 - 2.0**-24))
 
 
 def mulhi_u32(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -971,6 +971,21 @@ def test_simulate_under_jit_and_grad(small_exact):
     np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-9)
 
 
+def test_float32_uniform_stays_below_one():
+    """float32: (k + 0.5) 2^-24 rounds to exactly 1 for the top bit pattern (an infinite
+    exponential prefill, a NaN throughput); it is kept at the largest float below 1 and
+    every other value is unchanged."""
+    from afdjax._random import uniform_open
+
+    bits = jnp.asarray([0xFFFFFFFF, 0xFFFFFEFF, 0x80000000, 0], dtype=jnp.uint32)
+    with jax.enable_x64(False):
+        v = np.asarray(uniform_open(bits))
+    assert v.dtype == np.float32 and np.all(v < 1.0) and np.all(v > 0.0)
+    assert v[0] == np.float32(1.0 - 2.0**-24)
+    expect = ((np.asarray(bits[1:]) >> 8).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-24)
+    np.testing.assert_array_equal(v[1:], expect)
+
+
 def test_unrolled_threefry_is_bit_exact():
     """The engine's fused threefry equals JAX's threefry2x32 primitive bit for bit."""
     rng = np.random.default_rng(0)
