@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument(
         "--fit",
         default="alpha_a,beta_a,alpha_f,beta_f",
-        help="parameters to fit (default alpha_a,beta_a,alpha_f,beta_f; also alpha_c, beta_c, mu_p, mu_d)",
+        help="parameters to fit (default alpha_a,beta_a,alpha_f,beta_f; also alpha_c, beta_c, mu_p, mu_d, "
+        "and decode_NAME / prefill_NAME of a fitted: workload, e.g. decode_mu,decode_sigma)",
     )
     ft.add_argument(
         "--steps", type=_positive_int("--steps"), default=2000, help="simulated steps per replica (default 2000)"
