@@ -10,7 +10,8 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   whenever the max is attained uniquely with probability one, which holds for continuous
   prefill or non-degenerate coefficients; variance comes from the replicas (stated s.e.).
 * **Decode-length parameters** (``mu_d`` of :class:`Geometric`; the geometric, negative
-  binomial and discretised lognormal families of :class:`FittedWorkload`): decode lengths
+  binomial, discretised lognormal and geometric-mixture families of
+  :class:`FittedWorkload`; ``decode_scale`` of :class:`Empirical`): decode lengths
   are integers, so the pathwise derivative is zero almost surely. The default
   (``decode_estimator="coupled"``) is smoothed perturbation analysis with coupled
   alternative paths, *not pruned*: each inverse-CDF draw ``D_i`` jumps to ``D_i + 1`` at
@@ -40,8 +41,9 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   request carries weight ``D``, with an up jump from ``k`` and a *down* jump (the path
   with ``D' - 1``, sign -) from ``k + 1``; the one-sided form (rate ``D / (1 - f)`` from
   ``k`` only) is exact too but heavy-tailed as ``f -> 1`` (5.1 % s.d. per call on the
-  paper system, where the two-sided form has 1.5 %). Families
-  without an inverse-CDF sampler (the geometric mixture) fall back to the score function.
+  paper system, where the two-sided form has 1.5 %). The geometric mixture is sampled by
+  its own inverse CDF (not a component, then that component: a draw would leap between
+  the components' lengths as the weight moves), so all three of its parameters have jumps.
 * The older estimator (``decode_estimator="score"``) is the score-function
   (likelihood-ratio) estimator ``E[(f - b) d log p(D)/d theta]``. It sums the
   log-likelihood of every decode length drawn for the first ``r`` instances of a replica,
