@@ -129,6 +129,7 @@ def test_value_is_unchanged_and_score_selectable():
     # the plain mean over replicas).
 
 
+@pytest.mark.slow  # 16 s; the default suite's budget is tight (start='cold' only changes request 0's weights)
 def test_cold_start_jump_term():
     """start='cold' (every slot starts a fresh request) with the jump term, two-sided
     jumps included: value-zero, with a finite derivative (its mean: the slow test below)."""

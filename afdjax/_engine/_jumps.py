@@ -54,6 +54,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._loads import cumsum_last
 
@@ -218,9 +219,54 @@ def chunk_jumps(js: JumpState, starts, jump, new_weight, groups: int, L: int, ne
 def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measured):
     """``(r_max,)``: ``sum_i w~_i Delta time_i`` over the chunk's measured steps for the
     barrier step (exact per-step effects). ``load`` ``(rmax, L)`` per instance,
-    ``floor_time`` ``(r_max,)`` ``max(t_F, t_C)`` per ratio."""
-    load, floor_time, alpha_a, beta_a = (jax.lax.stop_gradient(x) for x in (load, floor_time, alpha_a, beta_a))
+    ``floor_time`` ``(r_max,)`` ``max(t_F, t_C)`` per ratio.
+
+    The sum is linear in the weights, whose values are 0: its value is 0 and only its
+    derivative carries the estimator. So the effects are computed in the derivative rule
+    alone (:func:`_weighted_effects`): a reverse pass through the checkpointed chunks
+    takes them once, in the recomputation, and a plain forward never."""
+    weights = (cj.minus, cj.plus, cj.b_before, cj.b_own)
+    consts = (cj.b_step, cj.b_delta, cj.b_base, cj.b_own_delta, load, floor_time, alpha_a, beta_a, measured)
+    consts = tuple(jax.lax.stop_gradient(x) for x in consts)
+    return _weighted_effects(weights, consts)
+
+
+@jax.custom_jvp
+def _weighted_effects(weights, consts):
+    """``sum`` of the weights times their effects: 0, as every weight's value is 0."""
+    del consts
+    return 0.0 * weights[0][:, 0, 0]  # shaped and batched (vmap) as the weights
+
+
+@_weighted_effects.defjvp
+def _weighted_effects_jvp(primals, tangents):
+    weights, consts = primals
+    t_minus, t_plus, t_before, t_own = tangents[0]
+    rmax = t_minus.shape[0]
+    r_of, j_of = _pairs(rmax)
+    e_minus, e_plus, e_before, e_own = _effects(*consts)
+    per_pair = jnp.sum(t_minus[j_of, 0, :] * e_minus + t_plus[j_of, 0, :] * e_plus, axis=1) + jnp.sum(
+        t_before[j_of] * e_before + t_own[j_of] * e_own, axis=(1, 2)
+    )
+    one_hot = jnp.asarray(r_of[None, :] == np.arange(rmax)[:, None], per_pair.dtype)  # (r, P)
+    return _weighted_effects(weights, consts), one_hot @ per_pair
+
+
+def _pairs(rmax: int):
+    """``(r_of, j_of)``: the pairs (ratio index ``r``, instance ``j <= r``) as int arrays,
+    instance ``j`` being in the system with ratio ``r + 1`` (``P = r_max (r_max + 1) / 2``)."""
+    r_of, j_of = np.tril_indices(rmax)
+    return r_of, j_of
+
+
+def _effects(b_step, b_delta, b_base, b_own_delta, load, floor_time, alpha_a, beta_a, measured):
+    """The exact time effects per unit weight, for each pair ``p`` of :func:`_pairs`
+    (ratio ``r``, instance ``j`` in it): ``(P, L)`` of a -1 and of a +1 load change of
+    instance ``j`` at each step, and ``(P, B, K)`` of each spike of instance ``j`` on its
+    ``before`` and ``own`` weights (0 where unused: steps not measured, spikes outside
+    the chunk)."""
     rmax, L = load.shape
+    r_of, j_of = _pairs(rmax)
     j = jnp.arange(rmax)
     in_system = j[None, :] < (j[:, None] + 1)  # (r, j): instance j in the system with ratio r
     # top-2 loads over the first r instances, per step: (r, L)
@@ -229,50 +275,32 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
     top = jnp.max(masked, axis=1)
     second = jnp.max(jnp.where(j[None, :, None] == arg[:, None, :], -jnp.inf, masked), axis=1)
     t_top = alpha_a * top + beta_a
-    floor = floor_time[:, None]
-
-    def gap(load_j, is_arg, top_r, second_r, t_top_r, floor_r):
-        """``z``: t_A(T_j) minus the largest other term of the step's max."""
-        own = alpha_a * load_j + beta_a
-        as_top = jnp.minimum(alpha_a * (top_r - second_r), t_top_r - floor_r)
-        other = jnp.minimum(alpha_a * (load_j - top_r), own - floor_r)
-        return jnp.where(is_arg, as_top, other)
 
     def effect(z, delta):
         return jax.nn.relu(z + alpha_a * delta) - jax.nn.relu(z)
 
-    # per step: z (r, j, L)
-    z = gap(
-        load[None], j[None, :, None] == arg[:, None, :], top[:, None], second[:, None], t_top[:, None], floor[:, None]
-    )
-    # Unused gaps are set to 0 before the effects are taken: a non-finite effect where it
-    # is masked out would otherwise give 0 * nan = nan in reverse mode.
-    use = measured[None, None, :] & in_system[:, :, None]
-    z = jnp.where(use, z, 0.0)
-    w_use = use.astype(z.dtype)
-    steps = jnp.sum(
-        (cj.minus[None, :, 0, :] * effect(z, -1.0) + cj.plus[None, :, 0, :] * effect(z, 1.0)) * w_use, axis=(1, 2)
-    )
-    # boundaries: (j, B, K) gathered per ratio r -> (r, j, B, K)
-    b = jnp.minimum(cj.b_step, L - 1)
-    valid = (cj.b_step < L) & measured[b]
-    lj = jnp.take_along_axis(load[:, None, :], b.reshape(rmax, 1, -1), axis=-1).reshape(b.shape)
-    g = lambda a: a[:, b]  # (r, L) -> (r, j, B, K) gathered at each boundary's step
-    zb = gap(
-        lj[None],
-        j[None, :, None, None] == g(arg),
-        g(top),
-        g(second),
-        g(t_top),
-        floor_time[:, None, None, None],
-    )
-    use_b = valid[None] & in_system[:, :, None, None]
-    d = jnp.where(use_b, cj.b_delta[None], 0.0)
-    d_own = jnp.where(use_b, cj.b_own_delta[None], 0.0)
+    # per pair and step: z = t_A(T_j) minus the largest other term of the step's max
+    load_j, top_r, floor_r = load[j_of], top[r_of], floor_time[r_of][:, None]
+    as_top = jnp.minimum(alpha_a * (top_r - second[r_of]), t_top[r_of] - floor_r)
+    other = jnp.minimum(alpha_a * (load_j - top_r), alpha_a * load_j + beta_a - floor_r)
+    z_all = jnp.where(j_of[:, None] == arg[r_of], as_top, other)  # (P, L)
+    # Unused gaps are set to 0 before the effects are taken and unused effects to 0 after:
+    # a non-finite effect would otherwise give 0 * nan = nan.
+    use = jnp.broadcast_to(measured[None, :], z_all.shape)
+    z = jnp.where(use, z_all, 0.0)
+    e_minus = jnp.where(use, effect(z, -1.0), 0.0)
+    e_plus = jnp.where(use, effect(z, 1.0), 0.0)
+    # spikes: the gaps gathered at each spike's step -> (P, B, K)
+    b = jnp.minimum(b_step, L - 1)
+    valid = (b_step < L) & measured[b]
+    zb = jnp.take_along_axis(z_all, b[j_of].reshape(len(j_of), -1), axis=-1).reshape((len(j_of), *b.shape[1:]))
+    use_b = valid[j_of]
+    d = jnp.where(use_b, b_delta[j_of], 0.0)
+    d_own = jnp.where(use_b, b_own_delta[j_of], 0.0)
     zb = jnp.where(use_b, zb, 0.0)
-    spikes = cj.b_before[None] * (effect(zb, d) - effect(zb, cj.b_base[None])) + cj.b_own[None] * effect(zb, d_own)
-    spikes = jnp.where(use_b, spikes, 0.0)
-    return steps + jnp.sum(spikes, axis=(1, 2, 3))
+    e_before = jnp.where(use_b, effect(zb, d) - effect(zb, b_base[j_of]), 0.0)
+    e_own = jnp.where(use_b, effect(zb, d_own), 0.0)
+    return e_minus, e_plus, e_before, e_own
 
 
 def load_perturbation(cj: ChunkJumps, B: int, L: int):
