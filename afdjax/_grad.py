@@ -34,7 +34,14 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   1e-3 at the paper baseline). With the micro-batch pipeline (a step with state) the
   score function is used: the first-order form through the step model's own derivative
   (:func:`afdjax._engine._jumps.load_perturbation`) disagreed with common-random-numbers
-  differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2). The
+  differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2): the
+  spikes at request boundaries change a load by hundreds of tokens, far outside the
+  linear range of the max-plus recursion. An exact form is not a sum of per-step effects
+  there: a change at one step moves the pipeline's state and so every later step, each
+  request's alternative path would need its own pass over the steps after it
+  (``O(requests x steps)``), and the critical-path slack from one forward and one
+  backward pass gives the exact effect of one changed stage time, not of a request's
+  many (-1 on every later step plus the spikes). The
   first request of a stationary slot adds an *age* jump (load +1 while it lasts).
   :class:`Empirical` traces through ``decode_scale`` (lengths x ``(1 + s)``): given the
   row, ``D'`` is ``k`` or ``k + 1`` and ``d/ds E[g(D')] = D (g(k+1) - g(k))``, so every
