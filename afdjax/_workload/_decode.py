@@ -22,7 +22,7 @@ follows. ``D*`` has ``P(D* = d) = d P(D = d) / E[D]`` and the index is uniform o
   memorylessness: age ``~ Geometric`` on ``{0, 1, ..}`` and remaining life an independent
   fresh ``D``, so ``D* = age + remaining`` (as :class:`~afdjax.Geometric`).
 * geometric_mixture: inverse CDF of the mixture itself, ``D = min{d : P(D > d) < u}``
-  from the closed-form survival ``sum_k w_k (1-p_k)^d`` by bisection (31 halvings), and
+  from the closed-form survival ``sum_k w_k (1-p_k)^d`` by bisection from a bracket, and
   for the stationary ``D*`` from ``P(D* > d) = sum_k w_k (1-p_k)^d (d + 1/p_k) / E[D]``,
   the index uniform on ``[0, D*)``. Exact. (Until issue 12 it picked a component and
   then drew that geometric: the same law, other draws. The mixture's own inverse CDF
@@ -567,20 +567,33 @@ class GeometricMixtureDecode(DecodeDistribution):
         return jnp.logaddexp(a, b)
 
     def _invert(self, log_u, size_biased: bool):
-        """``min{d >= 1 : log P(D > d) < log u}`` (int32) by bisection on ``[0, 2^30]``
-        (31 halvings: exact). With ``weight = 1`` it is the geometric's
+        """``min{d >= 1 : log P(D > d) < log u}`` (int32, clipped at ``2^30``) by bisection
+        from a bracket: ``P(D > d) >= q_min^d`` and ``P(D > d) <= exp(-p_min d)`` (fresh),
+        ``<= 1.214 exp(-p_min d / 2)`` (stationary: ``(1 + x) e^-x <= 2 e^-1/2 e^-x/2``),
+        halved until every draw's bracket is one step wide (about ``log2`` of the widest
+        bracket, not 31 halvings). With ``weight = 1`` it is the geometric's
         ``1 + floor(log u / log(1 - p))``."""
         log_u = jax.lax.stop_gradient(log_u)
-        lo = jnp.zeros(log_u.shape, jnp.int32)  # P(D > lo) >= u
-        hi = jnp.full(log_u.shape, _MAX_STEPS, jnp.int32)  # P(D > hi) < u, or the clip
+        model = jax.lax.stop_gradient(self)
+        log_q_min = jnp.log1p(-jnp.maximum(model.p1, model.p2))
+        p_min = jnp.minimum(model.p1, model.p2)
+        top = float(_MAX_STEPS)
+        lo = jnp.where(log_q_min < 0, jnp.floor(log_u / jnp.where(log_q_min < 0, log_q_min, -1.0)), 0.0)
+        hi = 2 * (0.1942 - log_u) / p_min if size_biased else -log_u / p_min
+        lo = jnp.clip(lo - 1, 0, top - 1).astype(jnp.int32)  # P(D > lo) >= u (one step of margin)
+        hi = jnp.clip(jnp.floor(hi) + 2, 1, top).astype(jnp.int32)  # P(D > hi) < u, or the clip
 
-        def halve(_, bounds):
+        def wide(bounds):
+            lo, hi = bounds
+            return jnp.any(hi - lo > 1)
+
+        def halve(bounds):
             lo, hi = bounds
             mid = lo + (hi - lo) // 2
-            below = jax.lax.stop_gradient(self._log_survival(mid, size_biased)) < log_u
+            below = model._log_survival(mid, size_biased) < log_u
             return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
 
-        _, hi = jax.lax.fori_loop(0, 31, halve, (lo, hi))
+        _, hi = jax.lax.while_loop(wide, halve, (lo, hi))
         return jnp.maximum(hi, 1)
 
     def _sample(self, u):
