@@ -10,7 +10,8 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   whenever the max is attained uniquely with probability one, which holds for continuous
   prefill or non-degenerate coefficients; variance comes from the replicas (stated s.e.).
 * **Decode-length parameters** (``mu_d`` of :class:`Geometric`; the geometric, negative
-  binomial and discretised lognormal families of :class:`FittedWorkload`): decode lengths
+  binomial, discretised lognormal and geometric-mixture families of
+  :class:`FittedWorkload`; ``decode_scale`` of :class:`Empirical`): decode lengths
   are integers, so the pathwise derivative is zero almost surely. The default
   (``decode_estimator="coupled"``) is smoothed perturbation analysis with coupled
   alternative paths, *not pruned*: each inverse-CDF draw ``D_i`` jumps to ``D_i + 1`` at
@@ -33,11 +34,23 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   1e-3 at the paper baseline). With the micro-batch pipeline (a step with state) the
   score function is used: the first-order form through the step model's own derivative
   (:func:`afdjax._engine._jumps.load_perturbation`) disagreed with common-random-numbers
-  differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2). The
+  differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2): the
+  spikes at request boundaries change a load by hundreds of tokens, far outside the
+  linear range of the max-plus recursion. An exact form is not a sum of per-step effects
+  there: a change at one step moves the pipeline's state and so every later step, each
+  request's alternative path would need its own pass over the steps after it
+  (``O(requests x steps)``), and the critical-path slack from one forward and one
+  backward pass gives the exact effect of one changed stage time, not of a request's
+  many (-1 on every later step plus the spikes). The
   first request of a stationary slot adds an *age* jump (load +1 while it lasts).
-  :class:`Empirical` traces through ``decode_scale`` (lengths x ``(1 + s)``, the jump
-  from the row's lower length ``k`` to ``k + 1`` at rate ``D / (1 - f)``). Families
-  without an inverse-CDF sampler (the geometric mixture) fall back to the score function.
+  :class:`Empirical` traces through ``decode_scale`` (lengths x ``(1 + s)``): given the
+  row, ``D'`` is ``k`` or ``k + 1`` and ``d/ds E[g(D')] = D (g(k+1) - g(k))``, so every
+  request carries weight ``D``, with an up jump from ``k`` and a *down* jump (the path
+  with ``D' - 1``, sign -) from ``k + 1``; the one-sided form (rate ``D / (1 - f)`` from
+  ``k`` only) is exact too but heavy-tailed as ``f -> 1`` (5.1 % s.d. per call on the
+  paper system, where the two-sided form has 1.5 %). The geometric mixture is sampled by
+  its own inverse CDF (not a component, then that component: a draw would leap between
+  the components' lengths as the weight moves), so all three of its parameters have jumps.
 * The older estimator (``decode_estimator="score"``) is the score-function
   (likelihood-ratio) estimator ``E[(f - b) d log p(D)/d theta]``. It sums the
   log-likelihood of every decode length drawn for the first ``r`` instances of a replica,

@@ -13,7 +13,13 @@ one forward ``simulate`` of the same size (no gradient, no jump term). Memory is
 compiled temporary-buffer size for each program, next to what storing every slot at
 every step would take.
 
-    python experiments/bench_grad.py [--steps 4000] [--replicas 8] [--keys 8] [--json]
+``--workload`` swaps the decode family on the same system: ``lognormal``
+(LogNormal(6.33, 0.621), the baseline's slot load), ``mixture`` (GeometricMixture(0.5,
+1/200, 1/700)), ``empirical`` (a 4000-row trace at ``decode_scale`` 0.1); each with
+exponential prefill of mean 100. Every scalar parameter gets a row.
+
+    python experiments/bench_grad.py [--steps 4000] [--replicas 8] [--keys 8]
+        [--workload geometric|lognormal|mixture|empirical] [--json]
 """
 
 from __future__ import annotations
@@ -42,10 +48,30 @@ ESTIMATORS = ("coupled", "score")
 
 
 def _components(grads) -> dict:
+    """Every scalar gradient component by name (array leaves such as a trace's prefill
+    tokens are left out)."""
     w, lat, r = grads
     out = {k: float(getattr(lat, k)) for k in LATENCY_KEYS}
-    out.update(mu_p=float(w.mu_p), mu_d=float(w.mu_d), prefill_sigma=float(w.prefill_sigma), ratio=float(r))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(w)[0]:
+        if eqx.is_inexact_array(leaf) and leaf.ndim == 0:
+            out[jax.tree_util.keystr(path).strip(".").replace(".", "/")] = float(leaf)
+    out["ratio"] = float(r)
     return out
+
+
+def make_workload(name: str):
+    """The benchmarked workload: the paper baseline's geometric (lognormal prefill so that
+    every parameter has a gradient), or a decode family matched to its load."""
+    from afdjax._workload import ExponentialPrefill, GeometricMixtureDecode, LogNormalDecode
+
+    if name == "geometric":
+        return afdjax.Geometric(100.0, 500.0, prefill="lognormal", prefill_sigma=0.5)
+    if name == "lognormal":  # theta 600, slot s.d. 500, as Geometric(100, 500)
+        return afdjax.FittedWorkload(LogNormalDecode(6.33, 0.621), ExponentialPrefill(100.0))
+    if name == "mixture":
+        return afdjax.FittedWorkload(GeometricMixtureDecode(0.5, 1 / 200, 1 / 700), ExponentialPrefill(100.0))
+    rng = np.random.default_rng(7)  # empirical: 4000 rows, decode lengths x 1.1
+    return afdjax.Empirical(rng.exponential(100.0, 4000), rng.geometric(1 / 501, 4000), decode_scale=0.1)
 
 
 def main():
@@ -55,12 +81,18 @@ def main():
     parser.add_argument("--keys", type=int, default=8, help="independent keys per estimator (variance)")
     parser.add_argument("--repeats", type=int, default=5, help="forward calls timed (median)")
     parser.add_argument("--no-optimise-ratio", action="store_true", help="skip the optimise_ratio compile count")
+    parser.add_argument(
+        "--workload",
+        choices=("geometric", "lognormal", "mixture", "empirical"),
+        default="geometric",
+        help="decode family (default: the paper baseline's geometric)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     B, ratio, rmax = 256, 9.5, 10
     latency = afdjax.LatencyModel.from_preset("paper-910c")
-    workload = afdjax.Geometric(100.0, 500.0, prefill="lognormal", prefill_sigma=0.5)
+    workload = make_workload(args.workload)
     sizes = afdjax.plan_buffers(workload, B, rmax, args.steps, args.replicas)
     systems = list(range(1, rmax + 1))
 
@@ -116,7 +148,15 @@ def main():
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores",
         jax=jax.__version__,
         backend=jax.default_backend(),
-        config=dict(batch_size=B, ratio=ratio, steps=args.steps, replicas=args.replicas, keys=args.keys, **sizes),
+        config=dict(
+            workload=workload.describe(),
+            batch_size=B,
+            ratio=ratio,
+            steps=args.steps,
+            replicas=args.replicas,
+            keys=args.keys,
+            **sizes,
+        ),
         forward_s=t_fwd,
         compile_forward_s=compile_fwd,
         estimators=per_estimator,
@@ -136,8 +176,8 @@ def main():
         f"on {report['backend']})"
     )
     print(
-        f"paper baseline B={B}, ratio {ratio} (systems 9 and 10), {args.steps} steps x {args.replicas} "
-        f"replicas, {args.keys} keys per estimator"
+        f"paper system B={B}, {workload.describe()}, ratio {ratio} (systems 9 and 10), {args.steps} steps x "
+        f"{args.replicas} replicas, {args.keys} keys per estimator"
     )
     print(
         f"forward (simulate, no gradient): {t_fwd:.3f} s per call "

@@ -44,13 +44,25 @@ def slot_streams(key_words, replica_id, max_ratio: int, batch_size: int) -> Slot
 
 
 def initial_jump_weights(streams: SlotStreams, workload, start: str, state: SlotState):
-    """``(age, remaining)`` value-zero jump surrogates of the requests in the slots at step
-    0 (coupled decode estimator, :mod:`._jumps`); the same bits as :func:`initial_slots`."""
+    """``(age, remaining, age_down, remaining_down)`` value-zero jump surrogates of the
+    requests in the slots at step 0 (coupled decode estimator, :mod:`._jumps`), the last
+    two ``None`` unless the workload has down jumps; the same bits as :func:`initial_slots`."""
     k1, k2 = streams.k1, streams.k2
+    b0 = _hash(k1, k2, 0, 0)
+    down = workload._has_down_jumps()
     if start == "stationary":
-        b0, b1 = _hash(k1, k2, 0, 0), _hash(k1, k2, 0, 1)
-        return workload._stationary_jump_weights((b0[0], b0[1], b1[0], b1[1]), state.decode, state.index)
-    return jnp.zeros(state.decode.shape, jnp.zeros(()).dtype), workload._fresh_jump_weight(b0[0], b0[1], state.decode)
+        b1 = _hash(k1, k2, 0, 1)
+        bits = (b0[0], b0[1], b1[0], b1[1])
+        age, remaining = workload._stationary_jump_weights(bits, state.decode, state.index)
+        age_down, remaining_down = (
+            workload._stationary_down_weights(bits, state.decode, state.index) if down else (None, None)
+        )
+        return age, remaining, age_down, remaining_down
+    zero = jnp.zeros(state.decode.shape, jnp.zeros(()).dtype)
+    remaining = workload._fresh_jump_weight(b0[0], b0[1], state.decode)
+    if down:
+        return zero, remaining, zero, workload._fresh_down_weight(b0[0], b0[1], state.decode)
+    return zero, remaining, None, None
 
 
 def initial_slots(streams: SlotStreams, workload, start: str):
@@ -73,11 +85,16 @@ def initial_slots(streams: SlotStreams, workload, start: str):
 
 def draw_requests(streams: SlotStreams, next_request, workload, count: int, jumps: bool = False):
     """The next ``count`` requests of every slot: ``(prefill, decode)``, ``(r_max, B, count)``,
-    and with ``jumps`` their coupled-estimator jump surrogates (:mod:`._jumps`) third."""
+    and with ``jumps`` their coupled-estimator jump surrogates (:mod:`._jumps`) third and
+    their down-jump surrogates fourth (``None`` unless the workload has down jumps)."""
     offsets = jnp.arange(count, dtype=jnp.uint32)
     bits = _hash(streams.k1[..., None], streams.k2[..., None], next_request[..., None] + offsets, 0)
     prefill, decode = workload._fresh(bits[0], bits[1])
+    fdtype = jnp.zeros(()).dtype
     if jumps:
-        weight = workload._fresh_jump_weight(bits[0], bits[1], decode).astype(jnp.zeros(()).dtype)
-        return prefill.astype(jnp.zeros(()).dtype), decode, weight
-    return prefill.astype(jnp.zeros(()).dtype), decode
+        weight = workload._fresh_jump_weight(bits[0], bits[1], decode).astype(fdtype)
+        down = None
+        if workload._has_down_jumps():
+            down = workload._fresh_down_weight(bits[0], bits[1], decode).astype(fdtype)
+        return prefill.astype(fdtype), decode, weight, down
+    return prefill.astype(fdtype), decode

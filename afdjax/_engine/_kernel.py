@@ -57,8 +57,8 @@ def replica_sums(
         measured = (step >= cfg.warmup_steps) & (step < cfg.warmup_steps + cfg.num_steps)
         group_load, jump_time = loads.group_load, jnp.zeros(rmax, fdtype)
         if jumps:  # 2b. coupled decode-length jumps (gradients only; value 0)
-            new_weight = drawn[2]
-            jstate, cj = chunk_jumps(jstate, loads.starts, loads.jump, new_weight, model.slot_groups(), L)
+            new_weight, new_down = drawn[2:]
+            jstate, cj = chunk_jumps(jstate, loads.starts, loads.jump, new_weight, model.slot_groups(), L, new_down)
             if exact_jumps:
                 jump_time = barrier_jump_time(
                     cj, loads.load, constants.floor_time, latency.alpha_a, latency.beta_a, measured
@@ -80,8 +80,8 @@ def replica_sums(
         return (next_slots, timing_state, stats, jstate), None
 
     if jumps:
-        age, remaining = initial_jump_weights(streams, workload, cfg.start, slots0)
-        jstate0 = JumpState.initial(age.astype(fdtype), remaining.astype(fdtype))
+        weights = initial_jump_weights(streams, workload, cfg.start, slots0)
+        jstate0 = JumpState.initial(*(None if x is None else x.astype(fdtype) for x in weights))
     else:
         jstate0 = None
     carry0 = (slots0, model.initial_state(rmax, fdtype), Statistics.zeros(rmax, cfg.num_bins, log_prob0), jstate0)

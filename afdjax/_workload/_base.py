@@ -120,6 +120,23 @@ class Workload(eqx.Module):
         life grows by one (its end moves one step later). ``None``: not available."""
         return None
 
+    def _has_down_jumps(self) -> bool:
+        """Whether the coupled estimator also has *down* jumps (a request one step
+        shorter, :meth:`_fresh_down_weight`, :meth:`_stationary_down_weights`). Static."""
+        return False
+
+    def _fresh_down_weight(self, bits_d: jax.Array, bits_p: jax.Array, decode: jax.Array):
+        """Value-zero surrogate ``v~`` of each fresh request's down jump ``D -> D - 1``: its
+        derivative is the signed weight of ``time(path with D - 1) - time(path)`` in the
+        estimator (only with :meth:`_has_down_jumps`)."""
+        raise NotImplementedError
+
+    def _stationary_down_weights(self, bits, decode, index):
+        """``(age, remaining)`` down-jump surrogates of the stationary slot: the index one
+        less (load -1 while the request lasts) or the remaining life one less (its end
+        one step earlier); only with :meth:`_has_down_jumps`."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def _decode_log_mgf_neg(self, t: np.ndarray) -> np.ndarray:
         """Host-side ``log E[exp(-t D)]`` for a grid of ``t > 0`` (sizes the engine's buffers)."""

@@ -21,8 +21,14 @@ follows. ``D*`` has ``P(D* = d) = d P(D = d) / E[D]`` and the index is uniform o
 * geometric: inverse CDF ``1 + floor(log u / log(1-p))``; the stationary pair is exact by
   memorylessness: age ``~ Geometric`` on ``{0, 1, ..}`` and remaining life an independent
   fresh ``D``, so ``D* = age + remaining`` (as :class:`~afdjax.Geometric`).
-* geometric_mixture: the component by splitting ``u`` at the weight (fresh) or at the
-  length-biased weight ``w_k E[D_k] / E[D]`` (stationary), then as the geometric. Exact.
+* geometric_mixture: inverse CDF of the mixture itself, ``D = min{d : P(D > d) < u}``
+  from the closed-form survival ``sum_k w_k (1-p_k)^d`` by bisection from a bracket, and
+  for the stationary ``D*`` from ``P(D* > d) = sum_k w_k (1-p_k)^d (d + 1/p_k) / E[D]``,
+  the index uniform on ``[0, D*)``. Exact. (Until issue 12 it picked a component and
+  then drew that geometric: the same law, other draws. The mixture's own inverse CDF
+  moves each draw by single steps as any of the three parameters moves, which the
+  coupled decode estimator needs; picking a component makes a draw leap between the
+  components' lengths as the weight moves.)
 * lognormal: fresh ``D = max(1, ceil(exp(mu + sigma Phi^-1(u))))``, exact.
 * negative_binomial (fresh and stationary) and lognormal (stationary): inverse CDF on a
   table of ``d = 1 .. SAMPLING_TABLE_STEPS`` (65,536). A draw beyond the table's last
@@ -504,6 +510,9 @@ class GeometricMixtureDecode(DecodeDistribution):
     """``weight * Geometric(p1) + (1 - weight) * Geometric(p2)`` on ``{1, 2, ...}``.
 
     Fitted models are labelled so that ``p1 >= p2`` (component 1 is the shorter one).
+    Sampled by the mixture's own inverse CDF (bisection on the closed-form survival; see
+    the module docstring), which gives the coupled decode estimator single-step jumps in
+    all three parameters.
     Unconstrained: ``(logit weight, logit p1, logit p2)``. If the two components
     coincide the model is not identifiable and its standard errors are NaN.
     """
@@ -542,32 +551,72 @@ class GeometricMixtureDecode(DecodeDistribution):
         w = self.weight
         return tuple(w * a + (1 - w) * b for a, b in zip(g1.raw_moments(), g2.raw_moments()))
 
+    # ---- sampling: inverse CDF of the mixture (not a component, then that component),
+    # so that a draw moves by +1 steps as any parameter moves (the coupled estimator).
+    def _log_survival(self, d, size_biased: bool):
+        """``log P(D > d)`` (``log P(D* > d)`` if ``size_biased``) at integers ``d >= 0``:
+        ``sum_k w_k q_k^d`` and ``sum_k w_k q_k^d (d + 1/p_k) / E[D]`` (``E[D_k; D_k > d] =
+        q_k^d (d + 1/p_k)`` for a geometric), in logs."""
+        d = jnp.asarray(d).astype(self.p1.dtype)
+        a = jnp.log(self.weight) + d * jnp.log1p(-self.p1)
+        b = jnp.log1p(-self.weight) + d * jnp.log1p(-self.p2)
+        if size_biased:
+            a = a + jnp.log(d + 1 / self.p1)
+            b = b + jnp.log(d + 1 / self.p2)
+            return jnp.logaddexp(a, b) - jnp.log(self.mean())
+        return jnp.logaddexp(a, b)
+
+    def _invert(self, log_u, size_biased: bool):
+        """``min{d >= 1 : log P(D > d) < log u}`` (int32, clipped at ``2^30``) by bisection
+        from a bracket: ``P(D > d) >= q_min^d`` and ``P(D > d) <= exp(-p_min d)`` (fresh),
+        ``<= 1.214 exp(-p_min d / 2)`` (stationary: ``(1 + x) e^-x <= 2 e^-1/2 e^-x/2``),
+        halved until every draw's bracket is one step wide (about ``log2`` of the widest
+        bracket, not 31 halvings). With ``weight = 1`` it is the geometric's
+        ``1 + floor(log u / log(1 - p))``."""
+        log_u = jax.lax.stop_gradient(log_u)
+        model = jax.lax.stop_gradient(self)
+        log_q_min = jnp.log1p(-jnp.maximum(model.p1, model.p2))
+        p_min = jnp.minimum(model.p1, model.p2)
+        top = float(_MAX_STEPS)
+        lo = jnp.where(log_q_min < 0, jnp.floor(log_u / jnp.where(log_q_min < 0, log_q_min, -1.0)), 0.0)
+        hi = 2 * (0.1942 - log_u) / p_min if size_biased else -log_u / p_min
+        lo = jnp.clip(lo - 1, 0, top - 1).astype(jnp.int32)  # P(D > lo) >= u (one step of margin)
+        hi = jnp.clip(jnp.floor(hi) + 2, 1, top).astype(jnp.int32)  # P(D > hi) < u, or the clip
+
+        def wide(bounds):
+            lo, hi = bounds
+            return jnp.any(hi - lo > 1)
+
+        def halve(bounds):
+            lo, hi = bounds
+            mid = lo + (hi - lo) // 2
+            below = model._log_survival(mid, size_biased) < log_u
+            return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+        _, hi = jax.lax.while_loop(wide, halve, (lo, hi))
+        return jnp.maximum(hi, 1)
+
     def _sample(self, u):
-        # Component 1 if u < weight, with u rescaled to (0, 1) inside the chosen part.
-        g1, g2 = self._components()
-        first = u < self.weight
-        v = jnp.where(first, u / self.weight, (u - self.weight) / (1 - self.weight))
-        v = jnp.clip(v, jnp.finfo(u.dtype).tiny, 1.0)
-        return jnp.where(first, g1._sample(v), g2._sample(v))
+        return self._invert(jnp.log(u), False)
 
     def _sample_stationary(self, bits0, bits1, bits3):
-        # The length-biased mixture is a mixture of length-biased geometrics with weights
-        # w_k E[D_k] / E[D]; each is exact by memorylessness (see GeometricDecode).
-        g1, g2 = self._components()
-        c = self.weight / self.p1 / (self.weight / self.p1 + (1 - self.weight) / self.p2)
-        u = _uniform_open(bits0)
-        first = u < c
-        v = jnp.clip(jnp.where(first, u / c, (u - c) / (1 - c)), jnp.finfo(u.dtype).tiny, 1.0)
-        index = jnp.where(first, g1._count(v), g2._count(v))
-        w = _uniform_open(bits1)
-        remaining = 1 + jnp.where(first, g1._count(w), g2._count(w))
-        return index + remaining, index
+        """``D*`` by inverse CDF of the length-biased mixture (closed-form survival, no
+        table), the index uniform on ``[0, D*)`` (as the table families)."""
+        decode = self._invert(jnp.log(_uniform_open(bits0)), True)
+        return decode, _uniform_int(bits1, bits3, decode)
 
     def _jump_weight(self, d):
-        return None  # its sampler is not an inverse CDF of the mixture: score function
+        # D = min{d : S(d) < u} becomes d + 1 when S(d) rises past u: rate S'(d) / p(d)
+        # (from the survival: no difference of nearly equal CDF values)
+        return _surrogate(jnp.exp(self._log_survival(d, False)), self.log_pmf(d))
 
     def _stationary_jump_weights(self, bits0, bits1, bits3, decode, index):
-        return None
+        d = decode.astype(self.p1.dtype)
+        log_p = self.log_pmf(d) + jnp.log(d) - jnp.log(self.mean())
+        w = _surrogate(jnp.exp(self._log_survival(decode, True)), log_p)
+        w = jnp.where(decode < _MAX_STEPS, w, 0.0)
+        grows = _uniform_int(bits1, bits3, decode + 1) > index
+        return jnp.where(grows, w, 0.0), jnp.where(grows, 0.0, w)
 
     def _log_mgf_neg(self, t):
         g1, g2 = self._components()

@@ -47,8 +47,10 @@ class Empirical(Workload):
       ``E[D' | row] = D (1 + s)`` (exact while ``D (1 + s) >= 1``), the ratio of ``D'``
       to ``D`` stays within one step of ``1 + s``, and ``s = 0`` gives ``D' = D`` bit
       for bit. ``s`` is an array leaf: differentiable with the coupled decode estimator
-      (``decode_estimator="coupled"``, the default; the score function gives it no
-      derivative, and the micro-batch pipeline uses the score function), e.g.
+      (``decode_estimator="coupled"``, the default, with two-sided jumps: every request
+      carries weight ``D``, up from the row's lower length, down from its upper one; the
+      score function gives it no derivative, and the micro-batch pipeline uses the score
+      function), e.g.
       ``throughput_gradients(...).workload.decode_scale`` is
       ``d T / d s``.
 
@@ -147,29 +149,52 @@ class Empirical(Workload):
         return self.prefill_tokens[row], decode, index
 
     # ------------------------------------------------------------ coupled decode jumps
+    # Given the row, D' is k (V < 1 - f) or k + 1 and d/ds E[g(D')] = D (g(k+1) - g(k))
+    # exactly (df/ds = D). Two-sided: a request at k carries weight D with an up jump
+    # (k -> k + 1), one at k + 1 weight -D with a down jump (k + 1 -> k): both have the
+    # same difference g(k+1) - g(k) of the path with every other draw fixed, so the
+    # expectation over V is D (g(k+1) - g(k)) whatever f. (The one-sided form, weight
+    # D / (1 - f) on k only, is exact too but heavy-tailed as f -> 1.) Rows with k = 0
+    # (D (1 + s) < 1) always give D' = 1: no jump.
     def _has_decode_jumps(self) -> bool:
         return True
 
+    def _has_down_jumps(self) -> bool:
+        return True
+
+    def _fresh_cell(self, bits_d, bits_p):
+        row, _ = _uniform_int_and_fraction(bits_d, bits_p, self.num_requests)
+        k, f = self._cell(self.decode_steps[row])
+        return k, f - jax.lax.stop_gradient(f)  # surrogate: value 0, derivative D
+
     def _fresh_jump_weight(self, bits_d, bits_p, decode):
-        # D' = floor(X), X = D (1 + s) + V, dX/ds = D: given the row, D' = k (V < 1 - f)
-        # jumps to k + 1 at rate D / (1 - f); D' = k + 1 cannot jump (X < k + 2).
-        row, v = _uniform_int_and_fraction(bits_d, bits_p, self.num_requests)
-        d = self.decode_steps[row]
-        k, f = self._cell(d)
-        at_k = (v < 1 - jax.lax.stop_gradient(f)) & (decode == k)
-        return jnp.where(at_k, (f - jax.lax.stop_gradient(f)) / (1 - jax.lax.stop_gradient(f)), 0.0)
+        k, w = self._fresh_cell(bits_d, bits_p)
+        return jnp.where((decode == k) & (k >= 1), w, 0.0)
+
+    def _fresh_down_weight(self, bits_d, bits_p, decode):
+        k, w = self._fresh_cell(bits_d, bits_p)
+        return jnp.where((decode == k + 1) & (k >= 1), -w, 0.0)
+
+    def _stationary_cell(self, bits, index):
+        """``(k, c~, D', index at k, index at k + 1)``: ``c~`` value 0, derivative ``c'(s)``
+        (the row does not move; ``D' = k + 1`` when ``V < c``). With the index's uniform
+        ``x`` fixed, ``floor(x k)`` and ``floor(x (k + 1))`` differ by 0 or 1."""
+        _, k, _, c, dec, _ = self._stationary_parts(bits)
+        w = jnp.where(k >= 1, c - jax.lax.stop_gradient(c), 0.0)
+        return k, w, dec, _uniform_int(bits[2], bits[3], k), _uniform_int(bits[2], bits[3], k + 1)
 
     def _stationary_jump_weights(self, bits, decode, index):
-        # The row does not move; D' = k jumps to k + 1 as the threshold c(s) rises, at
-        # rate c'(s) / (1 - c). With the index's uniform fixed, the longer request has
-        # the same index (the remaining life grows: a "remaining" jump) or one more
-        # (an "age" jump).
-        _, k, _, c, dec, _ = self._stationary_parts(bits)
-        at_k = (dec == k) & (k >= 1)
-        rate = c / (1 - jax.lax.stop_gradient(c))
-        w = jnp.where(at_k, rate - jax.lax.stop_gradient(rate), 0.0)
-        index_up = _uniform_int(bits[2], bits[3], k + 1)
+        # D' = k -> k + 1: the index grows by one (an "age" jump) or the remaining life does.
+        k, w, dec, _, index_up = self._stationary_cell(bits, index)
+        w = jnp.where(dec == k, w, 0.0)
         age = jnp.where(index_up > index, w, 0.0)
+        return age, w - age
+
+    def _stationary_down_weights(self, bits, decode, index):
+        # D' = k + 1 -> k, weight -c': the index falls by one (age) or the remaining life does.
+        k, w, dec, index_down, _ = self._stationary_cell(bits, index)
+        w = jnp.where(dec == k + 1, -w, 0.0)
+        age = jnp.where(index_down < index, w, 0.0)
         return age, w - age
 
     def _moments(self):
