@@ -183,7 +183,17 @@ def _theory_functions():
 
 def test_every_theory_function_refuses_batch_size_at_most_zero():
     wl, lat = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c")
-    values = dict(workload=wl, latency=lat, ratio=4.0, max_ratio=8, cycle_time=300.0, micro_batches=2)
+    values = dict(
+        workload=wl,
+        latency=lat,
+        ratio=4.0,
+        max_ratio=8,
+        cycle_time=300.0,
+        micro_batches=2,
+        attention_cost=1.0,
+        ffn_cost=2.0,
+        step_model=afdjax.Colocated(),
+    )
     checked = []
     for name, fn in _theory_functions():
         params = inspect.signature(fn).parameters
@@ -199,6 +209,9 @@ def test_every_theory_function_refuses_batch_size_at_most_zero():
         "mean_field_throughput",
         "pipeline_cycle_time",
         "pipeline_barrier_throughput",
+        "cost_optimum",
+        "cost_objective",
+        "colocated_throughput_per_device",
     ):
         assert name in checked
 

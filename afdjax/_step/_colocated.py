@@ -278,4 +278,5 @@ def colocated_throughput_per_device(step_model: Colocated, cycle_time, batch_siz
     device), from a step time ``cycle_time`` (time units) and ``B`` slots per rank."""
     if not isinstance(step_model, Colocated):
         raise invalid("step_model", step_model, "an afdjax Colocated step model")
+    check_batch_size(batch_size)
     return as_float(batch_size) / (step_model.attention_devices * as_float(cycle_time))
