@@ -72,6 +72,7 @@ def test_predicts_held_out_ratios_within_two_percent(fitted):
         assert abs(pred / y - 1) <= 0.02, (b, r, pred, y)
 
 
+@pytest.mark.slow  # the 1500 x 8 fit of the slow tests above; tests/test_cli_fit.py fits and reports by default
 def test_fit_report(fitted):
     obs, f = fitted
     d = f.to_dict()
