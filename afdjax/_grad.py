@@ -91,7 +91,7 @@ from ._theory import (
     mean_field_optimum,
     newton_polish,
 )
-from ._validate import check_choice, check_int, check_number, strong_leaves
+from ._validate import check_choice, check_int, check_number, filter_jit
 from ._workload import Workload
 
 DECODE_ESTIMATORS = ("coupled", "score")
@@ -241,7 +241,6 @@ def throughput_gradients(
     sizes = plan_buffers(
         workload, batch_size, max_ratio, num_steps, num_replicas, simulate_kwargs.get("warmup_steps", 0)
     )
-    workload, latency = strong_leaves((workload, latency))
     value, grads = _value_and_grad(
         key,
         workload,
@@ -260,7 +259,7 @@ def throughput_gradients(
     return ThroughputGradient(value=value, stderr=stderr, workload=g_workload, latency=g_latency, ratio=g_ratio)
 
 
-@eqx.filter_jit
+@filter_jit
 def _value_and_grad(
     key,
     workload,
@@ -363,7 +362,6 @@ def optimise_ratio(
     if max_ratio is None:
         max_ratio = max(2, math.ceil(2 * start) + 2)
     max_ratio = check_max_ratio(max_ratio)
-    workload, latency = strong_leaves((workload, latency))
     ratio, gradient, throughput = _ascend(
         workload, latency, batch_size, as_float(start), as_float(learning_rate), as_float(max_ratio), num_steps
     )
@@ -380,7 +378,7 @@ def optimise_ratio(
 _NEWTON_STEPS = 8
 
 
-@eqx.filter_jit
+@filter_jit
 def _ascend(workload, latency, batch_size, start, learning_rate, max_ratio, num_steps: int):
     """Adam on ``log r`` from ``start`` (a ``fori_loop`` of ``num_steps``), then Newton polish
     in ``[1, max_ratio]``: ``(ratio, d throughput / d r, throughput)``."""

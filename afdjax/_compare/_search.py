@@ -41,7 +41,6 @@ import dataclasses
 import math
 import statistics
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,7 +50,7 @@ from .._hardware import HardwareDerivation, derive_latency
 from .._json import jsonable
 from .._specs import derive_from_spec, is_accelerator_model_spec
 from .._step import Barrier, Colocated, Pipeline, StepModel
-from .._validate import check_int, check_number, invalid
+from .._validate import check_int, check_number, filter_jit, invalid
 from .._workload import Workload
 
 BATCH_GRID_POINTS = 48
@@ -131,7 +130,7 @@ def _batch_grid(top: int, minimum: int) -> np.ndarray:
     return grid[(grid >= minimum) & (grid <= top)]
 
 
-@eqx.filter_jit
+@filter_jit
 def _afd_cycle(step_model, workload, latency, batch, ratio):
     return step_model.barrier_cycle_time(workload, latency, batch, ratio)
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._interrupt import deliver_interrupts
-from .._validate import strong_leaves
+from .._validate import filter_jit
 from ._config import EngineConfig
 from ._draws import draw_requests, initial_jump_weights, initial_slots, slot_streams
 from ._jumps import JumpState, barrier_jump_time, chunk_jumps, load_perturbation
@@ -126,17 +126,17 @@ def simulate_all_ratios(key_words, workload, latency, levels, cfg: EngineConfig,
     return aggregate(sums, constants, ranges, levels, cfg, jumps)
 
 
-@eqx.filter_jit
+@filter_jit
 def _simulate_jit(key_words, workload, latency, levels, cfg: EngineConfig, jumps: bool = False):
     """All ratios r = 1..r_max; the caller selects the requested ones outside this jit
     (so a different subset of ratios never recompiles the simulation)."""
     return simulate_all_ratios(key_words, workload, latency, levels, cfg, jumps)
 
 
-_block_sums_jit = eqx.filter_jit(block_sums)
+_block_sums_jit = filter_jit(block_sums)
 
 
-@eqx.filter_jit
+@filter_jit
 def _aggregate_jit(sums, workload, latency, levels, cfg: EngineConfig):
     constants, ranges = run_constants(workload, latency, cfg)
     return aggregate(sums, constants, ranges, levels, cfg)
@@ -169,7 +169,6 @@ def run_engine(key_words, workload, latency, levels, cfg: EngineConfig, jumps: b
     """One engine run of a configuration (jitted; blocks with a progress bar when
     ``cfg.progress``): ``(SimulationResult for r = 1..r_max, covered)``. ``jumps``: also
     the coupled decode-length term (gradients; not with the progress mode)."""
-    workload, latency = strong_leaves((workload, latency))
     if cfg.progress and not jumps:
         return _simulate_with_progress(key_words, workload, latency, levels, cfg)
     return _simulate_jit(key_words, workload, latency, levels, cfg, jumps)

@@ -48,7 +48,6 @@ import dataclasses
 import math
 import statistics
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +58,7 @@ from .._grad import decode_jumps_for, plan_buffers, throughput_estimate
 from .._json import jsonable
 from .._latency import LatencyModel
 from .._theory import barrier_throughput
+from .._validate import filter_jit
 from .._workload import Workload
 from . import _throughput_params as params
 from ._lbfgs import lbfgs_minimise
@@ -230,16 +230,16 @@ def _mc_predict(x, key, workload, latency, names, layout, num_steps, num_replica
     return jnp.concatenate(preds)[inverse], jnp.concatenate(ses)[inverse], jnp.concatenate(pers, axis=1)[:, inverse]
 
 
-_mc = eqx.filter_jit(_mc_predict)
+_mc = filter_jit(_mc_predict)
 
 
-@eqx.filter_jit
+@filter_jit
 def _mc_jacobian(x, key, workload, latency, *static):
     """``d prediction / d x`` ``(n, p)`` by forward-mode autodiff through the engine."""
     return jax.jacfwd(lambda v: _mc_predict(v, key, workload, latency, *static)[0])(x)
 
 
-@eqx.filter_jit
+@filter_jit
 def _warm_start(x0, y, b_arr, r_arr, workload, latency, names):
     """Weighted least squares of the barrier model's relative error, from ``x0``."""
 

@@ -63,7 +63,7 @@ from .._theory import (
     integer_argmax,
     per_instance_throughput,
 )
-from .._validate import check_int, invalid
+from .._validate import check_int, filter_jit, invalid
 from ._model import StepConstants, StepModel, StepTimes, prefix_over_instances
 
 # E[M_N] = E[(M_N - z)^+] + z for a z below which Phi^N vanishes (Phi(-12) ~ 2e-33).
@@ -257,12 +257,12 @@ class Colocated(StepModel):
         )
 
 
-@eqx.filter_jit
+@filter_jit
 def _cycle_jit(model, workload, latency, sizes, ranks, noise: bool):
     return model._cycle_traced(workload, latency, sizes, ranks, noise)
 
 
-@eqx.filter_jit
+@filter_jit
 def _rank_optima_jit(model, workload, latency, batch_size, max_ratio: int):
     def per_device(cycle):
         return lambda n: batch_size / (model.attention_devices * cycle(workload, latency, batch_size, n))

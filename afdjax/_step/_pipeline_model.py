@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._theory import grid_argmax, integer_argmax
-from .._validate import check_int, strong_leaves
+from .._validate import check_int, filter_jit
 from ._model import StepConstants, StepModel, StepTimes
 from ._pipeline import (
     PipelineState,
@@ -121,7 +121,6 @@ class Pipeline(StepModel):
         """Integer argmax of the pipeline mean-field and barrier-approximation curves over
         ``1..max_ratio``, the continuous argmax of each (1/64 grid); the mean-field one is
         reported as ``r_star_pipeline``."""
-        workload, latency = strong_leaves((workload, latency))
         mf, br, cont, mf_cont = _pipeline_optima_jit(workload, latency, batch_size, int(max_ratio), self.micro_batches)
         return dict(
             ratio_mean_field=int(mf),
@@ -137,7 +136,7 @@ class Pipeline(StepModel):
         )
 
 
-@eqx.filter_jit
+@filter_jit
 def _pipeline_optima_jit(workload, latency, batch_size, max_r: int, micro_batches: int):
     mf_fn = lambda x: pipeline_throughput(workload, latency, batch_size, x, micro_batches)
     br_fn = lambda x: pipeline_barrier_throughput(workload, latency, batch_size, x, micro_batches)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .._latency import LatencyModel
-from .._validate import strong_leaves
+from .._validate import filter_jit
 from .._workload import Workload
 from ._base import as_float, check_batch_size, per_instance_throughput
 from ._max_normal import expected_max_normal_excess
@@ -81,11 +81,10 @@ def barrier_optimum(workload: Workload, latency: LatencyModel, batch_size, max_r
     """
     max_ratio = check_max_ratio(max_ratio)
     check_batch_size(batch_size)
-    workload, latency = strong_leaves((workload, latency))
     return _barrier_optimum_jit(workload, latency, batch_size, max_ratio)
 
 
-@eqx.filter_jit
+@filter_jit
 def _barrier_optimum_jit(workload, latency, batch_size, max_ratio: int) -> BarrierOptimum:
     ratio, value, r = maximise_ratio(lambda r: barrier_throughput(workload, latency, batch_size, r), max_ratio)
     return BarrierOptimum(ratio=ratio, r_continuous=r, throughput=value)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from .._latency import LatencyModel
-from .._validate import check_number, invalid
+from .._validate import check_number, filter_jit, invalid
 from .._workload import Workload
 from ._barrier import barrier_cycle_time
 from ._base import as_float, check_batch_size
@@ -162,7 +162,7 @@ def cost_optimum(
     return _cost_optimum_jit(workload, latency, as_float(batch_size), *costs, max_ratio)
 
 
-@eqx.filter_jit
+@filter_jit
 def _cost_optimum_jit(workload, latency, batch_size, attention_cost, ffn_cost, max_ratio: int) -> CostOptimum:
     r_a, r_c, r_peak, r_star, regime = _mean_field_parts(workload, latency, batch_size, attention_cost, ffn_cost)
 
