@@ -23,7 +23,15 @@ from .._theory import (
 )
 from .._validate import check_int
 from ._model import StepConstants, StepModel, StepTimes, prefix_over_instances
-from ._stage_times import STAGE_LAYERS, attention_factors, comm_layer_times, ffn_layer_times, layer_mean, sampled_layers
+from ._stage_times import (
+    STAGE_LAYERS,
+    STEP_BLOCK,
+    attention_factors,
+    comm_layer_times,
+    ffn_layer_times,
+    layer_mean,
+    sampled_layers,
+)
 
 
 class BarrierConstants(StepConstants):
@@ -102,7 +110,18 @@ class Barrier(StepModel):
             slowest = prefix_over_instances(jnp.maximum, attention)  # row r-1: max over the first r instances
             tau = jnp.maximum(slowest, constants.floor_time[:, None])
             return state, StepTimes(cycle_time=tau, attention_busy=attention)
-        return state, self._stage_step_times(constants, attention, latency, stage)
+        # Steps are independent given the loads: time them in blocks of STEP_BLOCK steps, so
+        # the per-layer arrays (ratios x ranks x layers for the routing) stay small whatever
+        # the chunk length.
+        S = attention.shape[1]
+
+        def block(xs):
+            att, k1, k2 = xs
+            times = self._stage_step_times(constants, att[:, None], latency, (k1[None], k2[None]))
+            return times.cycle_time[:, 0], times.attention_busy[:, 0]
+
+        tau, busy = jax.lax.map(block, (attention.T, stage[0], stage[1]), batch_size=min(S, STEP_BLOCK))
+        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T)
 
     def _stage_step_times(self, constants: BarrierConstants, attention, latency, keys) -> StepTimes:
         """The per-layer barrier with random stage times: ``(r_max, S)`` cycle times from
