@@ -168,11 +168,13 @@ class Pipeline(StepModel):
 
             xs = (passes(att_k), passes(fwd[..., 0]), passes(ffn[..., 0]), passes(back[..., 0]))
             state, done = jax.lax.scan(layer_pass, state, xs)  # (K, r_max)
-            return state, (jnp.sum(done, axis=0), busy)
+            ffn_busy = None if latency.routing is None else jnp.sum(layer_mean(ffn[..., 0], axis=2), axis=1)
+            return state, (jnp.sum(done, axis=0), busy, ffn_busy)
 
         xs = (jnp.moveaxis(attention_g, 2, 0), keys[0], keys[1])
-        state, (tau, busy) = jax.lax.scan(one_step, state, xs)
-        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T)
+        state, (tau, busy, ffn_busy) = jax.lax.scan(one_step, state, xs)
+        ffn_busy = None if ffn_busy is None else ffn_busy.T
+        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T, ffn_busy=ffn_busy)
 
     def cycle_time(self, workload, latency, batch_size, ratio):
         return pipeline_cycle_time(workload, latency, batch_size, ratio, self.micro_batches)
