@@ -8,6 +8,10 @@
   takes the same time. The paper's step overlaps the two (full-duplex links), the
   micro-batch pipeline (``simulate(..., micro_batches=m)``) runs both.
 
+Optional parts (issue 13, :mod:`afdjax._stage`): ``num_layers`` with per-layer random stage
+times (``noise``), MoE expert routing on the FFN side (``routing``) and per-peer, F->A and
+shared-link communication terms (``comm``); all ``None`` is the deterministic model above.
+
 Times are in one consistent *time unit*; throughput comes out in tokens per that unit.
 The ``paper-910c`` preset (DeepSeek-V3 on Ascend 910C, arXiv 2601.21351) does not state
 its unit; it is plausibly microseconds per layer. ``alpha_*`` are time units per token,
