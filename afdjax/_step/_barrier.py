@@ -25,12 +25,13 @@ from .._validate import check_int
 from ._model import StepConstants, StepModel, StepTimes, prefix_over_instances
 from ._stage_times import (
     STAGE_LAYERS,
-    STEP_BLOCK,
     attention_factors,
     comm_layer_times,
     ffn_layer_times,
     layer_mean,
     sampled_layers,
+    step_blocks,
+    unblock,
 )
 
 
@@ -110,19 +111,19 @@ class Barrier(StepModel):
             slowest = prefix_over_instances(jnp.maximum, attention)  # row r-1: max over the first r instances
             tau = jnp.maximum(slowest, constants.floor_time[:, None])
             return state, StepTimes(cycle_time=tau, attention_busy=attention)
-        # Steps are independent given the loads: time them in blocks of STEP_BLOCK steps, so
+        # Steps are independent given the loads: time them in blocks of STEP_BLOCK steps (the
+        # step axis last, so each block is vectorised along it), one block after another, so
         # the per-layer arrays (ratios x ranks x layers for the routing) stay small whatever
         # the chunk length.
-        S = attention.shape[1]
+        blocks = step_blocks((attention, stage[0], stage[1]))
 
         def block(xs):
             att, k1, k2 = xs
-            times = self._stage_step_times(constants, att[:, None], latency, (k1[None], k2[None]))
-            ffn = None if times.ffn_busy is None else times.ffn_busy[:, 0]
-            return times.cycle_time[:, 0], times.attention_busy[:, 0], ffn
+            times = self._stage_step_times(constants, att, latency, (k1, k2))
+            return times.cycle_time, times.attention_busy, times.ffn_busy
 
-        tau, busy, ffn = jax.lax.map(block, (attention.T, stage[0], stage[1]), batch_size=min(S, STEP_BLOCK))
-        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T, ffn_busy=None if ffn is None else ffn.T)
+        tau, busy, ffn = unblock(jax.lax.map(block, blocks), attention.shape[1])
+        return state, StepTimes(cycle_time=tau, attention_busy=busy, ffn_busy=ffn)
 
     def _stage_step_times(self, constants: BarrierConstants, attention, latency, keys) -> StepTimes:
         """The per-layer barrier with random stage times: ``(r_max, S)`` cycle times from

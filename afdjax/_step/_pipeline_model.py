@@ -23,7 +23,17 @@ from ._pipeline import (
     pipeline_cycle_time,
     pipeline_throughput,
 )
-from ._stage_times import STAGE_LAYERS, attention_factors, comm_layer_times, ffn_layer_times, layer_mean, sampled_layers
+from ._stage_times import (
+    STAGE_LAYERS,
+    STEP_BLOCK,
+    attention_factors,
+    comm_layer_times,
+    ffn_layer_times,
+    layer_mean,
+    sampled_layers,
+    step_blocks,
+    unblock,
+)
 
 
 class PipelineConstants(StepConstants):
@@ -138,9 +148,10 @@ class Pipeline(StepModel):
 
     def _stage_step_times(self, constants: PipelineConstants, state, attention_g, latency, keys):
         """``K`` layer passes per step with random stage factors (see the class docstring).
-        One scan over the steps; each step draws its own factors (so the working memory
-        does not grow with the chunk length) and runs its ``K`` passes in an inner scan."""
-        rmax, G, _ = attention_g.shape
+        The steps go in blocks (:func:`~afdjax._step._stage_times.step_blocks`): each block
+        draws its factors at once (vectorised along its steps), then scans its ``b K``
+        passes; the working memory does not grow with the chunk length."""
+        rmax, G, S = attention_g.shape
         K = sampled_layers(latency, self.stage_layers)
         ratio = jnp.arange(1, rmax + 1, dtype=attention_g.dtype)
         back_g = constants.comm_time if constants.back_time is None else constants.back_time
@@ -151,30 +162,32 @@ class Pipeline(StepModel):
             done = events.step_completion
             return state.shift(done), done
 
-        def one_step(state, xs):
-            att, k1, k2 = xs  # att: (J, G); k1, k2: scalars
-            step_keys = (k1[None], k2[None])
-            a = attention_factors(latency, step_keys, rmax, G, K)  # (J, G, K, 1) or None
+        def one_block(state, xs):
+            att, k1, k2 = xs  # att: (J, G, b); k1, k2: (b,)
+            b = att.shape[-1]
+            a = attention_factors(latency, (k1, k2), rmax, G, K)  # (J, G, K, b) or None
             if a is None:
-                att_k, busy = jnp.broadcast_to(att[:, :, None], (rmax, G, K)), jnp.sum(att, axis=1)
+                att_k, busy = att[:, :, None, :], jnp.sum(att, axis=1)
             else:
-                att_k = att[:, :, None] * a[..., 0]
-                busy = jnp.sum(att * layer_mean(a[..., 0], axis=2), axis=1)
-            ffn = ffn_layer_times(latency, step_keys, ratio, constants.group_size, constants.ffn_time, K)
-            fwd, back = comm_layer_times(latency, step_keys, constants.comm_time, back_g, K)
+                att_k = att[:, :, None, :] * a
+                busy = jnp.sum(att * layer_mean(a, axis=2), axis=1)
+            ffn = ffn_layer_times(latency, (k1, k2), ratio, constants.group_size, constants.ffn_time, K)
+            fwd, back = comm_layer_times(latency, (k1, k2), constants.comm_time, back_g, K)
 
-            def passes(x):  # (r_max, G, K or 1) -> (K, r_max, G): whole-step times over K, pass by pass
-                return jnp.moveaxis(jnp.broadcast_to(x, x.shape[:2] + (K,)) / K, 2, 0)
+            def passes(x):  # (r_max, G, K or 1, b or 1) -> (b K, r_max, G): whole-step times over K
+                x = jnp.broadcast_to(x, x.shape[:2] + (K, b)) / K
+                return jnp.moveaxis(x, (3, 2), (0, 1)).reshape((b * K,) + x.shape[:2])
 
-            xs = (passes(att_k), passes(fwd[..., 0]), passes(ffn[..., 0]), passes(back[..., 0]))
-            state, done = jax.lax.scan(layer_pass, state, xs)  # (K, r_max)
-            ffn_busy = None if latency.routing is None else jnp.sum(layer_mean(ffn[..., 0], axis=2), axis=1)
-            return state, (jnp.sum(done, axis=0), busy, ffn_busy)
+            state, done = jax.lax.scan(layer_pass, state, (passes(att_k), passes(fwd), passes(ffn), passes(back)))
+            tau = jnp.sum(done.reshape(b, K, rmax), axis=1).T  # (r_max, b)
+            ffn_busy = None if latency.routing is None else jnp.sum(layer_mean(ffn, axis=2), axis=1)
+            return state, (tau, busy, ffn_busy)
 
-        xs = (jnp.moveaxis(attention_g, 2, 0), keys[0], keys[1])
-        state, (tau, busy, ffn_busy) = jax.lax.scan(one_step, state, xs)
-        ffn_busy = None if ffn_busy is None else ffn_busy.T
-        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T, ffn_busy=ffn_busy)
+        # padded steps (the last block) must not advance the pipeline: blocks of whole steps only
+        block = max(d for d in range(1, min(S, STEP_BLOCK) + 1) if S % d == 0)
+        state, out = jax.lax.scan(one_block, state, step_blocks((attention_g, keys[0], keys[1]), block))
+        tau, busy, ffn_busy = unblock(out, S)
+        return state, StepTimes(cycle_time=tau, attention_busy=busy, ffn_busy=ffn_busy)
 
     def cycle_time(self, workload, latency, batch_size, ratio):
         return pipeline_cycle_time(workload, latency, batch_size, ratio, self.micro_batches)

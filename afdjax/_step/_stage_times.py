@@ -48,6 +48,31 @@ STEP_BLOCK = 64
 the working memory does not grow with the chunk length."""
 
 
+def step_blocks(arrays, block: int = STEP_BLOCK):
+    """Split the last (step) axis of each array into blocks: ``(..., S)`` ->
+    ``(n, ..., b)`` with ``b = min(S, block)``, ``n = ceil(S / b)``; the last block is padded
+    by repeating the last step (:func:`unblock` drops the padding)."""
+    S = arrays[0].shape[-1]
+    b = min(S, block)
+    n = -(-S // b)
+
+    def split(x):
+        x = jnp.concatenate([x, jnp.repeat(x[..., -1:], n * b - S, axis=-1)], axis=-1) if n * b > S else x
+        return jnp.moveaxis(x.reshape(x.shape[:-1] + (n, b)), -2, 0)
+
+    return jax.tree_util.tree_map(split, arrays)
+
+
+def unblock(arrays, steps: int):
+    """Inverse of :func:`step_blocks`: ``(n, ..., b)`` -> ``(..., steps)`` (``None`` stays ``None``)."""
+
+    def join(x):
+        x = jnp.moveaxis(x, 0, -2)
+        return x.reshape(x.shape[:-2] + (-1,))[..., :steps]
+
+    return jax.tree_util.tree_map(join, arrays)
+
+
 def sampled_layers(latency, stage_layers: int) -> int:
     """``K = min(L, stage_layers)``, ``L = latency.num_layers`` (1 when ``None``)."""
     return min(latency.layers(), int(stage_layers))
