@@ -26,6 +26,7 @@ from ._model import StepConstants, StepModel, StepTimes, prefix_over_instances
 from ._stage_times import (
     STAGE_LAYERS,
     attention_factors,
+    block_steps,
     comm_layer_times,
     ffn_layer_times,
     layer_mean,
@@ -111,11 +112,12 @@ class Barrier(StepModel):
             slowest = prefix_over_instances(jnp.maximum, attention)  # row r-1: max over the first r instances
             tau = jnp.maximum(slowest, constants.floor_time[:, None])
             return state, StepTimes(cycle_time=tau, attention_busy=attention)
-        # Steps are independent given the loads: time them in blocks of STEP_BLOCK steps (the
-        # step axis last, so each block is vectorised along it), one block after another, so
-        # the per-layer arrays (ratios x ranks x layers for the routing) stay small whatever
-        # the chunk length.
-        blocks = step_blocks((attention, stage[0], stage[1]))
+        # Steps are independent given the loads: time them in blocks (the step axis last, so
+        # each block is vectorised along it), one block after another, so the per-layer arrays
+        # (ratios x ranks x layers for the routing) stay bounded whatever the chunk length.
+        rmax, S = attention.shape
+        size = block_steps(latency, rmax, 1, sampled_layers(latency, self.stage_layers), S)
+        blocks = step_blocks((attention, stage[0], stage[1]), size)
 
         def block(xs):
             att, k1, k2 = xs

@@ -25,8 +25,8 @@ from ._pipeline import (
 )
 from ._stage_times import (
     STAGE_LAYERS,
-    STEP_BLOCK,
     attention_factors,
+    block_steps,
     comm_layer_times,
     ffn_layer_times,
     layer_mean,
@@ -184,7 +184,8 @@ class Pipeline(StepModel):
             return state, (tau, busy, ffn_busy)
 
         # padded steps (the last block) must not advance the pipeline: blocks of whole steps only
-        block = max(d for d in range(1, min(S, STEP_BLOCK) + 1) if S % d == 0)
+        size = block_steps(latency, rmax, G, K, S)
+        block = max(d for d in range(1, size + 1) if S % d == 0)
         state, out = jax.lax.scan(one_block, state, step_blocks((attention_g, keys[0], keys[1]), block))
         tau, busy, ffn_busy = unblock(out, S)
         return state, StepTimes(cycle_time=tau, attention_busy=busy, ffn_busy=ffn_busy)

@@ -43,12 +43,21 @@ STAGE_LAYERS = 16
 """Default ``K_MAX``: at most this many sampled layers per step (``stage_layers``)."""
 
 
-STEP_BLOCK = 64
-"""Steps timed together (vectorised) with random stage times; blocks follow each other, so
-the working memory does not grow with the chunk length."""
+BLOCK_ELEMENTS = 2**22
+"""Largest per-layer array (elements) of one block of steps timed together with random stage
+times: blocks follow each other, so the working memory does not grow with the chunk
+length. Blocks are as long as this allows (a loop over short blocks ran up to 6 times
+slower on CPU than one vectorised pass)."""
 
 
-def step_blocks(arrays, block: int = STEP_BLOCK):
+def block_steps(latency, max_ratio: int, groups: int, layers: int, steps: int) -> int:
+    """Steps per block: the per-layer arrays are ``(r_max, G, K)`` per step, times the
+    ranks with routing (the busiest rank is taken per ratio)."""
+    per_step = max_ratio * groups * layers * (1 if latency.routing is None else latency.routing.ranks)
+    return max(1, min(steps, BLOCK_ELEMENTS // per_step))
+
+
+def step_blocks(arrays, block: int):
     """Split the last (step) axis of each array into blocks: ``(..., S)`` ->
     ``(n, ..., b)`` with ``b = min(S, block)``, ``n = ceil(S / b)``; the last block is padded
     by repeating the last step (:func:`unblock` drops the padding)."""
