@@ -214,14 +214,7 @@ def stage_layer_time(mu, s, latency, batch_size, ratio) -> jax.Array:
     f_mean, f_sd, routed = routed_ffn_time(latency, ratio, batch_size)
     per_pair = 0.0 if routed is None else latency.alpha_f * (latency.routing.ranks / latency.routing.top_k)
 
-    parts = []  # (random?, deterministic value, edges, log_cdf)
-    # attention: the max of r
-    att_random = (s > 0) | (sig_a > 0)
-    sd_y = jnp.sqrt(s * s + jnp.expm1(sig_a * sig_a) * (mu * mu + s * s))
-    sig_y = jnp.sqrt(jnp.log1p((sd_y / jnp.maximum(mu, _TINY)) ** 2))
-    zq = _max_of_r_z(ratio)
-    att_edges = mu * jnp.exp(-0.5 * sig_y * sig_y + sig_y * zq)
-    parts.append((att_random, mu, att_edges, lambda x: ratio * _attention_log_cdf(x, mu, s, sig_a)))
+    parts = [_attention_part(mu, s, sig_a, ratio)]  # (random?, deterministic value, edges, log_cdf)
     # communication, both directions (independent factors): one part, the max of the two
     scales = jnp.stack([t_c, t_cb])
     comm_edges = jnp.concatenate([_lognormal_edges(t_c, sig_c), _lognormal_edges(t_cb, sig_c)])
@@ -256,6 +249,28 @@ def stage_layer_time(mu, s, latency, batch_size, ratio) -> jax.Array:
         edges = jnp.where(sig_f > 0, _lognormal_edges(f_mean, sig_tot), f_mean + f_sd * jnp.asarray(_EDGE_Z))
         parts.append(((per_pair > 0) | (sig_f > 0), f_mean, edges, ffn_log_cdf))
 
+    return _expected_max(parts, mu)
+
+
+def _attention_part(mu, s, sig_a, ratio):
+    """The part ``max_{j<r} t_A,j a_j`` (random?, value if not, quadrature cuts, log CDF)."""
+    random = (s > 0) | (sig_a > 0)
+    sd_y = jnp.sqrt(s * s + jnp.expm1(sig_a * sig_a) * (mu * mu + s * s))
+    sig_y = jnp.sqrt(jnp.log1p((sd_y / jnp.maximum(mu, _TINY)) ** 2))
+    edges = mu * jnp.exp(-0.5 * sig_y * sig_y + sig_y * _max_of_r_z(ratio))
+    return random, mu, edges, lambda x: ratio * _attention_log_cdf(x, mu, s, sig_a)
+
+
+def attention_max_mean(mu, s, attention_cv, ratio) -> jax.Array:
+    """``E[max_{j<r} t_A,j a_j]``: the expected slowest of ``r`` Attention instances (time
+    units) with loads ``Normal(mu, s^2)`` and per-layer LogNormal factors of coefficient of
+    variation ``attention_cv`` (scalars; real ``r``)."""
+    sig_a = lognormal_parameters(as_float(attention_cv))[1]
+    return _expected_max([_attention_part(mu, s, sig_a, as_float(ratio))], mu)
+
+
+def _expected_max(parts, mu):
+    """``E[max]`` of independent parts: ``lower + integral (1 - prod F)`` (module docstring)."""
     # The cuts only place the quadrature panels: the integral does not depend on them, so
     # they carry no gradient, except through the deterministic floor G (d E / d G = P(V < G)).
     parts = [(random, value, jax.lax.stop_gradient(edges), log_cdf) for random, value, edges, log_cdf in parts]
