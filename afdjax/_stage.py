@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._random import threefry2x32, uniform_open
 from ._validate import check_array_parameter, check_int, float_leaf, invalid
 
 _TRACED = (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError)
@@ -196,3 +197,30 @@ class Communication(eqx.Module):
             value = getattr(self, name)
             if value is not None:
                 check_array_parameter(name, value, allow_zero=True)
+
+
+# ----------------------------------------------------------------------- random draws
+ROLE_ATTENTION, ROLE_FFN, ROLE_COMM, ROLE_COMM_BACK, ROLE_RANK = 0, 1, 2, 3, 4
+"""Stream roles of the stage factors: entity word ``role << 24 | index``."""
+
+
+def stage_normals(keys, role: int, index, groups: int, count: int) -> jax.Array:
+    """Standard normal draws of the stage factors: ``(*index.shape, groups, count, S)``.
+
+    ``keys``: ``(k1, k2)``, ``(S,)`` uint32 each, one counter key per step (the engine
+    derives them from the run's key, the replica and the step's global index);
+    ``role``: one of the ``ROLE_*`` constants; ``index``: uint32 array of instance or
+    rank indices (``< 2^24``); ``groups``: micro-batches ``G``; ``count``: layers ``K``.
+    Entity ``(role, index)``, group ``g`` and layer ``l`` of a step always get the same
+    bits, whatever the ratio (common random numbers): word ``l // ceil(K/2)`` of
+    ``threefry(k, role << 24 | index, g * ceil(K/2) + l % ceil(K/2))``, mapped to a normal by
+    the inverse CDF.
+    """
+    half = (count + 1) // 2
+    index = jnp.asarray(index, jnp.uint32)
+    entity = (jnp.uint32(role) << 24) | index
+    counter = jnp.arange(groups * half, dtype=jnp.uint32).reshape(groups, half)
+    k1, k2 = (jnp.asarray(k, jnp.uint32) for k in keys)
+    w1, w2 = threefry2x32(k1, k2, entity[..., None, None, None], counter[..., None])  # (*index, G, half, S)
+    words = jnp.concatenate([w1, w2], axis=-2)[..., :count, :]
+    return jax.scipy.special.ndtri(uniform_open(words))
