@@ -63,13 +63,19 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
     gaussian = jnp.where(s > 0, with_noise, jnp.maximum(floor, mu))
     if not latency.stochastic:
         return gaussian
-    layer = jnp.vectorize(lambda m, sd, b, r: stage_layer_time(m, sd, latency, b, r))
-    stochastic = layer(mu, s, as_float(batch_size), ratio)
+    stochastic = _stage_barrier(latency, mu, s, as_float(batch_size), ratio)
     if latency.routing is not None:
         return stochastic
     n = latency.noise
     quiet = (n.attention_cv == 0) & (n.ffn_cv == 0) & (n.comm_cv == 0)
     return jnp.where(quiet, gaussian, stochastic)
+
+
+@filter_jit
+def _stage_barrier(latency, mu, s, batch_size, ratio):
+    """:func:`stage_layer_time` broadcast over the arrays (one compilation per latency
+    structure and shape, also when called eagerly)."""
+    return jnp.vectorize(lambda m, sd, b, r: stage_layer_time(m, sd, latency, b, r))(mu, s, batch_size, ratio)
 
 
 def barrier_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validate import filter_jit
 from ._base import as_float
 from ._stage_terms import routed_ffn_time
 
@@ -33,12 +34,16 @@ def _floor_parts(latency, batch_size, ratio):
 def stage_floor_mean(latency, batch_size, ratio) -> jax.Array:
     """``h(r) = max(t_C(r), t_C'(r), E[t_F(r)])``: the mean stage floor (time units) with the
     routed FFN's mean busiest rank; broadcasts ``batch_size`` and ``ratio``."""
+    return _floor_mean(latency, as_float(batch_size), as_float(ratio))
 
+
+@filter_jit
+def _floor_mean(latency, batch_size, ratio):
     def one(b, r):
         comm, ffn = _floor_parts(latency, b, r)
         return jnp.maximum(comm, ffn)
 
-    return jnp.vectorize(one)(as_float(batch_size), as_float(ratio))
+    return jnp.vectorize(one)(batch_size, ratio)
 
 
 def _solve_rising(fn, level, grid_values):
@@ -81,6 +86,7 @@ def _minimise(cost, grid_values):
     return jnp.where(d2 > 0, base - d1 / jnp.where(d2 > 0, d2, 1.0), base)
 
 
+@filter_jit
 def stage_mean_field_optimum(latency, batch_size, t_a):
     """``(r_A, r_C, r_peak, r_star, regime)`` of the mean field with the rising floor
     ``h(r)`` of :func:`stage_floor_mean` (module docstring), for a scalar ``batch_size``

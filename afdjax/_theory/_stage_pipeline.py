@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validate import filter_jit
 from ._barrier import attention_time_moments
 from ._base import as_float, check_batch_size, per_instance_throughput
 from ._max_normal import expected_max_normal_excess
@@ -63,14 +64,19 @@ def stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batche
         busiest = jnp.maximum(jnp.maximum(t_a, t_c), t_f)
         return jnp.maximum(m * busiest, t_a + 2.0 * t_c + t_f)
     t_cb = latency.comm_back_time(r, per_group)
-    t_f = jnp.vectorize(lambda b, x: routed_ffn_time(latency, x, b)[0])(per_group, r)
-    if barrier:
-        cv = 0.0 if latency.noise is None else latency.noise.attention_cv
-        t_a = jnp.vectorize(lambda a, b, x: attention_max_mean(a, b, cv, x))(mu, s, r)
-    else:
-        t_a = mu
+    t_f, t_max = _stage_means(latency, mu, jnp.zeros_like(mu) if s is None else s, per_group, r)
+    t_a = t_max if barrier else mu
     busiest = jnp.maximum(jnp.maximum(jnp.maximum(t_a, t_c), t_cb), t_f)
     return jnp.maximum(m * busiest, t_a + t_c + t_f + t_cb)
+
+
+@filter_jit
+def _stage_means(latency, mu, s, per_group, r):
+    """The routed FFN mean and the expected slowest attention per micro-batch, broadcast."""
+    cv = 0.0 if latency.noise is None else latency.noise.attention_cv
+    t_f = jnp.vectorize(lambda b, x: routed_ffn_time(latency, x, b)[0])(per_group, r)
+    t_a = jnp.vectorize(lambda a, b, x: attention_max_mean(a, b, cv, x))(mu, s, r)
+    return t_f, t_a
 
 
 def stage_pipeline_throughput(workload, latency, batch_size, ratio, micro_batches, barrier: bool = True) -> jax.Array:
