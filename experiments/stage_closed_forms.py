@@ -95,7 +95,7 @@ def main() -> None:
         z = np.where(se > 0, (closed - mean) / np.where(se > 0, se, 1.0), 0.0)
         i = int(np.argmax(np.abs(rel)))
         print(
-            f"  {cv:4.2f}  {str(skew):>4}  {peer:3.1f}  {L:3d} | {abs(rel[i]):7.2%} (r={RATIOS[i]:2d}) | "
+            f"  {cv:4.2f}  {skew!s:>4}  {peer:3.1f}  {L:3d} | {abs(rel[i]):7.2%} (r={RATIOS[i]:2d}) | "
             f"{np.max(np.abs(today / mean - 1.0)):7.2%} | {np.max(np.abs(z)):6.1f}",
             flush=True,
         )
