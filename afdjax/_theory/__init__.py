@@ -2,7 +2,10 @@
 
 Re-exports only; the modules are ``_mean_field`` (mean field), ``_max_normal`` (expected
 maximum of normals), ``_barrier`` (Gaussian barrier refinement), ``_ratio_choice`` (integer
-and grid argmax, Newton polish) and ``_base`` (shared helpers, used by ``afdjax._step``).
+and grid argmax, Newton polish), ``_base`` (shared helpers, used by ``afdjax._step``) and,
+for the stochastic stage times of issue 13 (``StageNoise``, ``ExpertRouting``,
+``Communication``), ``_stage_terms`` (the per-layer barrier), ``_stage_optimum`` (the mean
+field's numerical optimum) and ``_stage_pipeline`` (the pipeline's closed form with them).
 """
 
 from ._barrier import BarrierOptimum as BarrierOptimum

@@ -87,7 +87,7 @@ def _minimise(cost, grid_values):
 
 
 @filter_jit
-def stage_mean_field_optimum(latency, batch_size, t_a):
+def stage_mean_field_optimum(latency, batch_size, t_a, weight=1.0):
     """``(r_A, r_C, r_peak, r_star, regime)`` of the mean field with the rising floor
     ``h(r)`` of :func:`stage_floor_mean` (module docstring), for a scalar ``batch_size``
     and the mean-field attention time ``t_a``.
@@ -95,8 +95,10 @@ def stage_mean_field_optimum(latency, batch_size, t_a):
     ``r_A``: where ``h`` reaches ``t_a`` (0 when it starts above, ``+inf`` when it never
     does); ``r_C``: where ``E[t_F]`` reaches a communication time that does not grow with
     ``r`` (``comm_scaling="batch"``, ``per_peer = alpha_link = 0``; else NaN); ``r_peak``:
-    the minimiser of ``(1 + 1/r) h(r)``; ``r_star = max(r_A, r_peak)``, ``+inf`` (regime 3,
-    "unbounded") when ``h`` does not grow with ``r``."""
+    the minimiser of ``(1 + w/r) h(r)`` (``w = weight``: 1 for throughput per instance, the
+    FFN-to-Attention cost ratio for :func:`~afdjax.cost_optimum`; ``+inf`` when ``w`` is);
+    ``r_star = max(r_A, r_peak)``, ``+inf`` (regime 3, "unbounded") when ``h`` does not grow
+    with ``r``."""
     B = as_float(batch_size)
     h = lambda r: stage_floor_mean(latency, B, r)
     ffn = lambda r: _floor_parts(latency, B, r)[1]
@@ -109,8 +111,10 @@ def stage_mean_field_optimum(latency, batch_size, t_a):
     if latency.comm is not None:
         flat = flat & (latency.comm.per_peer == 0) & (latency.comm.alpha_link == 0)
     r_c = jnp.where(flat, _solve_rising(ffn, comm_level, jax.vmap(ffn)(grid)), jnp.nan)
-    cost = lambda r: (1.0 + 1.0 / r) * h(r)
-    r_peak = jnp.where(grows, _minimise(cost, (1.0 + 1.0 / grid) * h_grid), jnp.inf)
+    w = as_float(weight)
+    w_safe = jnp.where(jnp.isinf(w), 1.0, w)
+    cost = lambda r: (1.0 + w_safe / r) * h(r)
+    r_peak = jnp.where(grows & ~jnp.isinf(w), _minimise(cost, (1.0 + w_safe / grid) * h_grid), jnp.inf)
     r_star = jnp.where(grows, jnp.maximum(r_a, r_peak), jnp.inf)
     at = jnp.where(jnp.isfinite(r_star), r_star, 1.0)
     comm_now, ffn_now = _floor_parts(latency, B, at)
