@@ -249,8 +249,10 @@ def test_toml_errors_name_the_key(tmp_path, extra, message):
 def test_closed_form_matches_the_engine(parts):
     lat = LatencyModel(**COEF, num_layers=8, **parts)
     ratios = [1, 4, 8, 16]
-    res = afdjax.simulate(jax.random.key(3), WL, lat, 64, ratios, 300, 8)
-    closed = np.asarray(afdjax.barrier_cycle_time(WL, lat, 64, jnp.asarray(ratios, dtype=float)))
+    # B = 256: the Gaussian barrier of the KV loads (the same with or without the parts) is
+    # within 1 % here; at B = 64 and r = 1 it alone is 3 % low
+    res = afdjax.simulate(jax.random.key(3), WL, lat, B, ratios, 300, 8)
+    closed = np.asarray(afdjax.barrier_cycle_time(WL, lat, B, jnp.asarray(ratios, dtype=float)))
     mean = np.asarray(res.mean_cycle_time)
     np.testing.assert_allclose(closed, mean, rtol=0.02)
 
