@@ -37,6 +37,7 @@ from ._hardware import (
     LATENCY_TABLE_KEYS,
     MODEL_TABLE_KEYS,
     MODELS,
+    STAGE_TABLES,
     Accelerator,
     Deployment,
     HardwareDerivation,
@@ -341,6 +342,7 @@ _DERIVE_OPTIONS = {
     "attention_devices": int,
     "ffn_devices": int,
     "comm_scaling": str,
+    "stage_terms": lambda v: {"true": True, "false": False}[v.lower()],
 }
 
 
@@ -365,8 +367,8 @@ def derive_from_spec(spec: str) -> HardwareDerivation:
             raise ValueError(f"hardware spec {spec!r}: unknown option {k!r}; allowed: {', '.join(_DERIVE_OPTIONS)}")
         try:
             kwargs[k] = _DERIVE_OPTIONS[k](v)
-        except ValueError:
-            kind = _DERIVE_OPTIONS[k].__name__
+        except (ValueError, KeyError):
+            kind = "true or false" if k == "stage_terms" else _DERIVE_OPTIONS[k].__name__
             raise ValueError(f"hardware spec {spec!r}: {k}={v!r} is not a valid {kind}") from None
     attention_accel, slash, ffn_accel = accel.partition("/")  # heterogeneous: ATTENTION_ACCEL/FFN_ACCEL
     if slash:
@@ -384,12 +386,12 @@ def _latency_from_mapping(values: dict, source: str) -> LatencyModel:
     table = values.get("latency", values)
     if not isinstance(table, dict):
         raise _bad_content(source, "[latency] must be a table")
-    known = set(COEFFICIENT_NAMES) | {"comm_scaling", *LATENCY_TABLE_KEYS}
+    known = set(COEFFICIENT_NAMES) | {"comm_scaling", "num_layers", *LATENCY_TABLE_KEYS}
     unknown = set(table) - known
     if unknown:
         raise ValueError(
             f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(COEFFICIENT_NAMES)}, comm_scaling"
+            f"allowed: {', '.join(COEFFICIENT_NAMES)}, comm_scaling, num_layers"
         )
     missing = [k for k in COEFFICIENT_NAMES if k not in table]
     if missing:
@@ -403,10 +405,40 @@ def _latency_from_mapping(values: dict, source: str) -> LatencyModel:
     scaling = table.get("comm_scaling", "batch")
     if scaling not in COMM_SCALINGS:
         raise ValueError(f"{source}: comm_scaling={scaling!r}; expected one of {', '.join(COMM_SCALINGS)}")
+    parts = _stage_parts(values if table is not values else {}, source)
+    layers = table.get("num_layers")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
+        raise ValueError(f"{source}: [latency] num_layers={layers!r} is invalid: expected an integer")
     try:
-        return LatencyModel(**kwargs, comm_scaling=scaling)
+        return LatencyModel(**kwargs, comm_scaling=scaling, num_layers=layers, **parts)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
+
+
+def _stage_parts(data: dict, where: str) -> dict:
+    """The ``[noise]``, ``[routing]``, ``[communication]`` tables as ``LatencyModel`` arguments."""
+    out = {}
+    for name, (field, cls, keys) in STAGE_TABLES.items():
+        section = data.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise _bad_content(where, f"[{name}] must be a table")
+        if bad := ", ".join(sorted(set(section) - set(keys))):
+            raise ValueError(f"{where}: unknown key(s) {bad} in [{name}]; allowed: {', '.join(keys)}")
+        kwargs = {}
+        for k, v in section.items():
+            number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+            ok = {int: isinstance(v, int) and number(v), float: number(v), list: isinstance(v, list)}[keys[k]]
+            if not ok or (keys[k] is list and not all(number(x) for x in v)):
+                want = {int: "an integer", float: "a number", list: "an array of numbers"}[keys[k]]
+                raise ValueError(f"{where}: [{name}] {k}={v!r} is invalid: expected {want}")
+            kwargs[k] = [float(x) for x in v] if keys[k] is list else (v if keys[k] is int else float(v))
+        try:
+            out[field] = cls(**kwargs)
+        except ValueError as err:
+            raise ValueError(f"{where}: [{name}] {err}") from None
+    return out
 
 
 def parse_hardware_spec(spec: str) -> LatencyModel:

@@ -48,6 +48,7 @@ import numpy as np
 from .._engine import simulate
 from .._hardware import HardwareDerivation, derive_latency
 from .._json import jsonable
+from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._specs import derive_from_spec, is_accelerator_model_spec
 from .._step import Barrier, Colocated, Pipeline, StepModel
 from .._validate import check_int, check_number, filter_jit, invalid
@@ -99,9 +100,9 @@ class Comparison:
 
 def _resolve_hardware(hardware) -> HardwareDerivation:
     if isinstance(hardware, HardwareDerivation):
-        return hardware
+        return _without_stage_parts(hardware)
     if isinstance(hardware, str) and is_accelerator_model_spec(hardware):
-        return derive_from_spec(hardware)
+        return _without_stage_parts(derive_from_spec(hardware))
     raise invalid(
         "hardware",
         hardware,
@@ -483,6 +484,14 @@ def _restrict(name: str, values, top: int) -> np.ndarray:
     return np.asarray(chosen)
 
 
+def _without_stage_parts(hw: HardwareDerivation) -> HardwareDerivation:
+    """``hw`` with the six coefficients only: the co-located step models none of the stage-time
+    parts of issue 13 (``num_layers``, noise, routing, comm), so both designs go without them."""
+    lat = hw.latency
+    plain = LatencyModel(**{k: getattr(lat, k) for k in COEFFICIENT_NAMES}, comm_scaling=lat.comm_scaling)
+    return dataclasses.replace(hw, latency=plain)
+
+
 def _colocated_hardware(hw: HardwareDerivation) -> HardwareDerivation:
     """The co-located side's hardware: ``hw`` itself, or for heterogeneous AFD the same
     derivation with the FFN on the Attention accelerator (a co-located rank runs both)."""
@@ -498,6 +507,7 @@ def _colocated_hardware(hw: HardwareDerivation) -> HardwareDerivation:
         kernel_overhead_us=hw.kernel_overhead_us,
         attention_devices=hw.attention_devices,
         comm_scaling=hw.latency.comm_scaling,
+        stage_terms=False,
     )
 
 

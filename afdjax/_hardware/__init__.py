@@ -28,6 +28,7 @@ from ._toml import ACCELERATOR_TABLE_KEYS as ACCELERATOR_TABLE_KEYS
 from ._toml import DEPLOYMENT_TABLE_KEYS as DEPLOYMENT_TABLE_KEYS
 from ._toml import LATENCY_TABLE_KEYS as LATENCY_TABLE_KEYS
 from ._toml import MODEL_TABLE_KEYS as MODEL_TABLE_KEYS
+from ._toml import STAGE_TABLES as STAGE_TABLES
 from ._toml import deployment_to_toml as deployment_to_toml
 from ._toml import latency_to_toml as latency_to_toml
 from ._toml import toml_value as toml_value

@@ -46,6 +46,21 @@ uses), for the three stages of an rA-1F decode step (see :mod:`afdjax._latency`)
     routed experts; shared experts are replicated on every FFN device) and ``f = 1`` for a
     dense layer, averaged over layers.
   - ``beta_c = link_latency``: the fixed latency of one transfer.
+  - **scale-up domains**: ``link_BW`` is the scale-up (NVLink-class) bandwidth while the
+    bundle's first Attention instance and the FFN instance fit in one domain
+    (``n_A + n_F <= scale_up_domain``: 8 GPUs per HGX/DGX node, 72 per GB200 NVL72, 8,960
+    per TPU v5p pod; see the accelerator presets), else the scale-out bandwidth per device
+    (a 400 Gb/s NIC per GPU: 50 GB/s each way). Attention and FFN on different accelerators
+    (heterogeneous AFD) never share a domain. Within a domain the note gives the largest
+    ratio whose ``r`` Attention instances still fit; beyond it the bundle's far instances
+    cross domains (the linear model keeps the in-domain link for every ``r``).
+
+* **stage-time parts** (``stage_terms=True``, the default; see :class:`afdjax.StageNoise` and
+  friends): ``num_layers = L`` (a barrier per layer); for an MoE model
+  ``ExpertRouting(E, k, ranks = min(n_F, E))`` (uniform popularity: the FFN time follows the
+  busiest of the ``n_F`` expert-parallel ranks); with ``comm_scaling="batch"``
+  ``Communication(alpha_link = f d b_act / (n_F link_BW_F e_net))``, the FFN's own links
+  carrying the ``r B`` tokens of all its peers. No noise (it is measured, not derived).
 
 Efficiencies default to ``memory_efficiency = 0.8``, ``compute_efficiency = 0.6``,
 ``network_efficiency = 0.8``: FlashMLA reaches 3000 GB/s of H800's 3.35 TB/s (0.90) in
@@ -69,6 +84,7 @@ from __future__ import annotations
 import dataclasses
 
 from .._latency import COMM_SCALINGS, LatencyModel
+from .._stage import Communication, ExpertRouting
 from .._validate import check_choice, check_fraction, check_int, check_number, invalid
 from ._deployment import Deployment
 from ._devices import ACCELERATORS, DTYPE_BYTES, DTYPES, MODELS, TIME_UNIT, Accelerator, ModelSpec
@@ -230,6 +246,7 @@ def derive_latency(
     ffn_devices: int | None = None,
     comm_scaling: str = "batch",
     ffn_accelerator: Accelerator | str | None = None,
+    stage_terms: bool = True,
 ) -> HardwareDerivation:
     """Roofline latency coefficients (microseconds per layer) of ``model`` on ``accelerator``.
 
@@ -252,6 +269,8 @@ def derive_latency(
       ``ratio_batch``, the link bandwidth come from it; the attention coefficients, the KV
       capacity and the ``batch`` link from ``accelerator``. A dtype that one side lacks
       (FP8) falls back to BF16 on both.
+    - ``stage_terms``: fill ``num_layers``, the MoE ``routing`` and the shared FFN link
+      (``comm``) of the latency model (module docstring); ``False``: the six coefficients only.
 
     The formulas are in the module docstring; :meth:`HardwareDerivation.format_text` shows
     them with the numbers.
@@ -357,7 +376,7 @@ def derive_latency(
     # communication, per token of one instance's batch
     fan_moe = min(mod.num_experts_per_token, nf) if mod.num_moe_layers else 0
     fanout = (mod.num_dense_layers * 1 + mod.num_moe_layers * fan_moe) / L
-    link = (acc if comm_scaling == "batch" else acc_f).interconnect_bandwidth_bytes_per_s
+    link = _link_bandwidth(acc if comm_scaling == "batch" else acc_f, acc, acc_f, na, nf, notes)
     n_link = na if comm_scaling == "batch" else nf
     per_token = fanout * mod.hidden_size * mod.activation_bytes  # one direction (dispatch; combine is symmetric)
     t = per_token / (n_link * link * net_e) * us
@@ -378,7 +397,11 @@ def derive_latency(
         f"interconnect latency {lat:g} us per transfer and kernel overhead {kernel_overhead_us:g} us are "
         "assumptions, not datasheet numbers"
     )
-    latency = LatencyModel(**{k: c.value_us for k, c in coeffs.items()}, comm_scaling=comm_scaling)
+    latency = LatencyModel(
+        **{k: c.value_us for k, c in coeffs.items()},
+        comm_scaling=comm_scaling,
+        **(_stage_parts(mod, acc, acc_f, na, nf, per_token, net_e, comm_scaling, notes) if stage_terms else {}),
+    )
     return HardwareDerivation(
         accelerator=acc,
         model=mod,
@@ -394,6 +417,47 @@ def derive_latency(
         notes=tuple(notes),
         ffn_accelerator=None if acc_f is acc else acc_f,
     )
+
+
+def _link_bandwidth(side: Accelerator, acc: Accelerator, acc_f: Accelerator, na: int, nf: int, notes: list) -> float:
+    """The A<->F link bandwidth per device of ``side``: scale-up while one Attention instance
+    and the FFN instance fit in one scale-up domain, else scale-out (module docstring)."""
+    domain = side.scale_up_domain
+    spans = acc_f is not acc or (domain is not None and na + nf > domain)
+    if not spans:
+        if domain is not None:
+            notes.append(
+                f"A<->F over the scale-up link: the FFN ({nf}) and up to {(domain - nf) // na} Attention "
+                f"instance(s) of {na} device(s) fit in one {domain}-device domain"
+            )
+        return side.interconnect_bandwidth_bytes_per_s
+    why = "on different accelerators" if acc_f is not acc else f"{na} + {nf} devices > one {domain}-device domain"
+    if side.scale_out_bandwidth_bytes_per_s is None:
+        notes.append(
+            f"A<->F crosses scale-up domains ({why}) but {side.name} has no scale-out bandwidth: scale-up used"
+        )
+        return side.interconnect_bandwidth_bytes_per_s
+    bw = side.scale_out_bandwidth_bytes_per_s
+    notes.append(f"A<->F crosses scale-up domains ({why}): scale-out {bw / 1e9:g} GB/s per device each way")
+    return bw
+
+
+def _stage_parts(mod, acc, acc_f, na, nf, per_token, net_e, comm_scaling, notes) -> dict:
+    """``num_layers``, ``routing`` and ``comm`` of the derived latency model (module docstring)."""
+    parts: dict = {"num_layers": mod.num_layers}
+    if mod.num_moe_layers:
+        ranks = min(nf, mod.num_routed_experts)
+        parts["routing"] = ExpertRouting(mod.num_routed_experts, mod.num_experts_per_token, ranks)
+        notes.append(
+            f"routing: {mod.num_routed_experts} experts, top-{mod.num_experts_per_token}, {ranks} expert-parallel "
+            "rank(s), uniform popularity (the FFN time follows the busiest rank)"
+        )
+    if comm_scaling == "batch":
+        link_f = _link_bandwidth(acc_f, acc, acc_f, na, nf, [])
+        alpha_link = per_token / (nf * link_f * net_e) * 1e6
+        parts["comm"] = Communication(alpha_link=alpha_link)
+        notes.append(f"shared FFN link: alpha_link = f d b_act / (n_F link_BW_F e_net) = {alpha_link:.4g} us per token")
+    return parts
 
 
 def _resolve(value, presets, cls, what):

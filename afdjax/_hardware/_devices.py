@@ -30,6 +30,11 @@ class Accelerator:
     - ``interconnect_bandwidth_bytes_per_s``: scale-up link bandwidth per direction
       (NVLink "900 GB/s" is 450 GB/s each way).
     - ``interconnect_latency_us``: fixed latency of one transfer (an assumption).
+    - ``scale_up_domain``: devices in one scale-up (NVLink-class) domain, e.g. 8 for an
+      HGX/DGX H100 node, 72 for a GB200 NVL72 rack, 384 for a CloudMatrix384 of Ascend 910C
+      (``None``: unknown, treated as unbounded).
+    - ``scale_out_bandwidth_bytes_per_s``: the network bandwidth per device per direction
+      between scale-up domains (a 400 Gb/s NIC per GPU is 50 GB/s each way; ``None``: unknown).
     - ``power_watts``: board power (TDP/TBP), ``None`` if not published.
     - ``sources``: public URLs for the numbers.
     """
@@ -44,6 +49,8 @@ class Accelerator:
     power_watts: float | None = None
     description: str = ""
     sources: tuple[str, ...] = ()
+    scale_up_domain: int | None = None
+    scale_out_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self):
         check_name("Accelerator", self.name)
@@ -55,9 +62,11 @@ class Accelerator:
         ):
             check_number(f"Accelerator {self.name!r}: {f}", getattr(self, f))
         check_number(f"Accelerator {self.name!r}: interconnect_latency_us", self.interconnect_latency_us, strict=False)
-        for f in ("fp8_flops_per_s", "power_watts"):
+        for f in ("fp8_flops_per_s", "power_watts", "scale_out_bandwidth_bytes_per_s"):
             if getattr(self, f) is not None:
                 check_number(f"Accelerator {self.name!r}: {f}", getattr(self, f))
+        if self.scale_up_domain is not None:
+            check_int(f"Accelerator {self.name!r}: scale_up_domain", self.scale_up_domain, 1)
 
     def peak_flops_per_s(self, dtype: str) -> float:
         """Peak dense FLOP/s at ``dtype`` (``bf16`` or ``fp8``)."""
@@ -257,6 +266,16 @@ _NV_DGX_B200 = "https://www.nvidia.com/en-us/data-center/dgx-b200/"
 _B200_PER_GPU = "https://glennklockwood.com/garden/processors/B200"
 _AMD_MI300X = "https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html"
 _TPU_V5P = "https://cloud.google.com/tpu/docs/v5p"
+# Scale-up domains and scale-out NICs (one NIC per GPU): DGX H100/H200/B200 have 8 GPUs on
+# NVLink/NVSwitch and 8 ConnectX-7 400 Gb/s ports (50 GB/s each way per GPU), DGX A100 8 GPUs
+# and 8 ConnectX-6 200 Gb/s (25 GB/s); an MI300X platform 8 GPUs on Infinity Fabric (a 400 Gb/s
+# NIC per GPU assumed, as in the DGX); a TPU v5p pod 8,960 chips on ICI. For reference (no
+# preset): a GB200 NVL72 rack is one 72-GPU NVLink domain, a CloudMatrix384 384 Ascend 910C
+# on one UB network (an Atlas 800 node: 8 910C, 16 dies).
+_NV_DGX_H100 = "https://www.nvidia.com/en-us/data-center/dgx-h100/"
+_NV_DGX_H200 = "https://www.nvidia.com/en-us/data-center/dgx-h200/"
+_NV_DGX_A100 = "https://www.nvidia.com/en-us/data-center/dgx-a100/"
+_NIC_400G, _NIC_200G = 50e9, 25e9
 
 ACCELERATORS: dict[str, Accelerator] = {
     "h100": Accelerator(
@@ -269,7 +288,9 @@ ACCELERATORS: dict[str, Accelerator] = {
         power_watts=700.0,
         description="NVIDIA H100 SXM5 80 GB: HBM3 3.35 TB/s; BF16 1,979 / FP8 3,958 TFLOPS with sparsity "
         "(half dense); NVLink 900 GB/s (450 GB/s each way); up to 700 W",
-        sources=(_NV_H100,),
+        sources=(_NV_H100, _NV_DGX_H100),
+        scale_up_domain=8,
+        scale_out_bandwidth_bytes_per_s=_NIC_400G,
     ),
     "h200": Accelerator(
         "h200",
@@ -281,7 +302,9 @@ ACCELERATORS: dict[str, Accelerator] = {
         power_watts=700.0,
         description="NVIDIA H200 SXM 141 GB: HBM3e 4.8 TB/s; BF16 1,979 / FP8 3,958 TFLOPS with sparsity "
         "(half dense); NVLink 900 GB/s (450 GB/s each way); up to 700 W",
-        sources=(_NV_H200,),
+        sources=(_NV_H200, _NV_DGX_H200),
+        scale_up_domain=8,
+        scale_out_bandwidth_bytes_per_s=_NIC_400G,
     ),
     "a100": Accelerator(
         "a100",
@@ -293,7 +316,9 @@ ACCELERATORS: dict[str, Accelerator] = {
         power_watts=400.0,
         description="NVIDIA A100 80 GB SXM: HBM2e 2,039 GB/s; BF16 312 TFLOPS dense (624 sparse), no FP8; "
         "NVLink 600 GB/s (300 GB/s each way); 400 W",
-        sources=(_NV_A100,),
+        sources=(_NV_A100, _NV_DGX_A100),
+        scale_up_domain=8,
+        scale_out_bandwidth_bytes_per_s=_NIC_200G,
     ),
     "b200": Accelerator(
         "b200",
@@ -307,6 +332,8 @@ ACCELERATORS: dict[str, Accelerator] = {
         "FP8 72 PFLOPS sparse per 8 GPUs (4.5 PFLOPS dense per GPU), BF16 2.25 PFLOPS dense; NVLink 5 "
         "14.4 TB/s per 8 GPUs (1.8 TB/s per GPU, 900 GB/s each way); 1,000 W",
         sources=(_NV_DGX_B200, _B200_PER_GPU),
+        scale_up_domain=8,
+        scale_out_bandwidth_bytes_per_s=_NIC_400G,
     ),
     "mi300x": Accelerator(
         "mi300x",
@@ -319,6 +346,8 @@ ACCELERATORS: dict[str, Accelerator] = {
         description="AMD Instinct MI300X: 192 GB HBM3, 5.3 TB/s; FP16/BF16 1,307.4 TFLOPS and FP8 2,614.9 "
         "TFLOPS dense; Infinity Fabric 7 links x 128 GB/s = 896 GB/s (448 GB/s each way); 750 W",
         sources=(_AMD_MI300X,),
+        scale_up_domain=8,
+        scale_out_bandwidth_bytes_per_s=_NIC_400G,
     ),
     "tpu-v5p": Accelerator(
         "tpu-v5p",
@@ -331,6 +360,7 @@ ACCELERATORS: dict[str, Accelerator] = {
         description="Google Cloud TPU v5p chip: 95 GB HBM2e, 2,765 GB/s; BF16 459 TFLOPS (INT8 918 TOPS, "
         "no FP8); ICI 4,800 Gb/s per chip = 600 GB/s (300 GB/s each way); power not published",
         sources=(_TPU_V5P,),
+        scale_up_domain=8960,
     ),
 }
 """Accelerator presets; every number is from the URLs in ``sources``."""

@@ -9,7 +9,10 @@ is in :mod:`afdjax._specs`, which re-exports these writers.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._latency import LatencyModel
+from .._stage import Communication, ExpertRouting, StageNoise
 from ._deployment import Deployment
 
 LATENCY_TABLE_KEYS = ("units", "description", "source")
@@ -35,6 +38,55 @@ DEPLOYMENT_TABLE_KEYS = {
 """``[deployment]`` keys a :class:`Deployment` reads."""
 
 
+STAGE_TABLES = {
+    "noise": ("noise", StageNoise, {"attention_cv": float, "ffn_cv": float, "comm_cv": float}),
+    "routing": (
+        "routing",
+        ExpertRouting,
+        {
+            "num_experts": int,
+            "top_k": int,
+            "ranks": int,
+            "skew": float,
+            "histogram": list,
+            "redundant_experts": int,
+        },
+    ),
+    "communication": (
+        "comm",
+        Communication,
+        {"per_peer": float, "alpha_back": float, "beta_back": float, "alpha_link": float},
+    ),
+}
+"""The hardware TOML tables of the stage-time parts: table name -> (``LatencyModel`` field,
+class, ``{key: TOML type}``); ``num_layers`` is a key of ``[latency]``. A key left out takes
+the class default (``None`` for ``alpha_back``/``beta_back``/``histogram``)."""
+
+
+def _plain(v):
+    """A leaf as a Python float (shortest decimal that round-trips at its precision), an
+    ``(E,)`` leaf as a list of them, an int as is."""
+    if isinstance(v, int):
+        return v
+    a = np.asarray(v)
+    if a.ndim:
+        return [float(str(x)) for x in a]
+    return float(str(a[()]))
+
+
+def stage_tables_toml(latency: LatencyModel) -> str:
+    """The ``[noise]``, ``[routing]`` and ``[communication]`` tables of ``latency``'s parts
+    that are set (empty text when none is); read back by :func:`afdjax.parse_hardware_spec`."""
+    text = ""
+    for table, (field, _, keys) in STAGE_TABLES.items():
+        part = getattr(latency, field)
+        if part is None:
+            continue
+        values = {k: _plain(getattr(part, k)) for k in keys if getattr(part, k) is not None}
+        text += f"\n[{table}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+    return text
+
+
 def toml_value(v) -> str:
     """A TOML literal for a string, bool, int or float (floats by ``repr``: exact round trip)."""
     if isinstance(v, str):
@@ -43,15 +95,22 @@ def toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return str(v)
 
 
 def latency_to_toml(latency: LatencyModel, description: str | None = None) -> str:
-    """TOML text with a ``[latency]`` table (the six coefficients and ``comm_scaling``) that
+    """TOML text with a ``[latency]`` table (the six coefficients, ``comm_scaling`` and
+    ``num_layers`` when set) and the tables of :data:`STAGE_TABLES` that are set, which
     :func:`afdjax.parse_hardware_spec` (``--hardware FILE.toml``) reads back exactly.
 
     ``description``: lines written as ``#`` comments at the top.
     """
+    return _latency_table(latency, description) + stage_tables_toml(latency)
+
+
+def _latency_table(latency: LatencyModel, description: str | None) -> str:
     lines = []
     if description:
         lines += [f"# {line}" for line in description.splitlines()]
@@ -59,6 +118,8 @@ def latency_to_toml(latency: LatencyModel, description: str | None = None) -> st
     for k, v in latency.coefficients().items():
         lines.append(f"{k} = {v!r}")
     lines.append(f'comm_scaling = "{latency.comm_scaling}"')
+    if latency.num_layers is not None:
+        lines.append(f"num_layers = {latency.num_layers}")
     return "\n".join(lines) + "\n"
 
 
@@ -78,9 +139,10 @@ def deployment_to_toml(
     ``extra_deployment``: further keys for the record (readers ignore them).
     """
     dep = deployment
-    text = latency_to_toml(dep.latency, description=description)
+    text = _latency_table(dep.latency, description)
     if dep.time_unit:
         text += f"units = {toml_value(dep.time_unit)}\n"
+    text += stage_tables_toml(dep.latency)
     sections = {
         "model": dict(
             name=dep.model, num_layers=dep.num_layers, kv_bytes_per_token=dep.kv_bytes_per_token, **(extra_model or {})

@@ -2,7 +2,10 @@
 
 Re-exports only; the modules are ``_mean_field`` (mean field), ``_max_normal`` (expected
 maximum of normals), ``_barrier`` (Gaussian barrier refinement), ``_ratio_choice`` (integer
-and grid argmax, Newton polish) and ``_base`` (shared helpers, used by ``afdjax._step``).
+and grid argmax, Newton polish), ``_base`` (shared helpers, used by ``afdjax._step``) and,
+for the stochastic stage times of issue 13 (``StageNoise``, ``ExpertRouting``,
+``Communication``), ``_stage_terms`` (the per-layer barrier), ``_stage_optimum`` (the mean
+field's numerical optimum) and ``_stage_pipeline`` (the pipeline's closed form with them).
 """
 
 from ._barrier import BarrierOptimum as BarrierOptimum
@@ -32,3 +35,9 @@ from ._ratio_choice import grid_argmax as grid_argmax
 from ._ratio_choice import integer_argmax as integer_argmax
 from ._ratio_choice import maximise_ratio as maximise_ratio
 from ._ratio_choice import newton_polish as newton_polish
+from ._stage_optimum import stage_floor_mean as stage_floor_mean
+from ._stage_pipeline import stage_pipeline_cycle_time as stage_pipeline_cycle_time
+from ._stage_pipeline import stage_pipeline_throughput as stage_pipeline_throughput
+from ._stage_terms import attention_max_mean as attention_max_mean
+from ._stage_terms import routed_ffn_time as routed_ffn_time
+from ._stage_terms import stage_layer_time as stage_layer_time

@@ -22,6 +22,7 @@ from .._workload import Workload
 from ._base import as_float, check_batch_size, per_instance_throughput
 from ._max_normal import expected_max_normal_excess
 from ._ratio_choice import check_max_ratio, maximise_ratio
+from ._stage_terms import stage_layer_time
 
 
 def attention_time_moments(workload: Workload, latency: LatencyModel, batch_size):
@@ -43,14 +44,38 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
     (time units).
 
     ``G = max(t_F(r), t_C(r))``. When ``s = 0`` this is the mean-field cycle time.
+
+    With the stage-time parts of ``latency`` (``noise``, ``routing``, ``comm``): the
+    expected per-layer barrier ``E[max(max_j t_A,j a_j, t_C c, t_C' c', t_F f)]`` of
+    :func:`._stage_terms.stage_layer_time` (per-layer noise, the busiest expert-parallel
+    rank, both communication directions); ``G`` includes the F->A time with ``comm``. All
+    three ``None``: exactly the Gaussian barrier above; noise with every ``cv = 0`` and no
+    routing: the Gaussian barrier with ``G = max(t_F, t_C, t_C')``.
     """
     ratio = as_float(ratio)
     mu, s = attention_time_moments(workload, latency, batch_size)
     floor = jnp.maximum(latency.ffn_time(ratio, batch_size), latency.comm_time(ratio, batch_size))
+    if latency.comm is not None:
+        floor = jnp.maximum(floor, latency.comm_back_time(ratio, batch_size))
     safe_s = jnp.where(s > 0, s, 1.0)
     z0 = (floor - mu) / safe_s
     with_noise = floor + safe_s * expected_max_normal_excess(z0, ratio)
-    return jnp.where(s > 0, with_noise, jnp.maximum(floor, mu))
+    gaussian = jnp.where(s > 0, with_noise, jnp.maximum(floor, mu))
+    if not latency.stochastic:
+        return gaussian
+    stochastic = _stage_barrier(latency, mu, s, as_float(batch_size), ratio)
+    if latency.routing is not None:
+        return stochastic
+    n = latency.noise
+    quiet = (n.attention_cv == 0) & (n.ffn_cv == 0) & (n.comm_cv == 0)
+    return jnp.where(quiet, gaussian, stochastic)
+
+
+@filter_jit
+def _stage_barrier(latency, mu, s, batch_size, ratio):
+    """:func:`stage_layer_time` broadcast over the arrays (one compilation per latency
+    structure and shape, also when called eagerly)."""
+    return jnp.vectorize(lambda m, sd, b, r: stage_layer_time(m, sd, latency, b, r))(mu, s, batch_size, ratio)
 
 
 def barrier_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
@@ -67,7 +92,7 @@ class BarrierOptimum(eqx.Module):
     """Integer ratio in ``[1, max_ratio]`` with the highest barrier throughput."""
     r_continuous: jax.Array
     """Real-valued maximiser (grid of 1/64 over ``[1, max_ratio]``, refined by a few
-    Newton steps on the derivative)."""
+    Newton steps on the derivative; not refined with ``noise`` or ``routing``)."""
     throughput: jax.Array
     """Barrier throughput at ``ratio``."""
 
@@ -86,5 +111,9 @@ def barrier_optimum(workload: Workload, latency: LatencyModel, batch_size, max_r
 
 @filter_jit
 def _barrier_optimum_jit(workload, latency, batch_size, max_ratio: int) -> BarrierOptimum:
-    ratio, value, r = maximise_ratio(lambda r: barrier_throughput(workload, latency, batch_size, r), max_ratio)
+    # stage-time parts: no Newton polish (its second derivatives through the per-layer
+    # quadrature take long to compile); the continuous optimum is then the 1/64 grid's
+    newton_steps = 0 if latency.stochastic else 4
+    fn = lambda r: barrier_throughput(workload, latency, batch_size, r)
+    ratio, value, r = maximise_ratio(fn, max_ratio, newton_steps)
     return BarrierOptimum(ratio=ratio, r_continuous=r, throughput=value)

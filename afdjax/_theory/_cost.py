@@ -41,6 +41,7 @@ from ._barrier import barrier_cycle_time
 from ._base import as_float, check_batch_size
 from ._mean_field import REGIMES, _reach, attention_time_mean_field, mean_field_cycle_time
 from ._ratio_choice import best_integer_neighbour, check_max_ratio, maximise_ratio
+from ._stage_optimum import stage_mean_field_optimum
 
 
 def _check_costs(attention_cost, ffn_cost) -> None:
@@ -114,6 +115,8 @@ def _mean_field_parts(workload, latency, batch_size, attention_cost, ffn_cost):
     w_a, w_f = as_float(attention_cost), as_float(ffn_cost)
     c = jnp.where(w_a > 0, w_f / jnp.where(w_a > 0, w_a, 1.0), jnp.inf)
     t_a = attention_time_mean_field(workload, latency, B)
+    if latency.routing is not None or latency.comm is not None:  # h(r) is not a line: numerically
+        return stage_mean_field_optimum(latency, B, t_a, c)
     a_f, b_f = latency.alpha_f * B, latency.beta_f
     if latency.comm_scaling == "batch":
         r_a = _reach(t_a, a_f, b_f)
@@ -154,6 +157,10 @@ def cost_optimum(
 
     **Arguments:** a workload, a latency model, the batch size ``B > 0``, the two costs
     (finite, ``>= 0``, not both 0) and ``max_ratio`` (a Python integer ``>= 1``).
+
+    With ``latency.routing`` or ``latency.comm`` the mean-field ratios are found numerically
+    (``r_peak`` minimises ``(1 + w_F / (w_A r)) h(r)``, :func:`._stage_optimum.stage_mean_field_optimum`);
+    with ``noise`` or ``routing`` the barrier optimum is the best point of the 1/64 grid.
     """
     check_batch_size(batch_size)
     _check_costs(attention_cost, ffn_cost)
@@ -173,7 +180,7 @@ def _cost_optimum_jit(workload, latency, batch_size, attention_cost, ffn_cost, m
         return cost_objective(workload, latency, batch_size, r, attention_cost, ffn_cost, barrier=True)
 
     ratio_mf = best_integer_neighbour(jnp.minimum(r_star, max_ratio), mean_field, max_ratio)
-    ratio_br, _, r_cont = maximise_ratio(barrier, max_ratio)
+    ratio_br, _, r_cont = maximise_ratio(barrier, max_ratio, 0 if latency.stochastic else 4)
     return CostOptimum(
         r_attention=r_a,
         r_communication=r_c,

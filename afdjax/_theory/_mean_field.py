@@ -29,6 +29,7 @@ from .._latency import LatencyModel
 from .._workload import Workload
 from ._base import as_float, check_batch_size, per_instance_throughput
 from ._ratio_choice import best_integer_neighbour
+from ._stage_optimum import stage_floor_mean, stage_mean_field_optimum
 
 REGIMES = ("attention", "communication", "ffn", "unbounded")
 """Names of the binding regimes, indexed by :attr:`MeanFieldOptimum.regime`. "unbounded":
@@ -44,10 +45,16 @@ def attention_time_mean_field(workload: Workload, latency: LatencyModel, batch_s
 
 
 def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
-    """Mean-field step time ``max(t_A_bar, t_C(r), t_F(r))`` for real ``ratio`` (time units)."""
+    """Mean-field step time ``max(t_A_bar, t_C(r), t_F(r))`` for real ``ratio`` (time units).
+
+    With ``latency.routing`` or ``latency.comm``: ``max(t_A_bar, t_C(r), t_C'(r),
+    E[t_F(r)])``, the F->A time ``t_C'`` and the routed FFN time's mean (the busiest rank,
+    :func:`._stage_terms.routed_ffn_time`); noise factors have mean 1 and do not enter."""
     ratio = as_float(ratio)
     t_a = attention_time_mean_field(workload, latency, batch_size)
-    return jnp.maximum(jnp.maximum(t_a, latency.comm_time(ratio, batch_size)), latency.ffn_time(ratio, batch_size))
+    if latency.routing is None and latency.comm is None:
+        return jnp.maximum(jnp.maximum(t_a, latency.comm_time(ratio, batch_size)), latency.ffn_time(ratio, batch_size))
+    return jnp.maximum(t_a, stage_floor_mean(latency, batch_size, ratio))
 
 
 def mean_field_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
@@ -101,11 +108,19 @@ def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) ->
 
     **Arguments:** a workload, a latency model and the batch size ``B > 0`` (slots per
     Attention instance). ``r* = +inf`` with regime "unbounded" when no stage time grows
-    with ``r`` (module docstring).
+    with ``r`` (module docstring). With ``latency.routing`` or ``latency.comm`` the rising
+    floor ``h(r) = max(E[t_F(r)], t_C(r), t_C'(r))`` is not a line: ``r_A`` is where ``h``
+    reaches ``t_A_bar`` and ``r_peak`` minimises ``(1 + 1/r) h(r)``, both found numerically
+    (:func:`._stage_optimum.stage_mean_field_optimum`).
     """
     check_batch_size(batch_size)
     B = as_float(batch_size)
     t_a = attention_time_mean_field(workload, latency, B)
+    if latency.routing is not None or latency.comm is not None:
+        r_a, r_c, r_peak, r_star, regime = stage_mean_field_optimum(latency, B, t_a)
+        return MeanFieldOptimum(
+            r_attention=r_a, r_communication=r_c, r_peak=r_peak, r_star=r_star, regime=regime, attention_time=t_a
+        )
     a_f, b_f = latency.alpha_f * B, latency.beta_f
     if latency.comm_scaling == "batch":
         t_c = latency.comm_time(1.0, B)

@@ -71,10 +71,12 @@ def newton_polish(fn, ratio, lower, upper, num_steps: int, max_step: float | Non
 def maximise_ratio(fn, max_ratio: int, newton_steps: int = 4) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(ratio, value, r_continuous)``: the best integer in ``1..max_ratio`` with its value,
     and the continuous maximiser over ``[1, max_ratio]``: :func:`grid_argmax` refined by
-    ``newton_steps`` steps of :func:`newton_polish` that stay inside the grid cell."""
+    ``newton_steps`` steps of :func:`newton_polish` that stay inside the grid cell (none,
+    and no derivatives traced, when ``newton_steps = 0``)."""
     ratio, value = integer_argmax(fn, max_ratio)
     r = grid_argmax(fn, max_ratio)
-    r = newton_polish(fn, r, 1.0, float(max_ratio), newton_steps, max_step=1 / GRID_POINTS_PER_UNIT)
+    if newton_steps:
+        r = newton_polish(fn, r, 1.0, float(max_ratio), newton_steps, max_step=1 / GRID_POINTS_PER_UNIT)
     return ratio, value, r
 
 
