@@ -42,6 +42,7 @@ _EXPORTS = {
         "derive_latency",
     ),
     "_latency": ("PRESETS", "LatencyModel"),
+    "_stage": ("Communication", "ExpertRouting", "StageNoise"),
     "_plot": ("plot_simulation",),
     "_profile": ("ProfileResult", "profile_hardware"),
     "_provision._compare": ("PairedDifference", "paired_difference", "ratios_within_2_stderr"),
@@ -218,6 +219,9 @@ if TYPE_CHECKING:
     from ._specs import parse_hardware_spec as parse_hardware_spec
     from ._specs import parse_model_spec as parse_model_spec
     from ._specs import parse_workload_spec as parse_workload_spec
+    from ._stage import Communication as Communication
+    from ._stage import ExpertRouting as ExpertRouting
+    from ._stage import StageNoise as StageNoise
     from ._step import Barrier as Barrier
     from ._step import Colocated as Colocated
     from ._step import Pipeline as Pipeline

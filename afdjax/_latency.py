@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ._validate import check_array_parameter, check_choice, float_leaf
+from ._stage import Communication, ExpertRouting, StageNoise
+from ._validate import check_array_parameter, check_choice, check_int, float_leaf, invalid
 
 COMM_SCALINGS = ("batch", "ratio_batch")
 COEFFICIENT_NAMES = ("alpha_a", "beta_a", "alpha_f", "beta_f", "alpha_c", "beta_c")
@@ -53,6 +55,16 @@ class LatencyModel(eqx.Module):
     - ``beta_c``: communication fixed time per step (time).
     - ``comm_scaling``: ``"batch"`` (``t_C = alpha_c B + beta_c``, the paper's v1,
       default) or ``"ratio_batch"`` (``t_C = alpha_c r B + beta_c``).
+    - ``num_layers``: layers of the model (an integer >= 1, static), each with its own
+      A -> F -> A hand-off (a barrier per layer); ``None`` = one barrier per step. Only
+      matters with ``noise`` or ``routing`` (otherwise every layer is the same).
+    - ``noise``: a :class:`~afdjax.StageNoise` (per-layer random stage times) or ``None``.
+    - ``routing``: an :class:`~afdjax.ExpertRouting` (the FFN time follows the busiest
+      expert-parallel rank) or ``None`` (balanced: ``t_F = alpha_f r B + beta_f``).
+    - ``comm``: a :class:`~afdjax.Communication` (per-peer, F->A and shared-link terms)
+      or ``None``.
+
+    All four ``None`` (the default) is the paper's deterministic stage times.
     """
 
     alpha_a: jax.Array = eqx.field(converter=float_leaf)
@@ -62,9 +74,19 @@ class LatencyModel(eqx.Module):
     alpha_c: jax.Array = eqx.field(converter=float_leaf)
     beta_c: jax.Array = eqx.field(converter=float_leaf)
     comm_scaling: str = eqx.field(static=True, default="batch")
+    num_layers: int | None = eqx.field(static=True, default=None)
+    noise: StageNoise | None = None
+    routing: ExpertRouting | None = None
+    comm: Communication | None = None
 
     def __check_init__(self):
         check_choice("comm_scaling", self.comm_scaling, COMM_SCALINGS)
+        if self.num_layers is not None:
+            check_int("num_layers", self.num_layers, 1)
+        for name, cls in (("noise", StageNoise), ("routing", ExpertRouting), ("comm", Communication)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise invalid(name, value, f"None or an afdjax.{cls.__name__}")
         for name in COEFFICIENT_NAMES:  # every element finite and >= 0; traced values are skipped
             check_array_parameter(name, getattr(self, name), allow_zero=True)
         _check_some_stage_takes_time(self)
@@ -87,10 +109,36 @@ class LatencyModel(eqx.Module):
         """``t_F(rB) = alpha_f r B + beta_f`` (time units); ``ratio`` may be real."""
         return self.alpha_f * ratio * batch_size + self.beta_f
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the stage times are random given the loads (``noise`` or ``routing`` set)."""
+        return self.noise is not None or self.routing is not None
+
+    def layers(self) -> int:
+        """``L``: ``num_layers``, or 1 (one barrier per step) when it is ``None``."""
+        return 1 if self.num_layers is None else self.num_layers
+
     def comm_time(self, ratio: jax.Array, batch_size: jax.Array) -> jax.Array:
-        """``t_C``: ``alpha_c B + beta_c`` or ``alpha_c r B + beta_c`` by ``comm_scaling``."""
+        """``t_C`` of the A->F direction (time units): ``alpha_c B + beta_c`` or
+        ``alpha_c r B + beta_c`` by ``comm_scaling``; with ``comm``,
+        ``max(that + per_peer r, alpha_link r B)``."""
+        return self._comm(self.alpha_c, self.beta_c, ratio, batch_size)
+
+    def comm_back_time(self, ratio: jax.Array, batch_size: jax.Array) -> jax.Array:
+        """``t_C'`` of the F->A direction (time units): :meth:`comm_time` with
+        ``comm.alpha_back``/``comm.beta_back`` where given (``None``: the same as A->F)."""
+        if self.comm is None:
+            return self.comm_time(ratio, batch_size)
+        alpha = self.alpha_c if self.comm.alpha_back is None else self.comm.alpha_back
+        beta = self.beta_c if self.comm.beta_back is None else self.comm.beta_back
+        return self._comm(alpha, beta, ratio, batch_size)
+
+    def _comm(self, alpha, beta, ratio, batch_size):
         tokens = batch_size if self.comm_scaling == "batch" else ratio * batch_size
-        return self.alpha_c * tokens + self.beta_c + 0.0 * ratio
+        if self.comm is None:
+            return alpha * tokens + beta + 0.0 * ratio
+        per_peer = alpha * tokens + beta + self.comm.per_peer * ratio
+        return jnp.maximum(per_peer, self.comm.alpha_link * ratio * batch_size)
 
     def coefficients(self) -> dict[str, float]:
         """The six coefficients as Python floats (for reports and TOML)."""

@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "afdjax"
 
 LAYERS = (
     ("leaves", {"_validate", "_json", "_random", "_plot", "_interrupt"}),
-    ("model inputs", {"_workload", "_latency"}),
+    ("model inputs", {"_workload", "_latency", "_stage"}),
     ("closed forms", {"_theory"}),
     ("step models", {"_step"}),
     ("engine", {"_engine"}),

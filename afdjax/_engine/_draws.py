@@ -5,6 +5,12 @@ steps. Request ``n`` of slot ``s`` of instance ``j`` in replica ``i`` always get
 ``threefry(threefry(key, i, j<<16 | s), n)``, whatever the ratio, the coefficients, the
 workload parameters, the chunking or the buffer sizes (common random numbers). Request 0
 is the one in the slot at step 0 (stationary or fresh).
+
+The random stage times (``latency.noise``/``latency.routing``) draw from their own
+stream: step ``t`` of replica ``i`` has the key ``threefry(stage_key, i, t)`` with
+``stage_key = threefry(key, 0xFFFFFFFF, STAGE_TAG)``. The request streams hash
+``(i, j<<16 | s)`` with ``i <= 2^31 - 1``, so the counter ``(0xFFFFFFFF, STAGE_TAG)``
+never occurs among them.
 """
 
 from __future__ import annotations
@@ -41,6 +47,16 @@ def slot_streams(key_words, replica_id, max_ratio: int, batch_size: int) -> Slot
     slot = jnp.arange(batch_size, dtype=jnp.uint32)[None, :]
     k1, k2 = _hash(key_words[0], key_words[1], replica_id, (instance << 16) | slot)  # (rmax, B)
     return SlotStreams(k1, k2)
+
+
+STAGE_TAG = 0x53544147  # "STAG"
+
+
+def stage_keys(key_words, replica_id, steps):
+    """``(k1, k2)``, ``(S,)`` uint32 each: the stage-time key of each global step index in
+    ``steps`` (``(S,)``) of replica ``replica_id`` (see the module docstring)."""
+    s1, s2 = _hash(key_words[0], key_words[1], jnp.uint32(0xFFFFFFFF), jnp.uint32(STAGE_TAG))
+    return _hash(s1, s2, replica_id, jnp.asarray(steps).astype(jnp.uint32))
 
 
 def initial_jump_weights(streams: SlotStreams, workload, start: str, state: SlotState):

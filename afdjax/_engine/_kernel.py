@@ -23,7 +23,7 @@ import numpy as np
 from .._interrupt import deliver_interrupts
 from .._validate import filter_jit
 from ._config import EngineConfig
-from ._draws import draw_requests, initial_jump_weights, initial_slots, slot_streams
+from ._draws import draw_requests, initial_jump_weights, initial_slots, slot_streams, stage_keys
 from ._jumps import JumpState, barrier_jump_time, chunk_jumps, load_perturbation
 from ._loads import chunk_loads
 from ._stats import HistogramRanges, Statistics, aggregate
@@ -43,7 +43,9 @@ def replica_sums(
     slots0, log_prob0 = initial_slots(streams, workload, cfg.start)
     steps_local = jnp.arange(L)
 
-    exact_jumps = jumps and model.supports_decode_jumps()
+    # The exact decode-jump term assumes tau = max(slowest attention, floor): not with
+    # random stage times, which take the first-order path through the step model.
+    exact_jumps = jumps and model.supports_decode_jumps() and not latency.stochastic
 
     def chunk(carry, c):
         slots, timing_state, stats, jstate = carry
@@ -65,7 +67,11 @@ def replica_sums(
                 )
             else:  # first order through the step model's own derivative
                 group_load = group_load + load_perturbation(cj, B, L)
-        timing_state, times = model.step_times(constants, timing_state, group_load, latency)  # 3. timing
+        if latency.stochastic:  # 3. timing (random stage times: their own counter stream)
+            keys = stage_keys(key_words, replica_id, step)
+            timing_state, times = model.step_times(constants, timing_state, group_load, latency, keys)
+        else:
+            timing_state, times = model.step_times(constants, timing_state, group_load, latency)
         stats = stats.add(
             times,
             loads.load,

@@ -154,6 +154,7 @@ class Colocated(StepModel):
 
     def _stage_constants(self, latency, batch_size, ranks, sizes=None):
         """``(ffn, comm)``, each of shape ``broadcast(B, N) + (G,)``."""
+        _refuse_stage_parts(latency)
         sizes = _group_sizes(batch_size, self.slot_groups()) if sizes is None else sizes
         r = as_float(ranks)[..., None]
         bg = jnp.stack(jnp.broadcast_arrays(*sizes), axis=-1)
@@ -195,7 +196,7 @@ class Colocated(StepModel):
     def initial_state(self, max_ratio: int, dtype):
         return jnp.zeros((), dtype)
 
-    def step_times(self, constants: ColocatedConstants, state, group_load, latency):
+    def step_times(self, constants: ColocatedConstants, state, group_load, latency, stage=None):
         attention_g = latency.attention_time(group_load)  # (r_max instances, G, L)
         slowest = jnp.stack(
             [prefix_over_instances(jnp.maximum, attention_g[:, g, :]) for g in range(attention_g.shape[1])], axis=-1
@@ -280,3 +281,17 @@ def colocated_throughput_per_device(step_model: Colocated, cycle_time, batch_siz
         raise invalid("step_model", step_model, "an afdjax Colocated step model")
     check_batch_size(batch_size)
     return as_float(batch_size) / (step_model.attention_devices * as_float(cycle_time))
+
+
+def _refuse_stage_parts(latency) -> None:
+    """``ValueError`` for the random stage times and communication terms of issue 13,
+    which the co-located step does not model (``num_layers`` alone is accepted: with
+    deterministic stage times every layer is the same)."""
+    for name in ("noise", "routing", "comm"):
+        value = getattr(latency, name, None)
+        if value is not None:
+            raise ValueError(
+                f"latency.{name}={type(value).__name__}(...) is invalid for Colocated: expected None "
+                "(the co-located step models no stage noise, expert routing or extra communication terms; "
+                "use Barrier() or Pipeline(m))"
+            )

@@ -106,11 +106,17 @@ class StepModel(eqx.Module):
         """The timing state carried across steps at time 0 (a pytree)."""
 
     @abc.abstractmethod
-    def step_times(self, constants: StepConstants, state, group_load, latency):
+    def step_times(self, constants: StepConstants, state, group_load, latency, stage=None):
         """Time ``L`` steps for every ratio at once.
 
         ``group_load``: ``(r_max instances, G, L)`` KV tokens of slot group ``g`` on
-        instance ``j`` at each step (``G = slot_groups()``). Returns ``(state, StepTimes)``.
+        instance ``j`` at each step (``G = slot_groups()``). ``stage``: ``None`` when the
+        stage times are deterministic given the loads (``latency.stochastic`` false; the
+        engine then never passes it), else ``(k1, k2)``, ``(L,)`` uint32 each, the
+        counter key of each step for the random stage factors
+        (:func:`afdjax._stage.stage_normals`; common across ratios). A model that cannot
+        time random stages raises ``ValueError`` in :meth:`constants`.
+        Returns ``(state, StepTimes)``.
         """
 
     # ------------------------------------------------------------------ closed forms

@@ -165,7 +165,7 @@ class PipelineEvents(eqx.Module):
         return self.f2a_end[..., -1]
 
 
-def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, instance_mask=None):
+def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, instance_mask=None, back_time=None):
     """Advance the pipeline by one decode step (all ``m`` micro-batches).
 
     **Arguments:**
@@ -176,6 +176,7 @@ def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, 
     - ``ffn_time``: ``(..., m)`` FFN time of each aggregated micro-batch.
     - ``instance_mask``: optional ``(..., J)`` bool; instances with ``False`` take no part
       (their attention does not gate the A->F transfer).
+    - ``back_time``: optional ``(..., m)`` time of the F->A transfer (default ``comm_time``).
 
     **Returns:** ``(new_state, events)``, ``events`` a :class:`PipelineEvents` without the
     step axis. Inputs broadcast against each other and the state.
@@ -186,9 +187,10 @@ def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, 
     ready = jnp.max(gated, axis=-2)  # (..., m): all r attentions of the micro-batch done
     comm_time = jnp.broadcast_to(comm_time, ready.shape)
     ffn_time = jnp.broadcast_to(ffn_time, ready.shape)
+    back_time = comm_time if back_time is None else jnp.broadcast_to(back_time, ready.shape)
     c_start, c_end = _fifo(state.a2f_free, ready, comm_time)
     f_start, f_end = _fifo(state.ffn_free, c_end, ffn_time)
-    b_start, b_end = _fifo(state.f2a_end[..., -1], f_end, comm_time)
+    b_start, b_end = _fifo(state.f2a_end[..., -1], f_end, back_time)
     new_state = PipelineState(
         attention_free=a_end[..., -1],
         a2f_free=c_end[..., -1],

@@ -23,6 +23,7 @@ from ._pipeline import (
     pipeline_cycle_time,
     pipeline_throughput,
 )
+from ._stage_times import STAGE_LAYERS, attention_factors, comm_layer_times, ffn_layer_times, layer_mean, sampled_layers
 
 
 class PipelineConstants(StepConstants):
@@ -32,6 +33,11 @@ class PipelineConstants(StepConstants):
     """``(r_max ratios, m)``: the FFN pass of each aggregated micro-batch."""
     active: jax.Array
     """``(r_max ratios, r_max instances)`` bool: instance ``j`` takes part in ratio ``r`` iff ``j < r``."""
+    back_time: jax.Array | None = None
+    """``(r_max ratios, m)``: one F->A transfer of each micro-batch (with ``latency.comm``;
+    ``None``: the same as ``comm_time``)."""
+    group_size: jax.Array | None = None
+    """``(m,)``: slots per micro-batch as floats (only with random stage times)."""
 
 
 class Pipeline(StepModel):
@@ -46,12 +52,29 @@ class Pipeline(StepModel):
     The pipeline starts empty at time 0, so its first step includes the fill (one round
     trip of the first micro-batch before the others follow). :meth:`default_warmup_steps`
     (``2 m``) discards it when ``simulate(warmup_steps=None)``.
+
+    With random stage times (``latency.noise`` or ``latency.routing``) a decode step is
+    ``K = min(L, stage_layers)`` layer passes of the same recursion, one after another
+    (layer ``l + 1`` of a micro-batch starts after its F->A of layer ``l``), each stage of
+    micro-batch ``g`` in pass ``l`` lasting its whole-step time over ``K`` times its own
+    factor (one attention factor per instance, micro-batch and layer; one FFN and one
+    factor per direction per micro-batch and layer; the FFN routed per micro-batch over
+    ``r B_g top_k`` pairs); the step time is the sum of the ``K`` passes' completion
+    intervals (:mod:`afdjax._step._stage_times`). With deterministic stage times the
+    period of ``K`` passes of ``t / K`` equals that of one pass of ``t`` (the period is
+    homogeneous in the stage times), so ``K = 1`` (``num_layers=None``) reproduces the
+    single pass bit for bit and ``K > 1`` only redistributes the fill transient.
+
+    **Arguments:** ``micro_batches``: ``m >= 1`` (at most the batch size when simulated);
+    ``stage_layers``: ``K_MAX`` (an integer >= 1, default 16).
     """
 
     micro_batches: int = eqx.field(static=True)
+    stage_layers: int = eqx.field(static=True, default=STAGE_LAYERS)
 
-    def __init__(self, micro_batches: int):
+    def __init__(self, micro_batches: int, stage_layers: int = STAGE_LAYERS):
         self.micro_batches = check_int("micro_batches", micro_batches, 1)
+        self.stage_layers = check_int("stage_layers", stage_layers, 1)
 
     def check(self, batch_size: int) -> None:
         if self.micro_batches > batch_size:
@@ -80,6 +103,7 @@ class Pipeline(StepModel):
         group_size = jnp.asarray(micro_batch_sizes(batch_size, G), fdtype)  # (G,)
         comm_g = latency.comm_time(ratio[:, None], group_size[None, :])  # (rmax ratios, G)
         ffn_g = latency.ffn_time(ratio[:, None], group_size[None, :])
+        back_g = None if latency.comm is None else latency.comm_back_time(ratio[:, None], group_size[None, :])
         return PipelineConstants(
             centre=pipeline_cycle_time(workload, latency, batch_size, ratio, G),
             ffn_step=jnp.sum(ffn_g, axis=1),
@@ -87,23 +111,61 @@ class Pipeline(StepModel):
             comm_time=comm_g,
             ffn_time=ffn_g,
             active=jnp.arange(rmax)[None, :] < jnp.arange(1, rmax + 1)[:, None],
+            back_time=back_g,
+            group_size=group_size if latency.stochastic else None,
         )
 
     def initial_state(self, max_ratio: int, dtype) -> PipelineState:
         # one state per ratio; instances j >= r are masked
         return PipelineState.zeros((max_ratio,), max_ratio, self.micro_batches, dtype)
 
-    def step_times(self, constants: PipelineConstants, state: PipelineState, group_load, latency):
+    def step_times(self, constants: PipelineConstants, state: PipelineState, group_load, latency, stage=None):
         attention_g = latency.attention_time(group_load)  # (rmax, G, L)
+        if stage is not None:
+            return self._stage_step_times(constants, state, attention_g, latency, stage)
         attention = jnp.sum(attention_g, axis=1)  # (rmax, L): busy time of instance j
+        back = constants.back_time
 
         def pipeline_step(state, att):  # att: (instances, G) at one step
-            state, events = pipeline_advance(state, att, constants.comm_time, constants.ffn_time, constants.active)
+            state, events = pipeline_advance(
+                state, att, constants.comm_time, constants.ffn_time, constants.active, back_time=back
+            )
             done = events.step_completion  # (ratios,): relative to the previous step's
             return state.shift(done), done
 
         state, tau = jax.lax.scan(pipeline_step, state, jnp.moveaxis(attention_g, 2, 0))
         return state, StepTimes(cycle_time=tau.T, attention_busy=attention)
+
+    def _stage_step_times(self, constants: PipelineConstants, state, attention_g, latency, keys):
+        """``K`` layer passes per step with random stage factors (see the class docstring)."""
+        rmax, G, S = attention_g.shape
+        K = sampled_layers(latency, self.stage_layers)
+        ratio = jnp.arange(1, rmax + 1, dtype=attention_g.dtype)
+        a = attention_factors(latency, keys, rmax, G, K)  # (J, G, K, S) or None
+        if a is None:
+            att = jnp.broadcast_to(attention_g[:, :, None, :], (rmax, G, K, S))
+            busy = jnp.sum(attention_g, axis=1)
+        else:
+            att = attention_g[:, :, None, :] * a
+            busy = jnp.sum(attention_g * layer_mean(a, axis=2), axis=1)
+        back_g = constants.comm_time if constants.back_time is None else constants.back_time
+        ffn = ffn_layer_times(latency, keys, ratio, constants.group_size, constants.ffn_time, K)  # (r, G, K, S)
+        fwd, back = comm_layer_times(latency, keys, constants.comm_time, back_g, K)
+
+        def passes(x):  # (..., G, K, S) -> (S * K, ..., G): whole-step times over K, pass by pass
+            x = jnp.broadcast_to(x, x.shape[:-2] + (K, S)) / K
+            return jnp.moveaxis(x, (-1, -2), (0, 1)).reshape((S * K,) + x.shape[:-2])
+
+        def layer_pass(state, xs):
+            att_l, fwd_l, ffn_l, back_l = xs
+            state, events = pipeline_advance(state, att_l, fwd_l, ffn_l, constants.active, back_time=back_l)
+            done = events.step_completion
+            return state.shift(done), done
+
+        xs = (passes(att), passes(fwd), passes(ffn), passes(back))
+        state, done = jax.lax.scan(layer_pass, state, xs)  # (S * K, r_max)
+        tau = jnp.sum(done.reshape(S, K, rmax), axis=1)
+        return state, StepTimes(cycle_time=tau.T, attention_busy=busy)
 
     def cycle_time(self, workload, latency, batch_size, ratio):
         return pipeline_cycle_time(workload, latency, batch_size, ratio, self.micro_batches)
