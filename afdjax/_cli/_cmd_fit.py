@@ -77,10 +77,10 @@ def row_workloads(obs, default_spec):
 def cmd_fit_throughput(args) -> int:
     if args.out:
         check_output_path(args.out, "--out")
-    from .._latency import COEFFICIENT_NAMES
-
-    names = split_names(args.fit) or COEFFICIENT_NAMES
-    if any(n in ("mu_p", "mu_d") or n.startswith(("decode_", "prefill_")) for n in names):  # workload parameters
+    names = split_names(args.fit)
+    if names and any(
+        n in ("mu_p", "mu_d") or n.startswith(("decode_", "prefill_")) for n in names
+    ):  # workload parameters
         return _cmd_fit_throughput_workload(args, names)
     import jax
 

@@ -43,11 +43,15 @@ from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._validate import check_int, check_number, filter_jit, invalid
 from .._workload import Workload
 from . import _calibrate_params as params
-from ._calibrate_start import mean_field_fit, start_from_data
+from ._calibrate_start import mean_field_fit, start_candidates, start_from_data
 from ._sweep_data import RatioSweep, step_time_to_throughput
 from ._throughput import _covariance, _satterthwaite, _t_quantile
 
 IDENTIFIED_TOLERANCE = 1e-6
+MAX_STEP = 1.0
+"""Largest change of one ``log`` parameter in one refinement step (a factor e)."""
+STEP_TOLERANCE = 1e-5
+"""The refinement stops once an accepted step moves no ``log`` parameter by more than this."""
 VARIANCE_FLOOR = 1e-4
 """Relative standard deviation added to every row's variance (a deterministic step, e.g. an
 FFN-bound one, has no Monte Carlo spread; a stated stderr may be 0)."""
@@ -201,38 +205,52 @@ def curves_jacobian(x, key, workloads, latency, *static):
 
 
 # ------------------------------------------------------------------------ one fit
-def _fit_once(x0, y, obs_var, weight, problem, refine_iterations):
-    """Levenberg-Marquardt from ``x0`` on the rows with ``weight`` 1; returns ``(x, active)``."""
-    mc, jac, column = problem["mc"], problem["jac"], problem["column"]
+def _fit_once(x0, base, y, obs_var, weight, problem, refine_iterations):
+    """Levenberg-Marquardt from ``x0`` (``base``: the model the fitted values go into) on the
+    rows with ``weight`` 1; returns ``(x, active, cost)``.
+
+    The row weights are fixed at the start (observation variance plus the Monte Carlo
+    variance there), so that a step cannot lower the cost by making the simulation noisier;
+    a step moves no ``log`` parameter by more than :data:`MAX_STEP`. ``active``: the
+    parameters that move the weighted predictions at the end (identified); ``cost``: the
+    sum of squared residuals over the observation variance alone (comparable between starts)."""
+    column = problem["column"]
+
+    def mc(v):
+        return problem["mc"](v, base)
+
+    def jac(v):
+        return problem["jac"](v, base)
+
     p = x0.shape[0]
     x = x0
+    per = mc(x)
+    se = (jnp.std(per, axis=0, ddof=1) / math.sqrt(per.shape[0]))[column]
+    var = se**2 + (obs_var if obs_var is not None else (0.005 * y) ** 2) + (VARIANCE_FLOOR * y) ** 2
+    w = weight / jnp.sqrt(var)
+    pred = jnp.mean(per, axis=0)[column]
+    A = np.asarray(jac(x)[column] * w[:, None])
     damping = 1e-3
-    active = np.ones(p, dtype=bool)
-    for it in range(max(refine_iterations, 1)):
-        per = mc(x)
-        pred = jnp.mean(per, axis=0)[column]
-        se = (jnp.std(per, axis=0, ddof=1) / math.sqrt(per.shape[0]))[column]
-        var = se**2 + (obs_var if obs_var is not None else (0.005 * y) ** 2) + (VARIANCE_FLOOR * y) ** 2
-        w = weight / jnp.sqrt(var)
-        A = np.asarray(jac(x)[column] * w[:, None])
-        if it == 0:  # identified: the parameter moves the weighted predictions
-            norms = np.linalg.norm(A, axis=0)
-            active = norms > IDENTIFIED_TOLERANCE * max(float(norms.max()), 1e-300)
-        if refine_iterations == 0:
-            break
+    for _ in range(refine_iterations):
         res = np.asarray((y - pred) * w)
-        Aa = A[:, active]
-        H = Aa.T @ Aa
-        ridge = damping * np.diag(np.diag(H)) + 1e-12 * np.trace(H) / max(active.sum(), 1) * np.eye(len(H))
-        step = np.zeros(p)
-        step[active] = np.linalg.solve(H + ridge, Aa.T @ res)
+        H = A.T @ A
+        ridge = damping * np.diag(np.diag(H)) + 1e-12 * max(np.trace(H), 1e-300) / p * np.eye(p)
+        step = np.clip(np.linalg.solve(H + ridge, A.T @ res), -MAX_STEP, MAX_STEP)
         x_new = x + jnp.asarray(step, dtype=x.dtype)
         pred_new = jnp.mean(mc(x_new), axis=0)[column]
         if float(jnp.sum(((y - pred_new) * w) ** 2)) <= float(np.sum(res**2)):
-            x, damping = x_new, damping * 0.3
+            x, pred, damping = x_new, pred_new, damping * 0.3
+            if np.max(np.abs(step)) < STEP_TOLERANCE:
+                break
+            A = np.asarray(jac(x)[column] * w[:, None])
         else:
             damping *= 10.0
-    return x, active
+            if damping > 1e10:
+                break
+    norms = np.linalg.norm(A, axis=0)
+    active = norms > IDENTIFIED_TOLERANCE * max(float(norms.max()), 1e-300)
+    plain = (obs_var if obs_var is not None else (0.005 * y) ** 2) + (VARIANCE_FLOOR * y) ** 2
+    return x, active, float(jnp.sum(weight * (y - pred) ** 2 / plain))
 
 
 def calibrate(
@@ -244,7 +262,7 @@ def calibrate(
     key: jax.Array,
     num_steps: int = 2000,
     num_replicas: int = 8,
-    refine_iterations: int = 6,
+    refine_iterations: int = 30,
     holdout: float | None = None,
     folds: int | None = None,
     step_model=None,
@@ -261,11 +279,16 @@ def calibrate(
     - ``latency``: starting values, and the fixed values of what is not fitted; ``None``
       (default): a start derived from the data (module docstring, 1; ``comm_scaling``
       chooses its communication scaling).
-    - ``fit``: parameter names (default the six coefficients; see
-      :func:`afdjax._fit._calibrate_params.allowed_names`).
+    - ``fit``: parameter names: the six coefficients and the stage-time parameters
+      ``attention_cv``, ``ffn_cv``, ``comm_cv``, ``routing_skew`` (needs ``latency.routing``),
+      ``comm_per_peer``, ``comm_alpha_link``; default
+      :func:`afdjax._fit._calibrate_params.default_fit` (the six and ``attention_cv``, plus
+      ``routing_skew`` with routing). Parameters the data do not move are reported in
+      ``not_identified``.
     - ``key``: JAX PRNG key of every simulation (common random numbers).
-    - ``num_steps``, ``num_replicas``: simulation size; ``refine_iterations``:
-      Levenberg-Marquardt steps through the simulation.
+    - ``num_steps``, ``num_replicas``: simulation size; ``refine_iterations``: at most
+      this many Levenberg-Marquardt steps through the simulation (they stop once an
+      accepted step moves no ``log`` parameter by more than ``1e-5``).
     - ``holdout``: fraction in (0, 1) of the rows to hold out for a held-out error, or
       ``folds``: ``K >= 2`` folds (at most the number of rows); not both.
     - ``step_model``: ``None`` (``Barrier()``) or a step model such as ``Pipeline(m)``.
@@ -289,10 +312,10 @@ def calibrate(
             raise invalid("holdout", holdout, "a fraction in (0, 1)")
     if folds is not None:
         folds = check_int("folds", folds, 2, len(observations))
-    start = latency if latency is not None else start_from_data(observations, per_label, comm_scaling)
-    names = params.check_names(DEFAULT_FIT if fit is None else fit, start)
-    start = params.with_starts(start, names)
-    x0 = params.start_vector(start, names)
+    starts = [latency] if latency is not None else start_candidates(observations, per_label, comm_scaling)
+    names = params.check_names(params.default_fit(starts[0]) if fit is None else fit, starts[0])
+    starts = [params.with_starts(s, names) for s in starts]
+    x0 = params.start_vector(starts[0], names)
     if not bool(jnp.all(jnp.isfinite(x0))):
         zero = [n for n, v in zip(names, np.asarray(x0)) if not np.isfinite(v)]
         raise ValueError(f"the starting value of {', '.join(zero)} is 0: fitted parameters must start above 0")
@@ -304,29 +327,36 @@ def calibrate(
     static = (names, layout, num_steps, num_replicas, step_model)
     dtype = x0.dtype
     problem = dict(
-        mc=lambda x: simulated_curves(x, key, group_workloads, start, *static),
-        jac=lambda x: curves_jacobian(x, key, group_workloads, start, *static),
+        mc=lambda x, base: simulated_curves(x, key, group_workloads, base, *static),
+        jac=lambda x, base: curves_jacobian(x, key, group_workloads, base, *static),
         column=jnp.asarray(column),
     )
     y = jnp.asarray(y_np, dtype=dtype)
     obs_var = None if se_np is None else jnp.asarray(se_np, dtype=dtype) ** 2
 
     def fit_rows(weight):
-        warm = mean_field_fit(observations, per_label, start, names, weight)
-        xw = params.start_vector(warm, names)
-        x, active = _fit_once(xw, y, obs_var, jnp.asarray(weight, dtype=dtype), problem, refine_iterations)
-        return xw, x, active
+        """From each start: the mean-field warm start, then the refinement; the best."""
+        best = None
+        for base in starts:
+            warm = mean_field_fit(observations, per_label, base, names, weight)
+            xw = params.start_vector(warm, names)
+            x, active, cost = _fit_once(
+                xw, base, y, obs_var, jnp.asarray(weight, dtype=dtype), problem, refine_iterations
+            )
+            if best is None or cost < best[-1]:
+                best = (base, xw, x, active, cost)
+        return best[:-1]
 
     # ---------------------------------------------------------------- the fit on every row
-    x_warm, x, active = fit_rows(np.ones(n))
+    start, x_warm, x, active = fit_rows(np.ones(n))
     if active.sum() >= n:
         raise ValueError(
             f"observations has {n} rows for {int(active.sum())} identified parameters; give more rows or fit fewer"
         )
-    per = problem["mc"](x)
+    per = problem["mc"](x, start)
     pred = jnp.mean(per, axis=0)[problem["column"]]
     se_mc = (jnp.std(per, axis=0, ddof=1) / math.sqrt(per.shape[0]))[problem["column"]]
-    J = np.asarray(problem["jac"](x)[problem["column"]])[:, active]
+    J = np.asarray(problem["jac"](x, start)[problem["column"]])[:, active]
     pa = int(active.sum())
     if obs_var is None:
         dof_obs = max(n - pa, 1)
@@ -376,8 +406,8 @@ def calibrate(
         for test in splits:
             weight = np.ones(n)
             weight[test] = 0.0
-            _, x_k, _ = fit_rows(weight)
-            pred_k = np.asarray(jnp.mean(problem["mc"](x_k), axis=0)[problem["column"]])[test]
+            base_k, _, x_k, _ = fit_rows(weight)
+            pred_k = np.asarray(jnp.mean(problem["mc"](x_k, base_k), axis=0)[problem["column"]])[test]
             rows.append(test)
             predicted.append(pred_k)
         rows_all, pred_thr = np.concatenate(rows), np.concatenate(predicted)

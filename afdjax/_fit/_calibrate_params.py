@@ -14,16 +14,51 @@ import jax.numpy as jnp
 
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 
-STAGE_PARAMETERS: dict[str, tuple[str, str]] = {}
+STAGE_PARAMETERS: dict[str, tuple[str, str]] = {
+    "attention_cv": ("noise", "attention_cv"),
+    "ffn_cv": ("noise", "ffn_cv"),
+    "comm_cv": ("noise", "comm_cv"),
+    "routing_skew": ("routing", "skew"),
+    "comm_per_peer": ("comm", "per_peer"),
+    "comm_alpha_link": ("comm", "alpha_link"),
+}
 """Flat name -> (``LatencyModel`` field holding the part, the part's field)."""
-STAGE_STARTS: dict[str, float] = {}
-"""Starting value of each stage-time parameter when the latency model does not give one."""
+STAGE_STARTS: dict[str, float | None] = {
+    "attention_cv": 0.05,
+    "ffn_cv": 0.05,
+    "comm_cv": 0.05,
+    "routing_skew": 0.2,
+    "comm_per_peer": None,  # 1 % of beta_a + beta_f (a time: it needs the model's scale)
+    "comm_alpha_link": None,  # 1 % of alpha_f
+}
+"""Starting value of each stage-time parameter when the latency model gives 0 or none
+(``None``: 1 % of the model's matching scale, see :func:`with_starts`)."""
+IDENTIFIABLE_BY_DEFAULT = ("attention_cv",)
+"""Stage parameters fitted by default besides the six coefficients (see :func:`default_fit`)."""
 DEFAULT_FIT = COEFFICIENT_NAMES
+
+
+def default_fit(latency: LatencyModel) -> tuple[str, ...]:
+    """The six coefficients, ``attention_cv`` and, when the model routes experts
+    (``routing`` set), ``routing_skew``.
+
+    Why these: a measured ratio sweep sees a stage-time parameter only through the mean
+    step time. ``attention_cv`` raises it by the expected maximum of ``r`` per-layer factors
+    (about ``cv sqrt(2 log r)`` of the attention time), a smooth rise with ``r`` at
+    attention-bound rows that no coefficient makes; ``routing_skew`` raises the FFN time
+    by the busiest rank's excess, growing with ``r B``, at FFN-bound rows. ``ffn_cv`` and
+    ``comm_cv`` move the mean only where two stages are within about a ``cv`` of each other
+    (near the balance ratio), and ``comm_per_peer`` (linear in ``r``) is nearly collinear
+    with ``alpha_f`` and with ``attention_cv`` over a few ratios: fit them explicitly (``fit``)
+    when the data cover those regions."""
+    extra = IDENTIFIABLE_BY_DEFAULT + (("routing_skew",) if getattr(latency, "routing", None) is not None else ())
+    return tuple(COEFFICIENT_NAMES) + extra
 
 
 def allowed_names(latency: LatencyModel) -> tuple[str, ...]:
     """Every name ``fit`` may hold."""
-    return tuple(COEFFICIENT_NAMES) + tuple(n for n in STAGE_PARAMETERS if hasattr(latency, STAGE_PARAMETERS[n][0]))
+    stage = tuple(n for n in STAGE_PARAMETERS if n != "routing_skew" or getattr(latency, "routing", None) is not None)
+    return tuple(COEFFICIENT_NAMES) + stage
 
 
 def check_names(fit, latency: LatencyModel) -> tuple[str, ...]:
@@ -54,13 +89,21 @@ def with_starts(latency: LatencyModel, names) -> LatencyModel:
         holder = getattr(latency, part)
         if holder is None:
             holder = _default_part(part)
-        holder = eqx.tree_at(lambda h, f=field: getattr(h, f), holder, jnp.asarray(STAGE_STARTS[name]))
+        start = STAGE_STARTS[name]
+        if start is None:
+            scale = latency.beta_a + latency.beta_f if name == "comm_per_peer" else latency.alpha_f
+            start = 0.01 * max(float(scale), 1e-12)
+        holder = eqx.tree_at(lambda h, f=field: getattr(h, f), holder, jnp.asarray(float(start)))
         latency = eqx.tree_at(lambda m, p=part: getattr(m, p), latency, holder, is_leaf=lambda x: x is None)
     return latency
 
 
 def _default_part(part: str):
-    raise ValueError(f"cannot add the latency model's {part!r} part: give a starting value in the hardware")
+    """A neutral part to hold a stage parameter (routing has no neutral default: it needs the
+    model's experts and ranks, so ``routing_skew`` is only allowed when ``routing`` is set)."""
+    from .._stage import Communication, StageNoise
+
+    return StageNoise() if part == "noise" else Communication()
 
 
 def start_vector(latency: LatencyModel, names) -> jnp.ndarray:

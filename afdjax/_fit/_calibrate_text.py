@@ -120,6 +120,7 @@ def calibration_table(cal) -> dict:
         quantity=cal.observations.quantity,
         rows=len(cal.observations),
         micro_batches=int(getattr(cal.step_model, "micro_batches", 0) or 0),
+        num_layers=int(getattr(cal.latency, "num_layers", None) or 0),
     )
 
 

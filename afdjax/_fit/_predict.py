@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._latency import LatencyModel
+from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._validate import check_int, filter_jit, invalid
 from . import _calibrate_params as params
 from ._calibrate import Calibration, _curves, build_layout, curves_jacobian, simulated_curves, workload_per_label
@@ -75,6 +76,16 @@ def calibration_from_mapping(table: dict, latency: LatencyModel, source: str) ->
     p = len(names)
     if cov.shape != (p, p) or np.any(np.isnan(cov)):
         raise ValueError(f"{source}: [calibration] covariance_log must be a {p} x {p} array of numbers")
+    layers = table.get("num_layers", 0)
+    if isinstance(layers, int) and layers > 0 and latency.num_layers is None:
+        latency = eqx.tree_at(lambda m: m.num_layers, latency, layers, is_leaf=lambda v: v is None)
+    stage = [i for i, n in enumerate(names) if n not in COEFFICIENT_NAMES]
+    if stage:  # stage-time values the [latency] table may not carry: from the estimates
+        est = np.asarray(table.get("estimate_log", []), dtype=float)
+        if est.shape != (p,):
+            raise ValueError(f"{source}: [calibration] estimate_log must hold {p} numbers")
+        stage_names = tuple(names[i] for i in stage)
+        latency = params.apply(params.with_starts(latency, stage_names), stage_names, jnp.asarray(est[stage]))
     micro = table.get("micro_batches", 0)
     step_model = None
     if isinstance(micro, int) and micro > 0:
