@@ -236,7 +236,7 @@ def _fit_once(x0, base, y, obs_var, weight, problem, refine_iterations):
         H = A.T @ A
         ridge = damping * np.diag(np.diag(H)) + 1e-12 * max(np.trace(H), 1e-300) / p * np.eye(p)
         step = np.clip(np.linalg.solve(H + ridge, A.T @ res), -MAX_STEP, MAX_STEP)
-        x_new = x + jnp.asarray(step, dtype=x.dtype)
+        x_new = jnp.maximum(x + jnp.asarray(step, dtype=x.dtype), jnp.asarray(problem["floor"], dtype=x.dtype))
         pred_new = jnp.mean(mc(x_new), axis=0)[column]
         if float(jnp.sum(((y - pred_new) * w) ** 2)) <= float(np.sum(res**2)):
             x, pred, damping = x_new, pred_new, damping * 0.3
@@ -330,6 +330,7 @@ def calibrate(
         mc=lambda x, base: simulated_curves(x, key, group_workloads, base, *static),
         jac=lambda x, base: curves_jacobian(x, key, group_workloads, base, *static),
         column=jnp.asarray(column),
+        floor=params.lower_bounds(names),
     )
     y = jnp.asarray(y_np, dtype=dtype)
     obs_var = None if se_np is None else jnp.asarray(se_np, dtype=dtype) ** 2
@@ -339,7 +340,7 @@ def calibrate(
         best = None
         for base in starts:
             warm = mean_field_fit(observations, per_label, base, names, weight)
-            xw = params.start_vector(warm, names)
+            xw = jnp.maximum(params.start_vector(warm, names), jnp.asarray(params.lower_bounds(names), dtype=dtype))
             x, active, cost = _fit_once(
                 xw, base, y, obs_var, jnp.asarray(weight, dtype=dtype), problem, refine_iterations
             )
@@ -349,7 +350,7 @@ def calibrate(
 
     # ---------------------------------------------------------------- the fit on every row
     start, x_warm, x, active = fit_rows(np.ones(n))
-    if active.sum() >= n:
+    if active.sum() + (obs_var is None) > n:  # a residual variance needs a spare row
         raise ValueError(
             f"observations has {n} rows for {int(active.sum())} identified parameters; give more rows or fit fewer"
         )
@@ -394,13 +395,13 @@ def calibrate(
         rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
         order = rng.permutation(n)
         if holdout is not None:
-            n_test = min(max(1, round(holdout * n)), n - pa - 1)
+            n_test = min(max(1, round(holdout * n)), n - pa)
             if n_test < 1:
                 raise ValueError(f"holdout={holdout!r} leaves too few rows to fit {pa} parameters on {n} rows")
             splits = [np.sort(order[:n_test])]
         else:
             splits = [np.sort(s) for s in np.array_split(order, folds)]
-            if max(len(s) for s in splits) > n - pa - 1:
+            if max(len(s) for s in splits) > n - pa:
                 raise ValueError(f"folds={folds!r} leaves too few rows to fit {pa} parameters on {n} rows")
         rows, predicted = [], []
         for test in splits:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 
@@ -33,6 +34,10 @@ STAGE_STARTS: dict[str, float | None] = {
 }
 """Starting value of each stage-time parameter when the latency model gives 0 or none
 (``None``: 1 % of the model's matching scale, see :func:`with_starts`)."""
+FLOORS: dict[str, float] = {"attention_cv": 1e-3, "ffn_cv": 1e-3, "comm_cv": 1e-3, "routing_skew": 1e-3}
+"""Smallest fitted value of a dimensionless stage parameter: below it the effect is
+indistinguishable from 0, and ``log`` space would run off towards ``-inf`` (where float32
+gradients of the LogNormal factor lose their precision)."""
 IDENTIFIABLE_BY_DEFAULT = ("attention_cv",)
 """Stage parameters fitted by default besides the six coefficients (see :func:`default_fit`)."""
 DEFAULT_FIT = COEFFICIENT_NAMES
@@ -109,6 +114,11 @@ def _default_part(part: str):
 def start_vector(latency: LatencyModel, names) -> jnp.ndarray:
     """``log`` of each fitted parameter's value in ``latency``."""
     return jnp.log(jnp.asarray([natural(latency, n) for n in names], dtype=jnp.zeros(()).dtype))
+
+
+def lower_bounds(names) -> np.ndarray:
+    """``log`` of each parameter's floor (:data:`FLOORS`; ``-inf`` for the others)."""
+    return np.log(np.asarray([FLOORS.get(n, 0.0) for n in names], dtype=float))
 
 
 def apply(latency: LatencyModel, names, x) -> LatencyModel:

@@ -132,6 +132,7 @@ def _cost(observations, workloads, latency) -> float:
     return float(np.sum((lines.max(axis=1) / tau - 1.0) ** 2))
 
 
+CV_FLOOR_LOG = math.log(1e-3)  # afdjax._fit._calibrate_params.FLOORS["attention_cv"]
 _Z = np.linspace(-9.0, 9.0, 1201)
 _PDF = np.exp(-0.5 * _Z**2) / math.sqrt(2.0 * math.pi)
 _CDF = np.asarray([0.5 * math.erfc(-z / math.sqrt(2.0)) for z in _Z])
@@ -200,6 +201,7 @@ def mean_field_fit(
         step = np.zeros(7)
         step[free] = -np.linalg.solve(H + damping * np.diag(scale), A.T @ res)
         step = np.clip(step, -3.0, 3.0)
+        step[6] = max(step[6], CV_FLOOR_LOG - logc[6]) if free[6] else 0.0
         res_new, J_new = evaluate(logc + step)
         cost_new = float(res_new @ res_new)
         if cost_new <= cost:
