@@ -132,7 +132,7 @@ def test_cli_fit_json_and_toml(capsys, tmp_path, sweep, fitted):
     f, toml = tmp_path / "obs.csv", tmp_path / "cal.toml"
     _write_csv(f, sweep)
     argv = ["fit", "throughput", "--observations", str(f), "--steps", str(STEPS), "--replicas", str(REPLICAS)]
-    code = main(argv + ["--seed", "0", "--folds", "3", "--out", str(toml), "--json"])
+    code = main(argv + ["--seed", "0", "--holdout", "0.25", "--out", str(toml), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     data = json.loads(out)

@@ -336,9 +336,14 @@ def calibrate(
     obs_var = None if se_np is None else jnp.asarray(se_np, dtype=dtype) ** 2
 
     def fit_rows(weight):
-        """From each start: the mean-field warm start, then the refinement; the best."""
+        """From each start: the mean-field warm start, then the refinement; the best. A
+        held-out fit derives its starts from its own rows only."""
+        bases = starts
+        if latency is None and not np.all(weight > 0):
+            train = observations.subset(np.nonzero(weight > 0)[0])
+            bases = [params.with_starts(m, names) for m in start_candidates(train, per_label, comm_scaling)]
         best = None
-        for base in starts:
+        for base in bases:
             warm = mean_field_fit(observations, per_label, base, names, weight)
             xw = jnp.maximum(params.start_vector(warm, names), jnp.asarray(params.lower_bounds(names), dtype=dtype))
             x, active, cost = _fit_once(

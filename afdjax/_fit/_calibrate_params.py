@@ -118,7 +118,7 @@ def start_vector(latency: LatencyModel, names) -> jnp.ndarray:
 
 def lower_bounds(names) -> np.ndarray:
     """``log`` of each parameter's floor (:data:`FLOORS`; ``-inf`` for the others)."""
-    return np.log(np.asarray([FLOORS.get(n, 0.0) for n in names], dtype=float))
+    return np.asarray([np.log(FLOORS[n]) if n in FLOORS else -np.inf for n in names], dtype=float)
 
 
 def apply(latency: LatencyModel, names, x) -> LatencyModel:

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._latency import COEFFICIENT_NAMES, LatencyModel
-from .._validate import check_int, filter_jit, invalid
+from .._validate import check_int, invalid
 from . import _calibrate_params as params
-from ._calibrate import Calibration, _curves, build_layout, curves_jacobian, simulated_curves, workload_per_label
+from ._calibrate import Calibration, build_layout, curves_jacobian, simulated_curves, workload_per_label
 from ._sweep_data import RatioSweep, step_time_to_throughput
 
 
@@ -135,12 +135,6 @@ class Prediction:
         return format_prediction(self)
 
 
-@filter_jit
-def _draw_curves(xs, key, workloads, latency, *static):
-    """Mean simulated curves at each row of ``xs`` ``(S, p)``, all with ``key``."""
-    return jax.lax.map(lambda x: jnp.mean(_curves(x, key, workloads, latency, *static), axis=0), xs)
-
-
 def predict(
     model,
     observations: RatioSweep,
@@ -206,7 +200,18 @@ def predict(
         z = rng.multivariate_normal(np.zeros(int(active.sum())), sub, size=posterior_draws, method="eigh")
         xs = np.tile(np.asarray(x), (posterior_draws, 1))
         xs[:, active] += z
-        draws = np.asarray(_draw_curves(jnp.asarray(xs, dtype=x.dtype), key, group_workloads, latency, *static))
+        # one draw at a time through the compiled simulation (a vmapped or mapped one would
+        # compile a second program and run no faster on one device)
+        draws = np.stack(
+            [
+                np.asarray(
+                    jnp.mean(
+                        simulated_curves(jnp.asarray(v, dtype=x.dtype), key, group_workloads, latency, *static), axis=0
+                    )
+                )
+                for v in xs
+            ]
+        )
     groups, offset = [], 0
     for (label, b, _), (_, rmax, _, _) in zip(observations.groups(), layout):
         cols = slice(offset, offset + rmax)
