@@ -24,7 +24,7 @@ def _open_fraction(name: str):
     return conv
 
 
-def _add_common(p, types, *, steps: int, replicas: int) -> None:
+def _add_common(p, types, *, steps: int, replicas: int, micro_default: str = "the barrier step") -> None:
     _nonneg_int, _positive_int, _int_at_least = types._nonneg_int, types._positive_int, types._int_at_least
     p.add_argument(
         "--workload",
@@ -42,7 +42,7 @@ def _add_common(p, types, *, steps: int, replicas: int) -> None:
         "--micro-batches",
         type=_positive_int("--micro-batches"),
         default=None,
-        help="simulate the micro-batch pipeline with m micro-batches (default: the barrier step)",
+        help=f"simulate the micro-batch pipeline with m micro-batches (default: {micro_default})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -55,7 +55,8 @@ def add_fit_throughput_parser(fit_sub, types) -> None:
         help="calibrate the latency model to measured ratio sweeps (throughput or step time)",
         description="Calibrate the stochastic model through the differentiable simulation to measured rows "
         "(ratio, batch size, workload, throughput per instance or mean step time): several workloads and batch "
-        "sizes in one file. Fits the six coefficients by default, reports which the data identify, their 95%% "
+        "sizes in one file. Fits the six coefficients and the attention noise by default, reports which the data "
+        "identify, their 95% "
         "intervals and the held-out error; times are in the unit of the observations.",
     )
     ft.add_argument("--observations", required=True, help=OBSERVATIONS_HELP)
@@ -69,8 +70,9 @@ def add_fit_throughput_parser(fit_sub, types) -> None:
     ft.add_argument(
         "--fit",
         default=None,
-        help="parameters to fit (default the six alpha_a,beta_a,alpha_f,beta_f,alpha_c,beta_c; a single-workload "
-        "file may also fit mu_p, mu_d or decode_NAME / prefill_NAME of a fitted: workload)",
+        help="parameters to fit (default the six alpha_a,beta_a,alpha_f,beta_f,alpha_c,beta_c and attention_cv, "
+        "plus routing_skew when the hardware routes experts; also ffn_cv, comm_cv, comm_per_peer, comm_alpha_link; "
+        "a single-workload file may instead fit mu_p, mu_d or decode_NAME / prefill_NAME of a fitted: workload)",
     )
     ft.add_argument(
         "--comm-scaling",
@@ -108,7 +110,7 @@ def add_predict_parser(sub, types) -> None:
     )
     p.add_argument("--hardware", required=True, help="hardware spec or TOML (a calibrated TOML carries a covariance)")
     p.add_argument("--observations", required=True, help=OBSERVATIONS_HELP + " (the values are not needed)")
-    _add_common(p, types, steps=2000, replicas=8)
+    _add_common(p, types, steps=2000, replicas=8, micro_default="the calibration's, else the barrier step")
     p.add_argument(
         "--max-ratio",
         type=types._positive_int("--max-ratio", types.MAX_RATIO),
