@@ -14,6 +14,14 @@ requests rather than slots x steps.
     python experiments/bench_engine.py --quick    # smaller sizes, for a smoke test
     python experiments/bench_engine.py --json     # machine-readable
     python experiments/bench_engine.py --compare 238646b   # side by side with an older commit
+    python experiments/bench_engine.py --stage    # random stage times (issue 13) on and off
+
+``--stage`` times the same engine call with the stage-time terms of issue 13 off (the
+deterministic step) and on (61 layers sampled as K = 16, LogNormal noise on every stage,
+MoE routing over ``ranks`` expert-parallel ranks, per-peer and shared-link communication),
+alternated in one loop, for several batch sizes, ranks and step models, and fits the
+extra cost per instance-layer-step (noise) and per ratio-rank-layer-step (routing: the
+busiest rank is taken per ratio).
 
 ``--compare REV`` exports ``REV`` with ``git archive`` into a temporary folder and runs the
 identical engine call in two long-lived worker processes, one importing afdjax from this
@@ -204,6 +212,107 @@ def _print_compare(out: dict) -> None:
     )
 
 
+def _stage_latency(terms: str, ranks: int):
+    base = afdjax.LatencyModel.from_preset("paper-910c")
+    if terms == "off":
+        return base
+    noise = afdjax.StageNoise(0.1, 0.1, 0.1)
+    routing = afdjax.ExpertRouting(256, 8, ranks, skew=0.5) if terms in ("routing", "all") else None
+    comm = afdjax.Communication(per_peer=1.0, alpha_link=0.002) if terms == "all" else None
+    return afdjax.LatencyModel(
+        **base.coefficients(),
+        num_layers=61,
+        noise=noise if terms in ("noise", "all") else None,
+        routing=routing,
+        comm=comm,
+    )
+
+
+def stage_section(quick: bool) -> list[dict]:
+    """Engine run time with the stage-time terms off and on, alternated (see the docstring)."""
+    steps, replicas, repeats, rmax = (500, 2, 3, 16) if quick else (2000, 4, 5, 32)
+    rows = []
+    for micro_batches in (None, 2):
+        for b, ranks in ((64, 8), (256, 8), (256, 32)):
+            workload = afdjax.Geometric(100.0, 500.0)
+            n = max(steps // (2 if micro_batches else 1), 1)
+            calls = {}
+            for terms in ("off", "noise", "routing", "all"):
+                latency = _stage_latency(terms, ranks)
+
+                def call(seed, latency=latency):
+                    res = afdjax.simulate(
+                        jax.random.key(seed),
+                        workload,
+                        latency,
+                        b,
+                        list(range(1, rmax + 1)),
+                        n,
+                        replicas,
+                        micro_batches=micro_batches,
+                        warmup_steps=0,
+                    )
+                    return jax.block_until_ready(res)
+
+                t0 = time.perf_counter()
+                call(0)
+                calls[terms] = (call, time.perf_counter() - t0)
+            times = {terms: [] for terms in calls}
+            for i in range(repeats):
+                for terms, (call, _) in calls.items():
+                    t0 = time.perf_counter()
+                    call(i + 1)
+                    times[terms].append(time.perf_counter() - t0)
+            rows.append(
+                dict(
+                    step="barrier" if micro_batches is None else f"pipeline m={micro_batches}",
+                    batch_size=b,
+                    ranks=ranks,
+                    max_ratio=rmax,
+                    steps=n,
+                    replicas=replicas,
+                    sampled_layers=16,
+                    first_call_s={k: v[1] for k, v in calls.items()},
+                    run_s={k: statistics.median(v) for k, v in times.items()},
+                )
+            )
+    return rows
+
+
+def _print_stage(rows: list[dict]) -> None:
+    print("random stage times (issue 13): run time with the terms off and on, alternated (median ms)")
+    print("  on: num_layers=61 sampled as K=16; noise = StageNoise(0.1, 0.1, 0.1); routing = ExpertRouting(256, 8,")
+    print("  ranks, skew=0.5); all = noise + routing + Communication(per_peer=1, alpha_link=0.002)")
+    print(
+        f"{'step':>14} {'B':>5} {'ranks':>5} {'r_max':>5} {'steps':>6} {'off':>8} {'noise':>8} {'routing':>8} "
+        f"{'all':>8} {'all/off':>8}"
+    )
+    for row in rows:
+        t = row["run_s"]
+        print(
+            f"{row['step']:>14} {row['batch_size']:>5} {row['ranks']:>5} {row['max_ratio']:>5} {row['steps']:>6} "
+            + " ".join(f"{t[k] * 1e3:>8.1f}" for k in ("off", "noise", "routing", "all"))
+            + f" {t['all'] / t['off']:>8.2f}"
+        )
+    for step in sorted({row["step"] for row in rows}):
+        sub = [row for row in rows if row["step"] == step]
+        # extra cost of noise per instance-layer-step; of routing per ratio-rank-layer-step
+        noise = [
+            (r["run_s"]["noise"] - r["run_s"]["off"])
+            / (r["max_ratio"] * r["sampled_layers"] * r["steps"] * r["replicas"])
+            for r in sub
+        ]
+        routing = [
+            (r["run_s"]["routing"] - r["run_s"]["off"])
+            / (r["max_ratio"] * r["ranks"] * r["sampled_layers"] * r["steps"] * r["replicas"])
+            for r in sub
+        ]
+        print(
+            f"  {step}: noise adds {np.median(noise) * 1e9:.2f} ns per instance-layer-step, routing adds "
+            f"{np.median(routing) * 1e9:.2f} ns per ratio-rank-layer-step (median over the rows)"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -212,7 +321,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="alternated runs per side with --compare (default 7)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run with --compare (default 4000)")
     parser.add_argument("--only", choices=("barrier", "pipeline"), help="with --compare: one step model only")
+    parser.add_argument("--stage", action="store_true", help="only the random stage times on/off section")
     args = parser.parse_args()
+
+    if args.stage:
+        rows = stage_section(args.quick)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_stage(rows)
+        return
 
     if args.compare:
         steps = args.steps or (1000 if args.quick else 4000)

@@ -90,7 +90,8 @@ def replica_sums(
         jstate0 = JumpState.initial(*(None if x is None else x.astype(fdtype) for x in weights))
     else:
         jstate0 = None
-    carry0 = (slots0, model.initial_state(rmax, fdtype), Statistics.zeros(rmax, cfg.num_bins, log_prob0), jstate0)
+    stats0 = Statistics.zeros(rmax, cfg.num_bins, log_prob0, ffn_busy=latency.routing is not None)
+    carry0 = (slots0, model.initial_state(rmax, fdtype), stats0, jstate0)
     # checkpoint: reverse-mode differentiation stores only the carry between chunks and
     # recomputes each chunk's internals, so gradient memory does not grow with steps.
     (_, _, stats, _), _ = jax.lax.scan(jax.checkpoint(chunk), carry0, jnp.arange(cfg.num_chunks))

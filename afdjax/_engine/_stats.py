@@ -73,9 +73,11 @@ class Statistics(eqx.Module):
     """``(r_max instances,)``: log-likelihood of the decode lengths drawn per instance."""
     jump_time: jax.Array
     """``(r_max,)``: coupled decode-jump term ``sum_i w~_i Delta time_i`` (value 0)."""
+    ffn_busy: jax.Array | None = None
+    """``(r_max,)``: FFN busy time, where the step model reports it (random FFN times)."""
 
     @staticmethod
-    def zeros(max_ratio: int, num_bins: int, log_prob) -> Statistics:
+    def zeros(max_ratio: int, num_bins: int, log_prob, ffn_busy: bool = False) -> Statistics:
         fdtype = jnp.zeros(()).dtype
         zeros = jnp.zeros(max_ratio, fdtype)
         return Statistics(
@@ -94,6 +96,7 @@ class Statistics(eqx.Module):
             covered=jnp.array(True),
             log_prob=log_prob,
             jump_time=zeros,
+            ffn_busy=zeros if ffn_busy else None,
         )
 
     def add(
@@ -140,6 +143,7 @@ class Statistics(eqx.Module):
             covered=self.covered & covered,
             log_prob=self.log_prob + log_prob,
             jump_time=self.jump_time + jump_time,
+            ffn_busy=None if self.ffn_busy is None else self.ffn_busy + jnp.sum(times.ffn_busy * weight, axis=1),
         )
 
 
@@ -181,10 +185,11 @@ def aggregate(
     stderr = throughput * rel
     attention_idle = 1.0 - jnp.sum(sums.busy, axis=0) / (ratio * total_time)
     ffn_step, link_step = constants.ffn_step, constants.link_step
-    ffn_idle = 1.0 - steps_total * ffn_step / total_time
+    ffn_total = steps_total * ffn_step if sums.ffn_busy is None else jnp.sum(sums.ffn_busy, axis=0)
+    ffn_idle = 1.0 - ffn_total / total_time
     link_idle = 1.0 - steps_total * link_step / total_time
     busiest_instance = prefix_over_instances(jnp.maximum, jnp.sum(sums.instance_busy, axis=0))  # (rmax,)
-    busiest = jnp.maximum(busiest_instance, steps_total * jnp.maximum(ffn_step, link_step))
+    busiest = jnp.maximum(busiest_instance, jnp.maximum(ffn_total, steps_total * link_step))
     bubble = 1.0 - busiest / total_time
     mean_tau = total_time / steps_total
     mean_dev = jnp.sum(sums.dev, axis=0) / steps_total

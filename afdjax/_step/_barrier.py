@@ -23,7 +23,15 @@ from .._theory import (
 )
 from .._validate import check_int
 from ._model import StepConstants, StepModel, StepTimes, prefix_over_instances
-from ._stage_times import STAGE_LAYERS, attention_factors, comm_layer_times, ffn_layer_times, layer_mean, sampled_layers
+from ._stage_times import (
+    STAGE_LAYERS,
+    STEP_BLOCK,
+    attention_factors,
+    comm_layer_times,
+    ffn_layer_times,
+    layer_mean,
+    sampled_layers,
+)
 
 
 class BarrierConstants(StepConstants):
@@ -102,7 +110,19 @@ class Barrier(StepModel):
             slowest = prefix_over_instances(jnp.maximum, attention)  # row r-1: max over the first r instances
             tau = jnp.maximum(slowest, constants.floor_time[:, None])
             return state, StepTimes(cycle_time=tau, attention_busy=attention)
-        return state, self._stage_step_times(constants, attention, latency, stage)
+        # Steps are independent given the loads: time them in blocks of STEP_BLOCK steps, so
+        # the per-layer arrays (ratios x ranks x layers for the routing) stay small whatever
+        # the chunk length.
+        S = attention.shape[1]
+
+        def block(xs):
+            att, k1, k2 = xs
+            times = self._stage_step_times(constants, att[:, None], latency, (k1[None], k2[None]))
+            ffn = None if times.ffn_busy is None else times.ffn_busy[:, 0]
+            return times.cycle_time[:, 0], times.attention_busy[:, 0], ffn
+
+        tau, busy, ffn = jax.lax.map(block, (attention.T, stage[0], stage[1]), batch_size=min(S, STEP_BLOCK))
+        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T, ffn_busy=None if ffn is None else ffn.T)
 
     def _stage_step_times(self, constants: BarrierConstants, attention, latency, keys) -> StepTimes:
         """The per-layer barrier with random stage times: ``(r_max, S)`` cycle times from
@@ -122,7 +142,8 @@ class Barrier(StepModel):
         ]  # (r_max, K, S)
         fwd, back = comm_layer_times(latency, keys, constants.link_step[:, None], constants.comm_back[:, None], K)
         per_layer = jnp.maximum(jnp.maximum(slowest, fwd[:, 0]), jnp.maximum(back[:, 0], ffn))
-        return StepTimes(cycle_time=layer_mean(per_layer, axis=1), attention_busy=busy)
+        ffn_busy = None if latency.routing is None else layer_mean(ffn, axis=1)
+        return StepTimes(cycle_time=layer_mean(per_layer, axis=1), attention_busy=busy, ffn_busy=ffn_busy)
 
     def cycle_time(self, workload, latency, batch_size, ratio):
         return mean_field_cycle_time(workload, latency, batch_size, ratio)

@@ -65,6 +65,9 @@ class StepTimes(eqx.Module):
     """``(r_max ratios, L)``: the time of each step for every ratio."""
     attention_busy: jax.Array
     """``(r_max instances, L)``: busy time of Attention instance ``j`` in each step."""
+    ffn_busy: jax.Array | None = None
+    """``(r_max ratios, L)``: the FFN's busy time in each step, where it is random (MoE
+    routing); ``None``: ``StepConstants.ffn_step`` every step."""
 
 
 class StepModel(eqx.Module):

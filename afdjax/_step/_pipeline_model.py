@@ -137,24 +137,13 @@ class Pipeline(StepModel):
         return state, StepTimes(cycle_time=tau.T, attention_busy=attention)
 
     def _stage_step_times(self, constants: PipelineConstants, state, attention_g, latency, keys):
-        """``K`` layer passes per step with random stage factors (see the class docstring)."""
-        rmax, G, S = attention_g.shape
+        """``K`` layer passes per step with random stage factors (see the class docstring).
+        One scan over the steps; each step draws its own factors (so the working memory
+        does not grow with the chunk length) and runs its ``K`` passes in an inner scan."""
+        rmax, G, _ = attention_g.shape
         K = sampled_layers(latency, self.stage_layers)
         ratio = jnp.arange(1, rmax + 1, dtype=attention_g.dtype)
-        a = attention_factors(latency, keys, rmax, G, K)  # (J, G, K, S) or None
-        if a is None:
-            att = jnp.broadcast_to(attention_g[:, :, None, :], (rmax, G, K, S))
-            busy = jnp.sum(attention_g, axis=1)
-        else:
-            att = attention_g[:, :, None, :] * a
-            busy = jnp.sum(attention_g * layer_mean(a, axis=2), axis=1)
         back_g = constants.comm_time if constants.back_time is None else constants.back_time
-        ffn = ffn_layer_times(latency, keys, ratio, constants.group_size, constants.ffn_time, K)  # (r, G, K, S)
-        fwd, back = comm_layer_times(latency, keys, constants.comm_time, back_g, K)
-
-        def passes(x):  # (..., G, K, S) -> (S * K, ..., G): whole-step times over K, pass by pass
-            x = jnp.broadcast_to(x, x.shape[:-2] + (K, S)) / K
-            return jnp.moveaxis(x, (-1, -2), (0, 1)).reshape((S * K,) + x.shape[:-2])
 
         def layer_pass(state, xs):
             att_l, fwd_l, ffn_l, back_l = xs
@@ -162,10 +151,30 @@ class Pipeline(StepModel):
             done = events.step_completion
             return state.shift(done), done
 
-        xs = (passes(att), passes(fwd), passes(ffn), passes(back))
-        state, done = jax.lax.scan(layer_pass, state, xs)  # (S * K, r_max)
-        tau = jnp.sum(done.reshape(S, K, rmax), axis=1)
-        return state, StepTimes(cycle_time=tau.T, attention_busy=busy)
+        def one_step(state, xs):
+            att, k1, k2 = xs  # att: (J, G); k1, k2: scalars
+            step_keys = (k1[None], k2[None])
+            a = attention_factors(latency, step_keys, rmax, G, K)  # (J, G, K, 1) or None
+            if a is None:
+                att_k, busy = jnp.broadcast_to(att[:, :, None], (rmax, G, K)), jnp.sum(att, axis=1)
+            else:
+                att_k = att[:, :, None] * a[..., 0]
+                busy = jnp.sum(att * layer_mean(a[..., 0], axis=2), axis=1)
+            ffn = ffn_layer_times(latency, step_keys, ratio, constants.group_size, constants.ffn_time, K)
+            fwd, back = comm_layer_times(latency, step_keys, constants.comm_time, back_g, K)
+
+            def passes(x):  # (r_max, G, K or 1) -> (K, r_max, G): whole-step times over K, pass by pass
+                return jnp.moveaxis(jnp.broadcast_to(x, x.shape[:2] + (K,)) / K, 2, 0)
+
+            xs = (passes(att_k), passes(fwd[..., 0]), passes(ffn[..., 0]), passes(back[..., 0]))
+            state, done = jax.lax.scan(layer_pass, state, xs)  # (K, r_max)
+            ffn_busy = None if latency.routing is None else jnp.sum(layer_mean(ffn[..., 0], axis=2), axis=1)
+            return state, (jnp.sum(done, axis=0), busy, ffn_busy)
+
+        xs = (jnp.moveaxis(attention_g, 2, 0), keys[0], keys[1])
+        state, (tau, busy, ffn_busy) = jax.lax.scan(one_step, state, xs)
+        ffn_busy = None if ffn_busy is None else ffn_busy.T
+        return state, StepTimes(cycle_time=tau.T, attention_busy=busy.T, ffn_busy=ffn_busy)
 
     def cycle_time(self, workload, latency, batch_size, ratio):
         return pipeline_cycle_time(workload, latency, batch_size, ratio, self.micro_batches)

@@ -43,6 +43,11 @@ STAGE_LAYERS = 16
 """Default ``K_MAX``: at most this many sampled layers per step (``stage_layers``)."""
 
 
+STEP_BLOCK = 64
+"""Steps timed together (vectorised) with random stage times; blocks follow each other, so
+the working memory does not grow with the chunk length."""
+
+
 def sampled_layers(latency, stage_layers: int) -> int:
     """``K = min(L, stage_layers)``, ``L = latency.num_layers`` (1 when ``None``)."""
     return min(latency.layers(), int(stage_layers))
