@@ -145,6 +145,17 @@ def test_cli_fit_json_and_toml(capsys, tmp_path, sweep, fitted):
     assert afdjax.parse_hardware_spec(str(toml)).coefficients()["alpha_a"] == pytest.approx(
         data["parameters"]["alpha_a"]["estimate"]
     )
+    # afdjax predict reads the calibration back (attention_cv from its [calibration] table): with the
+    # same key and sizes it reproduces the fit's own predictions
+    argv = ["predict", "--hardware", str(toml), "--observations", str(f), "--steps", str(STEPS)]
+    code = main(argv + ["--replicas", str(REPLICAS), "--seed", "0", "--posterior-draws", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    predicted = json.loads(out)
+    assert predicted["calibrated"] is True and predicted["posterior_draws"] == 4
+    assert [r["step_time"] for r in predicted["rows"]] == pytest.approx(
+        [r["step_time"] for r in data["rows"]], rel=1e-9
+    )
 
 
 @pytest.mark.parametrize(
