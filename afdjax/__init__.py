@@ -13,7 +13,10 @@ _EXPORTS = {
     "_compare": ("Comparison", "compare"),
     "_data": ("BUNDLED_TRACES", "bundled_trace_path", "load_trace", "read_trace"),
     "_engine": ("SimulationResult", "simulate"),
+    "_fit._calibrate": ("Calibration", "HeldOut", "calibrate"),
     "_fit._latency": ("LatencyFit", "fit_latency", "read_latency_observations"),
+    "_fit._predict": ("CalibratedModel", "Prediction", "predict"),
+    "_fit._sweep_data": ("RatioSweep", "read_ratio_sweep"),
     "_fit._throughput": ("ThroughputFit", "ThroughputObservations", "fit_throughput", "read_throughput_observations"),
     "_fit._workload": (
         "DECODE_FIT_FAMILIES",
@@ -164,9 +167,17 @@ if TYPE_CHECKING:
     from ._data import read_trace as read_trace
     from ._engine import SimulationResult as SimulationResult
     from ._engine import simulate as simulate
+    from ._fit._calibrate import Calibration as Calibration
+    from ._fit._calibrate import HeldOut as HeldOut
+    from ._fit._calibrate import calibrate as calibrate
     from ._fit._latency import LatencyFit as LatencyFit
     from ._fit._latency import fit_latency as fit_latency
     from ._fit._latency import read_latency_observations as read_latency_observations
+    from ._fit._predict import CalibratedModel as CalibratedModel
+    from ._fit._predict import Prediction as Prediction
+    from ._fit._predict import predict as predict
+    from ._fit._sweep_data import RatioSweep as RatioSweep
+    from ._fit._sweep_data import read_ratio_sweep as read_ratio_sweep
     from ._fit._throughput import ThroughputFit as ThroughputFit
     from ._fit._throughput import ThroughputObservations as ThroughputObservations
     from ._fit._throughput import fit_throughput as fit_throughput

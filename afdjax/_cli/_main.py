@@ -18,6 +18,7 @@ import sys
 from ._cmd_compare import cmd_compare
 from ._cmd_fit import cmd_fit
 from ._cmd_hardware import cmd_hardware, cmd_profile
+from ._cmd_predict import cmd_predict
 from ._cmd_provision import cmd_provision, cmd_verify
 from ._cmd_simulate import cmd_simulate
 from ._cmd_sweep import cmd_sweep
@@ -36,6 +37,7 @@ COMMANDS = {
     "profile": cmd_profile,
     "fit": cmd_fit,
     "compare": cmd_compare,
+    "predict": cmd_predict,
 }
 
 

@@ -11,6 +11,7 @@ import sys
 
 from ._errors import CliError
 from ._parser_compare import add_compare_parser
+from ._parser_predict import add_fit_throughput_parser, add_predict_parser
 
 DEFAULT_WORKLOAD = "geometric:mu_p=100,mu_d=500"
 DEFAULT_HARDWARE = "paper-910c"
@@ -437,33 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--out", metavar="TOML", help="write the fitted coefficients as a hardware TOML")
     fl.add_argument("--plot", metavar="PNG", help="write measured-vs-fitted and residual plots")
     fl.add_argument("--json", action="store_true", help="print one JSON object")
-    ft = fit_sub.add_parser(
-        "throughput",
-        help="calibrate coefficients and workload parameters to observed throughput at several ratios",
-        description="Calibrate the stochastic model through the differentiable simulation to throughput per "
-        "instance observed at (batch_size, ratio) points (CSV: batch_size, ratio, throughput[, stderr]).",
-    )
-    ft.add_argument("--observations", required=True, help="CSV with batch_size, ratio, throughput[, stderr]")
-    ft.add_argument("--workload", default=DEFAULT_WORKLOAD, help=f"workload spec (default {DEFAULT_WORKLOAD})")
-    ft.add_argument(
-        "--hardware", default=DEFAULT_HARDWARE, help="starting values / fixed coefficients (default paper-910c)"
-    )
-    ft.add_argument(
-        "--fit",
-        default="alpha_a,beta_a,alpha_f,beta_f",
-        help="parameters to fit (default alpha_a,beta_a,alpha_f,beta_f; also alpha_c, beta_c, mu_p, mu_d, "
-        "and decode_NAME / prefill_NAME of a fitted: workload, e.g. decode_mu,decode_sigma)",
-    )
-    ft.add_argument(
-        "--steps", type=_positive_int("--steps"), default=2000, help="simulated steps per replica (default 2000)"
-    )
-    ft.add_argument("--replicas", type=_positive_int("--replicas"), default=8, help="replicas (default 8)")
-    ft.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="random seed (default 0)")
-    ft.add_argument("--out", metavar="TOML", help="write the calibrated coefficients as a hardware TOML")
-    ft.add_argument("--json", action="store_true", help="print one JSON object")
+    add_fit_throughput_parser(fit_sub, sys.modules[__name__])
     _add_sweep_parser(sub)
     _add_hardware_commands(sub)
     add_compare_parser(sub, sys.modules[__name__])
+    add_predict_parser(sub, sys.modules[__name__])
     return parser
 
 
