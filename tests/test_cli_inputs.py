@@ -193,6 +193,8 @@ def test_every_theory_function_refuses_batch_size_at_most_zero():
         attention_cost=1.0,
         ffn_cost=2.0,
         step_model=afdjax.Colocated(),
+        mu=100.0,  # stage_layer_time's attention-time moments
+        s=10.0,
     )
     checked = []
     for name, fn in _theory_functions():

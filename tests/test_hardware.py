@@ -133,6 +133,8 @@ def hand_coefficients(acc, name):
     alpha_f = ffn_flops / (n_f * peak * E_CMP) * 1e6
     beta_f = ffn_w * wbytes / L / (n_f * bw * E_MEM) * 1e6 + OVERHEAD_US
     fan = (n_dense * 1 + n_moe * min(k, n_f)) / L
+    if n_a + n_f > 8 and acc != "tpu-v5p":  # A<->F leaves the 8-GPU node: one 400 (A100: 200) Gb/s NIC per GPU
+        link = 25e9 if acc == "a100" else 50e9
     alpha_c = fan * d * 2 / (n_a * link * E_NET) * 1e6  # one direction: d activations of 2 bytes to f devices
     beta_c = LINK_LATENCY_US
     return dict(alpha_a=alpha_a, beta_a=beta_a, alpha_f=alpha_f, beta_f=beta_f, alpha_c=alpha_c, beta_c=beta_c), (

@@ -62,7 +62,7 @@ import numpy as np
 
 from .._latency import LatencyModel
 from .._theory import as_float as _float
-from .._theory import attention_time_moments, check_batch_size, expected_max_normal_excess
+from .._theory import check_batch_size, stage_pipeline_cycle_time
 from .._theory import per_instance_throughput as _per_instance
 from .._workload import Workload
 
@@ -252,14 +252,6 @@ def pipeline_period(attention_time, comm_time, ffn_time, micro_batches) -> jax.A
     return jnp.maximum(m * busiest, attention_time + 2.0 * comm_time + ffn_time)
 
 
-def _stage_times(workload, latency, batch_size, ratio, micro_batches):
-    check_batch_size(batch_size)
-    B, r, m = _float(batch_size), _float(ratio), _float(micro_batches)
-    per_group = B / m  # equal micro-batches (exact when m divides B)
-    t_a = latency.attention_time(per_group * workload.theta())
-    return t_a, latency.comm_time(r, per_group), latency.ffn_time(r, per_group), per_group
-
-
 def pipeline_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches) -> jax.Array:
     """Mean-field period of the ``m``-micro-batch pipeline (time units per decode step).
 
@@ -269,9 +261,7 @@ def pipeline_cycle_time(workload: Workload, latency: LatencyModel, batch_size, r
     :func:`pipeline_period`. Differentiable in every coefficient, the workload and a real
     ``ratio``; ``micro_batches`` may be a real number too (a relaxation).
     """
-    _check_micro_batches(micro_batches)
-    t_a, t_c, t_f, _ = _stage_times(workload, latency, batch_size, ratio, micro_batches)
-    return pipeline_period(t_a, t_c, t_f, micro_batches)
+    return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier=False)
 
 
 def pipeline_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches) -> jax.Array:
@@ -294,14 +284,7 @@ def pipeline_barrier_cycle_time(
     the variation, and the max over resources inside the expectation. For ``m = 1`` it is
     the sequential sum with the expected-max attention time.
     """
-    _check_micro_batches(micro_batches)
-    ratio = _float(ratio)
-    _, t_c, t_f, per_group = _stage_times(workload, latency, batch_size, ratio, micro_batches)
-    mu, s = attention_time_moments(workload, latency, per_group)
-    z0 = -12.0  # E[M_r] = E[(M_r - z0)^+] + z0, M_r > -12 to double precision
-    expected_max = expected_max_normal_excess(z0, ratio) + z0
-    t_a = mu + s * expected_max
-    return pipeline_period(t_a, t_c, t_f, micro_batches)
+    return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches)
 
 
 def pipeline_barrier_throughput(

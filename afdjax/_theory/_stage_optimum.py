@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validate import filter_jit
-from ._base import as_float
+from ._base import as_float, check_batch_size
 from ._stage_terms import routed_ffn_time
 
 _GRID = np.logspace(-3.0, 5.0, 321)
@@ -34,6 +34,7 @@ def _floor_parts(latency, batch_size, ratio):
 def stage_floor_mean(latency, batch_size, ratio) -> jax.Array:
     """``h(r) = max(t_C(r), t_C'(r), E[t_F(r)])``: the mean stage floor (time units) with the
     routed FFN's mean busiest rank; broadcasts ``batch_size`` and ``ratio``."""
+    check_batch_size(batch_size)
     return _floor_mean(latency, as_float(batch_size), as_float(ratio))
 
 

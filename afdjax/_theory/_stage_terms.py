@@ -58,7 +58,7 @@ import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
 from .._stage import lognormal_parameters
-from ._base import as_float
+from ._base import as_float, check_batch_size
 
 # quantiles (in standard units) at which every random part cuts the integration range
 _EDGE_Z = np.array([-8.0, -4.5, -3.0, -2.0, -1.25, -0.6, 0.0, 0.6, 1.25, 2.0, 3.0, 4.5, 6.5, 9.5])
@@ -186,6 +186,7 @@ def routed_ffn_time(latency, ratio, batch_size):
     ``alpha_f R / k X + beta_f`` of one layer (time units, whole-step scale) and the
     :class:`_Routed` count distribution; without ``latency.routing`` the balanced line
     :meth:`~afdjax.LatencyModel.ffn_time`, sd 0 and ``None``."""
+    check_batch_size(batch_size)
     if latency.routing is None:
         t = latency.ffn_time(ratio, batch_size)
         return t, jnp.zeros_like(t), None
@@ -208,6 +209,7 @@ def stage_layer_time(mu, s, latency, batch_size, ratio) -> jax.Array:
     """``E[max(A, C, C', F)]``: the expected time of one layer (time units, whole-step
     scale; the module docstring), for scalar ``batch_size`` and real ``ratio``, with the
     attention load ``Normal(mu, s^2)`` (:func:`~afdjax.attention_time_moments`)."""
+    check_batch_size(batch_size)
     ratio = as_float(ratio)
     sig_a, sig_f, sig_c = _noise_sigmas(latency)
     t_c, t_cb = latency.comm_time(ratio, batch_size), latency.comm_back_time(ratio, batch_size)
