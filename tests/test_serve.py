@@ -1,0 +1,254 @@
+"""Open-loop serving (issue 14): the engine against an independent per-step NumPy reference
+(:mod:`tests.test_serve_reference`), its limits, and bad input.
+
+The default tests share one compiled shape (``B = 4``, ratios ``[1, 3]``, Poisson arrivals,
+``STEPS`` x ``REPLICAS``; a KV capacity is a traced value) plus a trace replay; the
+many-replica and saturation variants are ``slow``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from test_serve_reference import run_bundle, summarise
+
+import afdjax
+from afdjax._serve import GammaArrivals, TraceArrivals, load_arrival_trace, read_arrival_times, serve
+
+COEF = dict(alpha_a=0.05, beta_a=5.0, alpha_f=0.5, beta_f=10.0, alpha_c=0.1, beta_c=2.0)
+LAT = afdjax.LatencyModel(**COEF)
+WORKLOAD = afdjax.Uniform(50, 150, 5, 15)
+B, RATIOS, STEPS, REPLICAS = 4, [1, 3], 3000, 8
+RATES = [0.002, 0.008, 0.011]
+PREFILL_BETA, SLO_TPOT, SLO_TTFT = 3.0, 16.0, 40.0
+COMPARED = (
+    "throughput_per_instance",
+    "goodput_per_instance",
+    "tpot_mean",
+    "tpot_p99",
+    "ttft_mean",
+    "ttft_p99",
+    "mean_queue_length",
+    "mean_in_system",
+)
+
+
+def _uniform_lengths(rng, n):
+    return float(rng.integers(50, 151)), int(rng.integers(5, 16))
+
+
+def _exp_gap(rng, n):
+    return rng.exponential()
+
+
+def _engine(kv=None, rates=RATES, **kw):
+    return serve(
+        jax.random.key(1),
+        WORKLOAD,
+        LAT,
+        B,
+        RATIOS,
+        rates,
+        STEPS,
+        REPLICAS,
+        kv_capacity=kv,
+        prefill_beta=PREFILL_BETA,
+        slo_tpot=SLO_TPOT,
+        slo_ttft=SLO_TTFT,
+        **kw,
+    )
+
+
+def _reference(
+    r, rate, seed, kv=math.inf, lengths=_uniform_lengths, gap=_exp_gap, warmup=None, steps=STEPS, reps=REPLICAS
+):
+    rng = np.random.default_rng(seed)
+    warmup = 64 if warmup is None else warmup
+    runs = [
+        run_bundle(
+            rng,
+            r,
+            B,
+            rate,
+            steps,
+            warmup,
+            COEF,
+            lengths,
+            gap,
+            kv_capacity=kv,
+            prefill_beta=PREFILL_BETA,
+            slo_tpot=SLO_TPOT,
+            slo_ttft=SLO_TTFT,
+        )
+        for _ in range(reps)
+    ]
+    return summarise(runs, r)
+
+
+def _engine_value(res, name, i, k):
+    if name in ("tpot_p99", "ttft_p99"):
+        return float(np.asarray(getattr(res, name))[i, k]), float(np.asarray(getattr(res, name + "_stderr"))[i, k])
+    se_name = {"throughput_per_instance": "stderr", "goodput_per_instance": "goodput_stderr"}.get(
+        name, name + "_stderr"
+    )
+    return float(np.asarray(getattr(res, name))[i, k]), float(np.asarray(getattr(res, se_name))[i, k])
+
+
+def _compare(res, ref, i, k, names=COMPARED):
+    label = f"ratio {res.ratios[i]}, rate {res.arrival_rates[k]}"
+    bad = []
+    for name in names:
+        e, se_e = _engine_value(res, name, i, k)
+        v, se_r = ref[name]
+        z = abs(e - v) / math.sqrt(se_e**2 + se_r**2)
+        if not z <= 3.0:
+            bad.append(f"{name}: engine {e:.6g} +- {se_e:.3g}, reference {v:.6g} +- {se_r:.3g} (z = {z:.1f})")
+    assert not bad, f"{label}:\n" + "\n".join(bad)
+
+
+@pytest.fixture(scope="module")
+def unlimited():
+    return _engine()
+
+
+@pytest.fixture(scope="module")
+def kv_bound():
+    return _engine(kv=250.0)
+
+
+@pytest.mark.parametrize("i, k", [(0, 1), (1, 2)])
+def test_matches_reference_poisson(unlimited, i, k):
+    _compare(unlimited, _reference(RATIOS[i], RATES[k], seed=10 + 3 * i + k), i, k)
+
+
+def test_matches_reference_kv_capacity_bound(kv_bound, unlimited):
+    i, k = 1, 1
+    # the capacity binds: fewer occupied slots and a longer queue than without it
+    assert kv_bound.mean_occupied_slots[i, k] < 0.9 * unlimited.mean_occupied_slots[i, k]
+    assert kv_bound.mean_queue_length[i, k] > 2 * unlimited.mean_queue_length[i, k]
+    _compare(kv_bound, _reference(RATIOS[i], RATES[k], seed=20, kv=250.0), i, k)
+
+
+def test_light_load_littles_law_and_throughput(unlimited):
+    """At light load: requests in the bundle = r X x mean sojourn (2 %); throughput per
+    instance = r X E[D] / (r + 1) (3 standard errors)."""
+    k = 0
+    ED = 10.0
+    for i, r in enumerate(RATIOS):
+        lam = r * RATES[k]
+        little = float(unlimited.mean_in_system[i, k]) / (lam * float(unlimited.mean_sojourn_time[i, k]))
+        assert abs(little - 1.0) < 0.02, (r, little)
+        want = lam * ED / (r + 1)
+        got, se = float(unlimited.throughput_per_instance[i, k]), float(unlimited.stderr[i, k])
+        assert abs(got - want) < 3 * se + 0.01 * want, (r, got, want, se)
+        assert not bool(unlimited.saturated[i, k])
+
+
+def test_result_fields_and_settings(unlimited):
+    assert unlimited.throughput_per_instance.shape == (2, 3)
+    assert unlimited.tpot_quantiles.shape == (2, 3, 3)
+    np.testing.assert_allclose(np.asarray(unlimited.arrival_rate_total), np.outer(RATIOS, RATES))
+    assert unlimited.settings["policy"] == "balanced"
+    assert np.all(np.asarray(unlimited.utilisation_attention) <= 1.0 + 1e-9)
+    assert np.all(np.asarray(unlimited.goodput_per_instance) <= np.asarray(unlimited.throughput_per_instance) + 1e-12)
+    # common random numbers: a rate's column does not depend on the other rates
+    one = _engine(rates=[RATES[1], 0.004, 0.005])
+    np.testing.assert_allclose(
+        np.asarray(one.throughput_per_instance)[:, 0], np.asarray(unlimited.throughput_per_instance)[:, 1], rtol=1e-12
+    )
+
+
+# ------------------------------------------------------------------------- trace replay
+TRACE_T = np.cumsum(np.random.default_rng(5).choice([0.0, 0.2, 3.0], size=400, p=[0.3, 0.5, 0.2]))
+TRACE_P = np.random.default_rng(6).integers(20, 200, size=400).astype(float)
+TRACE_D = np.random.default_rng(7).integers(3, 20, size=400)
+
+
+def test_trace_replay_matches_reference():
+    trace = TraceArrivals(TRACE_T, TRACE_P, TRACE_D)
+    rate = 0.009
+    res = serve(
+        jax.random.key(2),
+        None,
+        LAT,
+        B,
+        [3],
+        [rate],
+        STEPS,
+        REPLICAS,
+        arrivals=trace,
+        prefill_beta=PREFILL_BETA,
+        slo_tpot=SLO_TPOT,
+        slo_ttft=SLO_TTFT,
+    )
+    gaps = np.append(np.diff(TRACE_T), (TRACE_T[-1] - TRACE_T[0]) / 399)
+    gaps = gaps / gaps.mean()
+    offsets = {}
+
+    def start(rng, n):
+        if n == 0:
+            offsets["o"] = int(rng.integers(0, 400))
+        return gaps[(offsets["o"] + n - 1) % 400]
+
+    def lengths(rng, n):
+        row = (offsets["o"] + n) % 400
+        return float(TRACE_P[row]), int(TRACE_D[row])
+
+    _compare(res, _reference(3, rate, seed=30, lengths=lengths, gap=start), 0, 0)
+
+
+def test_bundled_trace_timestamps(azure_conv_path, mooncake_conv_path):
+    t = read_arrival_times("azure-conv")
+    assert t.size > 1000 and np.all(np.diff(t) >= 0)
+    assert abs((t[1] - t[0]) - (50.9951690 - 46.6805900)) < 1e-5  # the CSV's first two TIMESTAMPs
+    m = read_arrival_times(mooncake_conv_path)
+    assert m[0] == 0.0 and m[-1] > 0  # milliseconds converted to seconds
+    arrivals = load_arrival_trace("azure-code")
+    assert arrivals.has_lengths() and arrivals.num_requests > 100
+    assert abs(float(np.mean(np.asarray(arrivals.gaps))) - 1.0) < 1e-9
+
+
+# ------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(arrival_rates=[0.0]), "arrival_rates=[0.0] is invalid: expected a non-empty list of finite numbers > 0"),
+        (dict(arrival_rates=[-1.0]), "arrival_rates=[-1.0] is invalid"),
+        (dict(arrival_rates=[]), "arrival_rates=[] is invalid"),
+        (dict(slo_tpot=0.0), "slo_tpot=0.0 is invalid: expected a finite number > 0"),
+        (dict(slo_ttft=-1.0), "slo_ttft=-1.0 is invalid: expected a finite number > 0"),
+        (dict(kv_capacity=0.0), "kv_capacity=0.0 is invalid: expected a finite number > 0"),
+        (
+            dict(policy="fastest"),
+            "policy='fastest' is invalid: expected one of balanced, least_kv, round_robin, random",
+        ),
+        (dict(ratios=[0]), "ratios=[0] is invalid"),
+        (dict(arrivals="weibull"), "arrivals='weibull' is invalid"),
+        (dict(step_model=afdjax.Pipeline(2)), "step_model="),
+    ],
+)
+def test_bad_input(kwargs, fragment):
+    args = dict(arrival_rates=[0.001], ratios=[1])
+    args.update(kwargs)
+    rates, ratios = args.pop("arrival_rates"), args.pop("ratios")
+    with pytest.raises(ValueError) as err:
+        serve(jax.random.key(0), WORKLOAD, LAT, B, ratios, rates, 10, 2, **args)
+    assert fragment in str(err.value)
+
+
+def test_bad_traces(tmp_path):
+    with pytest.raises(ValueError, match="no timestamps"):
+        p = tmp_path / "t.csv"
+        p.write_text("ContextTokens,GeneratedTokens\n10,2\n20,3\n")
+        load_arrival_trace(p)
+    with pytest.raises(ValueError, match="no records"):
+        p = tmp_path / "e.csv"
+        p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+        load_arrival_trace(p)
+    with pytest.raises(ValueError, match="timestamps"):
+        TraceArrivals([])
+    with pytest.raises(ValueError, match="cv=0.0 is invalid"):
+        GammaArrivals(0.0)
