@@ -252,3 +252,38 @@ def test_bad_traces(tmp_path):
         TraceArrivals([])
     with pytest.raises(ValueError, match="cv=0.0 is invalid"):
         GammaArrivals(0.0)
+
+
+# ------------------------------------------------------------------------- limits
+def test_far_above_capacity_is_the_saturated_engine():
+    """Far above capacity every slot is refilled at once: throughput per instance is
+    ``simulate``'s (3 combined standard errors) and the rate is flagged saturated."""
+    res = _engine(rates=[0.002, 0.05, 0.2])
+    sim = afdjax.simulate(jax.random.key(3), WORKLOAD, LAT, B, RATIOS, STEPS, REPLICAS)
+    assert not bool(res.saturated[1, 0])
+    for i in range(len(RATIOS)):
+        assert bool(res.saturated[i, 2]) and bool(res.saturated[i, 1])
+        got, se = float(res.throughput_per_instance[i, 2]), float(res.stderr[i, 2])
+        want, se_sim = float(sim.throughput_per_instance[i]), float(sim.stderr[i])
+        assert abs(got - want) < 3 * math.hypot(se, se_sim), (RATIOS[i], got, want, se, se_sim)
+        assert float(res.mean_occupied_slots[i, 2]) > B - 0.01
+
+
+@pytest.mark.slow  # another compiled shape (one slot)
+def test_one_slot_deterministic_is_md1():
+    """One slot, deterministic lengths and stages: the M/D/1 queue (Pollaczek-Khinchine)."""
+    wl = afdjax.Fixed(100.0, 5)
+    S = 5 * 10.5  # every step is the FFN's alpha_f + beta_f
+    rates = [0.006, 0.012, 0.016]
+    res = serve(jax.random.key(4), wl, LAT, 1, [1], rates, 40000, 8)
+    for k, lam in enumerate(rates):
+        rho = lam * S
+        wq = lam * S**2 / (2 * (1 - rho))
+        got, se = float(res.ttft_mean[0, k]), float(res.ttft_mean_stderr[0, k])
+        assert abs(got - wq) < 3 * se, (lam, got, wq, se)
+        lq = lam * wq
+        got, se = float(res.mean_queue_length[0, k]), float(res.mean_queue_length_stderr[0, k])
+        assert abs(got - lq) < 3 * se, (lam, got, lq, se)
+        np.testing.assert_allclose(float(res.tpot_mean[0, k]), 10.5, rtol=1e-12)
+        np.testing.assert_allclose(float(res.mean_sojourn_time[0, k]), wq + S, rtol=0.05)
+        np.testing.assert_allclose(float(res.throughput_per_instance[0, k]), lam * 5 / 2, rtol=0.03)

@@ -251,23 +251,27 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             jnp.where(k == cfg.warmup_steps, q.n_arr - q.head + n_occ0, st.start_in_system),
         )
 
-        # 2. arrivals up to the step's start
+        # 2. arrivals up to the step's start: at most A per step into a small buffer, then
+        # one write into the ring (a later one keeps its time and joins at a later step)
         def arrive_cond(c):
-            _, n_arr, next_arr, _, _ = c
-            return (next_arr <= clock) & (n_arr - q.head < Q)
+            i, _, n_arr, next_arr, _, _ = c
+            return (i < A) & (next_arr <= clock) & (n_arr - q.head < Q)
 
         def arrive(c):
-            ring, n_arr, next_arr, area, count = c
-            ring = ring.at[jnp.mod(n_arr, Q)].set(next_arr)
+            i, buf, n_arr, next_arr, area, count = c
+            buf = buf.at[i].set(next_arr)
             area = area + jnp.where(measured, clock - next_arr, 0.0)
             count = count + measured.astype(jnp.int32)
             n_arr = n_arr + 1
-            return ring, n_arr, next_arr + gap(n_arr), area, count
+            return i + 1, buf, n_arr, next_arr + gap(n_arr), area, count
 
-        ring, n_arr, next_arr, arrival_area, arrivals_count = jax.lax.while_loop(
-            arrive_cond, arrive, (q.ring, q.n_arr, q.next_arr, st.arrival_area, st.arrivals)
-        )
-        cap_hit = st.cap_hit | ((next_arr <= clock) & (n_arr - q.head >= Q))
+        zero_i = jnp.zeros((), jnp.int32)
+        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr, st.arrival_area, st.arrivals)
+        n_new, buf, n_arr, next_arr, arrival_area, arrivals_count = jax.lax.while_loop(arrive_cond, arrive, c0)
+        slot_of = jnp.where(jnp.arange(A) < n_new, jnp.mod(q.n_arr + jnp.arange(A), Q), Q)
+        ring = q.ring.at[slot_of].set(buf, mode="drop")
+        pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
+        cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
 
         # 3. admission
         free0 = B - jnp.sum(slots.occ, axis=1, dtype=jnp.int32)
@@ -305,11 +309,15 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             stop = stop | (cand & ~never & ~jnp.any(elig))
             return i + 1, sl, head, free, kv, stop, jnp.where(take, j, last), rejected
 
-        zero_i = jnp.zeros((), jnp.int32)
         c0 = (zero_i, slots, q.head, free0, kv0, jnp.zeros((), bool), q.last, st.rejected)
         i, slots, head, free, kv, stop, last, rejected = jax.lax.while_loop(more, admit, c0)
         _, _, cand, never, elig = can_take(head, free, kv)
-        truncated = st.truncated | ((i >= A) & cand & ~stop & jnp.any(mask & (free > 0)) & (never | jnp.any(elig)))
+        slot_free = jnp.any(mask & (free > 0))
+        truncated = (
+            st.truncated
+            | ((i >= A) & cand & ~stop & slot_free & (never | jnp.any(elig)))
+            | (pending & (n_new >= A) & (head == n_arr) & slot_free)
+        )
 
         # 4. the step
         n_inst = jnp.sum(slots.occ, axis=1, dtype=jnp.int32)
