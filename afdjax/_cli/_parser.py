@@ -11,6 +11,7 @@ import sys
 
 from ._errors import CliError
 from ._parser_compare import add_compare_parser
+from ._parser_serve import add_serve_parser
 
 DEFAULT_WORKLOAD = "geometric:mu_p=100,mu_d=500"
 DEFAULT_HARDWARE = "paper-910c"
@@ -463,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", action="store_true", help="print one JSON object")
     _add_sweep_parser(sub)
     _add_hardware_commands(sub)
-    add_compare_parser(sub, sys.modules[__name__])
+    add_serve_parser(sub, sys.modules[__name__], add_compare_parser)  # compare, then serve and capacity
     return parser
 
 
