@@ -154,8 +154,11 @@ def test_result_fields_and_settings(unlimited):
     assert unlimited.settings["policy"] == "balanced"
     assert np.all(np.asarray(unlimited.utilisation_attention) <= 1.0 + 1e-9)
     assert np.all(np.asarray(unlimited.goodput_per_instance) <= np.asarray(unlimited.throughput_per_instance) + 1e-12)
-    # common random numbers: a rate's column does not depend on the other rates
-    one = _engine(rates=[RATES[1], 0.004, 0.005])
+    # common random numbers: a rate's column does not depend on the other rates; far above
+    # capacity the queue grows (saturated) and every slot stays occupied
+    one = _engine(rates=[RATES[1], 0.05, 0.2])
+    assert np.all(np.asarray(one.saturated)[:, 1:]) and not np.any(np.asarray(one.saturated)[:, 0])
+    assert np.all(np.asarray(one.mean_occupied_slots)[:, 2] > B - 0.01)
     np.testing.assert_allclose(
         np.asarray(one.throughput_per_instance)[:, 0], np.asarray(unlimited.throughput_per_instance)[:, 1], rtol=1e-12
     )
@@ -255,6 +258,7 @@ def test_bad_traces(tmp_path):
 
 
 # ------------------------------------------------------------------------- limits
+@pytest.mark.slow  # compiles simulate as well; the saturation flag is checked by default above
 def test_far_above_capacity_is_the_saturated_engine():
     """Far above capacity every slot is refilled at once: throughput per instance is
     ``simulate``'s (3 combined standard errors) and the rate is flagged saturated."""

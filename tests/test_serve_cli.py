@@ -11,6 +11,8 @@ from afdjax._serve import CapacityResult, plan
 
 HW = "alpha_a=0.05,beta_a=5,alpha_f=0.5,beta_f=10,alpha_c=0.1,beta_c=2"
 WL = "uniform:prefill=50..150,decode=5..15"
+SHARED = ["--workload", WL, "--hardware", HW, "--batch-size", "4", "--ratios", "1,3", "--steps", "3000"]
+SHARED += ["--replicas", "8", "--seed", "1"]
 SMALL = ["--workload", WL, "--hardware", HW, "--batch-size", "2", "--steps", "300", "--replicas", "2"]
 KEYS = (
     "ratios",
@@ -31,18 +33,23 @@ KEYS = (
 
 
 def test_serve_json(capsys, tmp_path):
+    """The shapes of tests/test_serve.py (the compiled program is shared through the cache):
+    nested lists per ratio over the three rates; one rate gives a value per ratio."""
     plot = tmp_path / "s.png"
-    argv = ["serve", *SMALL, "--ratios", "1,2", "--arrival-rate", "0.004", "--slo-tpot", "20", "--json"]
-    assert main([*argv, "--plot", str(plot)]) == 0
+    argv = ["serve", *SHARED, "--arrival-rate", "0.002,0.008,0.011", "--slo-tpot", "16", "--json"]
+    assert main([*argv, "--plot", str(plot), "--prefill-beta", "3", "--slo-ttft", "40"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(KEYS) <= set(out)
-    assert out["ratios"] == [1, 2]
-    assert out["arrival_rate_total"] == pytest.approx([0.004, 0.008])
-    assert all(isinstance(s, bool) for s in out["saturated"])
-    assert len(out["throughput_per_instance"]) == 2 and all(x > 0 for x in out["throughput_per_instance"])
-    assert out["settings"]["slo_tpot"] == 20.0 and out["settings"]["policy"] == "balanced"
-    assert out["settings"]["batch_size"] == 2 and out["plot"] == str(plot)
+    assert out["ratios"] == [1, 3] and out["arrival_rates"] == [0.002, 0.008, 0.011]
+    assert out["arrival_rate_total"][1] == pytest.approx([0.006, 0.024, 0.033])
+    assert all(isinstance(s, bool) for row in out["saturated"] for s in row)
+    assert all(x > 0 for row in out["throughput_per_instance"] for x in row)
+    assert out["settings"]["slo_tpot"] == 16.0 and out["settings"]["policy"] == "balanced"
+    assert out["settings"]["batch_size"] == 4 and out["plot"] == str(plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["serve", *SHARED, "--arrival-rate", "0.002,0.008,0.0111"]) == 0  # the text table
+    text = capsys.readouterr().out
+    assert "arrival rate 0.0111 per Attention instance" in text and "TPOT p99" in text
 
 
 @pytest.mark.parametrize(

@@ -165,7 +165,8 @@ class Stats(eqx.Module):
     end_in_system: jax.Array
     rejected: jax.Array
     cap_hit: jax.Array  # bool
-    truncated: jax.Array  # bool
+    truncated: jax.Array  # bool: a step needed more than max_admissions (rerun)
+    need: jax.Array  # the max_admissions it needed (at least)
 
     @staticmethod
     def zeros(num_bins, dtype):
@@ -173,7 +174,7 @@ class Stats(eqx.Module):
         i = jnp.zeros((), jnp.int32)
         h = jnp.zeros(num_bins + 2, jnp.int32)
         f = jnp.zeros((), bool)
-        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, f, f)
+        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, f, f, i)
 
 
 def _bin(value, log_lo, dlog, num_bins):
@@ -285,38 +286,61 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             return p, d, cand, never, elig
 
         def more(c):
-            i, _, head, free, _, stop, _, _ = c
+            i, head, free, _, _, stop, _, _, _ = c
             return (i < A) & (head < n_arr) & ~stop & jnp.any(mask & (free > 0))
 
         def admit(c):
-            i, sl, head, free, kv, stop, last, rejected = c
+            # only small state in the loop (a batched while loop copies its whole carry per
+            # iteration): the decisions go to buffers of A, written into the slots after it
+            i, head, free, kv, count, stop, last, rejected, dec = c
             p, d, cand, never, elig = can_take(head, free, kv)
             take = cand & ~never & jnp.any(elig)
             j = pick(elig, free, kv, head, last)
-            s = jnp.argmax(~sl.occ[j]).astype(jnp.int32)
-            a = ring[jnp.mod(head, Q)]
-
-            new_i = jnp.stack([d.astype(jnp.int32), jnp.zeros((), jnp.int32)])
-            new_f = jnp.stack([p, a, clock - a, jnp.zeros((), fdtype)])
-            sl = Slots(
-                sl.ints.at[j, s].set(jnp.where(take, new_i, sl.ints[j, s])),
-                sl.floats.at[j, s].set(jnp.where(take, new_f, sl.floats[j, s])),
-            )
+            a = head_times[jnp.clip(head - q.head, 0, A - 1)]
+            row = jnp.stack([j, count[j], d.astype(jnp.int32), take.astype(jnp.int32)])
+            dec = (dec[0].at[i].set(row), dec[1].at[i].set(jnp.stack([p, a, clock - a])))
             free = free.at[j].add(-take.astype(free.dtype))
             kv = kv.at[j].add(jnp.where(take, p, 0.0))
+            count = count.at[j].add(take.astype(count.dtype))
             rejected = rejected + (cand & never & measured).astype(jnp.int32)
             head = head + (take | (cand & never)).astype(head.dtype)
             stop = stop | (cand & ~never & ~jnp.any(elig))
-            return i + 1, sl, head, free, kv, stop, jnp.where(take, j, last), rejected
+            return i + 1, head, free, kv, count, stop, jnp.where(take, j, last), rejected, dec
 
-        c0 = (zero_i, slots, q.head, free0, kv0, jnp.zeros((), bool), q.last, st.rejected)
-        i, slots, head, free, kv, stop, last, rejected = jax.lax.while_loop(more, admit, c0)
+        head_times = ring[jnp.mod(q.head + jnp.arange(A), Q)]  # the first A in the queue
+        dec0 = (jnp.zeros((A, 4), jnp.int32), jnp.zeros((A, 3), fdtype))
+        count0 = jnp.zeros(R, jnp.int32)
+        c0 = (zero_i, q.head, free0, kv0, count0, jnp.zeros((), bool), q.last, st.rejected, dec0)
+        i, head, free, kv, count, stop, last, rejected, (dint, dflt) = jax.lax.while_loop(more, admit, c0)
+        # the c-th request admitted to instance j takes its c-th lowest free slot
+        free_slot = ~slots.occ
+        rank = jnp.cumsum(free_slot, axis=1, dtype=jnp.int32) - 1  # (R, B): rank among the instance's free slots
+        valid = (jnp.arange(A) < i) & (dint[:, 3] == 1)
+        table = (
+            jnp.full((R, B), A, jnp.int32)
+            .at[jnp.where(valid, dint[:, 0], R), dint[:, 1]]
+            .set(jnp.arange(A, dtype=jnp.int32), mode="drop")
+        )
+        newly = free_slot & (rank < count[:, None])
+        k_of = jnp.where(newly, jnp.take_along_axis(table, jnp.clip(rank, 0, B - 1), axis=1), A)
+        d_new = jnp.append(dint[:, 2], 0)[k_of]
+        f_new = jnp.concatenate([dflt, jnp.zeros((1, 3), fdtype)])[k_of]  # (R, B, 3)
+        slots = Slots(
+            jnp.where(newly[..., None], jnp.stack([d_new, jnp.zeros_like(d_new)], axis=-1), slots.ints),
+            jnp.where(newly[..., None], jnp.concatenate([f_new, jnp.zeros((R, B, 1), fdtype)], axis=-1), slots.floats),
+        )
         _, _, cand, never, elig = can_take(head, free, kv)
         slot_free = jnp.any(mask & (free > 0))
-        truncated = (
-            st.truncated
-            | ((i >= A) & cand & ~stop & slot_free & (never | jnp.any(elig)))
-            | (pending & (n_new >= A) & (head == n_arr) & slot_free)
+        cut_admissions = (i >= A) & cand & ~stop & slot_free & (never | jnp.any(elig))
+        cut_arrivals = pending & (n_new >= A) & (head == n_arr) & slot_free
+        truncated = st.truncated | cut_admissions | cut_arrivals
+        free_total = jnp.sum(jnp.where(mask, free, 0), dtype=jnp.int32)
+        need = jnp.maximum(
+            st.need,
+            jnp.maximum(
+                jnp.where(cut_admissions, i + jnp.minimum(n_arr - head, free_total), 0),
+                jnp.where(cut_arrivals, 2 * A, 0),
+            ),
         )
 
         # 4. the step
@@ -338,15 +362,13 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         tb = _bin(tpot, tl, td, cfg.num_bins).ravel()
         wb = _bin(ttft, wl, wd, cfg.num_bins).ravel()
 
-        # histograms: one finished request at a time (a step finishes few of the r B slots)
-        def record(c):
-            left, th, wh = c
-            f = jnp.argmax(left)
-            return left.at[f].set(False), th.at[tb[f]].add(1), wh.at[wb[f]].add(1)
-
-        _, tpot_hist, ttft_hist = jax.lax.while_loop(
-            lambda c: jnp.any(c[0]), record, (rec.ravel(), st.tpot_hist, st.ttft_hist)
-        )
+        # histograms: the first A finished requests of the step (more is flagged: rerun with more)
+        (first,) = jnp.nonzero(rec.ravel(), size=A, fill_value=R * B)
+        n_rec = jnp.sum(rec, dtype=jnp.int32)
+        tb_pad = jnp.append(tb, cfg.num_bins + 2)  # the fill value maps out of range: dropped
+        wb_pad = jnp.append(wb, cfg.num_bins + 2)
+        tpot_hist = st.tpot_hist.at[tb_pad[first]].add(1, mode="drop")
+        ttft_hist = st.ttft_hist.at[wb_pad[first]].add(1, mode="drop")
         rf = ratio.astype(fdtype)
         st = Stats(
             time=st.time + w * (idle + tau),
@@ -374,7 +396,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             ),
             rejected=rejected,
             cap_hit=cap_hit,
-            truncated=truncated,
+            truncated=truncated | (n_rec > A),
+            need=jnp.maximum(need, n_rec),
         )
         slots = Slots(
             jnp.stack([slots.dec, idx], axis=-1), jnp.stack([slots.pre, slots.arr, slots.wait, tsum], axis=-1)

@@ -81,10 +81,11 @@ def default_warmup(mean_decode: float, num_steps: int) -> int:
 
 
 def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
-    """Admissions per step the loop allows before a rerun: the mean completions of a full
-    bundle plus 4 standard deviations and 4 (at most every slot)."""
+    """Admissions (and arrivals, and finished requests) per step the buffers hold before a
+    rerun: every slot up to 256 of them (so a bundle filling from empty needs none), else
+    the mean completions of a full bundle plus 4 standard deviations and 4."""
     m = max_ratio * batch_size / max(mean_decode, 1.0)
-    return int(min(max_ratio * batch_size, math.ceil(m + 4.0 * math.sqrt(m) + 4.0)))
+    return int(min(max_ratio * batch_size, max(256, math.ceil(m + 4.0 * math.sqrt(m) + 4.0))))
 
 
 _block_jit = filter_jit(replica_block)
@@ -260,7 +261,8 @@ def serve(
             st = runner(key_words, sim_workload, arrivals, latency, inp, ratios_arr, rates_arr, cfg)
             if not bool(np.any(np.asarray(st.truncated))) or max_admissions >= rmax * batch_size:
                 break
-            max_admissions = min(2 * max_admissions, rmax * batch_size)
+            need = max(2 * max_admissions, int(np.max(np.asarray(st.need))))
+            max_admissions = min(1 << (need - 1).bit_length(), rmax * batch_size)  # a power of two
     fields = aggregate(st, ratios_arr, rates_arr, float(scale), num_bins)
     settings = dict(
         arrivals=arrivals.describe(),
