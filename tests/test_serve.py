@@ -291,3 +291,95 @@ def test_one_slot_deterministic_is_md1():
         np.testing.assert_allclose(float(res.tpot_mean[0, k]), 10.5, rtol=1e-12)
         np.testing.assert_allclose(float(res.mean_sojourn_time[0, k]), wq + S, rtol=0.05)
         np.testing.assert_allclose(float(res.throughput_per_instance[0, k]), lam * 5 / 2, rtol=0.03)
+
+
+@pytest.mark.slow  # another compiled program (gamma arrivals) and a long reference
+def test_gamma_arrivals_match_reference():
+    """Bursty renewal arrivals (cv = 2): the engine's gamma quantile against NumPy's gamma."""
+    cv = 2.0
+    res = serve(
+        jax.random.key(5),
+        WORKLOAD,
+        LAT,
+        B,
+        RATIOS,
+        RATES,
+        STEPS,
+        REPLICAS,
+        arrivals=GammaArrivals(cv),
+        prefill_beta=PREFILL_BETA,
+        slo_tpot=SLO_TPOT,
+        slo_ttft=SLO_TTFT,
+    )
+    shape = 1 / cv**2
+
+    def gap(rng, n):
+        return rng.gamma(shape) / shape
+
+    for i, k in ((0, 1), (1, 1)):
+        _compare(res, _reference(RATIOS[i], RATES[k], seed=40 + i, gap=gap), i, k)
+
+
+@pytest.mark.slow  # many replicas: the reference comparison with tighter standard errors
+def test_matches_reference_many_replicas():
+    res = serve(
+        jax.random.key(6),
+        WORKLOAD,
+        LAT,
+        B,
+        RATIOS,
+        RATES,
+        STEPS,
+        32,
+        kv_capacity=250.0,
+        prefill_beta=PREFILL_BETA,
+        slo_tpot=SLO_TPOT,
+        slo_ttft=SLO_TTFT,
+    )
+    for i, k in ((0, 0), (1, 1), (1, 2)):
+        _compare(res, _reference(RATIOS[i], RATES[k], seed=50 + 3 * i + k, kv=250.0, reps=32), i, k)
+
+
+@pytest.mark.slow  # one compiled program per policy
+@pytest.mark.parametrize("policy", ["least_kv", "round_robin", "random"])
+def test_other_policies_conserve_work(policy):
+    """Every policy serves the same requests: below capacity the throughput is the arrival
+    rate's (r X E[D] / (r + 1)) whatever the assignment."""
+    res = serve(jax.random.key(7), WORKLOAD, LAT, B, RATIOS, RATES[:2], STEPS, REPLICAS, policy=policy)
+    base = serve(jax.random.key(7), WORKLOAD, LAT, B, RATIOS, RATES[:2], STEPS, REPLICAS)
+    assert res.settings["policy"] == policy
+    for i, r in enumerate(RATIOS):
+        for k, x in enumerate(RATES[:2]):
+            want = r * x * 10.0 / (r + 1)
+            got, se = float(res.throughput_per_instance[i, k]), float(res.stderr[i, k])
+            assert abs(got - want) < 3 * se + 0.02 * want, (policy, r, x, got, want)
+    # one instance: every policy makes the same choice (the same numbers); with three the
+    # default's balance keeps the barrier lowest (random assignment unbalances the loads)
+    np.testing.assert_allclose(np.asarray(res.tpot_mean)[0], np.asarray(base.tpot_mean)[0], rtol=1e-12)
+    assert np.all(np.asarray(res.tpot_mean)[1] >= 0.98 * np.asarray(base.tpot_mean)[1])
+
+
+@pytest.mark.slow  # simulate and several serve grids
+def test_capacity_and_kv_stability_rate():
+    from afdjax._serve import capacity, plan
+
+    cap = capacity(
+        jax.random.key(8),
+        WORKLOAD,
+        LAT,
+        B,
+        [1, 3],
+        slo_tpot=20.0,
+        num_steps=2000,
+        num_replicas=4,
+        kv_capacity=250.0,
+        prefill_beta=PREFILL_BETA,
+    )
+    for i in range(2):
+        assert 0 < cap.capacity_rate[i] <= cap.saturated_rate[i] * 1.05
+        assert cap.limited_by[i] in ("saturation", "tpot")
+        assert cap.tpot_p99_at_capacity[i] <= 20.0
+        # the closed form uses the saturated (full-batch) step: a lower bound of the simulated KV-bound rate
+        assert 0 < cap.kv_stability_rate[i] <= 1.05 * cap.kv_simulated_rate[i]
+    p = plan(cap, 1.0)
+    assert p.best_ratio in (1, 3) and p.best_instances == min(p.instances)

@@ -115,7 +115,7 @@ def run_bundle(
 
 def summarise(runs, r: int) -> dict:
     """``{name: (estimate, standard error)}`` over replicas ``runs`` (pooled estimates,
-    standard errors from the spread of the per-replica ones)."""
+    standard errors from the spread of the per-replica ones; the p99's by the jackknife)."""
 
     def pooled(num, den):
         return sum(num) / sum(den)
@@ -150,5 +150,8 @@ def summarise(runs, r: int) -> dict:
     for name in ("tpot", "ttft"):
         allv = np.concatenate([x[name] for x in runs])
         out[f"{name}_mean"] = (float(np.mean(allv)), se([np.mean(x[name]) for x in runs]))
-        out[f"{name}_p99"] = (float(np.quantile(allv, 0.99)), se([np.quantile(x[name], 0.99) for x in runs]))
+        n = len(runs)  # jackknife over replicas: the pooled quantile leaving one replica out
+        loo = [np.quantile(np.concatenate([x[name] for j, x in enumerate(runs) if j != i]), 0.99) for i in range(n)]
+        jack = math.sqrt((n - 1) / n * float(np.sum((np.asarray(loo) - np.mean(loo)) ** 2)))
+        out[f"{name}_p99"] = (float(np.quantile(allv, 0.99)), jack)
     return out

@@ -117,6 +117,17 @@ def _mean_se(x):
     return mean, np.std(x, axis=0, ddof=1) / math.sqrt(n)
 
 
+def _jackknife_se(hist, total, log_lo, dlog, levels):
+    """Jackknife standard error over replicas of the pooled-histogram quantiles (the pooled
+    quantile of a heavy tail is driven by a few replicas: the spread of the per-replica
+    quantiles understates its error). NaN with one replica."""
+    n = hist.shape[0]
+    if n < 2:
+        return np.full(hist_quantiles(total, log_lo, dlog, levels).shape, np.nan)
+    loo = np.stack([hist_quantiles(total - hist[i], log_lo, dlog, levels) for i in range(n)])
+    return np.sqrt((n - 1) / n * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
+
+
 def _div(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -184,8 +195,9 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     out["rejected"] = st.rejected.sum(axis=0)
     (tl, td), (wl, wd) = histogram_edges(float(scale), num_bins)
     for name, hist, lo, d in (("tpot", st.tpot_hist, tl, td), ("ttft", st.ttft_hist, wl, wd)):
-        out[f"{name}_quantiles"] = hist_quantiles(hist.sum(axis=0), float(lo), d, levels)
-        _, out[f"{name}_quantile_stderr"] = _mean_se(hist_quantiles(hist, float(lo), d, levels))
+        total = hist.sum(axis=0)
+        out[f"{name}_quantiles"] = hist_quantiles(total, float(lo), d, levels)
+        out[f"{name}_quantile_stderr"] = _jackknife_se(hist, total, float(lo), d, levels)
     growth = f["end_in_system"] - f["start_in_system"]
     g_mean, g_se = _mean_se(growth)
     a_mean = f["arrivals"].mean(axis=0)
