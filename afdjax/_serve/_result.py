@@ -48,7 +48,10 @@ class ServeResult(eqx.Module):
     """Mean over requests of the mean step time over their decode steps."""
     tpot_mean_stderr: jax.Array
     tpot_quantiles: jax.Array
-    """``(ratios, rates, levels)`` quantiles of TPOT over requests (levels :attr:`quantile_levels`)."""
+    """``(ratios, rates, levels)`` quantiles of TPOT over requests (levels :attr:`quantile_levels`),
+    from a log-spaced histogram of ``num_bins`` bins over ``[c / 1e3, 1e3 c]`` (``c`` the
+    full-batch step time; TTFT over ``[c / 1e3, 1e7 c]``): resolution one bin, 0.34 % (TTFT
+    0.56 %) with 4096 bins; standard errors by the jackknife over replicas."""
     tpot_quantile_stderr: jax.Array
     ttft_mean: jax.Array
     """Mean TTFT: queue wait + ``prefill_alpha P + prefill_beta``."""
