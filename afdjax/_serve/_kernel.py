@@ -8,20 +8,39 @@ One iteration is one decode step of the bundle:
    next arrival (the clock jumps to it);
 2. **arrivals**: every request that arrived at or before the step's start ``t`` joins the
    FIFO queue (a ring buffer of ``queue_capacity`` arrival times; while it is full the
-   arrival stream pauses, keeping its times, and the run is flagged saturated);
+   arrival stream pauses, keeping its times, and the run is flagged saturated). At most
+   ``max_admissions`` join per step; a later one keeps its arrival time and joins at the
+   next step, behind the others (FIFO), so only a step in which it could have been
+   admitted is wrong: such a step is flagged and the run repeated with larger buffers.
+   Time in the queue is counted from the arrival time either way;
 3. **admission** (:data:`POLICIES`, default ``"balanced"``): in arrival order while a slot
    is free, the head of the queue goes to the instance chosen by the policy among the
    first ``r`` instances that have a free slot and, with a KV capacity ``M`` per instance,
    where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
    waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
    is refused (counted). It takes the instance's lowest free slot and joins this step.
-   At most ``max_admissions`` requests per step: a step that would admit more is flagged
-   and the run repeated with twice as many (same random numbers);
+   At most ``max_admissions`` requests per step (and as many finished requests per step in
+   the histograms): a step that needs more is flagged and the run repeated with enough
+   (:func:`afdjax.serve` does it, same random numbers, so the same numbers come out);
 4. **step**: :func:`step_time` of the occupied loads; every occupied slot emits one token,
    its load grows by one; a request that has done its ``D`` steps leaves at the step's end.
 
 Times are kept relative to the start of the current chunk of steps (rebased after each
 chunk), so float32 runs do not lose the waits to a large clock.
+
+Cost: every step touches every slot of every bundle (``r_max B`` per bundle, ratios padded
+to ``r_max``); the admission and arrival loops run as many iterations as the step needs
+(a batched ``while_loop``), with only small state in their carry.
+
+**Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
+stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
+only (``jax.jvp``/``jacfwd``), and the queueing decisions (an arrival before or after a
+step's start, a KV fit) are comparisons with zero derivative: a pathwise derivative holds
+the order of events fixed. That is exact for TPOT and the step-time sums while the
+admissions do not move, approximately right for throughput below capacity (idle periods
+end at arrival times, which do not depend on the coefficients), and wrong where an event
+crossing matters (TTFT quantiles near a step boundary, the saturation onset). Not tested
+against finite differences yet.
 """
 
 from __future__ import annotations
