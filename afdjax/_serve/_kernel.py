@@ -35,12 +35,14 @@ to ``r_max``); the admission and arrival loops run as many iterations as the ste
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
 only (``jax.jvp``/``jacfwd``), and the queueing decisions (an arrival before or after a
-step's start, a KV fit) are comparisons with zero derivative: a pathwise derivative holds
-the order of events fixed. That is exact for TPOT and the step-time sums while the
-admissions do not move, approximately right for throughput below capacity (idle periods
-end at arrival times, which do not depend on the coefficients), and wrong where an event
-crossing matters (TTFT quantiles near a step boundary, the saturation onset). Not tested
-against finite differences yet.
+step's start, a KV fit, which instance) are comparisons with zero derivative: a pathwise
+derivative holds the order of events fixed and misses what moving events contribute.
+Measured against central differences with common random numbers (``d/d alpha_f``, the
+test configuration ``B = 4``, ``r = 1, 3``, loads 0.2 and 0.7, 8 x 3000 steps): mean TPOT
+pathwise 0.46, 0.20, 0.70, 0.33 against 0.64, 0.23, 0.82, 0.56 (15-40 % low); mean TTFT
+0.67, 2.5, 3.6, 31 against -0.62, -0.51, -0.09, 1.9 (wrong, even in sign); throughput
+below capacity about 0 both ways. So no gradient is offered: an estimator that carries the
+event crossings (as the saturated engine's coupled decode jumps do) is future work.
 """
 
 from __future__ import annotations

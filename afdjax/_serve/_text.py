@@ -24,6 +24,7 @@ JSON_KEYS = (
     "utilisation_ffn",
     "utilisation_comm",
     "arrival_rate_total",
+    "queue_growth",
     "saturated",
 )
 
