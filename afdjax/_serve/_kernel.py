@@ -183,6 +183,7 @@ class Stats(eqx.Module):
     tpot_hist: jax.Array  # (num_bins + 2,) underflow, bins, overflow
     ttft_hist: jax.Array
     start_in_system: jax.Array
+    mid_in_system: jax.Array  # at the middle of the measured window
     end_in_system: jax.Array
     rejected: jax.Array
     cap_hit: jax.Array  # bool
@@ -195,7 +196,7 @@ class Stats(eqx.Module):
         i = jnp.zeros((), jnp.int32)
         h = jnp.zeros(num_bins + 2, jnp.int32)
         f = jnp.zeros((), bool)
-        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, f, f, i)
+        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, i, f, f, i)
 
 
 def _bin(value, log_lo, dlog, num_bins):
@@ -267,10 +268,14 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         empty = (n_occ0 == 0) & (q.n_arr == q.head)
         idle = jnp.where(empty, jnp.maximum(q.next_arr - q.clock, 0.0), 0.0)
         clock = q.clock + idle
+        in_system = q.n_arr - q.head + n_occ0
         st = eqx.tree_at(
-            lambda s: s.start_in_system,
+            lambda s: (s.start_in_system, s.mid_in_system),
             st,
-            jnp.where(k == cfg.warmup_steps, q.n_arr - q.head + n_occ0, st.start_in_system),
+            (
+                jnp.where(k == cfg.warmup_steps, in_system, st.start_in_system),
+                jnp.where(k == cfg.warmup_steps + cfg.num_steps // 2, in_system, st.mid_in_system),
+            ),
         )
 
         # 2. arrivals up to the step's start: at most A per step into a small buffer, then
@@ -412,6 +417,7 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             tpot_hist=tpot_hist,
             ttft_hist=ttft_hist,
             start_in_system=st.start_in_system,
+            mid_in_system=st.mid_in_system,
             end_in_system=jnp.where(
                 k == cfg.warmup_steps + cfg.num_steps - 1, queued + n - jnp.sum(done, dtype=jnp.int32), st.end_in_system
             ),

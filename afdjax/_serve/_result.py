@@ -12,11 +12,11 @@ import numpy as np
 from ._kernel import Stats, histogram_edges
 
 SATURATION_GROWTH = 0.02
-"""A rate is flagged saturated when the requests in the bundle grew over the measured
-window by more than this fraction of the arrivals in it (mean over replicas), or when the
-queue reached its capacity. A stable queue's growth over a window is its fluctuation, of
-the order of the mean queue, small against 2 % of thousands of arrivals; a rate 10 % above
-the bound grows by about 9 % of them."""
+"""A rate is flagged saturated when the requests in the bundle grew over each half of the
+measured window by more than this fraction of the arrivals in it (means over replicas; a
+burst near one end moves one half only), or when the queue reached its capacity. A stable
+queue's growth is its fluctuation, small against 2 % of thousands of arrivals; a rate 10 %
+above the bound grows by about 9 % of them in each half."""
 
 QUANTILE_LEVELS = (0.5, 0.9, 0.99)
 
@@ -207,7 +207,11 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     g_mean = growth.mean(axis=0)
     a_mean = f["arrivals"].mean(axis=0)
     out["queue_growth"] = _div(g_mean, a_mean)
-    out["saturated"] = np.any(st.cap_hit, axis=0) | (g_mean > SATURATION_GROWTH * a_mean)
+    # both halves of the window must grow: a burst near one end moves one of them only
+    first = (f["mid_in_system"] - f["start_in_system"]).mean(axis=0)
+    second = (f["end_in_system"] - f["mid_in_system"]).mean(axis=0)
+    grows = (first > SATURATION_GROWTH * a_mean / 2) & (second > SATURATION_GROWTH * a_mean / 2)
+    out["saturated"] = np.any(st.cap_hit, axis=0) | grows
     out["arrival_rate_total"] = ratios[:, None] * rates[None, :]
     return out
 
