@@ -117,38 +117,19 @@ def step_time(latency, kv, n_inst, ratio, mask):
 
 
 class Slots(eqx.Module):
-    """Every slot's request (``(R, B, .)``); a slot is occupied while ``idx < dec``."""
+    """Every slot's request, one ``(R, B)`` array per field (structure of arrays: no
+    interleaved copies per step); a slot is occupied while ``idx < dec``."""
 
-    ints: jax.Array  # (R, B, 2): decode steps D (0 when empty), steps done
-    floats: jax.Array  # (R, B, 4): prefill P, arrival time (relative), queue wait, sum of step times
+    dec: jax.Array  # decode steps D (0 when empty)
+    idx: jax.Array  # steps done
+    pre: jax.Array  # prefill P
+    arr: jax.Array  # arrival time (relative)
+    wait: jax.Array  # queue wait
+    tsum: jax.Array  # sum of step times
 
     @property
     def occ(self):
-        return self.ints[..., 1] < self.ints[..., 0]
-
-    @property
-    def dec(self):
-        return self.ints[..., 0]
-
-    @property
-    def idx(self):
-        return self.ints[..., 1]
-
-    @property
-    def pre(self):
-        return self.floats[..., 0]
-
-    @property
-    def arr(self):
-        return self.floats[..., 1]
-
-    @property
-    def wait(self):
-        return self.floats[..., 2]
-
-    @property
-    def tsum(self):
-        return self.floats[..., 3]
+        return self.idx < self.dec
 
 
 class Queue(eqx.Module):
@@ -257,7 +238,7 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             c2 = elig & (order == jnp.min(jnp.where(elig, order, big)))
         else:  # random
             rb = _hash(k1, k2, head.astype(jnp.uint32), jnp.arange(R, dtype=jnp.uint32) + 3)[0]
-            c2 = elig & (rb == jnp.min(jnp.where(elig, rb, jnp.iinfo(jnp.uint32).max)))
+            c2 = elig & (rb == jnp.min(jnp.where(elig, rb, jnp.uint32(0xFFFFFFFF))))
         return jnp.argmax(c2).astype(jnp.int32)
 
     def one_step(carry, k):
@@ -352,8 +333,12 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         d_new = jnp.append(dint[:, 2], 0)[k_of]
         f_new = jnp.concatenate([dflt, jnp.zeros((1, 3), fdtype)])[k_of]  # (R, B, 3)
         slots = Slots(
-            jnp.where(newly[..., None], jnp.stack([d_new, jnp.zeros_like(d_new)], axis=-1), slots.ints),
-            jnp.where(newly[..., None], jnp.concatenate([f_new, jnp.zeros((R, B, 1), fdtype)], axis=-1), slots.floats),
+            jnp.where(newly, d_new, slots.dec),
+            jnp.where(newly, 0, slots.idx),
+            jnp.where(newly, f_new[..., 0], slots.pre),
+            jnp.where(newly, f_new[..., 1], slots.arr),
+            jnp.where(newly, f_new[..., 2], slots.wait),
+            jnp.where(newly, 0.0, slots.tsum),
         )
         _, _, cand, never, elig = can_take(head, free, kv)
         slot_free = jnp.any(mask & (free > 0))
@@ -426,9 +411,7 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             truncated=truncated | (n_rec > A),
             need=jnp.maximum(need, n_rec),
         )
-        slots = Slots(
-            jnp.stack([slots.dec, idx], axis=-1), jnp.stack([slots.pre, slots.arr, slots.wait, tsum], axis=-1)
-        )
+        slots = Slots(slots.dec, idx, slots.pre, slots.arr, slots.wait, tsum)
         q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
         return (slots, q, st), None
 
@@ -436,11 +419,12 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         carry, _ = jax.lax.scan(one_step, carry, c * L + jnp.arange(L))
         slots, q, st = carry
         shift = q.clock  # rebase every time on the chunk's end
-        slots = Slots(slots.ints, slots.floats.at[..., 1].add(-shift))
+        slots = eqx.tree_at(lambda s: s.arr, slots, slots.arr - shift)
         q = Queue(q.ring - shift, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last)
         return (slots, q, st), None
 
-    slots0 = Slots(jnp.zeros((R, B, 2), jnp.int32), jnp.zeros((R, B, 4), fdtype))
+    zi, zf = jnp.zeros((R, B), jnp.int32), jnp.zeros((R, B), fdtype)
+    slots0 = Slots(zi, zi, zf, zf, zf, zf)
     zero_i = jnp.zeros((), jnp.int32)
     q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), jnp.zeros((), fdtype), jnp.asarray(-1, jnp.int32))
     carry0 = (slots0, q0, Stats.zeros(cfg.num_bins, fdtype))
