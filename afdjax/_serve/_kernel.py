@@ -19,8 +19,7 @@ One iteration is one decode step of the bundle:
    where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
    waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
    is refused (counted). It takes the instance's lowest free slot and joins this step.
-   At most ``max_admissions`` requests per step (and as many finished requests per step in
-   the histograms): a step that needs more is flagged and the run repeated with enough
+   At most ``max_admissions`` requests per step: a step that needs more is flagged and the run repeated with enough
    (:func:`afdjax.serve` does it, same random numbers, so the same numbers come out);
 4. **step**: :func:`step_time` of the occupied loads; every occupied slot emits one token,
    its load grows by one; a request that has done its ``D`` steps leaves at the step's end.
@@ -373,13 +372,10 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         tb = _bin(tpot, tl, td, cfg.num_bins).ravel()
         wb = _bin(ttft, wl, wd, cfg.num_bins).ravel()
 
-        # histograms: the first A finished requests of the step (more is flagged: rerun with more)
-        (first,) = jnp.nonzero(rec.ravel(), size=A, fill_value=R * B)
-        n_rec = jnp.sum(rec, dtype=jnp.int32)
-        tb_pad = jnp.append(tb, cfg.num_bins + 2)  # the fill value maps out of range: dropped
-        wb_pad = jnp.append(wb, cfg.num_bins + 2)
-        tpot_hist = st.tpot_hist.at[tb_pad[first]].add(1, mode="drop")
-        ttft_hist = st.ttft_hist.at[wb_pad[first]].add(1, mode="drop")
+        # histograms: every finished request of the step (one scatter; the others dropped)
+        out_of_range = cfg.num_bins + 2
+        tpot_hist = st.tpot_hist.at[jnp.where(rec.ravel(), tb, out_of_range)].add(1, mode="drop")
+        ttft_hist = st.ttft_hist.at[jnp.where(rec.ravel(), wb, out_of_range)].add(1, mode="drop")
         rf = ratio.astype(fdtype)
         st = Stats(
             time=st.time + w * (idle + tau),
@@ -408,8 +404,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             ),
             rejected=rejected,
             cap_hit=cap_hit,
-            truncated=truncated | (n_rec > A),
-            need=jnp.maximum(need, n_rec),
+            truncated=truncated,
+            need=need,
         )
         slots = Slots(slots.dec, idx, slots.pre, slots.arr, slots.wait, tsum)
         q = Queue(ring, head, n_arr, next_arr, clock + tau, last)

@@ -81,7 +81,7 @@ def default_warmup(mean_decode: float, num_steps: int) -> int:
 
 
 def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
-    """Admissions (and arrivals, and finished requests) per step the buffers hold before a
+    """Admissions (and arrivals) per step the buffers hold before a
     rerun: every slot up to 256 of them (so a bundle filling from empty needs none), else
     the mean completions of a full bundle plus 4 standard deviations and 4."""
     m = max_ratio * batch_size / max(mean_decode, 1.0)
