@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -89,6 +90,42 @@ def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> i
 
 
 _block_jit = filter_jit(replica_block)
+
+MIN_GROUP_PAD = 8
+"""Ratios up to this many instances share one padded group (see :func:`ratio_groups`)."""
+
+
+def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
+    """``(padded instances, positions in ratios)`` per group of ratios simulated together.
+
+    A bundle is simulated with its instances padded to its group's size (masked slots
+    cost as much as used ones): ratio ``r`` joins the group of ``min(r_max, max(8,
+    2^ceil(log2 r)))``, so r = 1..32 pads 704 instance rows instead of 1024 in one group.
+    Each group is one compiled program; padding never changes a number (the padded
+    instances are masked everywhere)."""
+    rmax = max(ratios)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(ratios):
+        pad = min(rmax, max(MIN_GROUP_PAD, 1 << (r - 1).bit_length()))
+        groups.setdefault(pad, []).append(i)
+    return sorted(groups.items())
+
+
+def _run_groups(runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig):
+    """Run every ratio group; the stacked :class:`Stats` in the order of ``ratio_list``."""
+    parts, order = [], []
+    for pad, pos in ratio_groups(ratio_list):
+        ratios = jnp.asarray([ratio_list[i] for i in pos], jnp.int32)
+        parts.append(
+            runner(
+                key_words, workload, arrivals, latency, inp, ratios, rates_arr, dataclasses.replace(cfg, max_ratio=pad)
+            )
+        )
+        order.extend(pos)
+    if len(parts) == 1:
+        return parts[0]
+    inverse = np.argsort(np.asarray(order))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1)[:, inverse], *parts)
 
 
 def _run(key_words, workload, arrivals, latency, inp, ratios, rates, cfg: ServeConfig):
@@ -258,7 +295,7 @@ def serve(
                 replica_batch_size=replica_batch_size,
             )
             runner = _run_with_progress if progress else _run
-            st = runner(key_words, sim_workload, arrivals, latency, inp, ratios_arr, rates_arr, cfg)
+            st = _run_groups(runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg)
             if not bool(np.any(np.asarray(st.truncated))) or max_admissions >= rmax * batch_size:
                 break
             need = max(2 * max_admissions, int(np.max(np.asarray(st.need))))
