@@ -386,3 +386,25 @@ def test_capacity_and_kv_stability_rate():
         assert 0 < cap.kv_stability_rate[i] <= 1.05 * cap.kv_simulated_rate[i]
     p = plan(cap, 1.0)
     assert p.best_ratio in (1, 3) and p.best_instances == min(p.instances)
+
+
+@pytest.mark.slow  # four compiled programs
+@pytest.mark.parametrize("policy", ["balanced", "random"])
+def test_ratio_groups_change_no_number(monkeypatch, policy):
+    """Ratios simulated in padded groups (8, 16, 17 instances here) give every number of
+    one group padded to r_max, bit for bit, in the caller's ratio order."""
+    from afdjax._serve import _serve as serve_module
+
+    ratios = [17, 1, 9, 3]
+    assert serve_module.ratio_groups(ratios) == [(8, [1, 3]), (16, [2]), (17, [0])]
+
+    def run():
+        res = serve(jax.random.key(5), WORKLOAD, LAT, B, ratios, RATES[:2], 300, 2, warmup_steps=100, policy=policy)
+        return {k: np.asarray(v) for k, v in vars(res).items() if isinstance(v, np.ndarray)}
+
+    grouped = run()
+    monkeypatch.setattr(serve_module, "MIN_GROUP_PAD", 1000)
+    assert len(serve_module.ratio_groups(ratios)) == 1
+    single = run()
+    for name, value in grouped.items():
+        np.testing.assert_array_equal(value, single[name], err_msg=name)

@@ -19,17 +19,23 @@ One iteration is one decode step of the bundle:
    where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
    waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
    is refused (counted). It takes the instance's lowest free slot and joins this step.
-   At most ``max_admissions`` requests per step: a step that needs more is flagged and the run repeated with enough
-   (:func:`afdjax.serve` does it, same random numbers, so the same numbers come out);
+   At most ``max_admissions`` requests per step: a step that needs more is flagged and
+   the run repeated with enough (:func:`afdjax.serve` does it, same random numbers, so the
+   same numbers come out);
 4. **step**: :func:`step_time` of the occupied loads; every occupied slot emits one token,
    its load grows by one; a request that has done its ``D`` steps leaves at the step's end.
 
 Times are kept relative to the start of the current chunk of steps (rebased after each
 chunk), so float32 runs do not lose the waits to a large clock.
 
-Cost: every step touches every slot of every bundle (``r_max B`` per bundle, ratios padded
-to ``r_max``); the admission and arrival loops run as many iterations as the step needs
-(a batched ``while_loop``), with only small state in their carry.
+Cost: every step touches every slot of every bundle (``r_pad B`` per bundle, the ratios
+padded to their group's size, :func:`afdjax._serve._serve.ratio_groups`); the slots are
+one ``(r_pad, B)`` array per field, finished requests go into the histograms by one masked
+scatter; the admission and arrival loops run as many iterations as the step needs (a
+batched ``while_loop``), with only small state in their carry. Measured (2-core CPU,
+``experiments/bench_serve.py --quick``): 2-4x the slot-steps per second of the first
+version; the cumulative sum that ranks free slots and the histogram scatter are now the
+largest single costs.
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
