@@ -326,7 +326,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         i, head, free, kv, count, stop, last, rejected, (dint, dflt) = jax.lax.while_loop(more, admit, c0)
         # the c-th request admitted to instance j takes its c-th lowest free slot
         free_slot = ~slots.occ
-        rank = jnp.cumsum(free_slot, axis=1, dtype=jnp.int32) - 1  # (R, B): rank among the instance's free slots
+        # (R, B): rank among the instance's free slots (an associative scan: XLA CPU's cumsum is a slow reduce-window)
+        rank = jax.lax.associative_scan(jnp.add, free_slot.astype(jnp.int32), axis=1) - 1
         valid = (jnp.arange(A) < i) & (dint[:, 3] == 1)
         table = (
             jnp.full((R, B), A, jnp.int32)
