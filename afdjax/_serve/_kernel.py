@@ -33,7 +33,7 @@ padded to their group's size, :func:`afdjax._serve._serve.ratio_groups`); the sl
 one ``(r_pad, B)`` array per field, finished requests go into the histograms by one masked
 scatter; the admission and arrival loops run as many iterations as the step needs (a
 batched ``while_loop``), with only small state in their carry. Measured (2-core CPU,
-``experiments/bench_serve.py --quick``): 2-4x the slot-steps per second of the first
+``experiments/bench_serve.py --quick``, same load): about 2x the slot-steps per second of the first
 version; the cumulative sum that ranks free slots and the histogram scatter are now the
 largest single costs.
 
