@@ -61,6 +61,18 @@ _EXPORTS = {
     ),
     "_provision._report": ("ProvisionReport", "default_ratio_range", "provision"),
     "_provision._simulation": ("SimulationReport", "simulation_report"),
+    "_serve": (
+        "CapacityResult",
+        "GammaArrivals",
+        "Plan",
+        "PoissonArrivals",
+        "ServeResult",
+        "TraceArrivals",
+        "capacity",
+        "load_arrival_trace",
+        "plan",
+        "serve",
+    ),
     "_specs": (
         "deployment_to_toml",
         "latency_to_toml",
@@ -223,6 +235,16 @@ if TYPE_CHECKING:
     from ._provision._report import provision as provision
     from ._provision._simulation import SimulationReport as SimulationReport
     from ._provision._simulation import simulation_report as simulation_report
+    from ._serve import CapacityResult as CapacityResult
+    from ._serve import GammaArrivals as GammaArrivals
+    from ._serve import Plan as Plan
+    from ._serve import PoissonArrivals as PoissonArrivals
+    from ._serve import ServeResult as ServeResult
+    from ._serve import TraceArrivals as TraceArrivals
+    from ._serve import capacity as capacity
+    from ._serve import load_arrival_trace as load_arrival_trace
+    from ._serve import plan as plan
+    from ._serve import serve as serve
     from ._specs import deployment_to_toml as deployment_to_toml
     from ._specs import latency_to_toml as latency_to_toml
     from ._specs import load_deployment as load_deployment

@@ -23,7 +23,7 @@ LAYERS = (
     ("data and hardware", {"_data", "_hardware"}),
     ("fitting", {"_fit"}),
     ("specs", {"_specs"}),
-    ("applications", {"_provision", "_sweep", "_profile", "_compare"}),
+    ("applications", {"_provision", "_sweep", "_profile", "_compare", "_serve"}),
     ("cli", {"_cli"}),
 )
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}

@@ -20,6 +20,7 @@ from ._cmd_fit import cmd_fit
 from ._cmd_hardware import cmd_hardware, cmd_profile
 from ._cmd_predict import cmd_predict
 from ._cmd_provision import cmd_provision, cmd_verify
+from ._cmd_serve import cmd_capacity, cmd_serve
 from ._cmd_simulate import cmd_simulate
 from ._cmd_sweep import cmd_sweep
 from ._errors import CliError, one_line_warning, run_guarded, set_interrupt_hint
@@ -38,6 +39,8 @@ COMMANDS = {
     "fit": cmd_fit,
     "compare": cmd_compare,
     "predict": cmd_predict,
+    "serve": cmd_serve,
+    "capacity": cmd_capacity,
 }
 
 

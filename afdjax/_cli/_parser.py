@@ -12,6 +12,7 @@ import sys
 from ._errors import CliError
 from ._parser_compare import add_compare_parser
 from ._parser_predict import add_fit_throughput_parser, add_predict_parser
+from ._parser_serve import add_serve_parser
 
 DEFAULT_WORKLOAD = "geometric:mu_p=100,mu_d=500"
 DEFAULT_HARDWARE = "paper-910c"
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_throughput_parser(fit_sub, sys.modules[__name__])
     _add_sweep_parser(sub)
     _add_hardware_commands(sub)
-    add_compare_parser(sub, sys.modules[__name__])
+    add_serve_parser(sub, sys.modules[__name__], add_compare_parser)  # compare, then serve and capacity
     add_predict_parser(sub, sys.modules[__name__])
     return parser
 

@@ -484,11 +484,15 @@ def _restrict(name: str, values, top: int) -> np.ndarray:
     return np.asarray(chosen)
 
 
-def _without_stage_parts(hw: HardwareDerivation) -> HardwareDerivation:
-    """``hw`` with the six coefficients only: the co-located step models none of the stage-time
-    parts of issue 13 (``num_layers``, noise, routing, comm), so both designs go without them."""
+def _without_stage_parts(hw: HardwareDerivation, keep_comm: bool = True) -> HardwareDerivation:
+    """``hw`` without the random stage-time parts of issue 13 (``num_layers``, noise,
+    routing): the co-located step models none of them, so both designs go without. The
+    AFD side keeps its ``comm`` part (``keep_comm``): the FFN instance's shared link, which
+    ``r`` Attention instances load with ``r B`` tokens, is AFD's own cost (a co-located rank
+    exchanges its dispatch and combine over its own links)."""
     lat = hw.latency
-    plain = LatencyModel(**{k: getattr(lat, k) for k in COEFFICIENT_NAMES}, comm_scaling=lat.comm_scaling)
+    comm = lat.comm if keep_comm else None
+    plain = LatencyModel(**{k: getattr(lat, k) for k in COEFFICIENT_NAMES}, comm_scaling=lat.comm_scaling, comm=comm)
     return dataclasses.replace(hw, latency=plain)
 
 
@@ -496,7 +500,7 @@ def _colocated_hardware(hw: HardwareDerivation) -> HardwareDerivation:
     """The co-located side's hardware: ``hw`` itself, or for heterogeneous AFD the same
     derivation with the FFN on the Attention accelerator (a co-located rank runs both)."""
     if not hw.heterogeneous:
-        return hw
+        return _without_stage_parts(hw, keep_comm=False)
     return derive_latency(
         hw.accelerator,
         hw.model,

@@ -1,0 +1,451 @@
+"""The open-loop kernel: one bundle (ratio ``r``, arrival rate ``X`` per Attention
+instance) as a scan over steps, vectorised over ratios x rates (``vmap``) and replicas
+(``lax.map`` in batches).
+
+One iteration is one decode step of the bundle:
+
+1. **idle**: a bundle with no request (no occupied slot, empty queue) idles until the
+   next arrival (the clock jumps to it);
+2. **arrivals**: every request that arrived at or before the step's start ``t`` joins the
+   FIFO queue (a ring buffer of ``queue_capacity`` arrival times; while it is full the
+   arrival stream pauses, keeping its times, and the run is flagged saturated). At most
+   ``max_admissions`` join per step; a later one keeps its arrival time and joins at the
+   next step, behind the others (FIFO), so only a step in which it could have been
+   admitted is wrong: such a step is flagged and the run repeated with larger buffers.
+   Time in the queue is counted from the arrival time either way;
+3. **admission** (:data:`POLICIES`, default ``"balanced"``): in arrival order while a slot
+   is free, the head of the queue goes to the instance chosen by the policy among the
+   first ``r`` instances that have a free slot and, with a KV capacity ``M`` per instance,
+   where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
+   waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
+   is refused (counted). It takes the instance's lowest free slot and joins this step.
+   At most ``max_admissions`` requests per step: a step that needs more is flagged and
+   the run repeated with enough (:func:`afdjax.serve` does it, same random numbers, so the
+   same numbers come out);
+4. **step**: :func:`step_time` of the occupied loads; every occupied slot emits one token,
+   its load grows by one; a request that has done its ``D`` steps leaves at the step's end.
+
+Times are kept relative to the start of the current chunk of steps (rebased after each
+chunk), so float32 runs do not lose the waits to a large clock.
+
+Cost: every step touches every slot of every bundle (``r_pad B`` per bundle, the ratios
+padded to their group's size, :func:`afdjax._serve._serve.ratio_groups`); the slots are
+one ``(r_pad, B)`` array per field, finished requests go into the histograms by one masked
+scatter; the admission and arrival loops run as many iterations as the step needs (a
+batched ``while_loop``), with only small state in their carry. Measured (2-core CPU,
+``experiments/bench_serve.py --quick``, same load): about 2x the slot-steps per second of the first
+version; the cumulative sum that ranks free slots and the histogram scatter are now the
+largest single costs.
+
+**Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
+stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
+only (``jax.jvp``/``jacfwd``), and the queueing decisions (an arrival before or after a
+step's start, a KV fit, which instance) are comparisons with zero derivative: a pathwise
+derivative holds the order of events fixed and misses what moving events contribute.
+Measured against central differences with common random numbers (``d/d alpha_f``, the
+test configuration ``B = 4``, ``r = 1, 3``, loads 0.2 and 0.7, 8 x 3000 steps): mean TPOT
+pathwise 0.46, 0.20, 0.70, 0.33 against 0.64, 0.23, 0.82, 0.56 (15-40 % low); mean TTFT
+0.67, 2.5, 3.6, 31 against -0.62, -0.51, -0.09, 1.9 (wrong, even in sign); throughput
+below capacity about 0 both ways. So no gradient is offered: an estimator that carries the
+event crossings (as the saturated engine's coupled decode jumps do) is future work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._random import threefry2x32 as _hash
+from .._random import uniform_int
+from ._arrivals import TraceArrivals
+
+POLICIES = ("balanced", "least_kv", "round_robin", "random")
+"""Admission policies: ``balanced`` (the default: most free slots, ties to the smaller KV
+load, then the lower index), ``least_kv`` (smallest KV load, ties to more free slots, then
+the lower index), ``round_robin`` (the next instance after the last one used, cyclically,
+that can take the request) and ``random`` (uniformly among those that can)."""
+
+_TPOT_SPAN = (1e-3, 1e3)  # TPOT histogram: [c/1e3, 1e3 c] around the full-batch cycle time c
+_TTFT_SPAN = (1e-3, 1e7)  # TTFT histogram: [c/1e3, 1e7 c]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What fixes shapes (static under jit)."""
+
+    max_ratio: int
+    batch_size: int
+    num_steps: int
+    warmup_steps: int
+    num_replicas: int
+    chunk_steps: int
+    num_chunks: int
+    queue_capacity: int
+    max_admissions: int
+    num_bins: int
+    policy: str
+    replica_batch_size: int
+
+
+class Inputs(eqx.Module):
+    """The traced inputs of a run (scalars unless noted)."""
+
+    kv_capacity: jax.Array
+    alpha_p: jax.Array
+    beta_p: jax.Array
+    slo_ttft: jax.Array
+    slo_tpot: jax.Array
+    scale: jax.Array
+    """Full-batch cycle time at ``r_max`` (centres the histograms)."""
+
+
+def step_time(latency, kv, n_inst, ratio, mask):
+    """The step of the bundle with the loads of its occupied slots (the paper's barrier):
+    ``tau = max(max_{j<r} t_A(T_j), t_F, t_C)`` with ``T_j`` instance ``j``'s KV tokens,
+    ``t_F = latency.ffn_time(r, n / r)`` and ``t_C = latency.comm_time(r, n / r)`` for the
+    ``n`` occupied slots of the bundle (``alpha_f n + beta_f``; a transfer carries the
+    mean occupied batch per instance). A full bundle (``n = r B``) gives
+    :class:`~afdjax.Barrier`'s step exactly. Returns ``(tau, t_A per instance, t_F, t_C)``;
+    ``tau = 0`` when no slot is occupied (no step runs). The one place the step is timed."""
+    n = jnp.sum(n_inst).astype(kv.dtype)
+    rf = ratio.astype(kv.dtype)
+    t_a = jnp.where(mask, latency.attention_time(kv), 0.0)
+    t_f = latency.ffn_time(rf, n / rf)
+    t_c = latency.comm_time(rf, n / rf)
+    tau = jnp.maximum(jnp.maximum(jnp.max(t_a), t_f), t_c)
+    busy = n > 0
+    return jnp.where(busy, tau, 0.0), t_a, jnp.where(busy, t_f, 0.0), jnp.where(busy, t_c, 0.0)
+
+
+class Slots(eqx.Module):
+    """Every slot's request, one ``(R, B)`` array per field (structure of arrays: no
+    interleaved copies per step); a slot is occupied while ``idx < dec``."""
+
+    dec: jax.Array  # decode steps D (0 when empty)
+    idx: jax.Array  # steps done
+    pre: jax.Array  # prefill P
+    arr: jax.Array  # arrival time (relative)
+    wait: jax.Array  # queue wait
+    tsum: jax.Array  # sum of step times
+
+    @property
+    def occ(self):
+        return self.idx < self.dec
+
+
+class Queue(eqx.Module):
+    ring: jax.Array  # (Q,) arrival times of requests head .. n_arr-1 at index n % Q
+    head: jax.Array  # next request to admit
+    n_arr: jax.Array  # requests arrived so far
+    next_arr: jax.Array  # arrival time of request n_arr (relative)
+    clock: jax.Array
+    last: jax.Array  # round robin: last instance used
+
+
+class Stats(eqx.Module):
+    """Sums over the measured steps of one bundle (scalars unless noted)."""
+
+    time: jax.Array
+    idle: jax.Array
+    tokens: jax.Array
+    queue_area: jax.Array
+    occupied_area: jax.Array
+    kv_area: jax.Array
+    arrival_area: jax.Array
+    attention_busy: jax.Array
+    ffn_busy: jax.Array
+    comm_busy: jax.Array
+    arrivals: jax.Array
+    done: jax.Array
+    done_tokens: jax.Array
+    good_tokens: jax.Array
+    tpot_sum: jax.Array
+    ttft_sum: jax.Array
+    sojourn_sum: jax.Array
+    tpot_hist: jax.Array  # (num_bins + 2,) underflow, bins, overflow
+    ttft_hist: jax.Array
+    start_in_system: jax.Array
+    mid_in_system: jax.Array  # at the middle of the measured window
+    end_in_system: jax.Array
+    rejected: jax.Array
+    cap_hit: jax.Array  # bool
+    truncated: jax.Array  # bool: a step needed more than max_admissions (rerun)
+    need: jax.Array  # the max_admissions it needed (at least)
+
+    @staticmethod
+    def zeros(num_bins, dtype):
+        z = jnp.zeros((), dtype)
+        i = jnp.zeros((), jnp.int32)
+        h = jnp.zeros(num_bins + 2, jnp.int32)
+        f = jnp.zeros((), bool)
+        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, i, f, f, i)
+
+
+def _bin(value, log_lo, dlog, num_bins):
+    b = jnp.floor((jnp.log(jnp.maximum(value, 1e-300)) - log_lo) / dlog).astype(jnp.int32)
+    return jnp.clip(b + 1, 0, num_bins + 1)
+
+
+def histogram_edges(scale, num_bins: int):
+    """``(log_lo, dlog)`` of the TPOT and of the TTFT histograms for the centre ``scale``."""
+    lo_t, hi_t = _TPOT_SPAN
+    lo_w, hi_w = _TTFT_SPAN
+    log_c = jnp.log(scale) if isinstance(scale, jax.Array) else math.log(scale)
+    tpot = (log_c + math.log(lo_t), math.log(hi_t / lo_t) / num_bins)
+    ttft = (log_c + math.log(lo_w), math.log(hi_w / lo_w) / num_bins)
+    return tpot, ttft
+
+
+def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency, inp: Inputs, cfg: ServeConfig):
+    """Simulate one bundle (replica ``replica_id``, ratio ``ratio``, rate ``rate`` per
+    Attention instance); return its :class:`Stats`."""
+    R, B, Q, A, L = cfg.max_ratio, cfg.batch_size, cfg.queue_capacity, cfg.max_admissions, cfg.chunk_steps
+    fdtype = jnp.zeros(()).dtype
+    k1, k2 = _hash(key_words[0], key_words[1], replica_id, jnp.uint32(0xFFFFFFFF))
+    lam = ratio.astype(fdtype) * rate  # the bundle's total arrival rate
+    mask = jnp.arange(R) < ratio
+    trace = isinstance(arrivals, TraceArrivals)
+    if trace:
+        ob = _hash(k1, k2, jnp.uint32(0xFFFFFFFF), jnp.uint32(2))
+        offset = uniform_int(ob[0], ob[1], arrivals.num_requests)
+    (tl, td), (wl, wd) = histogram_edges(inp.scale, cfg.num_bins)
+
+    def gap(m):
+        """Time from request m-1's arrival to request m's."""
+        if trace:
+            g = arrivals.unit_gap(m - 1, None, offset)
+        else:
+            g = arrivals.unit_gap(m, _hash(k1, k2, m.astype(jnp.uint32), jnp.uint32(1))[0])
+        return g.astype(fdtype) / lam
+
+    def lengths(n):
+        if trace and arrivals.has_lengths():
+            return arrivals.lengths(offset, n)
+        b = _hash(k1, k2, n.astype(jnp.uint32), jnp.uint32(0))
+        p, d = workload._fresh(b[0], b[1])
+        return p.astype(fdtype), d
+
+    def pick(elig, free, kv, head, last):
+        big = jnp.iinfo(jnp.int32).max
+        if cfg.policy == "balanced":
+            mf = jnp.max(jnp.where(elig, free, -1))
+            c1 = elig & (free == mf)
+            c2 = c1 & (kv == jnp.min(jnp.where(c1, kv, jnp.inf)))
+        elif cfg.policy == "least_kv":
+            c1 = elig & (kv == jnp.min(jnp.where(elig, kv, jnp.inf)))
+            c2 = c1 & (free == jnp.max(jnp.where(c1, free, -1)))
+        elif cfg.policy == "round_robin":
+            order = jnp.mod(jnp.arange(R) - last - 1, ratio)
+            c2 = elig & (order == jnp.min(jnp.where(elig, order, big)))
+        else:  # random
+            rb = _hash(k1, k2, head.astype(jnp.uint32), jnp.arange(R, dtype=jnp.uint32) + 3)[0]
+            c2 = elig & (rb == jnp.min(jnp.where(elig, rb, jnp.uint32(0xFFFFFFFF))))
+        return jnp.argmax(c2).astype(jnp.int32)
+
+    def one_step(carry, k):
+        slots, q, st = carry
+        measured = (k >= cfg.warmup_steps) & (k < cfg.warmup_steps + cfg.num_steps)
+        n_occ0 = jnp.sum(slots.occ, dtype=jnp.int32)
+        # 1. idle until the next arrival
+        empty = (n_occ0 == 0) & (q.n_arr == q.head)
+        idle = jnp.where(empty, jnp.maximum(q.next_arr - q.clock, 0.0), 0.0)
+        clock = q.clock + idle
+        in_system = q.n_arr - q.head + n_occ0
+        st = eqx.tree_at(
+            lambda s: (s.start_in_system, s.mid_in_system),
+            st,
+            (
+                jnp.where(k == cfg.warmup_steps, in_system, st.start_in_system),
+                jnp.where(k == cfg.warmup_steps + cfg.num_steps // 2, in_system, st.mid_in_system),
+            ),
+        )
+
+        # 2. arrivals up to the step's start: at most A per step into a small buffer, then
+        # one write into the ring (a later one keeps its time and joins at a later step)
+        def arrive_cond(c):
+            i, _, n_arr, next_arr, _, _ = c
+            return (i < A) & (next_arr <= clock) & (n_arr - q.head < Q)
+
+        def arrive(c):
+            i, buf, n_arr, next_arr, area, count = c
+            buf = buf.at[i].set(next_arr)
+            area = area + jnp.where(measured, clock - next_arr, 0.0)
+            count = count + measured.astype(jnp.int32)
+            n_arr = n_arr + 1
+            return i + 1, buf, n_arr, next_arr + gap(n_arr), area, count
+
+        zero_i = jnp.zeros((), jnp.int32)
+        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr, st.arrival_area, st.arrivals)
+        n_new, buf, n_arr, next_arr, arrival_area, arrivals_count = jax.lax.while_loop(arrive_cond, arrive, c0)
+        slot_of = jnp.where(jnp.arange(A) < n_new, jnp.mod(q.n_arr + jnp.arange(A), Q), Q)
+        ring = q.ring.at[slot_of].set(buf, mode="drop")
+        pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
+        cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
+
+        # 3. admission
+        free0 = B - jnp.sum(slots.occ, axis=1, dtype=jnp.int32)
+        kv0 = jnp.sum(jnp.where(slots.occ, slots.pre + slots.idx.astype(fdtype), 0.0), axis=1)
+
+        def can_take(head, free, kv):
+            p, d = lengths(head)
+            cand = head < n_arr
+            never = p > inp.kv_capacity
+            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
+            return p, d, cand, never, elig
+
+        def more(c):
+            i, head, free, _, _, stop, _, _, _ = c
+            return (i < A) & (head < n_arr) & ~stop & jnp.any(mask & (free > 0))
+
+        def admit(c):
+            # only small state in the loop (a batched while loop copies its whole carry per
+            # iteration): the decisions go to buffers of A, written into the slots after it
+            i, head, free, kv, count, stop, last, rejected, dec = c
+            p, d, cand, never, elig = can_take(head, free, kv)
+            take = cand & ~never & jnp.any(elig)
+            j = pick(elig, free, kv, head, last)
+            a = head_times[jnp.clip(head - q.head, 0, A - 1)]
+            row = jnp.stack([j, count[j], d.astype(jnp.int32), take.astype(jnp.int32)])
+            dec = (dec[0].at[i].set(row), dec[1].at[i].set(jnp.stack([p, a, clock - a])))
+            free = free.at[j].add(-take.astype(free.dtype))
+            kv = kv.at[j].add(jnp.where(take, p, 0.0))
+            count = count.at[j].add(take.astype(count.dtype))
+            rejected = rejected + (cand & never & measured).astype(jnp.int32)
+            head = head + (take | (cand & never)).astype(head.dtype)
+            stop = stop | (cand & ~never & ~jnp.any(elig))
+            return i + 1, head, free, kv, count, stop, jnp.where(take, j, last), rejected, dec
+
+        head_times = ring[jnp.mod(q.head + jnp.arange(A), Q)]  # the first A in the queue
+        dec0 = (jnp.zeros((A, 4), jnp.int32), jnp.zeros((A, 3), fdtype))
+        count0 = jnp.zeros(R, jnp.int32)
+        c0 = (zero_i, q.head, free0, kv0, count0, jnp.zeros((), bool), q.last, st.rejected, dec0)
+        i, head, free, kv, count, stop, last, rejected, (dint, dflt) = jax.lax.while_loop(more, admit, c0)
+        # the c-th request admitted to instance j takes its c-th lowest free slot
+        free_slot = ~slots.occ
+        # (R, B): rank among the instance's free slots (an associative scan: XLA CPU's cumsum is a slow reduce-window)
+        rank = jax.lax.associative_scan(jnp.add, free_slot.astype(jnp.int32), axis=1) - 1
+        valid = (jnp.arange(A) < i) & (dint[:, 3] == 1)
+        table = (
+            jnp.full((R, B), A, jnp.int32)
+            .at[jnp.where(valid, dint[:, 0], R), dint[:, 1]]
+            .set(jnp.arange(A, dtype=jnp.int32), mode="drop")
+        )
+        newly = free_slot & (rank < count[:, None])
+        k_of = jnp.where(newly, jnp.take_along_axis(table, jnp.clip(rank, 0, B - 1), axis=1), A)
+        d_new = jnp.append(dint[:, 2], 0)[k_of]
+        f_new = jnp.concatenate([dflt, jnp.zeros((1, 3), fdtype)])[k_of]  # (R, B, 3)
+        slots = Slots(
+            jnp.where(newly, d_new, slots.dec),
+            jnp.where(newly, 0, slots.idx),
+            jnp.where(newly, f_new[..., 0], slots.pre),
+            jnp.where(newly, f_new[..., 1], slots.arr),
+            jnp.where(newly, f_new[..., 2], slots.wait),
+            jnp.where(newly, 0.0, slots.tsum),
+        )
+        _, _, cand, never, elig = can_take(head, free, kv)
+        slot_free = jnp.any(mask & (free > 0))
+        cut_admissions = (i >= A) & cand & ~stop & slot_free & (never | jnp.any(elig))
+        cut_arrivals = pending & (n_new >= A) & (head == n_arr) & slot_free
+        truncated = st.truncated | cut_admissions | cut_arrivals
+        free_total = jnp.sum(jnp.where(mask, free, 0), dtype=jnp.int32)
+        need = jnp.maximum(
+            st.need,
+            jnp.maximum(
+                jnp.where(cut_admissions, i + jnp.minimum(n_arr - head, free_total), 0),
+                jnp.where(cut_arrivals, 2 * A, 0),
+            ),
+        )
+
+        # 4. the step
+        n_inst = jnp.sum(slots.occ, axis=1, dtype=jnp.int32)
+        tau, t_a, t_f, t_c = step_time(latency, kv, n_inst, ratio, mask)
+        n = jnp.sum(n_inst, dtype=jnp.int32)
+        queued = n_arr - head
+        w = jnp.where(measured, 1.0, 0.0)
+        tsum = slots.tsum + jnp.where(slots.occ, tau, 0.0)
+        idx = slots.idx + slots.occ.astype(jnp.int32)
+        done = slots.occ & (idx >= slots.dec)
+        decf = slots.dec.astype(fdtype)
+        tpot = tsum / decf
+        ttft = slots.wait + inp.alpha_p * slots.pre + inp.beta_p
+        sojourn = clock + tau - slots.arr
+        good = (ttft <= inp.slo_ttft) & (tpot <= inp.slo_tpot)
+        rec = done & measured
+        recf = rec.astype(fdtype)
+        tb = _bin(tpot, tl, td, cfg.num_bins).ravel()
+        wb = _bin(ttft, wl, wd, cfg.num_bins).ravel()
+
+        # histograms: every finished request of the step (one scatter; the others dropped)
+        out_of_range = cfg.num_bins + 2
+        tpot_hist = st.tpot_hist.at[jnp.where(rec.ravel(), tb, out_of_range)].add(1, mode="drop")
+        ttft_hist = st.ttft_hist.at[jnp.where(rec.ravel(), wb, out_of_range)].add(1, mode="drop")
+        rf = ratio.astype(fdtype)
+        st = Stats(
+            time=st.time + w * (idle + tau),
+            idle=st.idle + w * idle,
+            tokens=st.tokens + w * n,
+            queue_area=st.queue_area + w * queued * tau,
+            occupied_area=st.occupied_area + w * n * tau,
+            kv_area=st.kv_area + w * jnp.sum(kv) / rf * tau,
+            arrival_area=arrival_area,
+            attention_busy=st.attention_busy + w * jnp.sum(t_a) / rf,
+            ffn_busy=st.ffn_busy + w * t_f,
+            comm_busy=st.comm_busy + w * t_c,
+            arrivals=arrivals_count,
+            done=st.done + jnp.sum(rec, dtype=jnp.int32),
+            done_tokens=st.done_tokens + jnp.sum(recf * decf),
+            good_tokens=st.good_tokens + jnp.sum(jnp.where(good, recf * decf, 0.0)),
+            tpot_sum=st.tpot_sum + jnp.sum(recf * tpot),
+            ttft_sum=st.ttft_sum + jnp.sum(recf * ttft),
+            sojourn_sum=st.sojourn_sum + jnp.sum(recf * sojourn),
+            tpot_hist=tpot_hist,
+            ttft_hist=ttft_hist,
+            start_in_system=st.start_in_system,
+            mid_in_system=st.mid_in_system,
+            end_in_system=jnp.where(
+                k == cfg.warmup_steps + cfg.num_steps - 1, queued + n - jnp.sum(done, dtype=jnp.int32), st.end_in_system
+            ),
+            rejected=rejected,
+            cap_hit=cap_hit,
+            truncated=truncated,
+            need=need,
+        )
+        slots = Slots(slots.dec, idx, slots.pre, slots.arr, slots.wait, tsum)
+        q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
+        return (slots, q, st), None
+
+    def chunk(carry, c):
+        carry, _ = jax.lax.scan(one_step, carry, c * L + jnp.arange(L))
+        slots, q, st = carry
+        shift = q.clock  # rebase every time on the chunk's end
+        slots = eqx.tree_at(lambda s: s.arr, slots, slots.arr - shift)
+        q = Queue(q.ring - shift, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last)
+        return (slots, q, st), None
+
+    zi, zf = jnp.zeros((R, B), jnp.int32), jnp.zeros((R, B), fdtype)
+    slots0 = Slots(zi, zi, zf, zf, zf, zf)
+    zero_i = jnp.zeros((), jnp.int32)
+    q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), jnp.zeros((), fdtype), jnp.asarray(-1, jnp.int32))
+    carry0 = (slots0, q0, Stats.zeros(cfg.num_bins, fdtype))
+    (_, _, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
+    return st
+
+
+def replica_block(key_words, workload, arrivals, latency, inp, cfg: ServeConfig, ratios, rates, replica_ids):
+    """Stacked :class:`Stats` ``(replicas, ratios, rates)`` of the replicas ``replica_ids``
+    (one ``vmap`` over the ratio-rate pairs inside, the replicas in batches)."""
+    nr, nx = ratios.shape[0], rates.shape[0]
+    pair_r = jnp.repeat(ratios, nx)
+    pair_x = jnp.tile(rates, nr)
+
+    def one_replica(i):
+        st = jax.vmap(lambda r, x: bundle_stats(i, r, x, key_words, workload, arrivals, latency, inp, cfg))(
+            pair_r, pair_x
+        )
+        return jax.tree_util.tree_map(lambda a: a.reshape((nr, nx, *a.shape[1:])), st)
+
+    return jax.lax.map(one_replica, replica_ids, batch_size=min(cfg.replica_batch_size, replica_ids.shape[0]))

@@ -1,0 +1,325 @@
+"""``serve``: the public entry point of the open-loop (arrivals and queueing) engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._interrupt import deliver_interrupts
+from .._latency import LatencyModel
+from .._step import Barrier, as_step_model
+from .._validate import check_choice, check_int, check_number, filter_jit, float_leaf, invalid
+from .._workload import Empirical, Workload
+from ._arrivals import Arrivals, GammaArrivals, PoissonArrivals
+from ._kernel import POLICIES, Inputs, ServeConfig, replica_block
+from ._result import QUANTILE_LEVELS, ServeResult, aggregate
+
+MAX_SLOTS = 2**16
+"""Largest ``max(ratios)`` and ``batch_size`` (as in :func:`afdjax.simulate`)."""
+
+
+def _check_ratios(ratios) -> list[int]:
+    try:
+        values = [int(r) for r in np.atleast_1d(np.asarray(ratios)).tolist()]
+        ok = np.all(np.asarray(ratios, dtype=float) == np.asarray(values, dtype=float))
+    except (TypeError, ValueError):
+        ok, values = False, []
+    if not ok or not values or min(values) < 1 or max(values) > MAX_SLOTS:
+        raise invalid("ratios", ratios, f"a non-empty list of integers in [1, {MAX_SLOTS}]")
+    if len(set(values)) != len(values):
+        raise invalid("ratios", ratios, "each ratio once")
+    return values
+
+
+def _check_rates(arrival_rates) -> np.ndarray:
+    try:
+        x = np.atleast_1d(np.asarray(arrival_rates, dtype=float))
+    except (TypeError, ValueError):
+        raise invalid("arrival_rates", arrival_rates, "a non-empty list of finite numbers > 0") from None
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)) or not np.all(x > 0):
+        raise invalid("arrival_rates", arrival_rates, "a non-empty list of finite numbers > 0")
+    return x
+
+
+def as_arrivals(arrivals) -> Arrivals:
+    """``None`` or ``"poisson"`` -> Poisson, ``"gamma:cv=C"`` -> :class:`GammaArrivals`, an
+    :class:`Arrivals` as it is."""
+    if arrivals is None or arrivals == "poisson":
+        return PoissonArrivals()
+    if isinstance(arrivals, Arrivals):
+        return arrivals
+    if isinstance(arrivals, str) and arrivals.startswith("gamma:cv="):
+        try:
+            cv = float(arrivals.split("=", 1)[1])
+        except ValueError:
+            raise invalid("arrivals", arrivals, "poisson, gamma:cv=C or an Arrivals object") from None
+        return GammaArrivals(cv)
+    raise invalid("arrivals", arrivals, "poisson, gamma:cv=C or an Arrivals object (e.g. load_arrival_trace(...))")
+
+
+def request_workload(workload, arrivals: Arrivals) -> Workload:
+    """The request-length distribution of a run: the workload, or a replayed trace's rows."""
+    if arrivals.has_lengths():
+        if workload is not None:
+            raise ValueError(
+                "workload: give workload=None with a trace replay that carries its request lengths "
+                "(load_arrival_trace); the requests are then the trace's rows in order"
+            )
+        return Empirical(np.asarray(arrivals.prefill_tokens), np.asarray(arrivals.decode_steps))
+    if not isinstance(workload, Workload):
+        raise invalid("workload", workload, "an afdjax Workload (Geometric, Empirical, Fixed, ...)")
+    return workload
+
+
+def default_warmup(mean_decode: float, num_steps: int) -> int:
+    """Steps simulated before measuring: four mean request lifetimes (the bundle starts
+    empty), at least 64."""
+    return int(max(64, math.ceil(4.0 * mean_decode)))
+
+
+def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
+    """Admissions (and arrivals) per step the buffers hold before a
+    rerun: every slot up to 256 of them (so a bundle filling from empty needs none), else
+    the mean completions of a full bundle plus 4 standard deviations and 4."""
+    m = max_ratio * batch_size / max(mean_decode, 1.0)
+    return int(min(max_ratio * batch_size, max(256, math.ceil(m + 4.0 * math.sqrt(m) + 4.0))))
+
+
+_block_jit = filter_jit(replica_block)
+
+MIN_GROUP_PAD = 8
+"""Ratios up to this many instances share one padded group (see :func:`ratio_groups`)."""
+
+
+def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
+    """``(padded instances, positions in ratios)`` per group of ratios simulated together.
+
+    A bundle is simulated with its instances padded to its group's size (masked slots
+    cost as much as used ones): ratio ``r`` joins the group of ``min(r_max, max(8,
+    2^ceil(log2 r)))``, so r = 1..32 pads 704 instance rows instead of 1024 in one group.
+    Each group is one compiled program; padding never changes a number (the padded
+    instances are masked everywhere)."""
+    rmax = max(ratios)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(ratios):
+        pad = min(rmax, max(MIN_GROUP_PAD, 1 << (r - 1).bit_length()))
+        groups.setdefault(pad, []).append(i)
+    return sorted(groups.items())
+
+
+def _run_groups(runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig):
+    """Run every ratio group; the stacked :class:`Stats` in the order of ``ratio_list``."""
+    parts, order = [], []
+    for pad, pos in ratio_groups(ratio_list):
+        ratios = jnp.asarray([ratio_list[i] for i in pos], jnp.int32)
+        parts.append(
+            runner(
+                key_words, workload, arrivals, latency, inp, ratios, rates_arr, dataclasses.replace(cfg, max_ratio=pad)
+            )
+        )
+        order.extend(pos)
+    if len(parts) == 1:
+        return parts[0]
+    inverse = np.argsort(np.asarray(order))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1)[:, inverse], *parts)
+
+
+def _run(key_words, workload, arrivals, latency, inp, ratios, rates, cfg: ServeConfig):
+    ids = jnp.arange(cfg.num_replicas, dtype=jnp.uint32)
+    st = _block_jit(key_words, workload, arrivals, latency, inp, cfg, ratios, rates, ids)
+    return st
+
+
+def _run_with_progress(key_words, workload, arrivals, latency, inp, ratios, rates, cfg: ServeConfig):
+    from tqdm.auto import tqdm
+
+    R, block = cfg.num_replicas, cfg.replica_batch_size
+    steps = cfg.num_chunks * cfg.chunk_steps
+    bar = tqdm(total=R * steps, unit="step", unit_scale=True, desc="afdjax.serve", leave=False, mininterval=0.5)
+    try:
+        parts = []
+        for first in range(0, R, block):
+            n = min(block, R - first)
+            ids = jnp.asarray(np.arange(first, first + block) % R, jnp.uint32)
+            out = _block_jit(key_words, workload, arrivals, latency, inp, cfg, ratios, rates, ids)
+            parts.append(jax.tree_util.tree_map(lambda x, n=n: x[:n], jax.block_until_ready(out)))
+            bar.update(n * steps)
+        return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+    finally:
+        bar.close()
+
+
+def serve(
+    key: jax.Array,
+    workload: Workload | None,
+    latency: LatencyModel,
+    batch_size: int,
+    ratios,
+    arrival_rates,
+    num_steps: int,
+    num_replicas: int = 8,
+    *,
+    arrivals=None,
+    kv_capacity: float | None = None,
+    prefill_alpha: float = 0.0,
+    prefill_beta: float = 0.0,
+    slo_ttft: float | None = None,
+    slo_tpot: float | None = None,
+    policy: str = "balanced",
+    warmup_steps: int | None = None,
+    queue_capacity: int = 4096,
+    max_admissions: int | None = None,
+    chunk_steps: int = 256,
+    replica_batch_size: int | None = None,
+    num_bins: int = 4096,
+    step_model=None,
+    progress: bool = False,
+) -> ServeResult:
+    """Monte Carlo simulation of open-loop serving: rA-1F bundles fed by an arrival stream.
+
+    Every bundle (``r`` Attention instances of ``batch_size`` slots, one FFN) has one FIFO
+    queue fed at ``r X`` requests per time unit (``X`` in ``arrival_rates``, per Attention
+    instance). At the start of each step the requests that have arrived are admitted in
+    arrival order while a slot is free, each to the instance chosen by ``policy``
+    (default: the most free slots, ties to the smaller KV load, then the lower index);
+    with ``kv_capacity`` only where its prefill fits (head-of-line waiting, no
+    preemption). The step is the paper's barrier with the occupied slots' loads
+    (:func:`afdjax._serve._kernel.step_time`); an empty bundle idles until the next
+    arrival. See :mod:`afdjax._serve._kernel` for the exact process.
+
+    **Arguments:**
+
+    - ``key``: a JAX PRNG key. Request ``n`` of a replica has the same lengths and unit
+      gap whatever the ratio and the rate (common random numbers).
+    - ``workload``: request lengths, or ``None`` with a trace replay carrying lengths.
+    - ``latency``: a :class:`~afdjax.LatencyModel` (time unit of every result).
+    - ``batch_size``: slots per Attention instance ``B``.
+    - ``ratios``: A/F ratios ``r`` (distinct integers >= 1).
+    - ``arrival_rates``: ``X``, requests per time unit per Attention instance (> 0).
+    - ``num_steps``: measured steps per bundle and replica (after ``warmup_steps``).
+    - ``num_replicas``: independent replicas (standard errors need 2).
+    - ``arrivals``: ``"poisson"`` (default), ``"gamma:cv=C"``, a :class:`GammaArrivals`,
+      or a :class:`TraceArrivals` (:func:`load_arrival_trace`: the trace's gaps scaled to
+      the rate, replayed from a random row per replica).
+    - ``kv_capacity``: KV tokens per Attention instance (``None``: unlimited). A request
+      is admitted only where ``load + P <= kv_capacity``; one with ``P > kv_capacity``
+      is refused (``ServeResult.rejected``). Loads may grow past it while decoding.
+    - ``prefill_alpha``, ``prefill_beta``: TTFT = queue wait + ``prefill_alpha P +
+      prefill_beta`` (prefill runs elsewhere; time units per token and time units).
+    - ``slo_ttft``, ``slo_tpot``: targets for the goodput (``None``: no target), > 0.
+    - ``policy``: one of :data:`POLICIES`.
+    - ``warmup_steps``: steps before measuring (the bundle starts empty); default
+      :func:`default_warmup`.
+    - ``queue_capacity``: requests the queue holds (ring buffer); reaching it flags the
+      rate saturated. ``max_admissions``: admissions per step in the loop (default from
+      the workload; a run that needs more is repeated with twice as many, same numbers).
+    - ``chunk_steps``, ``replica_batch_size``: buffer sizes (never change the numbers).
+    - ``num_bins``: bins of the TPOT and TTFT histograms (quantile resolution).
+    - ``step_model``: ``None`` or :class:`~afdjax.Barrier` (the pipeline is not supported).
+    - ``progress``: a progress bar over replica blocks (tqdm, stderr).
+
+    **Returns:** a :class:`ServeResult` (arrays ``(len(ratios), len(arrival_rates))``).
+    One compilation per shape: new rates, coefficients or ``cv`` reuse it.
+    """
+    arrivals = as_arrivals(arrivals)
+    req = request_workload(workload, arrivals)
+    if not isinstance(latency, LatencyModel):
+        raise invalid("latency", latency, "an afdjax LatencyModel")
+    batch_size = check_int("batch_size", batch_size, 1, MAX_SLOTS)
+    ratio_list = _check_ratios(ratios)
+    rates = _check_rates(arrival_rates)
+    num_steps = check_int("num_steps", num_steps, 1)
+    num_replicas = check_int("num_replicas", num_replicas, 1)
+    policy = check_choice("policy", policy, POLICIES)
+    queue_capacity = check_int("queue_capacity", queue_capacity, 1, 2**24)
+    chunk_steps = check_int("chunk_steps", chunk_steps, 1)
+    num_bins = check_int("num_bins", num_bins, 16)
+    model = as_step_model(step_model, None)
+    if not isinstance(model, Barrier):
+        raise invalid("step_model", model, "None or Barrier() (open-loop serving times the barrier step only)")
+    kv = None if kv_capacity is None else check_number("kv_capacity", kv_capacity, minimum=0.0)
+    alpha_p = check_number("prefill_alpha", prefill_alpha, minimum=0.0, strict=False)
+    beta_p = check_number("prefill_beta", prefill_beta, minimum=0.0, strict=False)
+    ttft = math.inf if slo_ttft is None else check_number("slo_ttft", slo_ttft, minimum=0.0)
+    tpot = math.inf if slo_tpot is None else check_number("slo_tpot", slo_tpot, minimum=0.0)
+    mean_decode = float(req.mean_decode_steps())
+    if warmup_steps is None:
+        warmup_steps = default_warmup(mean_decode, num_steps)
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+    rmax = max(ratio_list)
+    if max_admissions is None:
+        max_admissions = default_admissions(rmax, batch_size, mean_decode)
+    max_admissions = check_int("max_admissions", max_admissions, 1)
+    total_steps = warmup_steps + num_steps
+    num_chunks = -(-total_steps // chunk_steps)
+    if replica_batch_size is None:
+        per_bundle = 8 * (7 * rmax * batch_size + queue_capacity) + 8 * (num_bins + 2)
+        bundles = len(ratio_list) * rates.size
+        replica_batch_size = max(1, min(num_replicas, (256 * 2**20) // max(1, per_bundle * bundles)))
+    replica_batch_size = check_int("replica_batch_size", replica_batch_size, 1)
+    fdtype = jnp.zeros(()).dtype
+    scale = jnp.maximum(
+        jnp.maximum(latency.attention_time(batch_size * req.theta()), latency.ffn_time(float(rmax), batch_size)),
+        latency.comm_time(float(rmax), batch_size),
+    ).astype(fdtype)
+    inp = Inputs(
+        kv_capacity=float_leaf(math.inf if kv is None else kv),
+        alpha_p=float_leaf(alpha_p),
+        beta_p=float_leaf(beta_p),
+        slo_ttft=float_leaf(ttft),
+        slo_tpot=float_leaf(tpot),
+        scale=scale,
+    )
+    ratios_arr = jnp.asarray(ratio_list, jnp.int32)
+    rates_arr = jnp.asarray(rates, fdtype)
+    sim_workload = None if arrivals.has_lengths() else req
+    with deliver_interrupts():
+        key_words = jax.random.bits(key, (2,), dtype=jnp.uint32)
+        while True:
+            cfg = ServeConfig(
+                max_ratio=rmax,
+                batch_size=batch_size,
+                num_steps=num_steps,
+                warmup_steps=warmup_steps,
+                num_replicas=num_replicas,
+                chunk_steps=chunk_steps,
+                num_chunks=num_chunks,
+                queue_capacity=queue_capacity,
+                max_admissions=max_admissions,
+                num_bins=num_bins,
+                policy=policy,
+                replica_batch_size=replica_batch_size,
+            )
+            runner = _run_with_progress if progress else _run
+            st = _run_groups(runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg)
+            if not bool(np.any(np.asarray(st.truncated))) or max_admissions >= rmax * batch_size:
+                break
+            need = max(2 * max_admissions, int(np.max(np.asarray(st.need))))
+            max_admissions = min(1 << (need - 1).bit_length(), rmax * batch_size)  # a power of two
+    fields = aggregate(st, ratios_arr, rates_arr, float(scale), num_bins)
+    settings = dict(
+        arrivals=arrivals.describe(),
+        kv_capacity=kv,
+        prefill_alpha=alpha_p,
+        prefill_beta=beta_p,
+        slo_ttft=slo_ttft,
+        slo_tpot=slo_tpot,
+        policy=policy,
+        warmup_steps=warmup_steps,
+        max_admissions=max_admissions,
+        queue_capacity=queue_capacity,
+    )
+    return ServeResult(
+        ratios=np.asarray(ratio_list),
+        arrival_rates=rates,
+        quantile_levels=QUANTILE_LEVELS,
+        batch_size=batch_size,
+        num_steps=num_steps,
+        num_replicas=num_replicas,
+        settings=settings,
+        **fields,
+    )
