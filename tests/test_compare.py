@@ -26,6 +26,7 @@ def _brute_force(hw, workload, devices, tpot_ms=None, top=4096):
     """Best throughput per device (tokens/s) of each side for a zero-variance workload
     (co-located: the better of two-batch overlap and none)."""
     c = hw.latency.coefficients()
+    link = 0.0 if hw.latency.comm is None else float(hw.latency.comm.alpha_link)
     theta, L, n_a, n_f = float(workload.theta()), hw.num_layers, hw.attention_devices, hw.ffn_devices
     cap = n_a * hw.hbm_capacity_bytes - hw.attention_weight_bytes  # KV bytes of an Attention instance
     B = np.arange(1, top + 1, dtype=float)[:, None]
@@ -39,6 +40,7 @@ def _brute_force(hw, workload, devices, tpot_ms=None, top=4096):
             c["alpha_a"] * B * theta + c["beta_a"] + 0 * r,
             c["alpha_f"] * r * B + c["beta_f"],
             c["alpha_c"] * B + c["beta_c"] + 0 * r,
+            link * r * B,  # the FFN instance's shared link receives r B tokens
         ]
     )
     thr = (devices // (r * n_a + n_f)) * r * B / (L * tau * 1e-6) / devices
