@@ -1,5 +1,5 @@
 """One prepared check for a lent accelerator (GPU or TPU): correctness against the CPU,
-then the engine, gradient and sweep benchmarks, in under 8 minutes at ``--size full``.
+then the engine, gradient, sweep and open-loop serve benchmarks, in under 8 minutes at ``--size full``.
 
     PYTHONPATH=. python experiments/accelerator_check.py                 # full (accelerator)
     PYTHONPATH=. python experiments/accelerator_check.py --size small    # a few minutes on 2 CPU cores
@@ -19,6 +19,8 @@ then the engine, gradient and sweep benchmarks, in under 8 minutes at ``--size f
    evaluation of the same program (their ratio is the cost of the gradient).
 4. **Sweep**: an ``afdjax.sweep`` grid over workload and hardware parameters (points per
    second, configurations = points x 32 ratios).
+5. **Serve**: the open-loop engine (``afdjax.serve``) of ``experiments/bench_serve.py``,
+   effective slot-steps per second at three loads.
 
 Every phase has its own time limit and is skipped with a note when the budget is spent;
 the JSON report (``--json`` on stdout, ``--out`` to a file updated after each phase) holds
@@ -49,10 +51,14 @@ import afdjax
 
 SIZES = {
     # engine (steps, replicas, repeats), gradient (steps, replicas, repeats), sweep (mu_d num, alpha_a num, steps)
+    # serve (steps, replicas, repeats, warm-up steps, r_max): the open-loop engine of experiments/bench_serve.py
     "tiny": dict(check=(64, 8, 200, 2), engine=(200, 2, 2), gradient=(100, 2, 2), sweep=(2, 2, 64)),
     "small": dict(check=(64, 12, 1000, 4), engine=(2000, 4, 3), gradient=(1000, 4, 3), sweep=(10, 10, 256)),
     "full": dict(check=(64, 12, 2000, 8), engine=(16000, 64, 5), gradient=(4000, 16, 5), sweep=(25, 40, 256)),
 }
+SIZES["tiny"]["serve"] = (100, 2, 1, 100, 8)
+SIZES["small"]["serve"] = (500, 2, 2, 2000, 32)
+SIZES["full"]["serve"] = (4000, 16, 3, 2000, 32)
 
 
 def _devices() -> dict:
@@ -205,6 +211,43 @@ def bench_sweep(mu_d_num: int, alpha_a_num: int, steps: int) -> dict:
     )
 
 
+def bench_serve(steps: int, replicas: int, repeats: int, warmup: int, max_ratio: int) -> dict:
+    """The open-loop engine of ``experiments/bench_serve.py``: B = 64, r = 1..max_ratio, Poisson
+    arrivals at 0.3, 0.7 and 0.95 of the saturated rate of r = 16, effective slot-steps
+    (sum over ratios and rates of r B (warm-up + steps) replicas) per second (bench_serve.py's
+    warm-up is 4 E[D] = 2000 steps)."""
+    wl, lat, B = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c"), 64
+    ratios = list(range(1, max_ratio + 1))
+    sat = afdjax.simulate(jax.random.key(9), wl, lat, B, [16], 2000, 2)
+    mean_d = float(wl.mean_decode_steps())
+    x_sat = float(sat.throughput_per_instance[0]) * 17 / (16 * mean_d)
+    rates = [load * x_sat for load in (0.3, 0.7, 0.95)]
+
+    def run():
+        res = afdjax.serve(jax.random.key(0), wl, lat, B, ratios, rates, steps, replicas, warmup_steps=warmup)
+        return jax.block_until_ready(res.throughput_per_instance)
+
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    run_s = statistics.median(times)
+    effective = sum(ratios) * B * (steps + warmup) * replicas * len(rates)
+    return dict(
+        steps=steps,
+        replicas=replicas,
+        warmup=warmup,
+        max_ratio=max_ratio,
+        first_call_s=first,
+        run_s=run_s,
+        effective_slot_steps_per_s=effective / run_s,
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
@@ -226,6 +269,7 @@ def main(argv=None) -> int:
         ("engine", lambda: bench_engine(*size["engine"])),
         ("gradient", lambda: bench_gradient(*size["gradient"])),
         ("sweep", lambda: bench_sweep(*size["sweep"])),
+        ("serve", lambda: bench_serve(*size["serve"])),
     )
     for name, fn in phases:
         spent = time.perf_counter() - start
@@ -284,6 +328,15 @@ def _text(report: dict) -> str:
             lambda s: (
                 f"{s['points']} points x 32 ratios in {s['seconds']:.1f} s: {s['points_per_s']:.0f} "
                 f"points/s, {s['configurations_per_s']:.0f} configurations/s"
+            ),
+        ),
+        (
+            "serve",
+            lambda v: (
+                f"open loop, {v['steps']} steps x {v['replicas']} replicas, r = 1..{v['max_ratio']}, B = 64, "
+                "three loads: first call "
+                f"{v['first_call_s']:.1f} s, run {v['run_s']:.2f} s, "
+                f"{v['effective_slot_steps_per_s']:.3g} effective slot-steps/s"
             ),
         ),
     ):

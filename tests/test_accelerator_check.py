@@ -18,7 +18,8 @@ def test_accelerator_check_tiny(tmp_path, capsys):
     assert module.main(["--size", "tiny", "--out", str(out), "--json"]) == 0
     report = json.loads(out.read_text())
     printed = json.loads(capsys.readouterr().out)
-    assert printed["phases"].keys() == report["phases"].keys() == {"correctness", "engine", "gradient", "sweep"}
+    phases = {"correctness", "engine", "gradient", "sweep", "serve"}
+    assert printed["phases"].keys() == report["phases"].keys() == phases
     check = report["phases"]["correctness"]
     assert check["passed"] and len(check["cases"]) == 2
     for case in check["cases"]:  # same backend: identical numbers
@@ -27,3 +28,4 @@ def test_accelerator_check_tiny(tmp_path, capsys):
     assert report["phases"]["engine"]["effective_slot_steps_per_s"] > 0
     assert report["phases"]["gradient"]["gradients_finite"]
     assert report["phases"]["sweep"]["complete"] and report["phases"]["sweep"]["points"] == 16
+    assert report["phases"]["serve"]["effective_slot_steps_per_s"] > 0 and report["phases"]["serve"]["max_ratio"] == 8
