@@ -84,7 +84,12 @@ def _minimise(cost, grid_values):
     a, b = jax.lax.fori_loop(0, _ITERATIONS, golden, (grid[i - 1], grid[i + 1]))
     base = jax.lax.stop_gradient(jnp.exp(0.5 * (a + b)))
     d1, d2 = jax.grad(cost)(base), jax.grad(jax.grad(cost))(base)
-    return jnp.where(d2 > 0, base - d1 / jnp.where(d2 > 0, d2, 1.0), base)
+    newton = base - d1 / jnp.where(d2 > 0, d2, 1.0)
+    # At a kink (e.g. where the FFN's shared link starts to bind) the one-sided derivatives
+    # do not vanish and a Newton step leaves the bracket: keep the golden-section point.
+    lo, hi = jax.lax.stop_gradient(jnp.exp(a)), jax.lax.stop_gradient(jnp.exp(b))
+    inside = (d2 > 0) & (newton >= lo) & (newton <= hi)
+    return jnp.where(inside, newton, base)
 
 
 @filter_jit
