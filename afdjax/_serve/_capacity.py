@@ -120,7 +120,7 @@ def capacity(
     theta = float(req.theta())
     kv_mu = None if kv_capacity is None else (kv_capacity / (step * theta * mean_d)).tolist()
 
-    def run(rate_rows, kv):
+    def run(rate_rows):
         # one call per ratio (each its own rate grid, the same shape: one compilation)
         return [
             serve(
@@ -133,7 +133,7 @@ def capacity(
                 num_steps,
                 num_replicas,
                 arrivals=arrivals,
-                kv_capacity=kv,
+                kv_capacity=kv_capacity,
                 slo_tpot=slo_tpot,
                 slo_ttft=slo_ttft,
                 **serve_kwargs,
@@ -143,7 +143,7 @@ def capacity(
 
     fractions = 1.05 * (np.arange(grid_points) + 1) / grid_points
     grids = [x * fractions for x in x_sat]
-    results = run(grids, kv_capacity)
+    coarse_results = results = run(grids)
     reasons = [_largest(res, 0, slo_tpot, slo_ttft)[1] for res in results]
     for _ in range(refinements):
         new_grids = []
@@ -156,7 +156,7 @@ def capacity(
             lo = 0.0 if k < 0 else float(rates[k])
             hi = float(rates[k + 1])
             new_grids.append(lo + (hi - lo) * (np.arange(grid_points) + 1) / (grid_points + 1))
-        finer = run(new_grids, kv_capacity)
+        finer = run(new_grids)
         # the finer grid where it found a rate above the coarse one, else the coarse one
         results = [f if _largest(f, 0, slo_tpot, slo_ttft)[0] >= 0 else c for f, c in zip(finer, results, strict=True)]
     best = []
@@ -165,24 +165,10 @@ def capacity(
         best.append((res, k, coarse if why == "none" else why))  # a finer grid below the coarse failure
     kv_sim = None
     if kv_capacity is not None:
-        plain = [
-            serve(
-                key,
-                workload,
-                latency,
-                batch_size,
-                [ratio],
-                x * fractions,
-                num_steps,
-                num_replicas,
-                arrivals=arrivals,
-                kv_capacity=kv_capacity,
-                **serve_kwargs,
-            )
-            for ratio, x in zip(ratio_list, x_sat, strict=True)
-        ]
+        # the largest stable rate of the coarse grid, whatever the targets: the targets only
+        # enter the goodput, not the queue (same key, same grid), so no second simulation
         kv_sim = []
-        for res in plain:
+        for res in coarse_results:
             k, _ = _largest(res, 0, None, None)
             kv_sim.append(0.0 if k < 0 else float(res.arrival_rates[k]))
 
