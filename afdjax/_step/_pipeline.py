@@ -62,7 +62,7 @@ import numpy as np
 
 from .._latency import LatencyModel
 from .._theory import as_float as _float
-from .._theory import check_batch_size, stage_pipeline_cycle_time
+from .._theory import check_batch_size, pipeline_period, stage_pipeline_cycle_time
 from .._theory import per_instance_throughput as _per_instance
 from .._workload import Workload
 
@@ -234,24 +234,6 @@ def pipeline_event_times(attention_time, comm_time, ffn_time, instance_mask=None
 
 
 # --------------------------------------------------------------------------- closed form
-def _check_micro_batches(micro_batches):
-    if isinstance(micro_batches, (bool, np.bool_)):
-        raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
-    if isinstance(micro_batches, (int, np.integer, float, np.floating)) and not (
-        float(micro_batches) >= 1 and float(micro_batches).is_integer()
-    ):
-        raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
-
-
-def pipeline_period(attention_time, comm_time, ffn_time, micro_batches) -> jax.Array:
-    """Deterministic period (time per decode step of all ``m`` micro-batches) from the
-    per-micro-batch stage times: ``max(m * max(t_A, t_C, t_F), t_A + 2 t_C + t_F)``."""
-    _check_micro_batches(micro_batches)
-    m = _float(micro_batches)
-    busiest = jnp.maximum(jnp.maximum(attention_time, comm_time), ffn_time)
-    return jnp.maximum(m * busiest, attention_time + 2.0 * comm_time + ffn_time)
-
-
 def pipeline_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches) -> jax.Array:
     """Mean-field period of the ``m``-micro-batch pipeline (time units per decode step).
 

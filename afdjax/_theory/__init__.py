@@ -36,6 +36,8 @@ from ._ratio_choice import integer_argmax as integer_argmax
 from ._ratio_choice import maximise_ratio as maximise_ratio
 from ._ratio_choice import newton_polish as newton_polish
 from ._stage_optimum import stage_floor_mean as stage_floor_mean
+from ._stage_pipeline import check_micro_batches as check_micro_batches
+from ._stage_pipeline import pipeline_period as pipeline_period
 from ._stage_pipeline import stage_pipeline_cycle_time as stage_pipeline_cycle_time
 from ._stage_pipeline import stage_pipeline_throughput as stage_pipeline_throughput
 from ._stage_terms import attention_max_mean as attention_max_mean

@@ -30,7 +30,9 @@ from ._max_normal import expected_max_normal_excess
 from ._stage_terms import attention_max_mean, routed_ffn_time
 
 
-def _check_micro_batches(micro_batches):
+def check_micro_batches(micro_batches) -> None:
+    """``ValueError`` unless a concrete ``micro_batches`` is an integer >= 1 (a real number
+    equal to one, for the relaxation; traced values are not checked)."""
     bad = isinstance(micro_batches, (bool, np.bool_)) or (
         isinstance(micro_batches, (int, np.integer, float, np.floating))
         and not (float(micro_batches) >= 1 and float(micro_batches).is_integer())
@@ -39,12 +41,26 @@ def _check_micro_batches(micro_batches):
         raise ValueError(f"micro_batches={micro_batches!r} is invalid: expected an integer >= 1")
 
 
+def pipeline_period(attention_time, comm_time, ffn_time, micro_batches, back_time=None) -> jax.Array:
+    """Deterministic period (time per decode step of all ``m`` micro-batches) from the
+    per-micro-batch stage times: ``max(m * max(t_A, t_C, t_F), t_A + 2 t_C + t_F)``; with a
+    different F->A time ``back_time`` (``t_C'``) ``max(m * max(t_A, t_C, t_C', t_F),
+    t_A + t_C + t_F + t_C')``."""
+    check_micro_batches(micro_batches)
+    m = as_float(micro_batches)
+    if back_time is None:
+        busiest = jnp.maximum(jnp.maximum(attention_time, comm_time), ffn_time)
+        return jnp.maximum(m * busiest, attention_time + 2.0 * comm_time + ffn_time)
+    busiest = jnp.maximum(jnp.maximum(jnp.maximum(attention_time, comm_time), back_time), ffn_time)
+    return jnp.maximum(m * busiest, attention_time + comm_time + ffn_time + back_time)
+
+
 def stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier: bool = True):
     """Period of the ``m``-micro-batch pipeline (time units per decode step) with the
     stage-time parts (module docstring); ``barrier=False``: the mean field (attention at
     ``mu_g``). Equal to ``afdjax.pipeline_barrier_cycle_time`` (``barrier=True``) or
     ``afdjax.pipeline_cycle_time`` bit for bit when the parts are ``None``."""
-    _check_micro_batches(micro_batches)
+    check_micro_batches(micro_batches)
     check_batch_size(batch_size)
     ratio = as_float(ratio)
     B, r, m = as_float(batch_size), as_float(ratio), as_float(micro_batches)
@@ -61,13 +77,11 @@ def stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batche
             t_a = mu + s * (expected_max_normal_excess(z0, ratio) + z0)
         else:
             t_a = mu
-        busiest = jnp.maximum(jnp.maximum(t_a, t_c), t_f)
-        return jnp.maximum(m * busiest, t_a + 2.0 * t_c + t_f)
+        return pipeline_period(t_a, t_c, t_f, micro_batches)
     t_cb = latency.comm_back_time(r, per_group)
     t_f, t_max = _stage_means(latency, mu, jnp.zeros_like(mu) if s is None else s, per_group, r)
     t_a = t_max if barrier else mu
-    busiest = jnp.maximum(jnp.maximum(jnp.maximum(t_a, t_c), t_cb), t_f)
-    return jnp.maximum(m * busiest, t_a + t_c + t_f + t_cb)
+    return pipeline_period(t_a, t_c, t_f, micro_batches, back_time=t_cb)
 
 
 @filter_jit
