@@ -337,68 +337,59 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             ),
         )
 
-        # 2. arrivals up to the step's start: at most A per step into a small buffer, then
-        # one write into the ring (a later one keeps its time and joins at a later step)
-        def arrive_cond(c):
-            i, _, n_arr, next_arr, _, _ = c
-            return (i < A) & (next_arr <= clock) & (n_arr - q.head < Q)
-
-        def arrive(c):
-            i, buf, n_arr, next_arr, area, count = c
-            buf = buf.at[i].set(next_arr)
-            area = area + jnp.where(measured, clock - next_arr, 0.0)
-            count = count + measured.astype(jnp.int32)
-            n_arr = n_arr + 1
-            return i + 1, buf, n_arr, next_arr + gap(n_arr), area, count
-
+        # 2. arrivals up to the step's start, at most A per step, drawn together (a later
+        # one keeps its time and joins at a later step)
         zero_i = jnp.zeros((), jnp.int32)
-        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr, st.arrival_area, st.arrivals)
-        n_new, buf, n_arr, next_arr, arrival_area, arrivals_count = jax.lax.while_loop(arrive_cond, arrive, c0)
-        slot_of = jnp.where(jnp.arange(A) < n_new, jnp.mod(q.n_arr + jnp.arange(A), Q), Q)
-        ring = q.ring.at[slot_of].set(buf, mode="drop")
+        ii = jnp.arange(A + 1, dtype=jnp.int32)
+        gaps = gap(q.n_arr + ii[1:])  # before requests n_arr + 1 .. n_arr + A
+        # (an associative scan: XLA CPU's cumsum is a slow reduce-window)
+        times = q.next_arr + jnp.concatenate([jnp.zeros(1, fdtype), jax.lax.associative_scan(jnp.add, gaps)])
+        room = Q - (q.n_arr - q.head)  # free places in the queue's ring
+        arrived = (times[:A] <= clock) & (ii[:A] < room)
+        n_new = jnp.sum(arrived, dtype=jnp.int32)  # a prefix: the times increase
+        n_arr = q.n_arr + n_new
+        next_arr = times[n_new]
+        arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - times[:A], 0.0)), 0.0)
+        arrivals_count = st.arrivals + jnp.where(measured, n_new, 0)
+        slot_of = jnp.where(arrived, jnp.mod(q.n_arr + ii[:A], Q), Q)
+        ring = q.ring.at[slot_of].set(times[:A], mode="drop")
         pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
         cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
 
-        # 3. admission, on the instances' counts and KV loads
-        free0 = B - inst.n
-
-        def can_take(head, free, kv):
-            p, d = lengths(head)
-            cand = head < n_arr
-            never = p > inp.kv_capacity
-            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
-            return p, d, cand, never, elig
+        # 3. admission, on the instances' counts and KV loads; the lengths of the first A + 1
+        # requests in the queue drawn together before the loop
+        p_all, d_all = lengths(q.head + ii)
+        never_all = p_all > inp.kv_capacity
 
         def more(c):
-            i, head, free, _, stop, _, _, _ = c
+            i, head, free, _, stop, _, _ = c
             return (i < A) & (head < n_arr) & ~stop & jnp.any(mask & (free > 0))
 
         def admit(c):
             # only small state in the loop (a batched while loop copies its whole carry per
-            # iteration): the decisions go to buffers of A, applied after it
-            i, head, free, kv, stop, last, rejected, dec = c
-            p, d, cand, never, elig = can_take(head, free, kv)
-            take = cand & ~never & jnp.any(elig)
+            # iteration): the instances chosen go to a buffer of A, applied after it. Every
+            # iteration but a blocked last one takes or refuses request q.head + i.
+            i, head, free, kv, stop, last, jbuf = c
+            p, never = p_all[i], never_all[i]
+            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
+            take = ~never & jnp.any(elig)
             j = pick(elig, free, kv, head, last)
-            a = head_times[jnp.clip(head - q.head, 0, A - 1)]
-            row = jnp.stack([j, d.astype(jnp.int32), take.astype(jnp.int32) + 2 * (cand & never).astype(jnp.int32)])
-            dec = (dec[0].at[i].set(row), dec[1].at[i].set(jnp.stack([p, clock - a])))
+            jbuf = jbuf.at[i].set(j)
             free = free.at[j].add(-take.astype(free.dtype))
             kv = kv.at[j].add(jnp.where(take, p, 0.0))
-            rejected = rejected + (cand & never & measured).astype(jnp.int32)
-            head = head + (take | (cand & never)).astype(head.dtype)
-            stop = stop | (cand & ~never & ~jnp.any(elig))
-            return i + 1, head, free, kv, stop, jnp.where(take, j, last), rejected, dec
+            head = head + (take | never).astype(head.dtype)
+            stop = stop | (~never & ~jnp.any(elig))
+            return i + 1, head, free, kv, stop, jnp.where(take, j, last), jbuf
 
-        head_times = ring[jnp.mod(q.head + jnp.arange(A), Q)]  # the first A in the queue
-        dec0 = (jnp.zeros((A, 3), jnp.int32), jnp.zeros((A, 2), fdtype))
-        c0 = (zero_i, q.head, free0, inst.kv, jnp.zeros((), bool), q.last, st.rejected, dec0)
-        i, head, free, kv, stop, last, rejected, (dint, dflt) = jax.lax.while_loop(more, admit, c0)
-        rows = jnp.arange(A)
-        took = (rows < i) & (dint[:, 2] == 1)
-        used = (rows < i) & (dint[:, 2] > 0)  # taken or refused: request q.head + row
-        j_new, d_new = dint[:, 0], dint[:, 1]
-        p_new, wait_new = dflt[:, 0], dflt[:, 1]
+        c0 = (zero_i, q.head, B - inst.n, inst.kv, jnp.zeros((), bool), q.last, jnp.zeros(A, jnp.int32))
+        i, head, free, kv, stop, last, j_new = jax.lax.while_loop(more, admit, c0)
+        rows = ii[:A]
+        used = rows < head - q.head  # taken or refused: request q.head + row
+        took = used & ~never_all[:A]
+        refused_now = used & never_all[:A]
+        rejected = st.rejected + jnp.where(measured, jnp.sum(refused_now, dtype=jnp.int32), 0)
+        d_new, p_new = d_all[:A].astype(jnp.int32), p_all[:A]
+        wait_new = clock - ring[jnp.mod(q.head + rows, Q)]
         f_new = k + d_new - 1  # the request's last step
         row_of = jnp.where(took, jnp.mod(f_new, H), H)
         # the previous step's row was read at its end: cleared now, before any write
@@ -420,7 +411,9 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         wa = took & measured_at(f_new)  # requests counted at admission (all they need is known)
         waf = wa.astype(fdtype)
         wb = _bin(ttft, wl, wd, cfg.num_bins)
-        _, _, cand, never, elig = can_take(head, free, kv)
+        p_next, never = p_all[head - q.head], never_all[head - q.head]
+        cand = head < n_arr
+        elig = mask & (free > 0) & (kv + p_next <= inp.kv_capacity)
         slot_free = jnp.any(mask & (free > 0))
         cut_admissions = (i >= A) & cand & ~stop & slot_free & (never | jnp.any(elig))
         cut_arrivals = pending & (n_new >= A) & (head == n_arr) & slot_free

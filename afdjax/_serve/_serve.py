@@ -93,9 +93,9 @@ def _pow2(x: float) -> int:
 
 def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
     """Admissions (and arrivals) per step the buffers hold before a rerun: the mean
-    completions of a full bundle plus 4 standard deviations and 4, at least 16 (a power of
-    two, at most every slot). A step that needs more repeats the run with more (same numbers)."""
-    return int(min(max_ratio * batch_size, _pow2(max(16.0, _expected(max_ratio, batch_size, mean_decode)))))
+    completions of a full bundle plus 4 standard deviations and 4, at least 8 (at most every
+    slot). A step that needs more repeats the run with more (same numbers)."""
+    return int(min(max_ratio * batch_size, math.ceil(max(8.0, _expected(max_ratio, batch_size, mean_decode)))))
 
 
 def _decode_bound(req: Workload) -> int | None:
@@ -124,8 +124,8 @@ def default_request_ring(max_ratio: int, batch_size: int, mean_decode: float, ho
 
 def default_resolved(max_ratio: int, batch_size: int, mean_decode: float) -> int:
     """Finished requests resolved per step: the mean completions of a full bundle plus 4
-    standard deviations and 4, at least 8 (a power of two)."""
-    return _pow2(max(8.0, _expected(max_ratio, batch_size, mean_decode)))
+    standard deviations and 4, at least 8."""
+    return math.ceil(max(8.0, _expected(max_ratio, batch_size, mean_decode)))
 
 
 _block_jit = filter_jit(replica_block)
@@ -150,24 +150,32 @@ def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
     return sorted(groups.items())
 
 
-def group_config(cfg: ServeConfig, pad: int) -> ServeConfig:
-    """The configuration of a group padded to ``pad`` instances: the request ring and the
-    resolutions per step scale with the group's slots (never changes a number)."""
-    share = pad / cfg.max_ratio
+def group_config(cfg: ServeConfig, pad: int, mean_decode: float) -> ServeConfig:
+    """The configuration of a group padded to ``pad`` instances: the admission buffer, the
+    request ring and the resolutions per step scale with the group's slots (never changes
+    a number)."""
+    B, rmax = cfg.batch_size, cfg.max_ratio
+    share = default_admissions(pad, B, mean_decode) / default_admissions(rmax, B, mean_decode)
     return dataclasses.replace(
         cfg,
         max_ratio=pad,
-        request_ring=max(256, _pow2(cfg.request_ring * share)),
-        max_resolved=max(8, _pow2(cfg.max_resolved * share)),
+        max_admissions=pad * B
+        if cfg.max_admissions >= rmax * B
+        else min(pad * B, math.ceil(cfg.max_admissions * share)),
+        request_ring=max(256, _pow2(cfg.request_ring * pad / rmax)),
+        max_resolved=default_resolved(pad, B, mean_decode),
     )
 
 
-def _run_groups(runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig):
+def _run_groups(
+    runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig, mean_decode
+):
     """Run every ratio group; the stacked :class:`Stats` in the order of ``ratio_list``."""
     parts, order = [], []
     for pad, pos in ratio_groups(ratio_list):
         ratios = jnp.asarray([ratio_list[i] for i in pos], jnp.int32)
-        parts.append(runner(key_words, workload, arrivals, latency, inp, ratios, rates_arr, group_config(cfg, pad)))
+        cfg_g = group_config(cfg, pad, mean_decode)
+        parts.append(runner(key_words, workload, arrivals, latency, inp, ratios, rates_arr, cfg_g))
         order.extend(pos)
     if len(parts) == 1:
         return parts[0]
@@ -355,12 +363,14 @@ def serve(
                 clock_ring=2 * horizon * ring_scale,
             )
             runner = _run_with_progress if progress else _run
-            st = _run_groups(runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg)
+            st = _run_groups(
+                runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg, mean_decode
+            )
             # a buffer too small repeats the run with a larger one (same random numbers)
             rerun = False
             if bool(np.any(np.asarray(st.truncated))) and max_admissions < rmax * batch_size:
                 need = max(2 * max_admissions, int(np.max(np.asarray(st.need))))
-                max_admissions = min(_pow2(need), rmax * batch_size)
+                max_admissions = min(need, rmax * batch_size)
                 rerun = True
             longest = int(np.max(np.asarray(st.max_decode)))
             if longest > horizon:
