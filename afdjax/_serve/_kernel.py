@@ -18,31 +18,56 @@ One iteration is one decode step of the bundle:
    first ``r`` instances that have a free slot and, with a KV capacity ``M`` per instance,
    where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
    waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
-   is refused (counted). It takes the instance's lowest free slot and joins this step.
+   is refused (counted). It joins this step.
    At most ``max_admissions`` requests per step: a step that needs more is flagged and
    the run repeated with enough (:func:`afdjax.serve` does it, same random numbers, so the
    same numbers come out);
 4. **step**: :func:`step_time` of the occupied loads; every occupied slot emits one token,
    its load grows by one; a request that has done its ``D`` steps leaves at the step's end.
 
+**State: per instance, not per slot.** The step time needs only each instance's occupied
+count ``n_j`` and KV load ``T_j`` (the sum of ``P + steps done`` over its requests), and the
+policies only those: every step ``T_j += n_j``; an admission adds ``P`` to ``T_j`` and 1 to
+``n_j``. A request's length ``D`` is drawn when it is admitted at step ``s``, so its last
+step ``f = s + D - 1`` is known then: a calendar ``(H, r)`` (row ``f % H``) holds the count
+and the KV ``P + D`` that leave each instance at the end of step ``f``; each step reads one
+row (and clears the previous one). ``H`` (``horizon``) is a power of two above the longest
+``D`` of the workload (or 16 mean lengths where unbounded); a run that admits a longer one
+is repeated with a longer calendar (same numbers). ``T_j`` is reset to 0 when an instance
+empties.
+
+**Per-request figures** without per-slot state: TTFT (queue wait + prefill model) and the
+sojourn's wait are known at admission and counted then, with the weight of the request's
+last step being measured. TPOT = the busy time between its first step's start and its last
+step's end over ``D``: a ring of the busy clock at each step's start (``clock_ring`` steps,
+kept as a compensated sum ``hi + lo`` so the difference of two large clocks stays exact to
+float rounding of the TPOT itself) and a ring of the admitted requests (admission step, TTFT
+target met, ``D``) by request number. Each step resolves up to ``max_resolved`` finished
+requests in admission order (TPOT histogram, goodput, sojourn); at the end of the run the
+ones still waiting are resolved at once. A ring too short for the requests in flight is
+flagged and the run repeated with longer rings (same numbers).
+
 Times are kept relative to the start of the current chunk of steps (rebased after each
 chunk), so float32 runs do not lose the waits to a large clock.
 
-Cost: every step touches every slot of every bundle (``r_pad B`` per bundle, the ratios
-padded to their group's size, :func:`afdjax._serve._serve.ratio_groups`); the slots are
-one ``(r_pad, B)`` array per field, finished requests go into the histograms by one masked
-scatter; the admission and arrival loops run as many iterations as the step needs (a
-batched ``while_loop``), with only small state in their carry. Measured (2-core CPU,
-``experiments/bench_serve.py --quick``, same load): about 2x the slot-steps per second of the first
-version; the cumulative sum that ranks free slots and the histogram scatter are now the
-largest single costs.
+**Cost** per step and bundle: ``O(r_pad + max_admissions + max_resolved)`` (the arrivals
+and the queue heads' lengths are drawn ``max_admissions`` at a time; the admission loop
+runs as many iterations as the step admits, over the instances), independent of the batch
+size ``B``. Memory per bundle: the calendar ``2 H r_pad`` words and the request ring
+(``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared with other jobs,
+``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference in the same
+run; see BENCHMARKS.md): B = 64, about 1.5-2e8 effective slot-steps per second, 20-30x
+the reference (the previous per-slot kernel: 2e7, 2.8x); B = 1483, about 1e9. What is
+left per step is a few hundred small XLA operations (and the admission loop's iterations),
+so the cost is dominated by per-operation overhead at small ``B``.
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
 only (``jax.jvp``/``jacfwd``), and the queueing decisions (an arrival before or after a
 step's start, a KV fit, which instance) are comparisons with zero derivative: a pathwise
 derivative holds the order of events fixed and misses what moving events contribute.
-Measured against central differences with common random numbers (``d/d alpha_f``, the
+Measured (with the previous per-slot kernel, which computed the same quantities in the
+same event order) against central differences with common random numbers (``d/d alpha_f``, the
 test configuration ``B = 4``, ``r = 1, 3``, loads 0.2 and 0.7, 8 x 3000 steps): mean TPOT
 pathwise 0.46, 0.20, 0.70, 0.33 against 0.64, 0.23, 0.82, 0.56 (15-40 % low); mean TTFT
 0.67, 2.5, 3.6, 31 against -0.62, -0.51, -0.09, 1.9 (wrong, even in sign); throughput

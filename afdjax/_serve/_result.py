@@ -14,7 +14,8 @@ from ._kernel import Stats, histogram_edges
 SATURATION_GROWTH = 0.02
 """A rate is flagged saturated when the requests in the bundle grew over each half of the
 measured window by more than this fraction of the arrivals in it (means over replicas; a
-burst near one end moves one half only), or when the queue reached its capacity. A stable
+burst near one end moves one half only) and the growth over the window exceeds 3 of its
+standard errors across replicas (a short run's drift), or when the queue reached its capacity. A stable
 queue's growth is its fluctuation, small against 2 % of thousands of arrivals; a rate 10 %
 above the bound grows by about 9 % of them in each half."""
 
@@ -44,7 +45,12 @@ class ServeResult(eqx.Module):
     """Tokens per time unit per instance (``r + 1`` instances)."""
     stderr: jax.Array
     goodput_per_instance: jax.Array
-    """Tokens per time unit per instance of the requests that met both targets."""
+    """Tokens per time unit per instance of the requests that met both targets: the
+    throughput times the share of the finished requests' tokens that met them (so never
+    above the throughput, and equal to it without targets). Counting the finished requests'
+    whole lengths instead would add the tokens they emitted before the measured window
+    and miss those of the requests still running at its end, which can exceed the
+    throughput in a finite run."""
     goodput_stderr: jax.Array
     tpot_mean: jax.Array
     """Mean over requests of the mean step time over their decode steps."""
@@ -139,6 +145,11 @@ def _div(a, b):
         return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
 
+def _share(good, done):
+    """The share of the finished tokens that met the targets (0 where none finished)."""
+    return np.minimum(np.nan_to_num(_div(good, done), nan=0.0), 1.0)
+
+
 def hist_quantiles(hist, log_lo, dlog, levels):
     """Quantiles of log-binned counts ``(..., nb + 2)`` (underflow, bins, overflow),
     interpolated log-linearly inside the bin: ``(..., len(levels))``; NaN without counts."""
@@ -172,7 +183,7 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     system = queue + f["occupied_area"]
     per = {
         "stderr": f["tokens"] / time / inst,
-        "goodput_stderr": f["good_tokens"] / time / inst,
+        "goodput_stderr": f["tokens"] / time / inst * _share(f["good_tokens"], f["done_tokens"]),
         "tpot_mean_stderr": _div(f["tpot_sum"], f["done"]),
         "ttft_mean_stderr": _div(f["ttft_sum"], f["done"]),
         "mean_sojourn_time_stderr": _div(f["sojourn_sum"], f["done"]),
@@ -184,7 +195,8 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     T = time.sum(axis=0)
     done = f["done"].sum(axis=0)
     out["throughput_per_instance"] = f["tokens"].sum(axis=0) / T / inst[0]
-    out["goodput_per_instance"] = f["good_tokens"].sum(axis=0) / T / inst[0]
+    share = _share(f["good_tokens"].sum(axis=0), f["done_tokens"].sum(axis=0))
+    out["goodput_per_instance"] = out["throughput_per_instance"] * share
     out["tpot_mean"] = _div(f["tpot_sum"].sum(axis=0), done)
     out["ttft_mean"] = _div(f["ttft_sum"].sum(axis=0), done)
     out["mean_sojourn_time"] = _div(f["sojourn_sum"].sum(axis=0), done)
@@ -211,6 +223,10 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     first = (f["mid_in_system"] - f["start_in_system"]).mean(axis=0)
     second = (f["end_in_system"] - f["mid_in_system"]).mean(axis=0)
     grows = (first > SATURATION_GROWTH * a_mean / 2) & (second > SATURATION_GROWTH * a_mean / 2)
+    # and the growth must stand out of its replica-to-replica noise (3 standard errors): a
+    # short run of a stable queue drifts by a few percent of its few arrivals
+    _, g_se = _mean_se(growth)
+    grows &= ~(g_mean <= 3.0 * g_se)  # (NaN with one replica: the fraction test alone)
     out["saturated"] = np.any(st.cap_hit, axis=0) | grows
     out["arrival_rate_total"] = ratios[:, None] * rates[None, :]
     return out

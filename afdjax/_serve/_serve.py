@@ -93,9 +93,9 @@ def _pow2(x: float) -> int:
 
 def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
     """Admissions (and arrivals) per step the buffers hold before a rerun: the mean
-    completions of a full bundle plus 4 standard deviations and 4, at least 8 (at most every
+    completions of a full bundle plus 4 standard deviations and 4, at least 16 (at most every
     slot). A step that needs more repeats the run with more (same numbers)."""
-    return int(min(max_ratio * batch_size, math.ceil(max(8.0, _expected(max_ratio, batch_size, mean_decode)))))
+    return int(min(max_ratio * batch_size, math.ceil(max(16.0, _expected(max_ratio, batch_size, mean_decode)))))
 
 
 def _decode_bound(req: Workload) -> int | None:
@@ -137,9 +137,10 @@ MIN_GROUP_PAD = 8
 def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
     """``(padded instances, positions in ratios)`` per group of ratios simulated together.
 
-    A bundle is simulated with its instances padded to its group's size (masked slots
-    cost as much as used ones): ratio ``r`` joins the group of ``min(r_max, max(8,
-    2^ceil(log2 r)))``, so r = 1..32 pads 704 instance rows instead of 1024 in one group.
+    A bundle is simulated with its instances padded to its group's size (the per-instance
+    arrays, the calendar and the buffers scale with it): ratio ``r`` joins the group of
+    ``min(r_max, max(8, 2^ceil(log2 r)))``, so r = 1..32 pads 704 instance rows instead of
+    1024 in one group.
     Each group is one compiled program; padding never changes a number (the padded
     instances are masked everywhere)."""
     rmax = max(ratios)
@@ -150,31 +151,19 @@ def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
     return sorted(groups.items())
 
 
-def group_config(cfg: ServeConfig, pad: int, mean_decode: float) -> ServeConfig:
-    """The configuration of a group padded to ``pad`` instances: the admission buffer, the
-    request ring and the resolutions per step scale with the group's slots (never changes
-    a number)."""
-    B, rmax = cfg.batch_size, cfg.max_ratio
-    share = default_admissions(pad, B, mean_decode) / default_admissions(rmax, B, mean_decode)
-    return dataclasses.replace(
-        cfg,
-        max_ratio=pad,
-        max_admissions=pad * B
-        if cfg.max_admissions >= rmax * B
-        else min(pad * B, math.ceil(cfg.max_admissions * share)),
-        request_ring=max(256, _pow2(cfg.request_ring * pad / rmax)),
-        max_resolved=default_resolved(pad, B, mean_decode),
-    )
+def group_config(cfg: ServeConfig, pad: int) -> ServeConfig:
+    """The configuration of a group padded to ``pad`` instances: the request ring scales
+    with the group's slots. The admission buffer and the resolutions per step stay those of
+    ``r_max``: they set the order of the sums, and padding must not change a bit."""
+    return dataclasses.replace(cfg, max_ratio=pad, request_ring=max(256, _pow2(cfg.request_ring * pad / cfg.max_ratio)))
 
 
-def _run_groups(
-    runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig, mean_decode
-):
+def _run_groups(runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig):
     """Run every ratio group; the stacked :class:`Stats` in the order of ``ratio_list``."""
     parts, order = [], []
     for pad, pos in ratio_groups(ratio_list):
         ratios = jnp.asarray([ratio_list[i] for i in pos], jnp.int32)
-        cfg_g = group_config(cfg, pad, mean_decode)
+        cfg_g = group_config(cfg, pad)
         parts.append(runner(key_words, workload, arrivals, latency, inp, ratios, rates_arr, cfg_g))
         order.extend(pos)
     if len(parts) == 1:
@@ -363,9 +352,7 @@ def serve(
                 clock_ring=2 * horizon * ring_scale,
             )
             runner = _run_with_progress if progress else _run
-            st = _run_groups(
-                runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg, mean_decode
-            )
+            st = _run_groups(runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg)
             # a buffer too small repeats the run with a larger one (same random numbers)
             rerun = False
             if bool(np.any(np.asarray(st.truncated))) and max_admissions < rmax * batch_size:
