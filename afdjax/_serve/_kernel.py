@@ -56,10 +56,11 @@ runs as many iterations as the step admits, over the instances), independent of 
 size ``B``. Memory per bundle: the calendar ``2 H r_pad`` words and the request ring
 (``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared with other jobs,
 ``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference in the same
-run; see BENCHMARKS.md): B = 64, about 1.5-2e8 effective slot-steps per second, 20-30x
-the reference (the previous per-slot kernel: 2e7, 2.8x); B = 1483, about 1e9. What is
-left per step is a few hundred small XLA operations (and the admission loop's iterations),
-so the cost is dominated by per-operation overhead at small ``B``.
+run; see BENCHMARKS.md): B = 64, 2.4e8 effective slot-steps per second, 23x the reference
+by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483, 2.6e8-3.6e8, 35x. What is
+left per step is a few hundred small XLA operations (per-operation overhead dominates at
+small ``B``) and one admission-loop iteration per admission (about 95 per step for
+``r = 32`` at ``B = 1483``: the policy is sequential).
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
