@@ -121,6 +121,8 @@ class ServeConfig:
     """Requests admitted and not yet resolved that the request ring holds (a power of two)."""
     max_resolved: int
     """Finished requests resolved per step (more wait to the next step; never changes a number)."""
+    arrival_block: int
+    """Arrival gaps drawn per iteration of the arrival loop (never changes a number)."""
     clock_ring: int
     """Steps of busy clock kept (a request is resolved within this many steps of its admission)."""
 
@@ -255,7 +257,7 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
     """Simulate one bundle (replica ``replica_id``, ratio ``ratio``, rate ``rate`` per
     Attention instance); return its :class:`Stats`."""
     R, B, Q, A, L = cfg.max_ratio, cfg.batch_size, cfg.queue_capacity, cfg.max_admissions, cfg.chunk_steps
-    H, QR, K = cfg.horizon, cfg.request_ring, cfg.max_resolved
+    H, QR, K, G = cfg.horizon, cfg.request_ring, cfg.max_resolved, cfg.arrival_block
     HE = cfg.clock_ring
     first, stop_step = cfg.warmup_steps, cfg.warmup_steps + cfg.num_steps
     fdtype = jnp.zeros(()).dtype
@@ -363,22 +365,34 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             ),
         )
 
-        # 2. arrivals up to the step's start, at most A per step, drawn together (a later
-        # one keeps its time and joins at a later step)
+        # 2. arrivals up to the step's start, at most A per step: a loop drawing G gaps per
+        # iteration (none in a step without arrivals); a later one keeps its time and joins
+        # at a later step
         zero_i = jnp.zeros((), jnp.int32)
         ii = jnp.arange(A + 1, dtype=jnp.int32)
-        gaps = gap(q.n_arr + ii[1:])  # before requests n_arr + 1 .. n_arr + A
-        # (an associative scan: XLA CPU's cumsum is a slow reduce-window)
-        times = q.next_arr + jnp.concatenate([jnp.zeros(1, fdtype), jax.lax.associative_scan(jnp.add, gaps)])
-        room = Q - (q.n_arr - q.head)  # free places in the queue's ring
-        arrived = (times[:A] <= clock) & (ii[:A] < room)
-        n_new = jnp.sum(arrived, dtype=jnp.int32)  # a prefix: the times increase
-        n_arr = q.n_arr + n_new
-        next_arr = times[n_new]
-        arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - times[:A], 0.0)), 0.0)
+        gg = jnp.arange(G, dtype=jnp.int32)
+
+        def arrive_cond(c):
+            n, _, n_arr, next_arr = c
+            return (n < A) & (next_arr <= clock) & (n_arr - q.head < Q)
+
+        def arrive(c):
+            n, buf, n_arr, next_arr = c
+            # (an associative scan: XLA CPU's cumsum is a slow reduce-window)
+            cum = jax.lax.associative_scan(jnp.add, gap(n_arr + 1 + gg))
+            times = next_arr + jnp.concatenate([jnp.zeros(1, fdtype), cum])  # requests n_arr .. n_arr + G
+            ok = (times[:G] <= clock) & (n + gg < A) & (n_arr - q.head + gg < Q)  # a prefix
+            c_new = jnp.sum(ok, dtype=jnp.int32)
+            buf = buf.at[jnp.where(ok, n + gg, A)].set(times[:G], mode="drop")
+            return n + c_new, buf, n_arr + c_new, times[c_new]
+
+        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr)
+        n_new, buf, n_arr, next_arr = jax.lax.while_loop(arrive_cond, arrive, c0)
+        arrived = ii[:A] < n_new
+        arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - buf, 0.0)), 0.0)
         arrivals_count = st.arrivals + jnp.where(measured, n_new, 0)
         slot_of = jnp.where(arrived, jnp.mod(q.n_arr + ii[:A], Q), Q)
-        ring = q.ring.at[slot_of].set(times[:A], mode="drop")
+        ring = q.ring.at[slot_of].set(buf, mode="drop")
         pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
         cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
 

@@ -350,6 +350,7 @@ def serve(
                 request_ring=ring_size(),
                 max_resolved=max_resolved,
                 clock_ring=2 * horizon * ring_scale,
+                arrival_block=min(max_admissions, max(4, math.ceil(rmax * batch_size / max(mean_decode, 1.0) / 2))),
             )
             runner = _run_with_progress if progress else _run
             st = _run_groups(runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg)
