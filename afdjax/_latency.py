@@ -8,7 +8,7 @@
   takes the same time. The paper's step overlaps the two (full-duplex links), the
   micro-batch pipeline (``simulate(..., micro_batches=m)``) runs both.
 
-Optional parts (issue 13, :mod:`afdjax._stage`): ``num_layers`` with per-layer random stage
+Optional parts (issue 13, ``afdjax._stage``): ``num_layers`` with per-layer random stage
 times (``noise``), MoE expert routing on the FFN side (``routing``) and per-peer, F->A and
 shared-link communication terms (``comm``); all ``None`` is the deterministic model above.
 
@@ -62,10 +62,10 @@ class LatencyModel(eqx.Module):
     - ``num_layers``: layers of the model (an integer >= 1, static), each with its own
       A -> F -> A hand-off (a barrier per layer); ``None`` = one barrier per step. Only
       matters with ``noise`` or ``routing`` (otherwise every layer is the same).
-    - ``noise``: a :class:`~afdjax.StageNoise` (per-layer random stage times) or ``None``.
-    - ``routing``: an :class:`~afdjax.ExpertRouting` (the FFN time follows the busiest
+    - ``noise``: a [`StageNoise`][afdjax.StageNoise] (per-layer random stage times) or ``None``.
+    - ``routing``: an [`ExpertRouting`][afdjax.ExpertRouting] (the FFN time follows the busiest
       expert-parallel rank) or ``None`` (balanced: ``t_F = alpha_f r B + beta_f``).
-    - ``comm``: a :class:`~afdjax.Communication` (per-peer, F->A and shared-link terms)
+    - ``comm``: a [`Communication`][afdjax.Communication] (per-peer, F->A and shared-link terms)
       or ``None``.
 
     All four ``None`` (the default) is the paper's deterministic stage times.
@@ -129,7 +129,7 @@ class LatencyModel(eqx.Module):
         return self._comm(self.alpha_c, self.beta_c, ratio, batch_size)
 
     def comm_back_time(self, ratio: jax.Array, batch_size: jax.Array) -> jax.Array:
-        """``t_C'`` of the F->A direction (time units): :meth:`comm_time` with
+        """``t_C'`` of the F->A direction (time units): ``comm_time`` with
         ``comm.alpha_back``/``comm.beta_back`` where given (``None``: the same as A->F)."""
         if self.comm is None:
             return self.comm_time(ratio, batch_size)

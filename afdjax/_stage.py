@@ -1,15 +1,15 @@
 """Stochastic stage times: per-layer noise, MoE expert routing and communication terms.
 
-Three optional parts of a :class:`~afdjax.LatencyModel` (issue 13). Every float is an
-array leaf (:func:`~afdjax._validate.float_leaf`), so it can be swept, vmapped and
+Three optional parts of a [`LatencyModel`][afdjax.LatencyModel] (issue 13). Every float is an
+array leaf (``_validate.float_leaf``), so it can be swept, vmapped and
 differentiated without recompiling; integers (counts of experts, ranks, ...) are static.
 Times are in the latency model's time unit.
 
-* :class:`StageNoise`: per-layer random variation of the attention, FFN and
+* [`StageNoise`][afdjax.StageNoise]: per-layer random variation of the attention, FFN and
   communication times (LogNormal factors of mean 1).
-* :class:`ExpertRouting`: the FFN instance as ``ranks`` expert-parallel ranks; the FFN
+* [`ExpertRouting`][afdjax.ExpertRouting]: the FFN instance as ``ranks`` expert-parallel ranks; the FFN
   time of a layer follows the busiest rank's routed token-expert pairs.
-* :class:`Communication`: per-peer cost, a different F->A direction, the FFN's shared link.
+* [`Communication`][afdjax.Communication]: per-peer cost, a different F->A direction, the FFN's shared link.
 
 The step (``Barrier``) with ``L`` layers:
 ``tau = sum_l max(max_{j<r} t_A,j a_jl, t_C c_l, t_C' c'_l, t_F,l f_l) / L``
@@ -86,27 +86,26 @@ class ExpertRouting(eqx.Module):
     experts (expert ``e`` on rank ``e % ranks`` before redundancy).
 
     Each of the ``r * B`` tokens of a layer picks ``top_k`` experts independently, with
-    replacement, from the popularity ``p`` (:meth:`popularity`), so the token-expert pairs
-    fall on the ranks as a multinomial with the shares :meth:`rank_shares`, independently
+    replacement, from the popularity ``p`` (``popularity``), so the token-expert pairs
+    fall on the ranks as a multinomial with the shares ``rank_shares``, independently
     across layers and steps. The FFN time of one layer is
     ``(alpha_f * ranks / top_k * max_over_ranks(pairs) + beta_f) / L``: perfectly
     balanced routing gives today's ``(alpha_f r B + beta_f) / L``.
 
-    **Arguments:**
-
-    - ``num_experts``: ``E``, routed experts per layer (an integer >= 1; static).
-    - ``top_k``: experts each token picks (an integer in ``[1, E]``; static).
-    - ``ranks``: expert-parallel ranks of the FFN instance (an integer in ``[1, E]``; static).
-    - ``skew``: Zipf exponent ``s`` of the popularity, ``p_e`` proportional to
-      ``(e + 1)^-s`` (finite, ``>= 0``; 0 = uniform; an array leaf). Must be 0 when
-      ``histogram`` is given.
-    - ``histogram``: ``None``, or an ``(E,)`` array leaf of measured relative
-      popularity (finite, ``>= 0``, positive sum; normalised here).
-    - ``redundant_experts``: ``h``, the ``h`` most popular experts get one extra
-      replica each, on the rank with the smallest expected load at that point (greedy,
-      hottest first, excluding the expert's home rank), their traffic split evenly
-      between the two replicas (an integer in ``[0, E]``; needs ``ranks >= 2`` when
-      ``h > 0``; static).
+    Arguments:
+        num_experts: ``E``, routed experts per layer (an integer >= 1; static).
+        top_k: experts each token picks (an integer in ``[1, E]``; static).
+        ranks: expert-parallel ranks of the FFN instance (an integer in ``[1, E]``; static).
+        skew: Zipf exponent ``s`` of the popularity, ``p_e`` proportional to
+            ``(e + 1)^-s`` (finite, ``>= 0``; 0 = uniform; an array leaf). Must be 0 when
+            ``histogram`` is given.
+        histogram: ``None``, or an ``(E,)`` array leaf of measured relative
+            popularity (finite, ``>= 0``, positive sum; normalised here).
+        redundant_experts: ``h``, the ``h`` most popular experts get one extra
+            replica each, on the rank with the smallest expected load at that point (greedy,
+            hottest first, excluding the expert's home rank), their traffic split evenly
+            between the two replicas (an integer in ``[0, E]``; needs ``ranks >= 2`` when
+            ``h > 0``; static).
 
     Routing is never neutral: even uniform popularity has multinomial imbalance.
     """

@@ -1,8 +1,8 @@
 """Accelerator and model specifications, and their presets (numbers with public sources).
 
 Plain frozen dataclasses, validated on construction; the roofline arithmetic that turns them
-into latency coefficients is in :mod:`afdjax._hardware._derive`, the string and TOML grammar
-that builds them from user input in :mod:`afdjax._specs`.
+into latency coefficients is in ``afdjax._hardware._derive``, the string and TOML grammar
+that builds them from user input in ``afdjax._specs``.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ size. An operator has more to respect, which the paper (arXiv 2601.21351) leaves
   kv_bytes_per_token`` bytes over all layers. The batch size ``B`` is only usable if the
   probability that an instance's KV load exceeds its capacity stays below a tolerance.
   The probability is reported two ways: from simulation (the fraction of measured
-  instance-steps above the capacity, :meth:`SimulationResult.kv_exceedance_probability`)
+  instance-steps above the capacity, [`kv_exceedance_probability`][afdjax.SimulationResult.kv_exceedance_probability])
   and from the Gaussian approximation ``T_j ~ Normal(B theta, B sigma^2)`` of the
-  stationary state (``theta``, ``sigma^2``: :meth:`Workload.theta`,
-  :meth:`Workload.slot_variance`).
+  stationary state (``theta``, ``sigma^2``: [`theta`][afdjax.Workload.theta],
+  [`slot_variance`][afdjax.Workload.slot_variance]).
 * **Time per output token (TPOT).** Each simulated step is one pass through one layer
   at that step's loads (the latency coefficients are per layer), so a token takes
   ``num_layers`` steps: ``TPOT = num_layers * cycle time``. The mean uses the mean cycle
@@ -24,14 +24,14 @@ size. An operator has more to respect, which the paper (arXiv 2601.21351) leaves
   ``bundle_tokens_per_s = r B / (num_layers * E[tau] * time_unit)`` (with no
   ``num_layers`` a step counts as a token, as in the paper's throughput per instance).
 
-:func:`provision_constrained` evaluates every ``(B, r)`` on a grid (one simulation per
+[`provision_constrained`][afdjax.provision_constrained] evaluates every ``(B, r)`` on a grid (one simulation per
 ``B``, all ratios in one pass), marks each cell feasible or not with the constraint it
 violates, and picks the feasible cell with the best objective. A constraint *binds* when
 relaxing it alone would admit a better cell (reported with the gain); when no single
 relaxation helps but the unconstrained best is excluded, the constraints bind jointly;
 when the best cell overall is feasible, nothing binds but the objective's own peak.
 
-This module is host-side assembly: every number comes from :func:`afdjax.simulate` and
+This module is host-side assembly: every number comes from [`simulate`][afdjax.simulate] and
 the workload's closed-form moments.
 """
 
@@ -60,7 +60,7 @@ TPOT_STATISTICS = ("p99", "mean")
 def deployment_kv_capacity_bytes(deployment) -> float:
     """The automatic KV capacity of one Attention instance (``--kv-capacity-gb auto``):
     ``attention_devices x HBM per device - resident Attention weights``, in bytes, from
-    a :class:`~afdjax.Deployment` (e.g. ``afdjax.load_deployment("h100:deepseek-v3")``).
+    a [`Deployment`][afdjax.Deployment] (e.g. ``afdjax.load_deployment("h100:deepseek-v3")``).
 
     Raises ``ValueError`` when the deployment does not give the HBM capacity and the
     resident weights (a spec without ``ACCELERATOR:MODEL``), or when the weights leave
@@ -80,7 +80,7 @@ def deployment_kv_capacity_bytes(deployment) -> float:
 
 
 def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
-    """Watts of one Attention and one FFN instance from a :class:`~afdjax.Deployment`:
+    """Watts of one Attention and one FFN instance from a [`Deployment`][afdjax.Deployment]:
     ``devices per instance x board power per device`` (``attention_devices`` and
     ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
     if deployment.power_watts is None:
@@ -94,12 +94,12 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
 
 @dataclasses.dataclass(frozen=True)
 class Constraints:
-    """Deployment limits for :func:`provision_constrained`. ``None`` switches a limit off.
+    """Deployment limits for [`provision_constrained`][afdjax.provision_constrained]. ``None`` switches a limit off.
 
     - ``kv_capacity_bytes``: KV-cache bytes available on one Attention instance (HBM
       left after weights and activations).
     - ``kv_bytes_per_token``: KV bytes of one token over all layers (from the model:
-      :class:`afdjax.Deployment`'s ``kv_bytes_per_token``).
+      [`Deployment`][afdjax.Deployment]'s ``kv_bytes_per_token``).
     - ``kv_overflow_tolerance``: largest allowed probability that an instance's KV load
       exceeds its capacity at a step (default ``1e-3``).
     - ``tpot_target_ms``: time-per-output-token target in milliseconds.
@@ -173,12 +173,13 @@ class Constraints:
         time_unit_us: float = 1.0,
     ) -> Constraints:
         """Constraints whose unspecified model quantities come from a
-        :class:`~afdjax.Deployment` (what ``afdjax provision --hardware ACCEL:MODEL`` does).
+        [`Deployment`][afdjax.Deployment] (what ``afdjax provision --hardware ACCEL:MODEL`` does).
 
-        - ``kv_capacity_bytes``: bytes, ``"auto"`` (:func:`deployment_kv_capacity_bytes`:
+        - ``kv_capacity_bytes``: bytes, ``"auto"``
+          ([`deployment_kv_capacity_bytes`][afdjax.deployment_kv_capacity_bytes]:
           HBM minus resident weights) or ``None`` (no KV limit).
         - ``kv_bytes_per_token``, ``num_layers``: default to the deployment's model.
-        - the other arguments as for :class:`Constraints`.
+        - the other arguments as for [`Constraints`][afdjax.Constraints].
         """
         if isinstance(kv_capacity_bytes, str):
             if kv_capacity_bytes != "auto":
@@ -229,7 +230,8 @@ class Costs:
         ffn_power_w: float | None = None,
     ) -> Costs:
         """Costs whose powers, when neither is given, are the per-instance powers of a
-        :class:`~afdjax.Deployment` (:func:`deployment_instance_power_w`: devices x board
+        [`Deployment`][afdjax.Deployment] ([`deployment_instance_power_w`][afdjax.deployment_instance_power_w]:
+        devices x board
         power), as ``afdjax provision`` does; prices are never guessed."""
         if attention_power_w is None and ffn_power_w is None:
             powers = deployment_instance_power_w(deployment)
@@ -502,22 +504,25 @@ def provision_constrained(
     """Joint choice of batch size and A/F ratio ``(B, r)`` under KV-capacity and TPOT
     constraints, maximising throughput per instance, tokens per dollar or tokens per joule.
 
-    **Arguments:**
+    Arguments:
+        key: as for [`simulate`][afdjax.simulate] (the same key at
+            every ``B``: common random numbers across the grid).
+        workload: see ``key``.
+        latency: see ``key``.
+        batch_sizes: one ``B`` or a list of them (slots per Attention instance).
+        ratios: ratios to consider at every ``B`` (default: ``1..max(32, 1.5 r*)`` of
+            the largest ``B``).
+        num_steps: Monte Carlo size per batch size.
+        num_replicas: see ``num_steps``.
+        constraints: a [`Constraints`][afdjax.Constraints]; ``costs``: a [`Costs`][afdjax.Costs].
+        objective: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
+        micro_batches: ``None`` (the paper's idealised overlap) or the number of
+            pipelined micro-batches ``m`` (see [`simulate`][afdjax.simulate]), a spelling of
+            ``step_model=Pipeline(m)``; ``step_model``: a [`StepModel`][afdjax.StepModel].
+        progress: a progress bar for each batch size's simulation.
 
-    - ``key``, ``workload``, ``latency``: as for :func:`afdjax.simulate` (the same key at
-      every ``B``: common random numbers across the grid).
-    - ``batch_sizes``: one ``B`` or a list of them (slots per Attention instance).
-    - ``ratios``: ratios to consider at every ``B`` (default: ``1..max(32, 1.5 r*)`` of
-      the largest ``B``).
-    - ``num_steps``, ``num_replicas``: Monte Carlo size per batch size.
-    - ``constraints``: a :class:`Constraints`; ``costs``: a :class:`Costs`.
-    - ``objective``: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
-    - ``micro_batches``: ``None`` (the paper's idealised overlap) or the number of
-      pipelined micro-batches ``m`` (see :func:`afdjax.simulate`), a spelling of
-      ``step_model=Pipeline(m)``; ``step_model``: a :class:`~afdjax.StepModel`.
-    - ``progress``: a progress bar for each batch size's simulation.
-
-    **Returns:** a :class:`ConstrainedProvisionReport` (``format_text``, ``to_dict``, ``plot``).
+    Returns:
+        a [`ConstrainedProvisionReport`][afdjax.ConstrainedProvisionReport] (``format_text``, ``to_dict``, ``plot``).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is invalid: expected one of {', '.join(OBJECTIVES)}")

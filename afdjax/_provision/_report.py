@@ -165,21 +165,22 @@ def provision(
 ) -> ProvisionReport:
     """Answer "which r?" three ways and compare them.
 
-    Runs :func:`~afdjax.simulate` over ``ratios`` (default :func:`default_ratio_range`)
+    Runs [`simulate`][afdjax.simulate] over ``ratios`` (default [`default_ratio_range`][afdjax.default_ratio_range])
     and evaluates the mean-field and barrier models at the same ratios.
 
     With ``micro_batches=m`` the simulation runs the micro-batch pipeline and the theory
-    curves follow it: the mean-field curve is :func:`~afdjax.pipeline_throughput` (the
+    curves follow it: the mean-field curve is [`pipeline_throughput`][afdjax.pipeline_throughput] (the
     pipeline period at mean loads) and the barrier curve
-    :func:`~afdjax.pipeline_barrier_throughput`, an *approximation* (per-micro-batch
+    [`pipeline_barrier_throughput`][afdjax.pipeline_barrier_throughput], an *approximation* (per-micro-batch
     attention time replaced by the Gaussian expected maximum over ``r`` instances). Their
     integer recommendations are the argmax of these curves over ``1..max(ratios)``; the
     reported ``r_star`` stays the paper's idealised closed form, and
     ``mean_field["r_star_pipeline"]`` is the continuous argmax of the pipeline mean-field
     curve (1/64 grid, at most ``max(ratios)``). ``step_model=`` (a
-    :class:`~afdjax.StepModel`) is the general spelling: its closed forms give the curves.
+    [`StepModel`][afdjax.StepModel]) is the general spelling: its closed forms give the curves.
 
-    **Returns:** a :class:`ProvisionReport` (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
+    Returns:
+        a [`ProvisionReport`][afdjax.ProvisionReport] (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
     """
     if ratios is None:
         ratios = default_ratio_range(workload, latency, batch_size)

@@ -168,18 +168,18 @@ class PipelineEvents(eqx.Module):
 def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, instance_mask=None, back_time=None):
     """Advance the pipeline by one decode step (all ``m`` micro-batches).
 
-    **Arguments:**
+    Arguments:
+        state: a [`PipelineState`][afdjax.PipelineState] (batch shape ``...``).
+        attention_time: ``(..., J, m)`` attention time of micro-batch ``g`` on instance ``j``.
+        comm_time: ``(..., m)`` time of one transfer (A->F, and again F->A).
+        ffn_time: ``(..., m)`` FFN time of each aggregated micro-batch.
+        instance_mask: optional ``(..., J)`` bool; instances with ``False`` take no part
+            (their attention does not gate the A->F transfer).
+        back_time: optional ``(..., m)`` time of the F->A transfer (default ``comm_time``).
 
-    - ``state``: a :class:`PipelineState` (batch shape ``...``).
-    - ``attention_time``: ``(..., J, m)`` attention time of micro-batch ``g`` on instance ``j``.
-    - ``comm_time``: ``(..., m)`` time of one transfer (A->F, and again F->A).
-    - ``ffn_time``: ``(..., m)`` FFN time of each aggregated micro-batch.
-    - ``instance_mask``: optional ``(..., J)`` bool; instances with ``False`` take no part
-      (their attention does not gate the A->F transfer).
-    - ``back_time``: optional ``(..., m)`` time of the F->A transfer (default ``comm_time``).
-
-    **Returns:** ``(new_state, events)``, ``events`` a :class:`PipelineEvents` without the
-    step axis. Inputs broadcast against each other and the state.
+    Returns:
+        ``(new_state, events)``, ``events`` a [`PipelineEvents`][afdjax.PipelineEvents] without the
+        step axis. Inputs broadcast against each other and the state.
     """
     attention_time = jnp.asarray(attention_time)
     a_start, a_end = _fifo(state.attention_free, state.f2a_end[..., None, :], attention_time)
@@ -212,10 +212,11 @@ def pipeline_event_times(attention_time, comm_time, ffn_time, instance_mask=None
     - ``ffn_time``: ``(m,)`` or ``(K, m)``: the FFN pass of each micro-batch.
     - ``instance_mask``: optional ``(J,)`` bool of the instances taking part.
 
-    **Returns:** a :class:`PipelineEvents` with arrays ``(K, J, m)`` and ``(K, m)``.
+    Returns:
+        a [`PipelineEvents`][afdjax.PipelineEvents] with arrays ``(K, J, m)`` and ``(K, m)``.
 
-    Times are absolute (from 0); for long float32 runs use :func:`pipeline_advance` and
-    re-base the state every step, as :func:`afdjax.simulate` does.
+    Times are absolute (from 0); for long float32 runs use [`pipeline_advance`][afdjax.pipeline_advance] and
+    re-base the state every step, as [`simulate`][afdjax.simulate] does.
     """
     attention_time = jnp.asarray(attention_time)
     if attention_time.ndim != 3:
@@ -240,7 +241,7 @@ def pipeline_cycle_time(workload: Workload, latency: LatencyModel, batch_size, r
     Per-micro-batch stage times at the stationary mean load with ``B / m`` slots per
     micro-batch (exact when ``m`` divides ``B``): ``t_A = alpha_a (B/m) theta + beta_a``,
     ``t_C = t_C(r, B/m)``, ``t_F = alpha_f r B / m + beta_f``; then
-    :func:`pipeline_period`. Differentiable in every coefficient, the workload and a real
+    [`pipeline_period`][afdjax.pipeline_period]. Differentiable in every coefficient, the workload and a real
     ``ratio``; ``micro_batches`` may be a real number too (a relaxation).
     """
     return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier=False)
@@ -261,7 +262,7 @@ def pipeline_barrier_cycle_time(
     attention time is replaced by the Gaussian expected maximum over ``r`` instances,
     ``mu_g + s_g E[M_r]`` with ``mu_g = alpha_a (B/m) theta + beta_a`` and
     ``s_g = alpha_a sqrt(B/m) sigma`` (``M_r`` the max of ``r`` standard normals, defined
-    for real ``r``), and put into :func:`pipeline_period`. It ignores that the ``m``
+    for real ``r``), and put into [`pipeline_period`][afdjax.pipeline_period]. It ignores that the ``m``
     micro-batches of an instance share its load fluctuations, that queues absorb part of
     the variation, and the max over resources inside the expectation. For ``m = 1`` it is
     the sequential sum with the expected-max attention time.
@@ -272,7 +273,8 @@ def pipeline_barrier_cycle_time(
 def pipeline_barrier_throughput(
     workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches
 ) -> jax.Array:
-    """Throughput per instance at :func:`pipeline_barrier_cycle_time` (an approximation)."""
+    """Throughput per instance at [`pipeline_barrier_cycle_time`][afdjax.pipeline_barrier_cycle_time] (an
+    approximation)."""
     ratio = _float(ratio)
     return _per_instance(
         ratio, batch_size, pipeline_barrier_cycle_time(workload, latency, batch_size, ratio, micro_batches)

@@ -299,7 +299,7 @@ class _Group:
 
 
 class SweepGrid:
-    """A parsed, validated sweep grid (see :func:`load_grid` and the README's TOML schema).
+    """A parsed, validated sweep grid (see [`load_grid`][afdjax.load_grid] and the README's TOML schema).
 
     ``groups`` partition the points by what fixes shapes; ``num_points`` is the grid size
     and ``settings`` the run settings (steps, replicas, seed, ...).
@@ -388,7 +388,7 @@ class SweepGrid:
 
 
 def load_grid(grid) -> SweepGrid:
-    """A :class:`SweepGrid` from a TOML file path, a TOML string's parsed mapping, or a grid."""
+    """A [`SweepGrid`][afdjax.SweepGrid] from a TOML file path, a TOML string's parsed mapping, or a grid."""
     if isinstance(grid, SweepGrid):
         return grid
     if isinstance(grid, dict):

@@ -7,7 +7,7 @@ Per-instance attention time is approximately Normal(``mu_A``, ``s^2``) with
 
     E[tau] = E[max(G, mu_A + s M_r)] = G + s * integral_{(G - mu_A)/s}^inf (1 - Phi(x)^r) dx,
 
-which is defined, and differentiable, for real ``r > 0`` (:mod:`._max_normal`).
+which is defined, and differentiable, for real ``r > 0`` (``_max_normal``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
 
     With the stage-time parts of ``latency`` (``noise``, ``routing``, ``comm``): the
     expected per-layer barrier ``E[max(max_j t_A,j a_j, t_C c, t_C' c', t_F f)]`` of
-    :func:`._stage_terms.stage_layer_time` (per-layer noise, the busiest expert-parallel
+    ``_stage_terms.stage_layer_time`` (per-layer noise, the busiest expert-parallel
     rank, both communication directions); ``G`` includes the F->A time with ``comm``. All
     three ``None``: exactly the Gaussian barrier above; noise with every ``cv = 0`` and no
     routing: the Gaussian barrier with ``G = max(t_F, t_C, t_C')``.
@@ -73,7 +73,7 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
 
 @filter_jit
 def _stage_barrier(latency, mu, s, batch_size, ratio):
-    """:func:`stage_layer_time` broadcast over the arrays (one compilation per latency
+    """``stage_layer_time`` broadcast over the arrays (one compilation per latency
     structure and shape, also when called eagerly)."""
     return jnp.vectorize(lambda m, sd, b, r: stage_layer_time(m, sd, latency, b, r))(mu, s, batch_size, ratio)
 
@@ -98,7 +98,7 @@ class BarrierOptimum(eqx.Module):
 
 
 def barrier_optimum(workload: Workload, latency: LatencyModel, batch_size, max_ratio: int) -> BarrierOptimum:
-    """Integer and continuous maximisers of :func:`barrier_throughput` over ``[1, max_ratio]``.
+    """Integer and continuous maximisers of [`barrier_throughput`][afdjax.barrier_throughput] over ``[1, max_ratio]``.
 
     **Arguments:** a workload, a latency model, the batch size ``B > 0`` and ``max_ratio``,
     a Python integer ``>= 1`` (static: one compilation per value). With an unbounded

@@ -23,7 +23,7 @@ instance times a constant). With ``c = w_F / w_A``:
   ``w_F = 0``: ``r_peak = 0`` and ``r*`` is the attention (or communication) boundary.
 
 The barrier refinement replaces ``tau`` by the Gaussian ``E[tau]``
-(:func:`~afdjax.barrier_cycle_time`) and is maximised numerically over ``[1, max_ratio]``
+([`barrier_cycle_time`][afdjax.barrier_cycle_time]) and is maximised numerically over ``[1, max_ratio]``
 (grid then Newton). The integer recommendation is the better neighbour of ``r*`` under
 ``f_w`` (mean field) and the best integer of the barrier curve.
 """
@@ -67,7 +67,7 @@ def cost_objective(
 
 
 class CostOptimum(eqx.Module):
-    """The closed-form optimum of :func:`cost_objective` (see the module docstring)."""
+    """The closed-form optimum of [`cost_objective`][afdjax.cost_objective] (see the module docstring)."""
 
     r_attention: jax.Array
     """``r_A``: where the rising stage time reaches ``t_A_bar`` (independent of the costs)."""
@@ -79,7 +79,7 @@ class CostOptimum(eqx.Module):
     r_star: jax.Array
     """``max(r_A, r_C, r_peak)``, the mean-field optimum (real)."""
     regime: jax.Array
-    """Index into :data:`~afdjax.REGIMES` of the binding stage at ``r_star``."""
+    """Index into [`REGIMES`][afdjax.REGIMES] of the binding stage at ``r_star``."""
     ratio_mean_field: jax.Array
     """The better integer neighbour of ``r_star`` in ``[1, max_ratio]`` under the mean field."""
     ratio_barrier: jax.Array
@@ -159,7 +159,7 @@ def cost_optimum(
     (finite, ``>= 0``, not both 0) and ``max_ratio`` (a Python integer ``>= 1``).
 
     With ``latency.routing`` or ``latency.comm`` the mean-field ratios are found numerically
-    (``r_peak`` minimises ``(1 + w_F / (w_A r)) h(r)``, :func:`._stage_optimum.stage_mean_field_optimum`);
+    (``r_peak`` minimises ``(1 + w_F / (w_A r)) h(r)``, ``_stage_optimum.stage_mean_field_optimum``);
     with ``noise`` or ``routing`` the barrier optimum is the best point of the 1/64 grid.
     """
     check_batch_size(batch_size)

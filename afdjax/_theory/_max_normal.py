@@ -2,7 +2,7 @@
 
 ``E[(M_r - z0)^+] = integral_{z0}^inf (1 - Phi(x)^r) dx`` with ``M_r`` the maximum of ``r``
 independent standard normals (``Phi^r`` is its CDF, defined for real ``r > 0``). It is the
-kernel of the barrier refinement (:mod:`._barrier`) and of the pipeline's Gaussian
+kernel of the barrier refinement (``_barrier``) and of the pipeline's Gaussian
 approximation (``afdjax._step``).
 """
 

@@ -32,7 +32,7 @@ from ._ratio_choice import best_integer_neighbour
 from ._stage_optimum import stage_floor_mean, stage_mean_field_optimum
 
 REGIMES = ("attention", "communication", "ffn", "unbounded")
-"""Names of the binding regimes, indexed by :attr:`MeanFieldOptimum.regime`. "unbounded":
+"""Names of the binding regimes, indexed by [`regime`][afdjax.MeanFieldOptimum.regime]. "unbounded":
 no stage time grows with ``r`` (e.g. ``alpha_f = 0``), so throughput per instance rises
 with ``r`` for ever and ``r_star`` is ``+inf`` (``null`` in JSON reports)."""
 
@@ -49,7 +49,7 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 
     With ``latency.routing`` or ``latency.comm``: ``max(t_A_bar, t_C(r), t_C'(r),
     E[t_F(r)])``, the F->A time ``t_C'`` and the routed FFN time's mean (the busiest rank,
-    :func:`._stage_terms.routed_ffn_time`); noise factors have mean 1 and do not enter."""
+    ``_stage_terms.routed_ffn_time``); noise factors have mean 1 and do not enter."""
     ratio = as_float(ratio)
     t_a = attention_time_mean_field(workload, latency, batch_size)
     if latency.routing is None and latency.comm is None:
@@ -80,14 +80,14 @@ class MeanFieldOptimum(eqx.Module):
     """``max(r_A, r_C, r_peak)``: the mean-field optimal (real) ratio; ``+inf`` in the
     "unbounded" regime."""
     regime: jax.Array
-    """Index into :data:`REGIMES` of the binding stage at ``r_star`` (3, "unbounded", when
+    """Index into [`REGIMES`][afdjax.REGIMES] of the binding stage at ``r_star`` (3, "unbounded", when
     ``r_star = +inf``)."""
     attention_time: jax.Array
     """``t_A_bar`` (time units)."""
 
     @property
     def regime_name(self) -> str:
-        """The name of :attr:`regime` in :data:`REGIMES`."""
+        """The name of ``regime`` in [`REGIMES`][afdjax.REGIMES]."""
         return REGIMES[int(self.regime)]
 
 
@@ -111,7 +111,7 @@ def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) ->
     with ``r`` (module docstring). With ``latency.routing`` or ``latency.comm`` the rising
     floor ``h(r) = max(E[t_F(r)], t_C(r), t_C'(r))`` is not a line: ``r_A`` is where ``h``
     reaches ``t_A_bar`` and ``r_peak`` minimises ``(1 + 1/r) h(r)``, both found numerically
-    (:func:`._stage_optimum.stage_mean_field_optimum`).
+    (``_stage_optimum.stage_mean_field_optimum``).
     """
     check_batch_size(batch_size)
     B = as_float(batch_size)
@@ -156,11 +156,11 @@ def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) ->
 
 def mean_field_integer_ratio(workload, latency, batch_size, max_ratio: int | None = None) -> jax.Array:
     """Integer recommendation of the mean field (int32): the better neighbour of ``r*``
-    under :func:`mean_field_throughput`, never below 1 and never above ``max_ratio``.
+    under [`mean_field_throughput`][afdjax.mean_field_throughput], never below 1 and never above ``max_ratio``.
 
     In the "unbounded" regime (``r* = +inf``) it is ``max_ratio``, the top of the range;
     without ``max_ratio`` that case raises ``ValueError`` (see
-    :func:`best_integer_neighbour`).
+    ``best_integer_neighbour``).
     """
     check_batch_size(batch_size)
     opt = mean_field_optimum(workload, latency, batch_size)

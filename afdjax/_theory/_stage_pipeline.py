@@ -6,7 +6,7 @@ helpers compute the same period with the parts of issue 13, and reduce to
 ``latency.noise``, ``routing`` and ``comm`` are ``None``. Per micro-batch of ``B/m`` slots:
 
 * attention: ``E[max_{j<r} t_A,j a_j]`` (Gaussian loads of ``B/m`` slots, per-stage noise
-  factors; :func:`._stage_terms.attention_max_mean`); the mean field takes ``mu_g``;
+  factors; ``_stage_terms.attention_max_mean``); the mean field takes ``mu_g``;
 * A->F and F->A: ``t_C(r, B/m)`` and ``t_C'(r, B/m)`` (per-peer and shared-link terms
   included: one FFN link serving ``r`` senders per micro-batch); factors of mean 1;
 * FFN: the routed mean ``E[alpha_f R/k X + beta_f]`` over ``r B k / m`` pairs.
@@ -94,7 +94,7 @@ def _stage_means(latency, mu, s, per_group, r):
 
 
 def stage_pipeline_throughput(workload, latency, batch_size, ratio, micro_batches, barrier: bool = True) -> jax.Array:
-    """Throughput per instance ``r B / ((r + 1) period)`` at :func:`stage_pipeline_cycle_time`."""
+    """Throughput per instance ``r B / ((r + 1) period)`` at ``stage_pipeline_cycle_time``."""
     ratio = as_float(ratio)
     period = stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier)
     return per_instance_throughput(ratio, batch_size, period)

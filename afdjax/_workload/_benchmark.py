@@ -1,12 +1,12 @@
 """Workloads of serving benchmarks: every request the same, or lengths uniform on ranges.
 
-* :class:`Fixed` -- ``P = prefill_tokens`` and ``D = decode_steps`` for every request
+* [`Fixed`][afdjax.Fixed] -- ``P = prefill_tokens`` and ``D = decode_steps`` for every request
   (spec ``fixed:prefill=P,decode=D``).
-* :class:`Uniform` -- ``P`` uniform on the integers ``prefill_low .. prefill_high`` and,
+* [`Uniform`][afdjax.Uniform] -- ``P`` uniform on the integers ``prefill_low .. prefill_high`` and,
   independently, ``D`` uniform on ``decode_low .. decode_high`` (both inclusive; spec
   ``uniform:prefill=A..B,decode=C..D``).
 
-``theta`` and ``slot_variance`` are exact: :func:`independent_load_moments` of the
+``theta`` and ``slot_variance`` are exact: ``independent_load_moments`` of the
 prefill mean and variance and the decode raw moments, which are finite sums here
 (``Fixed``: ``theta = P + (D-1)/2``, ``sigma^2 = (D^2 - 1)/12``).
 """
@@ -30,11 +30,10 @@ MAX_DECODE_STEPS = 2**30 - 1
 class Fixed(Workload):
     """Every request has ``prefill_tokens`` prompt tokens and ``decode_steps`` decode steps.
 
-    **Arguments:**
-
-    - ``prefill_tokens``: prompt tokens in the KV cache, a finite number ``>= 0`` (an
-      array leaf: differentiable, sweepable without recompiling).
-    - ``decode_steps``: an integer ``>= 1`` (static: the decode length has no gradient).
+    Arguments:
+        prefill_tokens: prompt tokens in the KV cache, a finite number ``>= 0`` (an
+            array leaf: differentiable, sweepable without recompiling).
+        decode_steps: an integer ``>= 1`` (static: the decode length has no gradient).
 
     Each slot is then periodic: its load runs ``P, P+1, .., P+D-1`` and starts again, so
     ``theta = P + (D-1)/2`` and the slot variance is ``(D^2 - 1)/12`` (tokens^2).

@@ -1,7 +1,7 @@
 """Decode-length families: distributions of decode steps ``D`` on ``{1, 2, ...}``.
 
-These are model inputs: :func:`afdjax.fit_workload` fits them to traces and
-:class:`~afdjax.FittedWorkload` simulates them.
+These are model inputs: [`fit_workload`][afdjax.fit_workload] fits them to traces and
+[`FittedWorkload`][afdjax.FittedWorkload] simulates them.
 
 * ``geometric`` -- ``P(D=d) = p (1-p)^(d-1)``, the paper's v1 model (``mu_D = (1-p)/p``
   is the stationary mean decode index, one less than ``E[D] = 1/p``).
@@ -20,7 +20,7 @@ follows. ``D*`` has ``P(D* = d) = d P(D = d) / E[D]`` and the index is uniform o
 
 * geometric: inverse CDF ``1 + floor(log u / log(1-p))``; the stationary pair is exact by
   memorylessness: age ``~ Geometric`` on ``{0, 1, ..}`` and remaining life an independent
-  fresh ``D``, so ``D* = age + remaining`` (as :class:`~afdjax.Geometric`).
+  fresh ``D``, so ``D* = age + remaining`` (as [`Geometric`][afdjax.Geometric]).
 * geometric_mixture: inverse CDF of the mixture itself, ``D = min{d : P(D > d) < u}``
   from the closed-form survival ``sum_k w_k (1-p_k)^d`` by bisection from a bracket, and
   for the stationary ``D*`` from ``P(D* > d) = sum_k w_k (1-p_k)^d (d + 1/p_k) / E[D]``,
@@ -34,8 +34,8 @@ follows. ``D*`` has ``P(D* = d) = d P(D = d) / E[D]`` and the index is uniform o
   table of ``d = 1 .. SAMPLING_TABLE_STEPS`` (65,536). A draw beyond the table's last
   cumulative probability is set to ``SAMPLING_TABLE_STEPS``, so the sampled law differs
   from the family by at most the mass beyond the table (``P(D > 65536)`` fresh,
-  ``E[D; D > 65536] / E[D]`` stationary: :meth:`DecodeDistribution.table_truncation`).
-  :class:`~afdjax.FittedWorkload` refuses a family for which this exceeds
+  ``E[D; D > 65536] / E[D]`` stationary: [`table_truncation`][afdjax.DecodeDistribution.table_truncation]).
+  [`FittedWorkload`][afdjax.FittedWorkload] refuses a family for which this exceeds
   ``MAX_TABLE_TRUNCATION`` (1e-6). The table's cumulative sums carry float rounding (in
   float32 a relative ``1e-7 .. 1e-5`` of the probabilities).
 
@@ -100,7 +100,7 @@ class DecodeDistribution(eqx.Module):
 
     @abc.abstractmethod
     def to_unconstrained(self) -> jax.Array:
-        """Inverse of :meth:`from_unconstrained`."""
+        """Inverse of ``from_unconstrained``."""
 
     @abc.abstractmethod
     def log_pmf(self, d: jax.Array) -> jax.Array:

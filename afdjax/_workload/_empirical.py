@@ -19,7 +19,7 @@ _TRACED = (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArray
 
 def _uniform_int_and_fraction(hi, lo, n):
     """``(floor(x n / 2^64), V)`` for the 64-bit ``x = hi 2^32 + lo``: the integer of
-    :func:`afdjax._random.uniform_int` (bit for bit the same arithmetic) and ``V`` in
+    ``_random.uniform_int`` (bit for bit the same arithmetic) and ``V`` in
     (0, 1) from bits 32..63 of ``x n mod 2^64``, the fractional part of ``x n / 2^64``,
     which is uniform and independent of the integer up to ``2^-32`` (no extra draw)."""
     n = jnp.asarray(n).astype(jnp.uint32)
@@ -32,13 +32,12 @@ def _uniform_int_and_fraction(hi, lo, n):
 class Empirical(Workload):
     """Requests resampled with replacement from observed ``(prefill, decode)`` pairs.
 
-    **Arguments:**
-
-    - ``prefill_tokens``: shape ``(n,)``, prompt tokens in the KV cache, finite ``>= 0``
-      (real values are allowed, e.g. for scaled traces).
-    - ``decode_steps``: shape ``(n,)``, integer decode steps, ``>= 1``. For a trace
-      that records output tokens, one token is emitted per step, so decode steps =
-      output tokens (see :func:`afdjax.load_trace` to change that mapping).
+    Arguments:
+        prefill_tokens: shape ``(n,)``, prompt tokens in the KV cache, finite ``>= 0``
+            (real values are allowed, e.g. for scaled traces).
+        decode_steps: shape ``(n,)``, integer decode steps, ``>= 1``. For a trace
+            that records output tokens, one token is emitted per step, so decode steps =
+            output tokens (see [`load_trace`][afdjax.load_trace] to change that mapping).
 
     - ``decode_scale``: ``s > -1``, default 0: decode lengths x ``(1 + s)``, so
       ``decode_scale=0.1`` asks how throughput and the optimum move if outputs grow by

@@ -1,7 +1,7 @@
 """Prefill-length families: continuous distributions of prompt tokens ``P``.
 
-These are model inputs: :func:`afdjax.fit_workload` fits them to traces and
-:class:`~afdjax.FittedWorkload` simulates them.
+These are model inputs: [`fit_workload`][afdjax.fit_workload] fits them to traces and
+[`FittedWorkload`][afdjax.FittedWorkload] simulates them.
 
 Token counts are treated as continuous. Because a prompt may be empty (``P = 0``) and
 the lognormal and gamma densities need a positive argument, every family models
@@ -15,7 +15,7 @@ distribution of ``P`` is that of ``X - shift``: ``E[P] = E[X] - shift``,
 
 Sampling is by the inverse CDF of ``X`` (pathwise differentiable in the parameters):
 closed form for the exponential and the lognormal, Newton's method on the regularised
-incomplete gamma function for the gamma (:func:`gamma_quantile`). A sampled ``P`` lies
+incomplete gamma function for the gamma (``gamma_quantile``). A sampled ``P`` lies
 in ``(-shift, 0)`` with probability ``F_X(shift)`` (tiny for prompts of hundreds of
 tokens); such draws are kept, so that simulated loads have exactly the family's moments.
 """
@@ -35,7 +35,7 @@ from jax.scipy.special import gammainc, gammaincc, gammaln, ndtr
 from .._validate import float_leaf
 
 GAMMA_NEWTON_STEPS = 16
-"""Newton steps (in log x) of :func:`gamma_quantile`; quadratic convergence from the start."""
+"""Newton steps (in log x) of ``gamma_quantile``; quadratic convergence from the start."""
 
 
 def _normal_quantile(u: jax.Array) -> jax.Array:
@@ -102,7 +102,7 @@ class PrefillDistribution(eqx.Module):
 
     @abc.abstractmethod
     def to_unconstrained(self) -> jax.Array:
-        """Inverse of :meth:`from_unconstrained` (the shift is not included)."""
+        """Inverse of ``from_unconstrained`` (the shift is not included)."""
 
     @abc.abstractmethod
     def _log_pdf_x(self, x):
