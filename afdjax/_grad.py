@@ -112,6 +112,12 @@ def throughput_estimate(result: SimulationResult) -> jax.Array:
     ``mean_i [T_i + stop_gradient(T_i - b_i) (log p_i - stop_gradient(log p_i))]`` where
     ``T_i`` is replica ``i``'s throughput, ``log p_i`` the log-likelihood of its decode
     lengths and ``b_i`` the mean of the other replicas. Its value equals ``mean_i T_i``.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult].
+
+    Returns:
+        ``(n,)`` throughput per instance per ratio (tokens per time unit per instance).
     """
     per = result.throughput_per_replica
     if result.decode_jumps:
@@ -161,6 +167,25 @@ def expected_throughput(
     micro-batch pipeline (its event times are max/plus of the stage times, so the
     pathwise gradient is exact there too). ``decode_estimator``: ``"coupled"`` (default)
     or ``"score"`` for decode-length parameters (module docstring).
+
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)``); the same key gives the same random numbers (common random
+            numbers).
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+        ratio: the A/F ratio ``r``, real-valued in ``[1, max_ratio]`` (may be traced).
+        num_steps: measured steps per replica.
+        num_replicas: independent replicas.
+        max_ratio: the largest ratio simulated (static; bounds ``ratio``).
+        chunk_steps: buffer size from [`plan_buffers`][afdjax.plan_buffers] (static).
+        requests_per_chunk: buffer size from [`plan_buffers`][afdjax.plan_buffers] (static).
+        decode_estimator: ``"coupled"`` (default) or ``"score"`` for decode-length parameters.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
+
+    Returns:
+        the throughput per instance (tokens per time unit per instance), a scalar whose gradient
+        is the estimator.
     """
     jumps = decode_jumps_for(workload, decode_estimator)
     result = simulate(
@@ -183,7 +208,19 @@ def plan_buffers(
     workload: Workload, batch_size: int, max_ratio: int, num_steps: int, num_replicas: int, warmup_steps: int = 0
 ) -> dict:
     """Buffer sizes (``chunk_steps``, ``requests_per_chunk``) for a concrete workload, so that
-    [`expected_throughput`][afdjax.expected_throughput] can run with traced parameters."""
+    [`expected_throughput`][afdjax.expected_throughput] can run with traced parameters.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload]. Concrete (not traced).
+        batch_size: slots ``B`` per Attention instance.
+        max_ratio: the largest ratio simulated.
+        num_steps: measured steps per replica.
+        num_replicas: independent replicas.
+        warmup_steps: discarded steps before measuring (default 0).
+
+    Returns:
+        ``{"chunk_steps": int, "requests_per_chunk": int}``.
+    """
     base = dict(
         max_ratio=max_ratio,
         batch_size=batch_size,
@@ -234,6 +271,21 @@ def throughput_gradients(
     ``"score"`` (the older score-function estimator) for decode-length parameters.
     ``simulate_kwargs`` (e.g. ``micro_batches=m``, ``start``, ``warmup_steps``) go to
     [`simulate`][afdjax.simulate].
+
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)``); the same key gives the same random numbers (common random
+            numbers).
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``).
+        num_steps: measured steps per replica (default 4000).
+        num_replicas: independent replicas (default 16).
+        decode_estimator: ``"coupled"`` (default) or ``"score"``.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
+
+    Returns:
+        a [`ThroughputGradient`][afdjax.ThroughputGradient] (value, standard error and the gradients).
     """
     if not (isinstance(ratio, (int, float, np.integer, np.floating)) and math.isfinite(ratio) and ratio >= 1):
         raise ValueError(f"ratio={ratio!r} is invalid: expected a real number >= 1")

@@ -163,6 +163,12 @@ def parse_workload_spec(spec: str) -> Workload:
     - ``fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]``: the length families
       fitted to a trace (best by AIC unless named), as a simulatable
       [`FittedWorkload`][afdjax.FittedWorkload] (it ignores the P-D correlation that ``trace:`` keeps).
+
+    Arguments:
+        spec: the ``--workload`` string.
+
+    Returns:
+        a [`Workload`][afdjax.Workload].
     """
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
@@ -320,6 +326,12 @@ def parse_accelerator_spec(text: str) -> Accelerator:
       in [`Accelerator`][afdjax.Accelerator]), e.g. ``h100,hbm_bandwidth_bytes_per_s=1.675e12``;
     - ``FILE.toml[,field=value,...]``: an ``[accelerator]`` table, a full spec or
       ``base = "NAME"`` plus fields (the name defaults to the file's stem).
+
+    Arguments:
+        text: the spec string.
+
+    Returns:
+        an [`Accelerator`][afdjax.Accelerator].
     """
     return _parse_spec(text, ACCELERATORS, Accelerator, "accelerator")
 
@@ -328,7 +340,14 @@ def parse_model_spec(text: str) -> ModelSpec:
     """A [`ModelSpec`][afdjax.ModelSpec] from a spec string: ``NAME`` (``afdjax.MODELS``),
     ``NAME,field=value,...`` (fields as in [`ModelSpec`][afdjax.ModelSpec], e.g.
     ``llama-3.1-70b,num_layers=40``) or ``FILE.toml[,field=value,...]`` with a ``[model]``
-    table (a full spec or ``base = "NAME"`` plus fields)."""
+    table (a full spec or ``base = "NAME"`` plus fields).
+
+    Arguments:
+        text: the spec string.
+
+    Returns:
+        a [`ModelSpec`][afdjax.ModelSpec].
+    """
     return _parse_spec(text, MODELS, ModelSpec, "model")
 
 
@@ -454,6 +473,12 @@ def parse_hardware_spec(spec: str) -> LatencyModel:
 
     A TOML file may hold ``[model]``, ``[accelerator]`` and ``[deployment]`` tables besides
     ``[latency]``; they are ignored here and read by ``afdjax.load_deployment``.
+
+    Arguments:
+        spec: the ``--hardware`` string.
+
+    Returns:
+        a [`LatencyModel`][afdjax.LatencyModel].
     """
     return _read_hardware(spec)[0]
 
@@ -537,6 +562,12 @@ def load_deployment(spec: str) -> Deployment:
       tables, and ``units`` in ``[latency]``;
     - a latency preset (``paper-910c``: DeepSeek-V3 layers and KV bytes, nothing about
       the accelerator) or inline coefficients (only ``latency`` known).
+
+    Arguments:
+        spec: any ``--hardware`` string (preset, ``ACCELERATOR:MODEL``, TOML path or inline coefficients).
+
+    Returns:
+        a [`Deployment`][afdjax.Deployment]; fields the spec does not give are ``None``.
     """
     if not isinstance(spec, str):
         raise invalid("spec", spec, "a hardware spec string")

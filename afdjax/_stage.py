@@ -63,13 +63,15 @@ class StageNoise(eqx.Module):
     coefficient of variation ``cv`` (``sigma^2 = log1p(cv^2)``, ``mu = -sigma^2 / 2``),
     independent across layers, steps and instances.
 
-    **Arguments:** (finite, ``>= 0``; ``0`` = no variation, exactly today's times)
+    Every coefficient is finite and ``>= 0``; ``0`` is no variation, exactly today's times.
 
-    - ``attention_cv``: of each Attention instance's time at each layer (one factor per
-      instance per layer per step).
-    - ``ffn_cv``: of the FFN time at each layer (one factor per layer per step).
-    - ``comm_cv``: of each communication direction at each layer (one factor per
-      direction per layer per step).
+    Arguments:
+        attention_cv: of each Attention instance's time at each layer (one factor per
+            instance per layer per step).
+        ffn_cv: of the FFN time at each layer (one factor per layer per step).
+        comm_cv: of each communication direction at each layer (one factor per
+            direction per layer per step).
+
     """
 
     attention_cv: jax.Array = eqx.field(converter=float_leaf, default=0.0)
@@ -180,13 +182,15 @@ class Communication(eqx.Module):
     lasts at least ``alpha_link * r * n``: the FFN's own link carries all ``r`` peers'
     tokens); F->A the same with ``alpha_back``/``beta_back``.
 
-    **Arguments:** (finite, ``>= 0``; array leaves)
+    Every term is finite and ``>= 0`` (array leaves).
 
-    - ``per_peer``: time per Attention peer per direction per step (time units).
-    - ``alpha_back``: F->A time per token (time/token); ``None`` = ``alpha_c``.
-    - ``beta_back``: F->A fixed time per step (time units); ``None`` = ``beta_c``.
-    - ``alpha_link``: the FFN's shared link, time per token of the aggregated ``r * B``
-      (time/token); 0 = no shared-link limit.
+    Arguments:
+        per_peer: time per Attention peer per direction per step (time units).
+        alpha_back: F->A time per token (time/token); ``None`` = ``alpha_c``.
+        beta_back: F->A fixed time per step (time units); ``None`` = ``beta_c``.
+        alpha_link: the FFN's shared link, time per token of the aggregated ``r * B``
+            (time/token); 0 = no shared-link limit.
+
     """
 
     per_peer: jax.Array = eqx.field(converter=float_leaf, default=0.0)

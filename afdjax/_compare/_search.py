@@ -62,18 +62,21 @@ BATCH_GRID_POINTS = 48
 class Comparison:
     """The result of [`compare`][afdjax.compare] (``to_dict()`` is ``afdjax compare --json``).
 
-    - ``afd``, ``colocated``: the best configuration of each side (a dict: its shape,
-      ``batch_size``, ``cycle_time_us`` (per layer), ``tpot_ms`` (mean),
-      ``throughput_per_device`` (output tokens/s per device of ``devices``), and
-      ``simulated`` (the same from [`simulate`][afdjax.simulate], with standard errors) unless
-      skipped).
-    - ``gain``: ``ratio`` (AFD over co-located, closed form; ``simulated_ratio`` too) and
-      its factors ``batch_expansion``, ``ffn_instance_tax``, ``step_time_ratio``,
-      ``device_use_ratio`` (their product is ``ratio``).
-    - ``curve``: per ratio ``r``, the best AFD throughput per device over the batch sizes
-      (``None`` where nothing is feasible), the same per device used, and its batch size,
-      for the plot.
-    - ``settings``: the inputs.
+    Attributes:
+        afd: the best configuration of each side (a dict: its shape,
+            ``batch_size``, ``cycle_time_us`` (per layer), ``tpot_ms`` (mean),
+            ``throughput_per_device`` (output tokens/s per device of ``devices``), and
+            ``simulated`` (the same from [`simulate`][afdjax.simulate], with standard errors) unless
+            skipped).
+        colocated: see ``afd``.
+        gain: ``ratio`` (AFD over co-located, closed form; ``simulated_ratio`` too) and
+            its factors ``batch_expansion``, ``ffn_instance_tax``, ``step_time_ratio``,
+            ``device_use_ratio`` (their product is ``ratio``).
+        curve: per ratio ``r``, the best AFD throughput per device over the batch sizes
+            (``None`` where nothing is feasible), the same per device used, and its batch size,
+            for the plot.
+        settings: the inputs.
+
     """
 
     afd: dict
@@ -210,9 +213,10 @@ def compare(
         max_batch_size: largest slots per Attention instance or rank considered.
         colocated_overlap: two-batch overlap on the co-located side (``True``), none
             (``False``), or the better of the two (``None``, the default).
-        num_steps: simulation of the two best configurations
-            (``num_steps=0``: closed form only); ``key``: its PRNG key (default ``key(0)``).
-        num_replicas: see ``num_steps``.
+        num_steps: measured steps of the simulation of the two best configurations
+            (``num_steps=0``: closed form only).
+        num_replicas: replicas of that simulation.
+        key: its PRNG key (default ``jax.random.key(0)``).
         ratios: restrict the AFD ratios ``r`` and the co-located
             expert-parallel group sizes (ranks) considered, e.g. to evaluate one published
             layout (default: every one that fits the devices).

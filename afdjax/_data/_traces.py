@@ -32,7 +32,15 @@ _KNOWN_COLUMNS = (("ContextTokens", "GeneratedTokens"), ("input_length", "output
 
 
 def bundled_trace_path(name: str) -> Path:
-    """Path of a bundled trace by short name (``azure-code``, ``azure-conv``, ``mooncake-conv``)."""
+    """Path of a bundled trace by short name (``azure-code``, ``azure-conv``, ``mooncake-conv``).
+
+    Arguments:
+        name: ``azure-code``, ``azure-conv`` or ``mooncake-conv`` (the keys of
+            [`BUNDLED_TRACES`][afdjax.BUNDLED_TRACES]).
+
+    Returns:
+        the ``pathlib.Path`` of the file inside the installed package.
+    """
     if name not in BUNDLED_TRACES:
         raise ValueError(f"unknown bundled trace {name!r}; available: {', '.join(BUNDLED_TRACES)}")
     return DATA_DIR / BUNDLED_TRACES[name]
@@ -176,7 +184,15 @@ def load_trace(
     step on average) a request of ``n`` output tokens holds its slot for
     ``ceil(n / k)`` steps. Prefill tokens are the prompt tokens in the KV cache.
 
-    See [`read_trace`][afdjax.read_trace] for ``path`` and the column arguments.
+    Arguments:
+        path: a CSV or JSON Lines file, or a bundled name (``azure-conv``; see
+            [`read_trace`][afdjax.read_trace]).
+        prefill_column: the column of prompt tokens (default: the Azure or Mooncake name).
+        decode_column: the column of output tokens (default: the Azure or Mooncake name).
+        tokens_per_step: output tokens per decode step ``k >= 1`` (default 1).
+
+    Returns:
+        an [`Empirical`][afdjax.Empirical] workload over the trace's rows.
     """
     tokens_per_step = check_int("tokens_per_step", tokens_per_step, 1)
     prefill, output = read_trace(path, prefill_column, decode_column)

@@ -17,6 +17,11 @@ class SimulationResult(eqx.Module):
     """Per-ratio results of [`simulate`][afdjax.simulate]. Arrays are indexed like ``ratios``.
 
     Times are in the latency model's time unit; throughput in tokens per time unit.
+
+    Attributes:
+        batch_size: slots ``B`` per Attention instance (static).
+        num_steps: measured steps per replica (static).
+        num_replicas: independent replicas (static).
     """
 
     ratios: jax.Array

@@ -113,16 +113,25 @@ class CoefficientDerivation:
 class HardwareDerivation:
     """Result of [`derive_latency`][afdjax.derive_latency].
 
-    - ``latency``: the [`LatencyModel`][afdjax.LatencyModel], microseconds per layer.
-    - ``num_layers``: decoder layers (TPOT = ``num_layers`` x per-layer cycle time).
-    - ``kv_bytes_per_token``: KV-cache bytes per token over all layers.
-    - ``hbm_capacity_bytes``: HBM of one device; ``attention_devices`` / ``ffn_devices``
-      devices per Attention / FFN instance.
-    - ``attention_weight_bytes``: weights resident on one Attention instance (all layers'
-      attention projections, embedding and LM head); ``ffn_weight_bytes`` on the FFN instance.
-    - ``power_watts``: board power of one device (``None`` if unknown).
-    - ``coefficients``: a ``CoefficientDerivation`` per coefficient name.
-    - ``notes``: assumptions and warnings (weights that do not fit, ...).
+    Attributes:
+        accelerator: the [`Accelerator`][afdjax.Accelerator] of the Attention instances.
+        model: the [`ModelSpec`][afdjax.ModelSpec].
+        dtype: the weight dtype used (``"bf16"`` or ``"fp8"``).
+        memory_efficiency: ``e_mem``, the fraction of peak HBM bandwidth reached.
+        compute_efficiency: ``e_cmp``, the fraction of peak FLOP/s reached.
+        network_efficiency: ``e_net``, the fraction of link bandwidth reached.
+        kernel_overhead_us: fixed overhead per stage (us).
+        attention_devices: devices per Attention instance ``n_A``.
+        ffn_devices: devices per FFN instance ``n_F``.
+        latency: the [`LatencyModel`][afdjax.LatencyModel], microseconds per layer.
+        coefficients: a ``CoefficientDerivation`` per coefficient name (formula and numbers).
+        notes: assumptions and warnings (weights that do not fit, ...).
+
+    Properties: ``num_layers`` (TPOT = ``num_layers`` x per-layer cycle time),
+    ``kv_bytes_per_token`` (over all layers), ``hbm_capacity_bytes`` (one device),
+    ``attention_weight_bytes`` (weights resident on one Attention instance: attention
+    projections, embedding and LM head), ``ffn_weight_bytes`` and ``power_watts`` (one
+    device, ``None`` if unknown).
     """
 
     accelerator: Accelerator

@@ -105,7 +105,12 @@ def latency_to_toml(latency: LatencyModel, description: str | None = None) -> st
     ``num_layers`` when set) and the tables of ``STAGE_TABLES`` that are set, which
     [`parse_hardware_spec`][afdjax.parse_hardware_spec] (``--hardware FILE.toml``) reads back exactly.
 
-    ``description``: lines written as ``#`` comments at the top.
+    Arguments:
+        latency: the [`LatencyModel`][afdjax.LatencyModel] to write.
+        description: lines written as ``#`` comments at the top (``None``: none).
+
+    Returns:
+        the TOML text (str).
     """
     return _latency_table(latency, description) + stage_tables_toml(latency)
 
@@ -135,8 +140,15 @@ def deployment_to_toml(
 
     ``[latency]`` (with ``units`` when the time unit is known), then ``[model]``,
     ``[accelerator]`` and ``[deployment]`` with the fields that are not ``None``.
-    ``description``: ``#`` comment lines at the top; ``extra_model``, ``extra_accelerator``,
-    ``extra_deployment``: further keys for the record (readers ignore them).
+    Arguments:
+        deployment: the [`Deployment`][afdjax.Deployment] to write.
+        description: ``#`` comment lines at the top (``None``: none).
+        extra_model: further keys of ``[model]`` for the record (readers ignore them).
+        extra_accelerator: further keys of ``[accelerator]``.
+        extra_deployment: further keys of ``[deployment]``.
+
+    Returns:
+        the TOML text (str).
     """
     dep = deployment
     text = _latency_table(dep.latency, description)

@@ -125,22 +125,25 @@ def profile_hardware(
 
     Arguments:
         model: a preset name (``afdjax.MODELS``), a model spec string or a ``ModelSpec``.
-        scale: width scale in ``(0, 1]`` (default 1/16 on CPU, 0.5 on GPU/TPU);
-            ``hidden_size`` overrides the scaled hidden size.
+        scale: width scale in ``(0, 1]`` (default 1/16 on CPU, 0.5 on GPU/TPU).
+        hidden_size: overrides the scaled hidden size.
         batch_size: decode slots ``B`` of the attention runs (default 8 on CPU, 32 else).
         kv_lengths: KV tokens per slot (>= 3 sizes); ``T = B * length``.
-        ffn_batches: FFN batch sizes ``N`` (>= 3); ``comm_batches``: tokens ``B`` of the
-            communication runs.
-        repeats: round-robin samples per size; ``min_sample_s``: the shortest sample
-            (calls are repeated within a sample to reach it); ``quantile``: which quantile of a
-            size's samples is its time (default 0.25, the lower quartile; 0.5 is the median).
+        ffn_batches: FFN batch sizes ``N`` (>= 3).
+        comm_batches: tokens ``B`` of the communication runs.
+        repeats: round-robin samples per size.
+        min_sample_s: the shortest sample (s; calls are repeated within a sample to reach it).
+        quantile: which quantile of a size's samples is its time (default 0.25, the lower
+            quartile; 0.5 is the median).
         comm: ``auto`` (``device`` with two or more devices, else ``host``), ``device``,
             ``host`` or ``defaults`` (keep ``alpha_c, beta_c`` of ``defaults``, a hardware spec
             string or ``LatencyModel``, which must then be given).
+        defaults: the hardware spec or [`LatencyModel`][afdjax.LatencyModel] for ``comm="defaults"``.
         dtype: ``float32`` (default on CPU) or ``bfloat16`` (default elsewhere).
         grouped_matmul: ``ragged_dot`` (default on GPU/TPU) or ``capacity`` (default on CPU).
-        seed: seed of the random inputs; ``n_bootstrap``: bootstrap replicates of the fit
-            (0 or >= 20); ``progress``: show a ``tqdm`` bar.
+        seed: seed of the random inputs.
+        n_bootstrap: bootstrap replicates of the fit (0 or >= 20).
+        progress: show a ``tqdm`` bar.
 
     Returns:
         a [`ProfileResult`][afdjax.ProfileResult].

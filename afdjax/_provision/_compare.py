@@ -25,13 +25,15 @@ from .._validate import invalid
 class PairedDifference:
     """``throughput(ratios[i]) - throughput(ratios[j])`` over replicas (paired).
 
-    - ``ratio``: the ratio compared with (``ratios[j]``).
-    - ``difference``: mean over replicas of the per-replica throughput difference
-      (tokens per time unit per instance).
-    - ``stderr``: its standard error (NaN with one replica).
-    - ``z``: ``difference / stderr`` (``+-inf`` when the standard error is 0 and the
-      difference is not, 0 for an exact tie, NaN with one replica when the difference
-      is not 0: nothing can be told).
+    Attributes:
+        ratio: the ratio compared with (``ratios[j]``).
+        difference: mean over replicas of the per-replica throughput difference
+            (tokens per time unit per instance).
+        stderr: its standard error (NaN with one replica).
+        z: ``difference / stderr`` (``+-inf`` when the standard error is 0 and the
+            difference is not, 0 for an exact tie, NaN with one replica when the difference
+            is not 0: nothing can be told).
+
     """
 
     ratio: int
@@ -45,7 +47,16 @@ class PairedDifference:
 
 def paired_difference(result, i: int, j: int) -> PairedDifference:
     """Paired (common random numbers) comparison of the ratios at indices ``i`` and ``j``
-    of a [`SimulationResult`][afdjax.SimulationResult]: the difference of ``i`` over ``j``."""
+    of a [`SimulationResult`][afdjax.SimulationResult]: the difference of ``i`` over ``j``.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult] with at least two replicas for a standard error.
+        i: index into ``result.ratios`` of the first ratio.
+        j: index of the ratio it is compared with.
+
+    Returns:
+        a [`PairedDifference`][afdjax.PairedDifference].
+    """
     per = np.asarray(result.throughput_per_replica, dtype=float)
     d = per[:, i] - per[:, j]
     mean = float(np.mean(d))
@@ -64,7 +75,15 @@ def ratios_within_2_stderr(result, best: int | None = None) -> list[int]:
     (``z <= 2`` in [`paired_difference`][afdjax.paired_difference]), the best included, in the order of
     ``result.ratios``. ``best``: index of the best ratio (default: the highest simulated
     throughput per instance). With one replica no standard error exists: only exact
-    ties with the best are kept."""
+    ties with the best are kept.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult].
+        best: index of the best ratio (default: the highest simulated throughput per instance).
+
+    Returns:
+        the list of integer ratios.
+    """
     ratios = np.asarray(result.ratios)
     if best is None:
         best = int(np.argmax(np.asarray(result.throughput_per_instance, dtype=float)))

@@ -54,6 +54,8 @@ from ._compare import check_ratio_list
 from ._text import _CONSTRAINT_NAMES, OBJECTIVE_UNITS, _describe_violation
 
 OBJECTIVES = ("per_instance", "per_dollar", "per_joule")
+"""What [`provision_constrained`][afdjax.provision_constrained] can maximise: output tokens per time
+unit per instance (the paper's objective), per dollar (with prices) or per joule (with powers)."""
 TPOT_STATISTICS = ("p99", "mean")
 
 
@@ -64,7 +66,14 @@ def deployment_kv_capacity_bytes(deployment) -> float:
 
     Raises ``ValueError`` when the deployment does not give the HBM capacity and the
     resident weights (a spec without ``ACCELERATOR:MODEL``), or when the weights leave
-    no room (capacity <= 0)."""
+    no room (capacity <= 0).
+
+    Arguments:
+        deployment: a [`Deployment`][afdjax.Deployment] from an ``ACCELERATOR:MODEL`` spec.
+
+    Returns:
+        the KV-cache bytes one Attention instance can hold (float).
+    """
     capacity = deployment.kv_capacity_bytes()
     if capacity is None:
         raise ValueError(
@@ -82,7 +91,14 @@ def deployment_kv_capacity_bytes(deployment) -> float:
 def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
     """Watts of one Attention and one FFN instance from a [`Deployment`][afdjax.Deployment]:
     ``devices per instance x board power per device`` (``attention_devices`` and
-    ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
+    ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown.
+
+    Arguments:
+        deployment: a [`Deployment`][afdjax.Deployment] (see [`load_deployment`][afdjax.load_deployment]).
+
+    Returns:
+        ``(attention_w, ffn_w)`` in watts, or ``None``.
+    """
     if deployment.power_watts is None:
         return None
     ffn_watts = deployment.power_watts if deployment.ffn_power_watts is None else deployment.ffn_power_watts
@@ -96,18 +112,20 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
 class Constraints:
     """Deployment limits for [`provision_constrained`][afdjax.provision_constrained]. ``None`` switches a limit off.
 
-    - ``kv_capacity_bytes``: KV-cache bytes available on one Attention instance (HBM
-      left after weights and activations).
-    - ``kv_bytes_per_token``: KV bytes of one token over all layers (from the model:
-      [`Deployment`][afdjax.Deployment]'s ``kv_bytes_per_token``).
-    - ``kv_overflow_tolerance``: largest allowed probability that an instance's KV load
-      exceeds its capacity at a step (default ``1e-3``).
-    - ``tpot_target_ms``: time-per-output-token target in milliseconds.
-    - ``tpot_statistic``: ``"p99"`` (default) or ``"mean"``: which TPOT must meet the target.
-    - ``num_layers``: layers per token (TPOT = layers x per-layer cycle time).
-    - ``time_unit_us``: the latency coefficients' time unit in microseconds (default 1:
-      coefficients in microseconds per layer, as ``afdjax hardware`` writes them and as
-      ``paper-910c`` plausibly is).
+    Attributes:
+        kv_capacity_bytes: KV-cache bytes available on one Attention instance (HBM
+            left after weights and activations).
+        kv_bytes_per_token: KV bytes of one token over all layers (from the model:
+            [`Deployment`][afdjax.Deployment]'s ``kv_bytes_per_token``).
+        kv_overflow_tolerance: largest allowed probability that an instance's KV load
+            exceeds its capacity at a step (default ``1e-3``).
+        tpot_target_ms: time-per-output-token target in milliseconds.
+        tpot_statistic: ``"p99"`` (default) or ``"mean"``: which TPOT must meet the target.
+        num_layers: layers per token (TPOT = layers x per-layer cycle time).
+        time_unit_us: the latency coefficients' time unit in microseconds (default 1:
+            coefficients in microseconds per layer, as ``afdjax hardware`` writes them and as
+            ``paper-910c`` plausibly is).
+
     """
 
     kv_capacity_bytes: float | None = None
@@ -200,8 +218,12 @@ class Constraints:
 class Costs:
     """Prices and powers of one Attention and one FFN instance (for the cost objectives).
 
-    - ``attention_price_per_hour``, ``ffn_price_per_hour``: $ per instance-hour.
-    - ``attention_power_w``, ``ffn_power_w``: watts per instance (board power under load).
+    Attributes:
+        attention_price_per_hour: $ per instance-hour.
+        ffn_price_per_hour: see ``attention_price_per_hour``.
+        attention_power_w: watts per instance (board power under load).
+        ffn_power_w: see ``attention_power_w``.
+
     """
 
     attention_price_per_hour: float | None = None
@@ -247,7 +269,16 @@ class Costs:
 
 def kv_overflow_probability_gaussian(workload: Workload, batch_size: int, capacity_tokens: float) -> float:
     """``P(T_j > capacity)`` under the Gaussian approximation ``T_j ~ N(B theta, B sigma^2)``
-    of one Attention instance's stationary KV load (``capacity_tokens`` in tokens)."""
+    of one Attention instance's stationary KV load (``capacity_tokens`` in tokens).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload].
+        batch_size: slots ``B`` per Attention instance.
+        capacity_tokens: the KV capacity of one Attention instance (tokens).
+
+    Returns:
+        the probability (float) that one instance's stationary KV load exceeds the capacity.
+    """
     mean = batch_size * float(workload.theta())
     sd = math.sqrt(batch_size * max(float(workload.slot_variance()), 0.0))
     if sd == 0.0:
@@ -407,7 +438,22 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
 
 @dataclasses.dataclass
 class ConstrainedProvisionReport:
-    """Everything ``afdjax provision`` prints when constraints or costs are given."""
+    """Everything ``afdjax provision`` prints when constraints or costs are given.
+
+    Attributes:
+        settings: the inputs (workload, hardware, batch sizes, ratios, steps, replicas, seed, ...).
+        objective: one of [`OBJECTIVES`][afdjax.OBJECTIVES].
+        constraints: the [`Constraints`][afdjax.Constraints] applied.
+        costs: the [`Costs`][afdjax.Costs] (prices, powers) of the objective.
+        cells: one dict per ``(B, r)``: objective, TPOT mean and p99 (ms), KV overflow
+            probability simulated and Gaussian, and feasibility.
+        recommendation: the best feasible cell, or ``None`` when no cell is feasible.
+        binding: the constraint that binds and the cell and gain relaxing it would give
+            (``None``: nothing binds).
+        per_batch: one summary row per batch size (best ratio, objective, TPOT, note).
+        theta: stationary mean KV tokens per slot (tokens).
+        slot_std: their standard deviation (tokens).
+    """
 
     settings: dict
     objective: str
@@ -514,12 +560,16 @@ def provision_constrained(
             the largest ``B``).
         num_steps: Monte Carlo size per batch size.
         num_replicas: see ``num_steps``.
-        constraints: a [`Constraints`][afdjax.Constraints]; ``costs``: a [`Costs`][afdjax.Costs].
+        constraints: a [`Constraints`][afdjax.Constraints].
+        costs: a [`Costs`][afdjax.Costs] (prices or powers of the two instance kinds).
         objective: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
         micro_batches: ``None`` (the paper's idealised overlap) or the number of
             pipelined micro-batches ``m`` (see [`simulate`][afdjax.simulate]), a spelling of
-            ``step_model=Pipeline(m)``; ``step_model``: a [`StepModel`][afdjax.StepModel].
+            ``step_model=Pipeline(m)``.
+        step_model: a [`StepModel`][afdjax.StepModel].
         progress: a progress bar for each batch size's simulation.
+        settings: extra entries for the report's ``settings``.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
 
     Returns:
         a [`ConstrainedProvisionReport`][afdjax.ConstrainedProvisionReport] (``format_text``, ``to_dict``, ``plot``).

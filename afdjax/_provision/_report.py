@@ -33,7 +33,16 @@ from ._compare import (
 
 def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: int) -> list[int]:
     """``1..max(32, ceil(1.5 r*))``: wide enough to show the optimum and the fall beyond it
-    (at most ``1..MAX_RATIO``, afdjax's largest ratio, 4096)."""
+    (at most ``1..MAX_RATIO``, afdjax's largest ratio, 4096).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+
+    Returns:
+        the list of integer ratios ``[1, 2, ..., max(32, ceil(1.5 r*))]``.
+    """
     r_star = float(mean_field_optimum(workload, latency, batch_size).r_star)
     top = 32 if not math.isfinite(r_star) else max(32, math.ceil(1.5 * r_star))
     return list(range(1, min(top, MAX_RATIO) + 1))
@@ -51,7 +60,22 @@ def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
 
 @dataclasses.dataclass
 class ProvisionReport:
-    """Everything ``afdjax provision`` prints. Throughputs are tokens per time unit per instance."""
+    """Everything ``afdjax provision`` prints. Throughputs are tokens per time unit per instance.
+
+    Attributes:
+        settings: the inputs (workload, hardware, batch size, ratios, steps, replicas, seed, ...).
+        theta: stationary mean KV tokens per slot (tokens).
+        slot_variance: their variance (tokens^2).
+        mean_field: ``r_star``, ``regime``, ``r_attention``, ``r_communication``, ``r_peak`` and the
+            integer ``ratio`` of the mean field.
+        barrier: the barrier-refined optimum (``ratio``, ``r_continuous``, ``throughput``).
+        simulated: the simulated best ratio, its throughput, paired comparisons with its
+            neighbours and the ratios within 2 standard errors.
+        table: one row per ratio: ``ratio``, ``mean_field``, ``barrier``, ``simulated``,
+            ``stderr``, relative errors and idle fractions.
+        errors: the worst relative error of each model and the throughput lost by following it.
+        idle_crossing: the ratio where the Attention and FFN idle fractions cross (``None``: none).
+    """
 
     settings: dict
     theta: float
@@ -178,6 +202,19 @@ def provision(
     ``mean_field["r_star_pipeline"]`` is the continuous argmax of the pipeline mean-field
     curve (1/64 grid, at most ``max(ratios)``). ``step_model=`` (a
     [`StepModel`][afdjax.StepModel]) is the general spelling: its closed forms give the curves.
+
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)``).
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+        ratios: the integer ratios simulated (default [`default_ratio_range`][afdjax.default_ratio_range]).
+        num_steps: measured steps per replica (default 4000).
+        num_replicas: independent replicas (default 16).
+        settings: extra entries for the report's ``settings`` (what the command line was given).
+        micro_batches: ``None`` (the paper's idealised step) or ``m``, the micro-batch pipeline.
+        step_model: a [`StepModel`][afdjax.StepModel], the general spelling of ``micro_batches``.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
 
     Returns:
         a [`ProvisionReport`][afdjax.ProvisionReport] (``.format_text()``, ``.to_dict()``, ``.plot(path)``).

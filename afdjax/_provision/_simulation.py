@@ -24,17 +24,19 @@ from ._compare import range_warnings, ratios_within_2_stderr, replica_warnings
 class SimulationReport:
     """What ``afdjax simulate`` reports about one [`simulate`][afdjax.simulate] run.
 
-    - ``result``: the [`SimulationResult`][afdjax.SimulationResult].
-    - ``settings``: the run's settings (workload and hardware as given, coefficients,
-      ``batch_size``, ``steps``, ``replicas``, ``seed``, ...).
-    - ``theta``: stationary mean KV tokens per slot (tokens); ``slot_std``: their
-      standard deviation (tokens).
-    - ``best_index``: index into ``result.ratios`` of the highest simulated throughput per
-      instance.
-    - ``within_2_stderr``: the ratios within 2 paired standard errors of the best (best
-      included; see [`ratios_within_2_stderr`][afdjax.ratios_within_2_stderr]).
-    - ``warnings``: sentences on what limits the answer (the best ratio at the top or
-      the bottom of the range simulated, no standard errors with one replica).
+    Attributes:
+        result: the [`SimulationResult`][afdjax.SimulationResult].
+        settings: the run's settings (workload and hardware as given, coefficients,
+            ``batch_size``, ``steps``, ``replicas``, ``seed``, ...).
+        theta: stationary mean KV tokens per slot (tokens).
+        slot_std: their standard deviation (tokens).
+        best_index: index into ``result.ratios`` of the highest simulated throughput per
+            instance.
+        within_2_stderr: the ratios within 2 paired standard errors of the best (best
+            included; see [`ratios_within_2_stderr`][afdjax.ratios_within_2_stderr]).
+        warnings: sentences on what limits the answer (the best ratio at the top or
+            the bottom of the range simulated, no standard errors with one replica).
+
     """
 
     result: SimulationResult

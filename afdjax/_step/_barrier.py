@@ -57,7 +57,8 @@ class Barrier(StepModel):
     (``afdjax._step._stage_times``), simulated with ``K = min(L, stage_layers)``
     sampled layers (mean exact, per-step spread overstated by up to ``sqrt(L / K)``).
 
-    **Arguments:** ``stage_layers``: ``K_MAX``, an integer >= 1 (default 16; static).
+    Arguments:
+        stage_layers: ``K_MAX``, an integer >= 1 (default 16; static): the most layers sampled per step.
     """
 
     stage_layers: int = eqx.field(static=True, default=STAGE_LAYERS)

@@ -70,8 +70,16 @@ _UNROLL_MAX = 32  # prefix ops along the micro-batch axis are unrolled up to thi
 
 
 def micro_batch_sizes(batch_size: int, micro_batches: int) -> np.ndarray:
-    """``(m,)`` int: slots per micro-batch, ``B_g = ceil((B - g) / m)`` (slot ``s`` is in
-    group ``s % m``); they sum to ``B`` and differ by at most one."""
+    """Slots per micro-batch, ``B_g = ceil((B - g) / m)`` (slot ``s`` is in
+    group ``s % m``); they sum to ``B`` and differ by at most one.
+
+    Arguments:
+        batch_size: slots ``B`` per Attention instance, an integer ``>= 1``.
+        micro_batches: ``m``, an integer in ``[1, B]``.
+
+    Returns:
+        ``(m,)`` int NumPy array of slots per micro-batch.
+    """
     check_batch_size(batch_size)
     B, m = int(batch_size), int(micro_batches)
     return np.array([(B - g + m - 1) // m for g in range(m)], dtype=np.int64)
@@ -142,6 +150,11 @@ class PipelineEvents(eqx.Module):
 
     Shapes for ``K`` steps, ``J`` instances, ``m`` micro-batches (plus any leading batch
     dimensions of the inputs after the step axis).
+
+    Attributes:
+        a2f_end: ``(K, ..., m)``: end of the A->F transfer.
+        ffn_end: ``(K, ..., m)``: end of the FFN pass.
+        f2a_end: ``(K, ..., m)``: end of the F->A transfer (the micro-batch is back).
     """
 
     attention_start: jax.Array
@@ -204,13 +217,14 @@ def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, 
 def pipeline_event_times(attention_time, comm_time, ffn_time, instance_mask=None) -> PipelineEvents:
     """Every event time of the micro-batch pipeline over ``K`` decode steps, from time 0.
 
-    **Arguments:** (time units; pure, jit-able and differentiable in every input)
+    Pure, jit-able and differentiable in every input; all times in time units.
 
-    - ``attention_time``: ``(K, J, m)`` attention time of micro-batch ``g`` on instance
-      ``j`` at step ``k`` (``alpha_a T_{j,g}(k) + beta_a``).
-    - ``comm_time``: ``(m,)`` or ``(K, m)``: one A->F (and one F->A) transfer.
-    - ``ffn_time``: ``(m,)`` or ``(K, m)``: the FFN pass of each micro-batch.
-    - ``instance_mask``: optional ``(J,)`` bool of the instances taking part.
+    Arguments:
+        attention_time: ``(K, J, m)`` attention time of micro-batch ``g`` on instance
+            ``j`` at step ``k`` (``alpha_a T_{j,g}(k) + beta_a``).
+        comm_time: ``(m,)`` or ``(K, m)``: one A->F (and one F->A) transfer.
+        ffn_time: ``(m,)`` or ``(K, m)``: the FFN pass of each micro-batch.
+        instance_mask: optional ``(J,)`` bool of the instances taking part.
 
     Returns:
         a [`PipelineEvents`][afdjax.PipelineEvents] with arrays ``(K, J, m)`` and ``(K, m)``.
@@ -243,12 +257,33 @@ def pipeline_cycle_time(workload: Workload, latency: LatencyModel, batch_size, r
     ``t_C = t_C(r, B/m)``, ``t_F = alpha_f r B / m + beta_f``; then
     [`pipeline_period`][afdjax.pipeline_period]. Differentiable in every coefficient, the workload and a real
     ``ratio``; ``micro_batches`` may be a real number too (a relaxation).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        the mean-field period (time units per decode step), a scalar array.
     """
     return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier=False)
 
 
 def pipeline_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches) -> jax.Array:
-    """Mean-field throughput per instance ``r B / ((r + 1) period)`` of the pipeline."""
+    """Mean-field throughput per instance ``r B / ((r + 1) period)`` of the pipeline.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+    """
     ratio = _float(ratio)
     return _per_instance(ratio, batch_size, pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches))
 
@@ -266,6 +301,16 @@ def pipeline_barrier_cycle_time(
     micro-batches of an instance share its load fluctuations, that queues absorb part of
     the variation, and the max over resources inside the expectation. For ``m = 1`` it is
     the sequential sum with the expected-max attention time.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        the approximate period (time units per decode step), a scalar array.
     """
     return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches)
 
@@ -274,7 +319,18 @@ def pipeline_barrier_throughput(
     workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches
 ) -> jax.Array:
     """Throughput per instance at [`pipeline_barrier_cycle_time`][afdjax.pipeline_barrier_cycle_time] (an
-    approximation)."""
+    approximation).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+    """
     ratio = _float(ratio)
     return _per_instance(
         ratio, batch_size, pipeline_barrier_cycle_time(workload, latency, batch_size, ratio, micro_batches)

@@ -57,8 +57,6 @@ class Pipeline(StepModel):
     ``beta`` costs paid per micro-batch; the step time is the time between completions of
     the last micro-batch of consecutive steps (see ``afdjax._step._pipeline``).
 
-    **Arguments:** ``micro_batches``: ``m >= 1`` (at most the batch size when simulated).
-
     The pipeline starts empty at time 0, so its first step includes the fill (one round
     trip of the first micro-batch before the others follow). ``default_warmup_steps``
     (``2 m``) discards it when ``simulate(warmup_steps=None)``.
@@ -75,8 +73,9 @@ class Pipeline(StepModel):
     homogeneous in the stage times), so ``K = 1`` (``num_layers=None``) reproduces the
     single pass bit for bit and ``K > 1`` only redistributes the fill transient.
 
-    **Arguments:** ``micro_batches``: ``m >= 1`` (at most the batch size when simulated);
-    ``stage_layers``: ``K_MAX`` (an integer >= 1, default 16).
+    Arguments:
+        micro_batches: ``m >= 1`` (at most the batch size when simulated).
+        stage_layers: ``K_MAX`` (an integer >= 1, default 16): the most layers sampled per step.
     """
 
     micro_batches: int = eqx.field(static=True)

@@ -92,7 +92,19 @@ __all__ = [
 # --------------------------------------------------------------------------- evaluation
 @dataclasses.dataclass
 class SweepSummary:
-    """What [`sweep`][afdjax.sweep] did."""
+    """What [`sweep`][afdjax.sweep] did.
+
+    Attributes:
+        out_dir: the results folder.
+        num_points: grid points in the sweep.
+        points_computed: points simulated by this call.
+        points_skipped: points already in ``out_dir`` (resumed).
+        chunks_written: Parquet files written by this call.
+        seconds: wall time of this call (s).
+        grid_hash: the hash of grid, settings, key and version in the manifest.
+        num_devices: local devices the chunks were sharded over.
+        complete: whether every point of the grid now has results.
+    """
 
     out_dir: str
     num_points: int

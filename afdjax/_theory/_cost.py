@@ -59,7 +59,20 @@ def cost_objective(
     """``r B / ((r w_A + w_F) tau(r))``: tokens per time unit per unit of cost (``w_A``,
     ``w_F`` = ``attention_cost``, ``ffn_cost``: cost per instance per time, e.g. $/h or W),
     at the mean-field ``tau`` or, with ``barrier=True``, the Gaussian barrier ``E[tau]``;
-    real ``ratio``."""
+    real ``ratio``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        attention_cost: ``w_A``, cost of one Attention instance per unit time ($/h, W, ...).
+        ffn_cost: ``w_F``, cost of one FFN instance in the same unit.
+        barrier: ``False``: the mean-field step time; ``True``: the Gaussian barrier ``E[tau]``.
+
+    Returns:
+        tokens per time unit per unit of cost, a scalar array.
+    """
     ratio = as_float(ratio)
     cycle = barrier_cycle_time if barrier else mean_field_cycle_time
     tau = cycle(workload, latency, batch_size, ratio)
@@ -155,12 +168,20 @@ def cost_optimum(
     ``r* = max(r_A, r_C, sqrt(beta_F w_F / (alpha_F B w_A)))`` with its regime and integer
     choice, and the barrier-refined optimum over ``[1, max_ratio]``.
 
-    **Arguments:** a workload, a latency model, the batch size ``B > 0``, the two costs
-    (finite, ``>= 0``, not both 0) and ``max_ratio`` (a Python integer ``>= 1``).
-
     With ``latency.routing`` or ``latency.comm`` the mean-field ratios are found numerically
     (``r_peak`` minimises ``(1 + w_F / (w_A r)) h(r)``, ``_stage_optimum.stage_mean_field_optimum``);
     with ``noise`` or ``routing`` the barrier optimum is the best point of the 1/64 grid.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        attention_cost: ``w_A``, cost of one Attention instance (finite, ``>= 0``).
+        ffn_cost: ``w_F``, cost of one FFN instance in the same unit (finite, ``>= 0``; not both 0).
+        max_ratio: the largest ratio of the barrier search, a Python integer ``>= 1``.
+
+    Returns:
+        a [`CostOptimum`][afdjax.CostOptimum].
     """
     check_batch_size(batch_size)
     _check_costs(attention_cost, ffn_cost)

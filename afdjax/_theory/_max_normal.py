@@ -41,9 +41,12 @@ def expected_max_normal_excess(z0, ratio) -> jax.Array:
     Gauss-Legendre (24 panels x 20 nodes) in between; relative error below 1e-10 in
     float64 against adaptive quadrature.
 
-    **Arguments:** ``z0`` (standardised threshold, dimensionless) and ``ratio`` (``r``),
-    arrays that broadcast together; the result has their broadcast shape (in units of
-    one standard deviation).
+    Arguments:
+        z0: the standardised threshold (dimensionless), an array.
+        ratio: ``r``, real, ``>= 0.5``; broadcasts with ``z0``.
+
+    Returns:
+        ``E[(M_r - z0)^+]`` in units of one standard deviation, with the broadcast shape of ``z0`` and ``ratio``.
     """
     z0, ratio = jnp.broadcast_arrays(as_float(z0), as_float(ratio))
     lower = jnp.maximum(z0, _X_LO)

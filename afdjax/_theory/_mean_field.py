@@ -49,7 +49,17 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 
     With ``latency.routing`` or ``latency.comm``: ``max(t_A_bar, t_C(r), t_C'(r),
     E[t_F(r)])``, the F->A time ``t_C'`` and the routed FFN time's mean (the busiest rank,
-    ``_stage_terms.routed_ffn_time``); noise factors have mean 1 and do not enter."""
+    ``_stage_terms.routed_ffn_time``); noise factors have mean 1 and do not enter.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+
+    Returns:
+        the mean-field step time (time units), a scalar array.
+    """
     ratio = as_float(ratio)
     t_a = attention_time_mean_field(workload, latency, batch_size)
     if latency.routing is None and latency.comm is None:
@@ -59,7 +69,17 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 
 def mean_field_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
     """Mean-field throughput per instance ``r B / ((r + 1) * cycle time)`` (tokens per time
-    unit per instance) for real ``ratio`` and batch size ``B > 0``."""
+    unit per instance) for real ``ratio`` and batch size ``B > 0``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+    """
     ratio = as_float(ratio)
     return per_instance_throughput(ratio, batch_size, mean_field_cycle_time(workload, latency, batch_size, ratio))
 
@@ -106,12 +126,19 @@ def _reach(level, slope, intercept):
 def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) -> MeanFieldOptimum:
     """Mean-field optimal ratio ``r* = max(r_A, r_C, r_peak)`` and the binding regime.
 
-    **Arguments:** a workload, a latency model and the batch size ``B > 0`` (slots per
-    Attention instance). ``r* = +inf`` with regime "unbounded" when no stage time grows
+    ``r* = +inf`` with regime "unbounded" when no stage time grows
     with ``r`` (module docstring). With ``latency.routing`` or ``latency.comm`` the rising
     floor ``h(r) = max(E[t_F(r)], t_C(r), t_C'(r))`` is not a line: ``r_A`` is where ``h``
     reaches ``t_A_bar`` and ``r_peak`` minimises ``(1 + 1/r) h(r)``, both found numerically
     (``_stage_optimum.stage_mean_field_optimum``).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+
+    Returns:
+        a [`MeanFieldOptimum`][afdjax.MeanFieldOptimum] (``regime`` indexes [`REGIMES`][afdjax.REGIMES]).
     """
     check_batch_size(batch_size)
     B = as_float(batch_size)
@@ -161,6 +188,15 @@ def mean_field_integer_ratio(workload, latency, batch_size, max_ratio: int | Non
     In the "unbounded" regime (``r* = +inf``) it is ``max_ratio``, the top of the range;
     without ``max_ratio`` that case raises ``ValueError`` (see
     ``best_integer_neighbour``).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        max_ratio: the top of the ratio range (a Python integer ``>= 1``), or ``None`` (no upper limit).
+
+    Returns:
+        the recommended integer ratio, an int32 scalar array.
     """
     check_batch_size(batch_size)
     opt = mean_field_optimum(workload, latency, batch_size)

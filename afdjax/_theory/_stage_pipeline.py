@@ -45,7 +45,18 @@ def pipeline_period(attention_time, comm_time, ffn_time, micro_batches, back_tim
     """Deterministic period (time per decode step of all ``m`` micro-batches) from the
     per-micro-batch stage times: ``max(m * max(t_A, t_C, t_F), t_A + 2 t_C + t_F)``; with a
     different F->A time ``back_time`` (``t_C'``) ``max(m * max(t_A, t_C, t_C', t_F),
-    t_A + t_C + t_F + t_C')``."""
+    t_A + t_C + t_F + t_C')``.
+
+    Arguments:
+        attention_time: ``t_A``, one micro-batch's attention time (time units); arrays broadcast together.
+        comm_time: ``t_C``, one A->F transfer of a micro-batch (time units).
+        ffn_time: ``t_F``, one FFN pass of a micro-batch (time units).
+        micro_batches: ``m``, the number of micro-batches (``>= 1``).
+        back_time: ``t_C'``, the F->A transfer when it differs from ``comm_time`` (``None``: the same).
+
+    Returns:
+        the period (time units per decode step), with the inputs' broadcast shape.
+    """
     check_micro_batches(micro_batches)
     m = as_float(micro_batches)
     if back_time is None:

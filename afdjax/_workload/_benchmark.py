@@ -88,8 +88,13 @@ class Uniform(Workload):
     """Prefill tokens uniform on ``prefill_low .. prefill_high`` and, independently, decode
     steps uniform on ``decode_low .. decode_high`` (integers, both ends included).
 
-    **Arguments:** ``prefill_low >= 0``, ``prefill_high >= prefill_low``,
-    ``decode_low >= 1``, ``decode_high >= decode_low`` (integers, static). The stationary
+    Arguments:
+        prefill_low: the shortest prompt (tokens), an integer ``>= 0`` (static).
+        prefill_high: the longest prompt (tokens), an integer ``>= prefill_low``.
+        decode_low: the fewest decode steps, an integer ``>= 1``.
+        decode_high: the most decode steps, an integer ``>= decode_low``.
+
+    The stationary
     sampler draws ``D*`` with probability ``d / sum(d)`` by an exact integer search, so
     ``decode_low + .. + decode_high`` must stay below ``2**31`` (``decode_high`` up to
     about 65,000).

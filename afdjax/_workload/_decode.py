@@ -270,7 +270,11 @@ def _logit(p):
 
 
 class GeometricDecode(DecodeDistribution):
-    """``P(D = d) = p (1-p)^(d-1)``, ``d >= 1``; ``E[D] = 1/p``. Unconstrained: ``logit p``."""
+    """``P(D = d) = p (1-p)^(d-1)``, ``d >= 1``; ``E[D] = 1/p``. Unconstrained: ``logit p``.
+
+    Arguments:
+        p: the per-step stopping probability, in ``(0, 1]``.
+    """
 
     p: jax.Array = eqx.field(converter=float_leaf)
     family: ClassVar[str] = "geometric"
@@ -341,6 +345,10 @@ class NegativeBinomialDecode(DecodeDistribution):
 
     ``E[D] = 1 + n (1-p)/p``. Unconstrained: ``(log n, logit p)``. The CDF uses the
     regularised incomplete beta function, ``P(K <= k) = I_p(n, k + 1)``.
+
+    Arguments:
+        n: the number of successes, real ``> 0``.
+        p: the success probability, in ``(0, 1]``.
     """
 
     n: jax.Array = eqx.field(converter=float_leaf)
@@ -423,6 +431,10 @@ class LogNormalDecode(DecodeDistribution):
     Phi((mu + j sigma^2 - log N)/sigma)``. For fitted decode lengths (medians of tens to
     hundreds of steps) the tail holds a negligible mass; for very heavy tails it carries
     the higher moments, which are then the model's extrapolation, not the data's.
+
+    Arguments:
+        mu: mean of ``log X`` (``X`` in steps).
+        sigma: standard deviation of ``log X``, ``> 0``.
     """
 
     mu: jax.Array = eqx.field(converter=float_leaf)
@@ -515,6 +527,11 @@ class GeometricMixtureDecode(DecodeDistribution):
     all three parameters.
     Unconstrained: ``(logit weight, logit p1, logit p2)``. If the two components
     coincide the model is not identifiable and its standard errors are NaN.
+
+    Arguments:
+        weight: the probability of component 1, in ``[0, 1]``.
+        p1: the stopping probability of component 1, in ``(0, 1]``.
+        p2: the stopping probability of component 2, in ``(0, 1]``.
     """
 
     weight: jax.Array = eqx.field(converter=float_leaf)

@@ -207,7 +207,12 @@ def _weighted_mean_var(x: np.ndarray, counts: np.ndarray) -> tuple[float, float]
 
 
 class ExponentialPrefill(PrefillDistribution):
-    """``X = P + shift ~ Exponential`` with mean ``scale`` (tokens). Unconstrained: ``log scale``."""
+    """``X = P + shift ~ Exponential`` with mean ``scale`` (tokens). Unconstrained: ``log scale``.
+
+    Arguments:
+        scale: mean of ``P + shift`` (tokens), ``> 0``.
+        shift: ``>= 0`` tokens added before fitting, so that ``P = 0`` has positive density (default 0).
+    """
 
     scale: jax.Array = eqx.field(converter=float_leaf)
     shift: jax.Array = eqx.field(converter=float_leaf, default=0.0)
@@ -255,6 +260,11 @@ class GammaPrefill(PrefillDistribution):
 
     Unconstrained: ``(log shape, log scale)``. Starts from the moments
     ``shape = m^2 / v``, ``scale = v / m``.
+
+    Arguments:
+        shape: ``k > 0`` (dimensionless).
+        scale: ``s > 0`` (tokens).
+        shift: ``>= 0`` tokens added to ``P`` (default 0).
     """
 
     shape: jax.Array = eqx.field(converter=float_leaf)
@@ -300,6 +310,11 @@ class LogNormalPrefill(PrefillDistribution):
 
     Unconstrained: ``(mu, log sigma)``. Closed-form MLE: mean and population standard
     deviation of ``log X``.
+
+    Arguments:
+        mu: mean of ``log X`` (``X`` in tokens).
+        sigma: standard deviation of ``log X``, ``> 0``.
+        shift: ``>= 0`` tokens added to ``P`` (default 0).
     """
 
     mu: jax.Array = eqx.field(converter=float_leaf)
