@@ -73,6 +73,11 @@ class LatencyModel(eqx.Module):
             or ``None``.
 
     All four ``None`` (the default) is the paper's deterministic stage times.
+
+    Examples:
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> latency.coefficients()["alpha_a"], latency.comm_scaling
+        (0.00165, 'batch')
     """
 
     alpha_a: jax.Array = eqx.field(converter=float_leaf)

@@ -7,7 +7,8 @@
   ``Arguments:`` section, a class's in its ``Arguments:`` or ``Attributes:`` section or as a field
   with its own docstring. The argument lists come from the runtime signatures, so a new argument
   without a line in the docstring fails here.
-* Every ``>>>`` example in the API pages runs and prints what the page says (doctest).
+* Every ``>>>`` example in the API pages and in the exported names' docstrings runs and prints
+  what it says (doctest).
 * The CLI reference is generated from the parser and names every subcommand.
 
 The site itself (``mkdocs build --strict``: broken references, missing pages) is built by
@@ -137,6 +138,21 @@ def test_api_page_examples_run(block):
     out = []
     runner.run(test, out=out.append)
     assert runner.failures == 0, "".join(out)
+
+
+def test_docstring_examples_run():
+    """The ``Examples:`` of the exported names' docstrings (shown on the API pages) run as written."""
+    parser = doctest.DocTestParser()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    out, ran = [], []
+    for name in afdjax.__all__:
+        obj = getattr(afdjax, name)
+        doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj)) else None
+        if doc and ">>>" in doc:
+            runner.run(parser.get_doctest(doc, {"afdjax": afdjax}, name, name, 0), out=out.append)
+            ran.append(name)
+    assert runner.failures == 0, "".join(out)
+    assert len(ran) >= 25, ran
 
 
 def test_every_api_page_has_an_example():

@@ -40,6 +40,10 @@ def bundled_trace_path(name: str) -> Path:
 
     Returns:
         the ``pathlib.Path`` of the file inside the installed package.
+
+    Examples:
+        >>> afdjax.bundled_trace_path("azure-conv").name
+        'AzureLLMInferenceTrace_conv.csv'
     """
     if name not in BUNDLED_TRACES:
         raise ValueError(f"unknown bundled trace {name!r}; available: {', '.join(BUNDLED_TRACES)}")
@@ -193,6 +197,10 @@ def load_trace(
 
     Returns:
         an [`Empirical`][afdjax.Empirical] workload over the trace's rows.
+
+    Examples:
+        >>> round(float(afdjax.load_trace("azure-conv").theta()), 1)  # tokens per slot
+        1226.5
     """
     tokens_per_step = check_int("tokens_per_step", tokens_per_step, 1)
     prefill, output = read_trace(path, prefill_column, decode_column)

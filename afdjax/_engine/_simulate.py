@@ -134,6 +134,14 @@ def simulate(
     Float parameters (coefficients, workload means) are array leaves: new values reuse
     the compiled program as long as the automatically chosen buffer sizes (rounded up
     to a coarse grid) do not change; fix them explicitly to guarantee it.
+
+    Examples:
+        >>> import jax
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> result = afdjax.simulate(jax.random.key(0), workload, latency, 256, range(1, 33), 4000)  # doctest: +SKIP
+        >>> result.best_ratio()  # doctest: +SKIP
+        10
     """
     if not isinstance(workload, Workload):
         raise ValueError(f"workload={workload!r} is invalid: expected an afdjax Workload (Geometric, Empirical)")

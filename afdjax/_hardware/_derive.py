@@ -286,6 +286,11 @@ def derive_latency(
 
     The formulas are in the module docstring; [`format_text`][afdjax.HardwareDerivation.format_text] shows
     them with the numbers.
+
+    Examples:
+        >>> d = afdjax.derive_latency("h100", "deepseek-v3")
+        >>> d.attention_devices, d.ffn_devices, round(d.latency.coefficients()["beta_c"], 1)
+        (1, 16, 3.0)
     """
     acc = _resolve(accelerator, ACCELERATORS, Accelerator, "accelerator")
     mod = _resolve(model, MODELS, ModelSpec, "model")

@@ -111,6 +111,10 @@ def latency_to_toml(latency: LatencyModel, description: str | None = None) -> st
 
     Returns:
         the TOML text (str).
+
+    Examples:
+        >>> print(afdjax.latency_to_toml(afdjax.LatencyModel.from_preset("paper-910c")).splitlines()[1])
+        alpha_a = 0.00165
     """
     return _latency_table(latency, description) + stage_tables_toml(latency)
 

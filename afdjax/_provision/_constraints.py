@@ -73,6 +73,11 @@ def deployment_kv_capacity_bytes(deployment) -> float:
 
     Returns:
         the KV-cache bytes one Attention instance can hold (float).
+
+    Examples:
+        >>> d = afdjax.load_deployment("h100:deepseek-v3")
+        >>> round(afdjax.deployment_kv_capacity_bytes(d) / 1e9, 2)  # GB
+        66.73
     """
     capacity = deployment.kv_capacity_bytes()
     if capacity is None:
@@ -98,6 +103,10 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
 
     Returns:
         ``(attention_w, ffn_w)`` in watts, or ``None``.
+
+    Examples:
+        >>> afdjax.deployment_instance_power_w(afdjax.load_deployment("h100:deepseek-v3"))
+        (700.0, 11200.0)
     """
     if deployment.power_watts is None:
         return None
@@ -278,6 +287,11 @@ def kv_overflow_probability_gaussian(workload: Workload, batch_size: int, capaci
 
     Returns:
         the probability (float) that one instance's stationary KV load exceeds the capacity.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> afdjax.kv_overflow_probability_gaussian(workload, 256, 155_000.0) > 0.01  # mean load 153,600
+        True
     """
     mean = batch_size * float(workload.theta())
     sd = math.sqrt(batch_size * max(float(workload.slot_variance()), 0.0))

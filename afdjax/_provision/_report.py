@@ -42,6 +42,12 @@ def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: i
 
     Returns:
         the list of integer ratios ``[1, 2, ..., max(32, ceil(1.5 r*))]``.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> afdjax.default_ratio_range(workload, latency, 256)[-1]  # max(32, ceil(1.5 r*))
+        32
     """
     r_star = float(mean_field_optimum(workload, latency, batch_size).r_star)
     top = 32 if not math.isfinite(r_star) else max(32, math.ceil(1.5 * r_star))
@@ -218,6 +224,10 @@ def provision(
 
     Returns:
         a [`ProvisionReport`][afdjax.ProvisionReport] (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
+
+    Examples:
+        >>> report = afdjax.provision(jax.random.key(0), workload, latency, 256)  # doctest: +SKIP
+        >>> print(report.format_text())  # what `afdjax provision` prints  # doctest: +SKIP
     """
     if ratios is None:
         ratios = default_ratio_range(workload, latency, batch_size)

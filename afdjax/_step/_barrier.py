@@ -59,6 +59,10 @@ class Barrier(StepModel):
 
     Arguments:
         stage_layers: ``K_MAX``, an integer >= 1 (default 16; static): the most layers sampled per step.
+
+    Examples:
+        >>> afdjax.Barrier().default_warmup_steps()
+        0
     """
 
     stage_layers: int = eqx.field(static=True, default=STAGE_LAYERS)

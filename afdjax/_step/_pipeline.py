@@ -79,6 +79,10 @@ def micro_batch_sizes(batch_size: int, micro_batches: int) -> np.ndarray:
 
     Returns:
         ``(m,)`` int NumPy array of slots per micro-batch.
+
+    Examples:
+        >>> afdjax.micro_batch_sizes(256, 3).tolist()
+        [86, 85, 85]
     """
     check_batch_size(batch_size)
     B, m = int(batch_size), int(micro_batches)

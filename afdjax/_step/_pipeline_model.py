@@ -76,6 +76,10 @@ class Pipeline(StepModel):
     Arguments:
         micro_batches: ``m >= 1`` (at most the batch size when simulated).
         stage_layers: ``K_MAX`` (an integer >= 1, default 16): the most layers sampled per step.
+
+    Examples:
+        >>> afdjax.Pipeline(micro_batches=2).default_warmup_steps()  # 2 m
+        4
     """
 
     micro_batches: int = eqx.field(static=True)

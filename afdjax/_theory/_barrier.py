@@ -37,6 +37,13 @@ def attention_time_moments(workload: Workload, latency: LatencyModel, batch_size
 
     Returns:
         ``(mu_A, s)``, two arrays in time units.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> mu_a, s = afdjax.attention_time_moments(workload, latency, 256)
+        >>> round(float(mu_a), 2), round(float(s), 2)
+        (303.44, 13.21)
     """
     check_batch_size(batch_size)
     B = as_float(batch_size)

@@ -72,6 +72,12 @@ def cost_objective(
 
     Returns:
         tokens per time unit per unit of cost, a scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> round(float(afdjax.cost_objective(workload, latency, 256, 8.0, 1.0, 2.0)), 4)
+        0.6749
     """
     ratio = as_float(ratio)
     cycle = barrier_cycle_time if barrier else mean_field_cycle_time

@@ -47,6 +47,10 @@ def expected_max_normal_excess(z0, ratio) -> jax.Array:
 
     Returns:
         ``E[(M_r - z0)^+]`` in units of one standard deviation, with the broadcast shape of ``z0`` and ``ratio``.
+
+    Examples:
+        >>> round(float(afdjax.expected_max_normal_excess(0.0, 2.0)), 3)  # E[max(Z1, Z2)^+]
+        0.681
     """
     z0, ratio = jnp.broadcast_arrays(as_float(z0), as_float(ratio))
     lower = jnp.maximum(z0, _X_LO)

@@ -59,6 +59,12 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 
     Returns:
         the mean-field step time (time units), a scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> round(float(afdjax.mean_field_cycle_time(workload, latency, 256, 8.0)), 2)  # t_A_bar binds
+        303.44
     """
     ratio = as_float(ratio)
     t_a = attention_time_mean_field(workload, latency, batch_size)
@@ -79,6 +85,12 @@ def mean_field_throughput(workload: Workload, latency: LatencyModel, batch_size,
 
     Returns:
         tokens per time unit per instance, a scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> round(float(afdjax.mean_field_throughput(workload, latency, 256, 8.0)), 3)
+        0.75
     """
     ratio = as_float(ratio)
     return per_instance_throughput(ratio, batch_size, mean_field_cycle_time(workload, latency, batch_size, ratio))
@@ -139,6 +151,13 @@ def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) ->
 
     Returns:
         a [`MeanFieldOptimum`][afdjax.MeanFieldOptimum] (``regime`` indexes [`REGIMES`][afdjax.REGIMES]).
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> opt = afdjax.mean_field_optimum(workload, latency, 256)
+        >>> round(float(opt.r_star), 3), round(float(opt.r_peak), 3), afdjax.REGIMES[int(opt.regime)]
+        (9.575, 2.169, 'attention')
     """
     check_batch_size(batch_size)
     B = as_float(batch_size)
@@ -197,6 +216,12 @@ def mean_field_integer_ratio(workload, latency, batch_size, max_ratio: int | Non
 
     Returns:
         the recommended integer ratio, an int32 scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> int(afdjax.mean_field_integer_ratio(workload, latency, 256))
+        9
     """
     check_batch_size(batch_size)
     opt = mean_field_optimum(workload, latency, batch_size)

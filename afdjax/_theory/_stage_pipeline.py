@@ -56,6 +56,12 @@ def pipeline_period(attention_time, comm_time, ffn_time, micro_batches, back_tim
 
     Returns:
         the period (time units per decode step), with the inputs' broadcast shape.
+
+    Examples:
+        >>> float(afdjax.pipeline_period(10.0, 2.0, 10.0, 3))  # m max(...) = 30 >= 10 + 4 + 10
+        30.0
+        >>> float(afdjax.pipeline_period(10.0, 8.0, 10.0, 3))  # the round trip binds
+        36.0
     """
     check_micro_batches(micro_batches)
     m = as_float(micro_batches)

@@ -37,6 +37,10 @@ class Fixed(Workload):
 
     Each slot is then periodic: its load runs ``P, P+1, .., P+D-1`` and starts again, so
     ``theta = P + (D-1)/2`` and the slot variance is ``(D^2 - 1)/12`` (tokens^2).
+
+    Examples:
+        >>> float(afdjax.Fixed(prefill_tokens=100, decode_steps=50).theta())  # P + (D - 1) / 2
+        124.5
     """
 
     prefill_tokens: jax.Array = eqx.field(converter=float_leaf)
@@ -101,6 +105,10 @@ class Uniform(Workload):
 
     Fresh draws use one 32-bit word per length (``floor(bits n / 2^32)``: uniform up to
     a relative ``n / 2^32``), the stationary index likewise.
+
+    Examples:
+        >>> round(float(afdjax.Uniform(0, 100, 1, 9).theta()), 2)
+        52.67
     """
 
     prefill_low: int = eqx.field(static=True)

@@ -34,6 +34,11 @@ class Geometric(Workload):
 
     ``mu_p``, ``mu_d`` and ``prefill_sigma`` are array leaves: they can be swept,
     vmapped and differentiated without recompiling.
+
+    Examples:
+        >>> w = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> float(w.theta()), float(w.slot_variance())  # tokens, tokens^2
+        (600.0, 250500.0)
     """
 
     mu_p: jax.Array = eqx.field(converter=float_leaf)
