@@ -1,6 +1,6 @@
 """Differentiable expected throughput per instance, and gradient ascent on the ratio.
 
-Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
+Estimators (what ``jax.grad`` of [`expected_throughput`][afdjax.expected_throughput] computes)
 ----------------------------------------------------------------------
 * **Latency coefficients and prefill parameters** (``mu_p``, ``prefill_sigma``): pathwise
   derivatives with common random numbers. Prefill lengths are smooth functions of their
@@ -9,16 +9,16 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   autodiff returns its exact (sub)gradient. Unbiased for the gradient of the expectation
   whenever the max is attained uniquely with probability one, which holds for continuous
   prefill or non-degenerate coefficients; variance comes from the replicas (stated s.e.).
-* **Decode-length parameters** (``mu_d`` of :class:`Geometric`; the geometric, negative
+* **Decode-length parameters** (``mu_d`` of [`Geometric`][afdjax.Geometric]; the geometric, negative
   binomial, discretised lognormal and geometric-mixture families of
-  :class:`FittedWorkload`; ``decode_scale`` of :class:`Empirical`): decode lengths
+  [`FittedWorkload`][afdjax.FittedWorkload]; ``decode_scale`` of [`Empirical`][afdjax.Empirical]): decode lengths
   are integers, so the pathwise derivative is zero almost surely. The default
   (``decode_estimator="coupled"``) is smoothed perturbation analysis with coupled
   alternative paths, *not pruned*: each inverse-CDF draw ``D_i`` jumps to ``D_i + 1`` at
   rate ``w_i = -dF(D_i)/dtheta / p(D_i)`` and ``dE[T]/dtheta = E[sum_i w_i (T_i^+ - T)]``
   where ``T_i^+`` is the path with only ``D_i`` one longer (the counter-based draws give
   it every other draw unchanged). The sum over *all* requests is computed exactly in the
-  same pass (:mod:`afdjax._engine._jumps`): the alternative path differs from the primal
+  same pass (``afdjax._engine._jumps``): the alternative path differs from the primal
   one only in one slot, by a load shift of -1 and a spike at each later boundary, and for
   the barrier step a step's time depends only on that step's loads, so every
   ``T_i^+ - T`` decomposes into per-step effects of the max (top-2 over instances) that
@@ -33,7 +33,7 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   per request (relative bias of order one request's effect over the run's time, below
   1e-3 at the paper baseline). With the micro-batch pipeline (a step with state) the
   score function is used: the first-order form through the step model's own derivative
-  (:func:`afdjax._engine._jumps.load_perturbation`) disagreed with common-random-numbers
+  (``_engine._jumps.load_perturbation``) disagreed with common-random-numbers
   differences (opposite sign at ``micro_batches=1``, off by more than 100 % at 2): the
   spikes at request boundaries change a load by hundreds of tokens, far outside the
   linear range of the max-plus recursion. An exact form is not a sum of per-step effects
@@ -43,7 +43,7 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   backward pass gives the exact effect of one changed stage time, not of a request's
   many (-1 on every later step plus the spikes). The
   first request of a stationary slot adds an *age* jump (load +1 while it lasts).
-  :class:`Empirical` traces through ``decode_scale`` (lengths x ``(1 + s)``): given the
+  [`Empirical`][afdjax.Empirical] traces through ``decode_scale`` (lengths x ``(1 + s)``): given the
   row, ``D'`` is ``k`` or ``k + 1`` and ``d/ds E[g(D')] = D (g(k+1) - g(k))``, so every
   request carries weight ``D``, with an up jump from ``k`` and a *down* jump (the path
   with ``D' - 1``, sign -) from ``k + 1``; the one-sided form (rate ``D / (1 - f)`` from
@@ -62,11 +62,12 @@ Estimators (what ``jax.grad`` of :func:`expected_throughput` computes)
   interpolated linearly (``(1 - f) T(n) + f T(n+1)``, ``f = r - n``). The value is exact at
   integers, and the r-derivative is the common-random-numbers difference
   ``T(n+1) - T(n)``. For a smooth objective in r use the barrier model
-  (:func:`~afdjax.barrier_throughput`), which is defined for real r; :func:`optimise_ratio`
+  ([`barrier_throughput`][afdjax.barrier_throughput]), which is defined for real r;
+  [`optimise_ratio`][afdjax.optimise_ratio]
   climbs it by gradient ascent.
 
 The value returned is the mean over replicas of per-replica throughput (tokens / time /
-(r+1)). It differs from :attr:`SimulationResult.throughput_per_instance`, the pooled ratio
+(r+1)). It differs from [`throughput_per_instance`][afdjax.SimulationResult.throughput_per_instance], the pooled ratio
 of sums, only by O(1/steps).
 """
 
@@ -111,6 +112,12 @@ def throughput_estimate(result: SimulationResult) -> jax.Array:
     ``mean_i [T_i + stop_gradient(T_i - b_i) (log p_i - stop_gradient(log p_i))]`` where
     ``T_i`` is replica ``i``'s throughput, ``log p_i`` the log-likelihood of its decode
     lengths and ``b_i`` the mean of the other replicas. Its value equals ``mean_i T_i``.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult].
+
+    Returns:
+        ``(n,)`` throughput per instance per ratio (tokens per time unit per instance).
     """
     per = result.throughput_per_replica
     if result.decode_jumps:
@@ -155,11 +162,30 @@ def expected_throughput(
     in the workload, the latency coefficients and the ratio (estimators: module docstring).
 
     Buffer sizes must be given because the parameters may be traced; take them from
-    :func:`plan_buffers`. ``max_ratio`` (static) bounds the ratio. Other keyword
-    arguments go to :func:`~afdjax.simulate`, e.g. ``micro_batches=m`` for the
+    [`plan_buffers`][afdjax.plan_buffers]. ``max_ratio`` (static) bounds the ratio. Other keyword
+    arguments go to [`simulate`][afdjax.simulate], e.g. ``micro_batches=m`` for the
     micro-batch pipeline (its event times are max/plus of the stage times, so the
     pathwise gradient is exact there too). ``decode_estimator``: ``"coupled"`` (default)
     or ``"score"`` for decode-length parameters (module docstring).
+
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)``); the same key gives the same random numbers (common random
+            numbers).
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+        ratio: the A/F ratio ``r``, real-valued in ``[1, max_ratio]`` (may be traced).
+        num_steps: measured steps per replica.
+        num_replicas: independent replicas.
+        max_ratio: the largest ratio simulated (static; bounds ``ratio``).
+        chunk_steps: buffer size from [`plan_buffers`][afdjax.plan_buffers] (static).
+        requests_per_chunk: buffer size from [`plan_buffers`][afdjax.plan_buffers] (static).
+        decode_estimator: ``"coupled"`` (default) or ``"score"`` for decode-length parameters.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
+
+    Returns:
+        the throughput per instance (tokens per time unit per instance), a scalar whose gradient
+        is the estimator.
     """
     jumps = decode_jumps_for(workload, decode_estimator)
     result = simulate(
@@ -182,7 +208,19 @@ def plan_buffers(
     workload: Workload, batch_size: int, max_ratio: int, num_steps: int, num_replicas: int, warmup_steps: int = 0
 ) -> dict:
     """Buffer sizes (``chunk_steps``, ``requests_per_chunk``) for a concrete workload, so that
-    :func:`expected_throughput` can run with traced parameters."""
+    [`expected_throughput`][afdjax.expected_throughput] can run with traced parameters.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload]. Concrete (not traced).
+        batch_size: slots ``B`` per Attention instance.
+        max_ratio: the largest ratio simulated.
+        num_steps: measured steps per replica.
+        num_replicas: independent replicas.
+        warmup_steps: discarded steps before measuring (default 0).
+
+    Returns:
+        ``{"chunk_steps": int, "requests_per_chunk": int}``.
+    """
     base = dict(
         max_ratio=max_ratio,
         batch_size=batch_size,
@@ -232,7 +270,22 @@ def throughput_gradients(
     ``experiments/bench_grad.py``). ``decode_estimator``: ``"coupled"`` (default) or
     ``"score"`` (the older score-function estimator) for decode-length parameters.
     ``simulate_kwargs`` (e.g. ``micro_batches=m``, ``start``, ``warmup_steps``) go to
-    :func:`~afdjax.simulate`.
+    [`simulate`][afdjax.simulate].
+
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)``); the same key gives the same random numbers (common random
+            numbers).
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``).
+        num_steps: measured steps per replica (default 4000).
+        num_replicas: independent replicas (default 16).
+        decode_estimator: ``"coupled"`` (default) or ``"score"``.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
+
+    Returns:
+        a [`ThroughputGradient`][afdjax.ThroughputGradient] (value, standard error and the gradients).
     """
     if not (isinstance(ratio, (int, float, np.integer, np.floating)) and math.isfinite(ratio) and ratio >= 1):
         raise ValueError(f"ratio={ratio!r} is invalid: expected a real number >= 1")
@@ -299,7 +352,7 @@ def _value_and_grad(
 
 
 class RatioOptimum(eqx.Module):
-    """Result of :func:`optimise_ratio`."""
+    """Result of [`optimise_ratio`][afdjax.optimise_ratio]."""
 
     ratio: jax.Array
     """Continuous maximiser of the barrier-model throughput found by gradient ascent."""
@@ -329,17 +382,17 @@ def optimise_ratio(
     continuous ratio, polished by Newton steps; compared with the mean-field r* and the
     integer sweep.
 
-    **Arguments:**
-
-    - ``workload``, ``latency``: the model inputs (array leaves: new values reuse the
-      compiled program).
-    - ``batch_size``: slots per Attention instance ``B > 0``.
-    - ``r0``: start of the ascent; default the mean-field ``r*`` (1 when that is not finite,
-      e.g. in the "unbounded" regime), never below 1.
-    - ``max_ratio``: the ratio is kept in ``[1, max_ratio]`` and the integer sweep covers
-      ``1..max_ratio``; default ``max(2, ceil(2 * start) + 2)``.
-    - ``learning_rate``: Adam's step size on ``log r`` (> 0).
-    - ``num_steps``: Adam steps (an integer >= 0).
+    Arguments:
+        workload: the model inputs (array leaves: new values reuse the
+            compiled program).
+        latency: see ``workload``.
+        batch_size: slots per Attention instance ``B > 0``.
+        r0: start of the ascent; default the mean-field ``r*`` (1 when that is not finite,
+            e.g. in the "unbounded" regime), never below 1.
+        max_ratio: the ratio is kept in ``[1, max_ratio]`` and the integer sweep covers
+            ``1..max_ratio``; default ``max(2, ceil(2 * start) + 2)``.
+        learning_rate: Adam's step size on ``log r`` (> 0).
+        num_steps: Adam steps (an integer >= 0).
 
     The barrier objective is smooth in r, so at an interior optimum the reported
     ``gradient`` is ~0.

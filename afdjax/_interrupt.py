@@ -2,11 +2,11 @@
 
 In a notebook or a script, Ctrl-C (a kernel interrupt) raises ``KeyboardInterrupt`` in the
 main thread at the next Python bytecode; JAX's compilation and its waits for results poll
-for signals, so a long :func:`afdjax.simulate` or :func:`afdjax.sweep` answers within a
+for signals, so a long [`simulate`][afdjax.simulate] or [`sweep`][afdjax.sweep] answers within a
 fraction of a second. But an interrupt that lands while the garbage collector runs JAX's
 callback (``_xla_gc_callback``), a ``__del__`` method or a weakref callback (``finalize``)
 is printed as ``Exception ignored in ...`` and dropped, and the call then runs to its end
-(measured: 5 of 40 interrupts during compilation). :func:`deliver_interrupts` closes that
+(measured: 5 of 40 interrupts during compilation). ``deliver_interrupts`` closes that
 gap around the engine's runs: inside it, ``sys.unraisablehook`` catches such a dropped
 interrupt and SIGINT is sent again 20 ms later (by then outside the callback); one that
 was swallowed some other way is raised when the block ends. The ``KeyboardInterrupt`` that

@@ -8,7 +8,7 @@
   takes the same time. The paper's step overlaps the two (full-duplex links), the
   micro-batch pipeline (``simulate(..., micro_batches=m)``) runs both.
 
-Optional parts (issue 13, :mod:`afdjax._stage`): ``num_layers`` with per-layer random stage
+Optional parts (issue 13, ``afdjax._stage``): ``num_layers`` with per-layer random stage
 times (``noise``), MoE expert routing on the FFN side (``routing``) and per-peer, F->A and
 shared-link communication terms (``comm``); all ``None`` is the deterministic model above.
 
@@ -43,32 +43,41 @@ PRESETS: dict[str, dict[str, float]] = {
         "beta_c": 20.0,
     },
 }
+"""Named latency coefficient sets for [`LatencyModel.from_preset`][afdjax.LatencyModel.from_preset] and
+``--hardware NAME``: ``paper-910c`` is DeepSeek-V3 on Ascend 910C as fitted in arXiv 2601.21351
+(unit not stated, plausibly microseconds per layer)."""
 
 
 class LatencyModel(eqx.Module):
     """Linear stage latencies of an rA-1F bundle.
 
-    **Arguments:** (all finite and ``>= 0``, not all six zero; array leaves, so they can
-    be swept, vmapped and differentiated without recompiling)
+    The six coefficients are finite and ``>= 0``, not all zero; they are array leaves, so they
+    can be swept, vmapped and differentiated without recompiling.
 
-    - ``alpha_a``: attention time per KV token held by one instance (time/token).
-    - ``beta_a``: attention fixed time per step (time).
-    - ``alpha_f``: FFN time per token of the aggregated ``r*B`` batch (time/token).
-    - ``beta_f``: FFN fixed time per step (time).
-    - ``alpha_c``: communication time per token (time/token).
-    - ``beta_c``: communication fixed time per step (time).
-    - ``comm_scaling``: ``"batch"`` (``t_C = alpha_c B + beta_c``, the paper's v1,
-      default) or ``"ratio_batch"`` (``t_C = alpha_c r B + beta_c``).
-    - ``num_layers``: layers of the model (an integer >= 1, static), each with its own
-      A -> F -> A hand-off (a barrier per layer); ``None`` = one barrier per step. Only
-      matters with ``noise`` or ``routing`` (otherwise every layer is the same).
-    - ``noise``: a :class:`~afdjax.StageNoise` (per-layer random stage times) or ``None``.
-    - ``routing``: an :class:`~afdjax.ExpertRouting` (the FFN time follows the busiest
-      expert-parallel rank) or ``None`` (balanced: ``t_F = alpha_f r B + beta_f``).
-    - ``comm``: a :class:`~afdjax.Communication` (per-peer, F->A and shared-link terms)
-      or ``None``.
+    Arguments:
+        alpha_a: attention time per KV token held by one instance (time/token).
+        beta_a: attention fixed time per step (time).
+        alpha_f: FFN time per token of the aggregated ``r*B`` batch (time/token).
+        beta_f: FFN fixed time per step (time).
+        alpha_c: communication time per token (time/token).
+        beta_c: communication fixed time per step (time).
+        comm_scaling: ``"batch"`` (``t_C = alpha_c B + beta_c``, the paper's v1,
+            default) or ``"ratio_batch"`` (``t_C = alpha_c r B + beta_c``).
+        num_layers: layers of the model (an integer >= 1, static), each with its own
+            A -> F -> A hand-off (a barrier per layer); ``None`` = one barrier per step. Only
+            matters with ``noise`` or ``routing`` (otherwise every layer is the same).
+        noise: a [`StageNoise`][afdjax.StageNoise] (per-layer random stage times) or ``None``.
+        routing: an [`ExpertRouting`][afdjax.ExpertRouting] (the FFN time follows the busiest
+            expert-parallel rank) or ``None`` (balanced: ``t_F = alpha_f r B + beta_f``).
+        comm: a [`Communication`][afdjax.Communication] (per-peer, F->A and shared-link terms)
+            or ``None``.
 
     All four ``None`` (the default) is the paper's deterministic stage times.
+
+    Examples:
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> latency.coefficients()["alpha_a"], latency.comm_scaling
+        (0.00165, 'batch')
     """
 
     alpha_a: jax.Array = eqx.field(converter=float_leaf)
@@ -129,7 +138,7 @@ class LatencyModel(eqx.Module):
         return self._comm(self.alpha_c, self.beta_c, ratio, batch_size)
 
     def comm_back_time(self, ratio: jax.Array, batch_size: jax.Array) -> jax.Array:
-        """``t_C'`` of the F->A direction (time units): :meth:`comm_time` with
+        """``t_C'`` of the F->A direction (time units): ``comm_time`` with
         ``comm.alpha_back``/``comm.beta_back`` where given (``None``: the same as A->F)."""
         if self.comm is None:
             return self.comm_time(ratio, batch_size)

@@ -25,7 +25,17 @@ def pyplot():
 
 def plot_simulation(result, path, title: str | None = None, time_unit: str = "time unit") -> Path:
     """Write a PNG: throughput per instance against r (error bars: 2 standard errors),
-    and the attention / FFN idle fractions below it."""
+    and the attention / FFN idle fractions below it.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult].
+        path: the PNG file to write.
+        title: the figure title (``None``: none).
+        time_unit: the coefficients' time unit, for the axis labels.
+
+    Returns:
+        the ``pathlib.Path`` written.
+    """
     plt = pyplot()
     r = np.asarray(result.ratios)
     thr = np.asarray(result.throughput_per_instance)

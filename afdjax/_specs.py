@@ -1,22 +1,18 @@
 """Every user-facing string and file grammar of afdjax, in one module.
 
-- workload specs: ``geometric:...`` and ``trace:PATH,...`` (:func:`parse_workload_spec`);
-  a file path ends at the first comma unless quoted: ``trace:"a,b.csv",decode=COL``
-  (:func:`split_spec_path`);
-- accelerator and model specs: ``NAME``, ``NAME,field=value,...`` or a TOML file with an
-  ``[accelerator]`` / ``[model]`` table (:func:`parse_accelerator_spec`,
-  :func:`parse_model_spec`);
-- hardware specs: a latency preset with overrides, inline coefficients, a hardware TOML
-  file, or ``ACCELERATOR:MODEL[,option=value,...]`` (:func:`parse_hardware_spec`,
-  :func:`load_deployment`);
-- TOML: the one TOML file reader (:func:`read_toml`); the hardware TOML writers
-  (:func:`latency_to_toml`, :func:`deployment_to_toml`) are re-exported from
-  :mod:`afdjax._hardware`, which shares the table layout with the reader below.
+- workload specs: ``geometric:...`` and ``trace:PATH,...`` (``parse_workload_spec``); a file path ends at the
+  first comma unless quoted: ``trace:"a,b.csv",decode=COL`` (``split_spec_path``);
+- accelerator and model specs: ``NAME``, ``NAME,field=value,...`` or a TOML file with an ``[accelerator]`` /
+  ``[model]`` table (``parse_accelerator_spec``, ``parse_model_spec``);
+- hardware specs: a latency preset with overrides, inline coefficients, a hardware TOML file, or
+  ``ACCELERATOR:MODEL[,option=value,...]`` (``parse_hardware_spec``, ``load_deployment``);
+- TOML: the one TOML file reader (``read_toml``); the hardware TOML writers (``latency_to_toml``,
+  ``deployment_to_toml``) are re-exported from ``afdjax._hardware``, which shares the table layout with the
+  reader below.
 
-Layer "specs": above the numerics it builds (workloads, latency models, hardware, traces,
-fitting), below the applications and the CLI. Nothing here is traced by JAX; every parser
-raises ``ValueError`` (or ``FileNotFoundError``) with a message naming the spec and what is
-wrong.
+Layer "specs": above the numerics it builds (workloads, latency models, hardware, traces, fitting), below the
+applications and the CLI. Nothing here is traced by JAX; every parser raises ``ValueError`` (or
+``FileNotFoundError``) with a message naming the spec and what is wrong.
 """
 
 from __future__ import annotations
@@ -70,12 +66,9 @@ __all__ = [
 def read_toml(path, what: str) -> dict:
     """The parsed mapping of a TOML file.
 
-    **Arguments:** ``path`` (a path, ``~`` expanded) and ``what`` (what the file is, e.g.
-    ``"hardware"`` or ``"grid"``: errors say ``"{what} file 'PATH' ..."``).
-
-    Raises ``FileNotFoundError`` if the file does not exist, ``ValueError`` if it is not a
-    file, not UTF-8 text or not valid TOML.
-    """
+    Arguments: ``path`` (a path, ``~`` expanded) and ``what`` (what the file is, e.g. ``"hardware"`` or
+    ``"grid"``: errors say ``"{what} file 'PATH' ..."``). Raises ``FileNotFoundError`` if the file does not
+    exist, ``ValueError`` if it is not a file, not UTF-8 text or not valid TOML."""
     text = os.fspath(path)
     p = resolve_file(text, what)
     try:
@@ -101,7 +94,7 @@ SPEC_PATH_QUOTING = (
 def split_spec_path(text: str, spec: str) -> tuple[str, str]:
     """``(path, options)`` of the text after ``trace:`` or ``fitted:``: the path runs to the
     first comma, or, when it starts with a double or single quote, to the matching
-    closing quote (so it may hold commas; see :data:`SPEC_PATH_QUOTING`); ``options`` is
+    closing quote (so it may hold commas; see ``SPEC_PATH_QUOTING``); ``options`` is
     what follows the comma after it."""
     stripped = text.strip()
     if stripped[:1] in ("'", '"'):
@@ -152,18 +145,19 @@ def _number(key: str, value: str, what: str) -> float:
 def parse_workload_spec(spec: str) -> Workload:
     """Build a workload from a command-line spec.
 
-    - ``geometric:mu_p=100,mu_d=500`` with optional ``prefill=constant|exponential|lognormal``
-      and ``sigma=1.0`` (lognormal log-sd);
-    - ``trace:PATH`` (Azure LLM inference CSV or Mooncake JSONL, or a bundled name
-      ``azure-code``, ``azure-conv``, ``mooncake-conv``), optionally
-      ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``; a PATH holding commas
-      is quoted: ``trace:"logs/a,b.csv",decode=COLUMN`` (:data:`SPEC_PATH_QUOTING`);
-    - ``fixed:prefill=P,decode=D`` (every request the same, :class:`~afdjax.Fixed`);
-    - ``uniform:prefill=A..B,decode=C..D`` (integer ranges, inclusive, :class:`~afdjax.Uniform`);
-    - ``fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]``: the length families
-      fitted to a trace (best by AIC unless named), as a simulatable
-      :class:`~afdjax.FittedWorkload` (it ignores the P-D correlation that ``trace:`` keeps).
-    """
+    - ``geometric:mu_p=100,mu_d=500`` with optional ``prefill=constant|exponential|lognormal`` and ``sigma=1.0``
+      (lognormal log-sd);
+    - ``trace:PATH`` (Azure LLM inference CSV or Mooncake JSONL, or a bundled name ``azure-code``, ``azure-conv``,
+      ``mooncake-conv``), optionally ``trace:PATH,prefill=COLUMN,decode=COLUMN,tokens_per_step=K``; a PATH
+      holding commas is quoted: ``trace:"logs/a,b.csv",decode=COLUMN`` (``SPEC_PATH_QUOTING``);
+    - ``fixed:prefill=P,decode=D`` (every request the same, [`Fixed`][afdjax.Fixed]);
+    - ``uniform:prefill=A..B,decode=C..D`` (integer ranges, inclusive, [`Uniform`][afdjax.Uniform]);
+    - ``fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]``: the length families fitted to a
+      trace (best by AIC unless named), as a simulatable [`FittedWorkload`][afdjax.FittedWorkload] (it ignores
+      the P-D correlation that ``trace:`` keeps).
+
+    Arguments:
+        spec: the ``--workload`` string."""
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
     if sep and kind in ("fixed", "uniform"):  # serving-benchmark workloads
@@ -313,22 +307,26 @@ def _overrides(text: str, cls, what: str, where: str) -> dict:
 
 
 def parse_accelerator_spec(text: str) -> Accelerator:
-    """An :class:`Accelerator` from a spec string.
+    """An [`Accelerator`][afdjax.Accelerator] from a spec string.
 
     - ``NAME``: a preset (``afdjax.ACCELERATORS``), e.g. ``h100``;
-    - ``NAME,field=value,...``: a preset with fields overridden (field names and SI units as
-      in :class:`Accelerator`), e.g. ``h100,hbm_bandwidth_bytes_per_s=1.675e12``;
-    - ``FILE.toml[,field=value,...]``: an ``[accelerator]`` table, a full spec or
-      ``base = "NAME"`` plus fields (the name defaults to the file's stem).
-    """
+    - ``NAME,field=value,...``: a preset with fields overridden (field names and SI units as in
+      [`Accelerator`][afdjax.Accelerator]), e.g. ``h100,hbm_bandwidth_bytes_per_s=1.675e12``;
+    - ``FILE.toml[,field=value,...]``: an ``[accelerator]`` table, a full spec or ``base = "NAME"`` plus fields
+      (the name defaults to the file's stem).
+
+    Arguments:
+        text: the spec string."""
     return _parse_spec(text, ACCELERATORS, Accelerator, "accelerator")
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """A :class:`ModelSpec` from a spec string: ``NAME`` (``afdjax.MODELS``),
-    ``NAME,field=value,...`` (fields as in :class:`ModelSpec`, e.g.
-    ``llama-3.1-70b,num_layers=40``) or ``FILE.toml[,field=value,...]`` with a ``[model]``
-    table (a full spec or ``base = "NAME"`` plus fields)."""
+    """A [`ModelSpec`][afdjax.ModelSpec] from a spec string: ``NAME`` (``afdjax.MODELS``), ``NAME,field=value,...``
+    (fields as in [`ModelSpec`][afdjax.ModelSpec], e.g. ``llama-3.1-70b,num_layers=40``) or
+    ``FILE.toml[,field=value,...]`` with a ``[model]`` table (a full spec or ``base = "NAME"`` plus fields).
+
+    Arguments:
+        text: the spec string."""
     return _parse_spec(text, MODELS, ModelSpec, "model")
 
 
@@ -348,7 +346,7 @@ _DERIVE_OPTIONS = {
 
 def derive_from_spec(spec: str) -> HardwareDerivation:
     """``ACCELERATOR:MODEL[,option=value,...]`` (options: the keyword arguments of
-    :func:`derive_latency`), e.g. ``h100:deepseek-v3,dtype=bf16,ffn_devices=32``; for
+    [`derive_latency`][afdjax.derive_latency]), e.g. ``h100:deepseek-v3,dtype=bf16,ffn_devices=32``; for
     heterogeneous AFD ``ATTENTION_ACCELERATOR/FFN_ACCELERATOR:MODEL``, e.g.
     ``h200/h100:deepseek-v3`` (Attention on H200, FFN on H100)."""
     accel, sep, rest = spec.strip().partition(":")
@@ -444,17 +442,18 @@ def _stage_parts(data: dict, where: str) -> dict:
 def parse_hardware_spec(spec: str) -> LatencyModel:
     """Build a latency model from a command-line spec.
 
-    - a preset name (``paper-910c``), optionally with overrides:
-      ``paper-910c,comm_scaling=ratio_batch,alpha_c=0.03``;
-    - a TOML file (see :func:`latency_to_toml`);
+    - a preset name (``paper-910c``), optionally with overrides: ``paper-910c,comm_scaling=ratio_batch,alpha_c=0.03``;
+    - a TOML file (see [`latency_to_toml`][afdjax.latency_to_toml]);
     - inline coefficients ``alpha_a=..,beta_a=..,alpha_f=..,beta_f=..,alpha_c=..,beta_c=..``
       (optionally ``comm_scaling=batch|ratio_batch``);
-    - ``ACCELERATOR:MODEL[,option=value,...]``, e.g. ``h100:deepseek-v3``: coefficients
-      derived from the specs (``afdjax.derive_latency``; microseconds per layer).
+    - ``ACCELERATOR:MODEL[,option=value,...]``, e.g. ``h100:deepseek-v3``: coefficients derived from the specs
+      (``afdjax.derive_latency``; microseconds per layer).
 
-    A TOML file may hold ``[model]``, ``[accelerator]`` and ``[deployment]`` tables besides
-    ``[latency]``; they are ignored here and read by ``afdjax.load_deployment``.
-    """
+    A TOML file may hold ``[model]``, ``[accelerator]`` and ``[deployment]`` tables besides ``[latency]``; they
+    are ignored here and read by ``afdjax.load_deployment``.
+
+    Arguments:
+        spec: the ``--hardware`` string."""
     return _read_hardware(spec)[0]
 
 
@@ -526,18 +525,19 @@ def _read_section(data: dict, section: str, keys: dict, where: str) -> dict:
 
 
 def load_deployment(spec: str) -> Deployment:
-    """A :class:`Deployment` from any ``--hardware`` spec.
+    """A [`Deployment`][afdjax.Deployment] from any ``--hardware`` spec.
 
-    - ``ACCELERATOR:MODEL[,option=value,...]``: derived by :func:`derive_latency`
-      (everything known);
-    - a TOML file: ``[latency]`` plus the optional ``[model]`` (``name``, ``num_layers``,
-      ``kv_bytes_per_token`` over all layers), ``[accelerator]`` (``name``,
-      ``hbm_capacity_bytes`` or ``hbm_capacity_gb`` (1e9 bytes), ``power_watts``) and
-      ``[deployment]`` (``attention_devices``, ``ffn_devices``, ``attention_weight_bytes``)
+    - ``ACCELERATOR:MODEL[,option=value,...]``: derived by [`derive_latency`][afdjax.derive_latency] (everything
+      known);
+    - a TOML file: ``[latency]`` plus the optional ``[model]`` (``name``, ``num_layers``, ``kv_bytes_per_token``
+      over all layers), ``[accelerator]`` (``name``, ``hbm_capacity_bytes`` or ``hbm_capacity_gb`` (1e9 bytes),
+      ``power_watts``) and ``[deployment]`` (``attention_devices``, ``ffn_devices``, ``attention_weight_bytes``)
       tables, and ``units`` in ``[latency]``;
-    - a latency preset (``paper-910c``: DeepSeek-V3 layers and KV bytes, nothing about
-      the accelerator) or inline coefficients (only ``latency`` known).
-    """
+    - a latency preset (``paper-910c``: DeepSeek-V3 layers and KV bytes, nothing about the accelerator) or
+      inline coefficients (only ``latency`` known).
+
+    Arguments:
+        spec: any ``--hardware`` string (preset, ``ACCELERATOR:MODEL``, TOML path or inline coefficients)."""
     if not isinstance(spec, str):
         raise invalid("spec", spec, "a hardware spec string")
     if is_accelerator_model_spec(spec):
@@ -621,7 +621,7 @@ def _spec_integer(spec: str, key: str, text: str, minimum: int, what: str) -> in
 
 
 def parse_fixed_spec(rest: str, spec: str) -> Fixed:
-    """:class:`Fixed` from ``prefill=P,decode=D`` (the text after ``fixed:``)."""
+    """[`Fixed`][afdjax.Fixed] from ``prefill=P,decode=D`` (the text after ``fixed:``)."""
     pairs = _benchmark_pairs(rest, spec, FIXED_SPEC)
     try:
         prefill = float(pairs["prefill"])
@@ -654,7 +654,7 @@ def _spec_range(spec: str, key: str, text: str, minimum: int) -> tuple[int, int]
 
 
 def parse_uniform_spec(rest: str, spec: str) -> Uniform:
-    """:class:`Uniform` from ``prefill=A..B,decode=C..D`` (the text after ``uniform:``)."""
+    """[`Uniform`][afdjax.Uniform] from ``prefill=A..B,decode=C..D`` (the text after ``uniform:``)."""
     pairs = _benchmark_pairs(rest, spec, UNIFORM_SPEC)
     prefill = _spec_range(spec, "prefill", pairs["prefill"], 0)
     decode = _spec_range(spec, "decode", pairs["decode"], 1)
@@ -668,7 +668,7 @@ FITTED_SPEC = "fitted:TRACE[,decode=FAMILY][,prefill=FAMILY][,tokens_per_step=K]
 
 
 def parse_fitted_spec(rest: str, spec: str) -> FittedWorkload:
-    """:class:`~afdjax.FittedWorkload` from ``TRACE[,decode=..][,prefill=..][,tokens_per_step=K]``
+    """[`FittedWorkload`][afdjax.FittedWorkload] from ``TRACE[,decode=..][,prefill=..][,tokens_per_step=K]``
     (the text after ``fitted:``); ``ValueError`` naming the key, the value and what is allowed."""
     path, options = split_spec_path(rest, spec)
     if not path:

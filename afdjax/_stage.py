@@ -1,15 +1,15 @@
 """Stochastic stage times: per-layer noise, MoE expert routing and communication terms.
 
-Three optional parts of a :class:`~afdjax.LatencyModel` (issue 13). Every float is an
-array leaf (:func:`~afdjax._validate.float_leaf`), so it can be swept, vmapped and
+Three optional parts of a [`LatencyModel`][afdjax.LatencyModel] (issue 13). Every float is an
+array leaf (``_validate.float_leaf``), so it can be swept, vmapped and
 differentiated without recompiling; integers (counts of experts, ranks, ...) are static.
 Times are in the latency model's time unit.
 
-* :class:`StageNoise`: per-layer random variation of the attention, FFN and
+* [`StageNoise`][afdjax.StageNoise]: per-layer random variation of the attention, FFN and
   communication times (LogNormal factors of mean 1).
-* :class:`ExpertRouting`: the FFN instance as ``ranks`` expert-parallel ranks; the FFN
+* [`ExpertRouting`][afdjax.ExpertRouting]: the FFN instance as ``ranks`` expert-parallel ranks; the FFN
   time of a layer follows the busiest rank's routed token-expert pairs.
-* :class:`Communication`: per-peer cost, a different F->A direction, the FFN's shared link.
+* [`Communication`][afdjax.Communication]: per-peer cost, a different F->A direction, the FFN's shared link.
 
 The step (``Barrier``) with ``L`` layers:
 ``tau = sum_l max(max_{j<r} t_A,j a_jl, t_C c_l, t_C' c'_l, t_F,l f_l) / L``
@@ -63,13 +63,15 @@ class StageNoise(eqx.Module):
     coefficient of variation ``cv`` (``sigma^2 = log1p(cv^2)``, ``mu = -sigma^2 / 2``),
     independent across layers, steps and instances.
 
-    **Arguments:** (finite, ``>= 0``; ``0`` = no variation, exactly today's times)
+    Every coefficient is finite and ``>= 0``; ``0`` is no variation, exactly today's times.
 
-    - ``attention_cv``: of each Attention instance's time at each layer (one factor per
-      instance per layer per step).
-    - ``ffn_cv``: of the FFN time at each layer (one factor per layer per step).
-    - ``comm_cv``: of each communication direction at each layer (one factor per
-      direction per layer per step).
+    Arguments:
+        attention_cv: of each Attention instance's time at each layer (one factor per
+            instance per layer per step).
+        ffn_cv: of the FFN time at each layer (one factor per layer per step).
+        comm_cv: of each communication direction at each layer (one factor per
+            direction per layer per step).
+
     """
 
     attention_cv: jax.Array = eqx.field(converter=float_leaf, default=0.0)
@@ -86,27 +88,26 @@ class ExpertRouting(eqx.Module):
     experts (expert ``e`` on rank ``e % ranks`` before redundancy).
 
     Each of the ``r * B`` tokens of a layer picks ``top_k`` experts independently, with
-    replacement, from the popularity ``p`` (:meth:`popularity`), so the token-expert pairs
-    fall on the ranks as a multinomial with the shares :meth:`rank_shares`, independently
+    replacement, from the popularity ``p`` (``popularity``), so the token-expert pairs
+    fall on the ranks as a multinomial with the shares ``rank_shares``, independently
     across layers and steps. The FFN time of one layer is
     ``(alpha_f * ranks / top_k * max_over_ranks(pairs) + beta_f) / L``: perfectly
     balanced routing gives today's ``(alpha_f r B + beta_f) / L``.
 
-    **Arguments:**
-
-    - ``num_experts``: ``E``, routed experts per layer (an integer >= 1; static).
-    - ``top_k``: experts each token picks (an integer in ``[1, E]``; static).
-    - ``ranks``: expert-parallel ranks of the FFN instance (an integer in ``[1, E]``; static).
-    - ``skew``: Zipf exponent ``s`` of the popularity, ``p_e`` proportional to
-      ``(e + 1)^-s`` (finite, ``>= 0``; 0 = uniform; an array leaf). Must be 0 when
-      ``histogram`` is given.
-    - ``histogram``: ``None``, or an ``(E,)`` array leaf of measured relative
-      popularity (finite, ``>= 0``, positive sum; normalised here).
-    - ``redundant_experts``: ``h``, the ``h`` most popular experts get one extra
-      replica each, on the rank with the smallest expected load at that point (greedy,
-      hottest first, excluding the expert's home rank), their traffic split evenly
-      between the two replicas (an integer in ``[0, E]``; needs ``ranks >= 2`` when
-      ``h > 0``; static).
+    Arguments:
+        num_experts: ``E``, routed experts per layer (an integer >= 1; static).
+        top_k: experts each token picks (an integer in ``[1, E]``; static).
+        ranks: expert-parallel ranks of the FFN instance (an integer in ``[1, E]``; static).
+        skew: Zipf exponent ``s`` of the popularity, ``p_e`` proportional to
+            ``(e + 1)^-s`` (finite, ``>= 0``; 0 = uniform; an array leaf). Must be 0 when
+            ``histogram`` is given.
+        histogram: ``None``, or an ``(E,)`` array leaf of measured relative
+            popularity (finite, ``>= 0``, positive sum; normalised here).
+        redundant_experts: ``h``, the ``h`` most popular experts get one extra
+            replica each, on the rank with the smallest expected load at that point (greedy,
+            hottest first, excluding the expert's home rank), their traffic split evenly
+            between the two replicas (an integer in ``[0, E]``; needs ``ranks >= 2`` when
+            ``h > 0``; static).
 
     Routing is never neutral: even uniform popularity has multinomial imbalance.
     """
@@ -181,13 +182,15 @@ class Communication(eqx.Module):
     lasts at least ``alpha_link * r * n``: the FFN's own link carries all ``r`` peers'
     tokens); F->A the same with ``alpha_back``/``beta_back``.
 
-    **Arguments:** (finite, ``>= 0``; array leaves)
+    Every term is finite and ``>= 0`` (array leaves).
 
-    - ``per_peer``: time per Attention peer per direction per step (time units).
-    - ``alpha_back``: F->A time per token (time/token); ``None`` = ``alpha_c``.
-    - ``beta_back``: F->A fixed time per step (time units); ``None`` = ``beta_c``.
-    - ``alpha_link``: the FFN's shared link, time per token of the aggregated ``r * B``
-      (time/token); 0 = no shared-link limit.
+    Arguments:
+        per_peer: time per Attention peer per direction per step (time units).
+        alpha_back: F->A time per token (time/token); ``None`` = ``alpha_c``.
+        beta_back: F->A fixed time per step (time units); ``None`` = ``beta_c``.
+        alpha_link: the FFN's shared link, time per token of the aggregated ``r * B``
+            (time/token); 0 = no shared-link limit.
+
     """
 
     per_peer: jax.Array = eqx.field(converter=float_leaf, default=0.0)

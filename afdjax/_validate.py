@@ -31,14 +31,14 @@ def float_leaf(x) -> jax.Array:
 
 
 def strong_leaves(tree):
-    """``tree`` with every Python float leaf made a :func:`float_leaf` and every weakly
+    """``tree`` with every Python float leaf made a ``float_leaf`` and every weakly
     typed array leaf made strongly typed (same dtype, same values).
 
-    Constructors convert their parameters with :func:`float_leaf`, but a leaf replaced
+    Constructors convert their parameters with ``float_leaf``, but a leaf replaced
     afterwards (``eqx.tree_at(lambda m: m.alpha_a, latency, 0.5)``, a common way to move
     one coefficient) bypasses them: a Python float is a *static* leaf to
     ``eqx.filter_jit`` and a weakly typed array another abstract signature, so each such
-    call compiled the engine again (about 5 s on a CPU). :func:`filter_jit` passes every
+    call compiled the engine again (about 5 s on a CPU). ``filter_jit`` passes every
     module argument through here. Tracers are left as they are."""
 
     def strong(x):
@@ -53,7 +53,7 @@ def strong_leaves(tree):
 
 def filter_jit(fun):
     """``eqx.filter_jit`` that first passes every ``eqx.Module`` argument (workloads,
-    latency models, step models) through :func:`strong_leaves`, so a parameter replaced
+    latency models, step models) through ``strong_leaves``, so a parameter replaced
     with ``eqx.tree_at`` never compiles the program again. afdjax's jitted entry points
     use this instead of ``eqx.filter_jit``."""
     jitted = eqx.filter_jit(fun)
@@ -87,7 +87,7 @@ def plain(value):
 
 def invalid(name: str, value, allowed: str) -> ValueError:
     """The one wording of a bad argument: ``name=value is invalid: expected allowed``
-    (array values shown as plain numbers, see :func:`plain`)."""
+    (array values shown as plain numbers, see ``plain``)."""
     return ValueError(f"{name}={plain(value)!r} is invalid: expected {allowed}")
 
 
@@ -136,7 +136,7 @@ def check_number(
 
 
 def check_optional_number(name: str, value, **bounds) -> float | None:
-    """``None`` passes through; anything else as :func:`check_number`."""
+    """``None`` passes through; anything else as ``check_number``."""
     return None if value is None else check_number(name, value, **bounds)
 
 

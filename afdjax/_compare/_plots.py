@@ -1,4 +1,4 @@
-"""The figure of ``afdjax compare --plot`` (host-side matplotlib via :func:`afdjax._plot.pyplot`)."""
+"""The figure of ``afdjax compare --plot`` (host-side matplotlib via ``_plot.pyplot``)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
 """Is AFD worth it? The best rA-1F configuration against the best co-located one on the
-same devices (:func:`compare`; the text is in ``_text``, the plot in ``_plots``).
+same devices ([`compare`][afdjax.compare]; the text is in ``_text``, the plot in ``_plots``).
 
 Both sides use the same workload, the same latency coefficients (an ``ACCELERATOR:MODEL``
-derivation, :func:`afdjax.derive_latency`: microseconds per layer) and the same memory:
+derivation, [`derive_latency`][afdjax.derive_latency]: microseconds per layer) and the same memory:
 
 * **AFD**: bundles of ``r`` Attention instances (``n_A`` devices each) and one FFN
   instance (``n_F`` devices), ``floor(devices / (r n_A + n_F))`` of them; the step is the
-  paper's barrier step (:class:`~afdjax.Barrier`) or an explicit micro-batch pipeline
-  (:class:`~afdjax.Pipeline`, ``afd_step_model``). An Attention instance holds no FFN
+  paper's barrier step ([`Barrier`][afdjax.Barrier]) or an explicit micro-batch pipeline
+  ([`Pipeline`][afdjax.Pipeline], ``afd_step_model``). An Attention instance holds no FFN
   weights: its KV capacity is ``n_A HBM - W_attn`` (``kv_capacity_bytes="auto"``) or the
   number given.
 * heterogeneous AFD (``ATTENTION_ACCEL/FFN_ACCEL:MODEL``): the co-located side runs on
   the Attention accelerator (its FFN coefficients re-derived for it); equal device counts.
-* **co-located** (:class:`~afdjax.Colocated`): expert-parallel groups of ``g`` ranks
+* **co-located** ([`Colocated`][afdjax.Colocated]): expert-parallel groups of ``g`` ranks
   (``n_A`` devices each, attention data-parallel), ``floor(devices / (g n_A))`` groups;
   every rank also holds ``1/g`` of the FFN weights, so its KV capacity is the AFD one
   minus ``W_ffn / g``. With and without (ideal) two-batch overlap, the better of the two
@@ -26,7 +26,7 @@ probability ``1 - kv_overflow_tolerance`` (Gaussian stationary load, as ``provis
 Throughput counts output tokens per second per device of the ``devices`` given (idle
 devices included): ``tokens/s = slots / (num_layers E[tau])``. A TPOT target applies to
 the mean TPOT ``num_layers E[tau]``. The two best configurations are then simulated
-(:func:`afdjax.simulate`, ``num_steps`` x ``num_replicas``; ``num_steps=0`` skips it).
+([`simulate`][afdjax.simulate], ``num_steps`` x ``num_replicas``; ``num_steps=0`` skips it).
 
 The gain (AFD over co-located, per device) is the product of four factors:
 ``B_AFD / B_co`` (batch expansion: attention devices hold no expert weights) x
@@ -60,20 +60,23 @@ BATCH_GRID_POINTS = 48
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """The result of :func:`compare` (``to_dict()`` is ``afdjax compare --json``).
+    """The result of [`compare`][afdjax.compare] (``to_dict()`` is ``afdjax compare --json``).
 
-    - ``afd``, ``colocated``: the best configuration of each side (a dict: its shape,
-      ``batch_size``, ``cycle_time_us`` (per layer), ``tpot_ms`` (mean),
-      ``throughput_per_device`` (output tokens/s per device of ``devices``), and
-      ``simulated`` (the same from :func:`afdjax.simulate`, with standard errors) unless
-      skipped).
-    - ``gain``: ``ratio`` (AFD over co-located, closed form; ``simulated_ratio`` too) and
-      its factors ``batch_expansion``, ``ffn_instance_tax``, ``step_time_ratio``,
-      ``device_use_ratio`` (their product is ``ratio``).
-    - ``curve``: per ratio ``r``, the best AFD throughput per device over the batch sizes
-      (``None`` where nothing is feasible), the same per device used, and its batch size,
-      for the plot.
-    - ``settings``: the inputs.
+    Attributes:
+        afd: the best configuration of each side (a dict: its shape,
+            ``batch_size``, ``cycle_time_us`` (per layer), ``tpot_ms`` (mean),
+            ``throughput_per_device`` (output tokens/s per device of ``devices``), and
+            ``simulated`` (the same from [`simulate`][afdjax.simulate], with standard errors) unless
+            skipped).
+        colocated: see ``afd``.
+        gain: ``ratio`` (AFD over co-located, closed form; ``simulated_ratio`` too) and
+            its factors ``batch_expansion``, ``ffn_instance_tax``, ``step_time_ratio``,
+            ``device_use_ratio`` (their product is ``ratio``).
+        curve: per ratio ``r``, the best AFD throughput per device over the batch sizes
+            (``None`` where nothing is feasible), the same per device used, and its batch size,
+            for the plot.
+        settings: the inputs.
+
     """
 
     afd: dict
@@ -148,7 +151,7 @@ def _bucket(n: int) -> int:
 
 def _on_grid(cycle, batches, shapes) -> np.ndarray:
     """``cycle(B, shape)`` on the grid ``batches x shapes`` (1-D each), as ``(len(batches),
-    len(shapes))`` floats; both axes padded (with their last value) to :func:`_bucket` sizes."""
+    len(shapes))`` floats; both axes padded (with their last value) to ``_bucket`` sizes."""
     batches, shapes = np.atleast_1d(batches), np.atleast_1d(shapes)
     b = np.pad(batches, (0, _bucket(len(batches)) - len(batches)), mode="edge").astype(float)
     x = np.pad(shapes, (0, _bucket(len(shapes)) - len(shapes)), mode="edge").astype(float)
@@ -196,33 +199,36 @@ def compare(
     """The best AFD configuration (ratio, batch, bundles) against the best co-located one
     (expert-parallel group size, batch) on the same ``devices`` (module docstring).
 
-    **Arguments:**
+    Arguments:
+        workload: a [`Workload`][afdjax.Workload].
+        hardware: an ``ACCELERATOR:MODEL[,option=value]`` spec or a
+            [`HardwareDerivation`][afdjax.HardwareDerivation] (its ``attention_devices`` and ``ffn_devices``
+            are the instance sizes).
+        devices: accelerators available (an integer, at least one AFD bundle).
+        kv_capacity_bytes: KV bytes of one Attention instance, ``"auto"`` (HBM minus the
+            attention weights; the default) or ``None`` (no memory limit on either side).
+        tpot_ms: mean time-per-output-token target (ms) both sides must meet.
+        kv_overflow_tolerance: allowed probability that an instance's KV load exceeds
+            its capacity (default ``1e-3``).
+        max_batch_size: largest slots per Attention instance or rank considered.
+        colocated_overlap: two-batch overlap on the co-located side (``True``), none
+            (``False``), or the better of the two (``None``, the default).
+        num_steps: measured steps of the simulation of the two best configurations
+            (``num_steps=0``: closed form only).
+        num_replicas: replicas of that simulation.
+        key: its PRNG key (default ``jax.random.key(0)``).
+        ratios: restrict the AFD ratios ``r`` and the co-located
+            expert-parallel group sizes (ranks) considered, e.g. to evaluate one published
+            layout (default: every one that fits the devices).
+        group_sizes: see ``ratios``.
+        afd_step_model: the AFD step, [`Barrier`][afdjax.Barrier] (the paper's ideal
+            overlap, default) or [`Pipeline`][afdjax.Pipeline] ``(m)`` (explicit micro-batch
+            pipeline; its closed form is the Gaussian approximation of its period).
 
-    - ``workload``: a :class:`~afdjax.Workload`.
-    - ``hardware``: an ``ACCELERATOR:MODEL[,option=value]`` spec or a
-      :class:`~afdjax.HardwareDerivation` (its ``attention_devices`` and ``ffn_devices``
-      are the instance sizes).
-    - ``devices``: accelerators available (an integer, at least one AFD bundle).
-    - ``kv_capacity_bytes``: KV bytes of one Attention instance, ``"auto"`` (HBM minus the
-      attention weights; the default) or ``None`` (no memory limit on either side).
-    - ``tpot_ms``: mean time-per-output-token target (ms) both sides must meet.
-    - ``kv_overflow_tolerance``: allowed probability that an instance's KV load exceeds
-      its capacity (default ``1e-3``).
-    - ``max_batch_size``: largest slots per Attention instance or rank considered.
-    - ``colocated_overlap``: two-batch overlap on the co-located side (``True``), none
-      (``False``), or the better of the two (``None``, the default).
-    - ``num_steps``, ``num_replicas``: simulation of the two best configurations
-      (``num_steps=0``: closed form only); ``key``: its PRNG key (default ``key(0)``).
-    - ``ratios``, ``group_sizes``: restrict the AFD ratios ``r`` and the co-located
-      expert-parallel group sizes (ranks) considered, e.g. to evaluate one published
-      layout (default: every one that fits the devices).
-    - ``afd_step_model``: the AFD step, :class:`~afdjax.Barrier` (the paper's ideal
-      overlap, default) or :class:`~afdjax.Pipeline` ``(m)`` (explicit micro-batch
-      pipeline; its closed form is the Gaussian approximation of its period).
-
-    **Returns:** a :class:`Comparison`. Raises ``ValueError`` naming the argument: fewer
-    devices than one bundle, a hardware spec without memory data, or a ``tpot_ms`` that
-    no configuration of one side meets (the fastest TPOT is given).
+    Returns:
+        a [`Comparison`][afdjax.Comparison]. Raises ``ValueError`` naming the argument: fewer
+        devices than one bundle, a hardware spec without memory data, or a ``tpot_ms`` that
+        no configuration of one side meets (the fastest TPOT is given).
     """
     if not isinstance(workload, Workload):
         raise invalid("workload", workload, "an afdjax Workload")

@@ -1,4 +1,4 @@
-"""The text report of ``afdjax compare`` (numbers from :func:`afdjax._compare.compare`)."""
+"""The text report of ``afdjax compare`` (numbers from ``_compare.compare``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Request traces: bundled traces, CSV / JSON Lines records, :func:`read_trace`, :func:`load_trace`."""
+"""Request traces: bundled traces, CSV / JSON Lines records, [`read_trace`][afdjax.read_trace],
+[`load_trace`][afdjax.load_trace]."""
 
 from ._traces import BUNDLED_TRACES as BUNDLED_TRACES
 from ._traces import DATA_DIR as DATA_DIR

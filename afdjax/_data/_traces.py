@@ -1,9 +1,9 @@
 """Request traces: the bundled traces, reading CSV / JSON Lines records, and turning a trace
-into an :class:`~afdjax.Empirical` workload.
+into an [`Empirical`][afdjax.Empirical] workload.
 
 Nothing here is traced by JAX; every function validates its input and raises
 ``ValueError`` (or ``FileNotFoundError``) with a message naming what is wrong. The
-``trace:PATH,...`` workload spec is parsed in :mod:`afdjax._specs`.
+``trace:PATH,...`` workload spec is parsed in ``afdjax._specs``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,19 @@ _KNOWN_COLUMNS = (("ContextTokens", "GeneratedTokens"), ("input_length", "output
 
 
 def bundled_trace_path(name: str) -> Path:
-    """Path of a bundled trace by short name (``azure-code``, ``azure-conv``, ``mooncake-conv``)."""
+    """Path of a bundled trace by short name (``azure-code``, ``azure-conv``, ``mooncake-conv``).
+
+    Arguments:
+        name: ``azure-code``, ``azure-conv`` or ``mooncake-conv`` (the keys of
+            [`BUNDLED_TRACES`][afdjax.BUNDLED_TRACES]).
+
+    Returns:
+        the ``pathlib.Path`` of the file inside the installed package.
+
+    Examples:
+        >>> afdjax.bundled_trace_path("azure-conv").name
+        'AzureLLMInferenceTrace_conv.csv'
+    """
     if name not in BUNDLED_TRACES:
         raise ValueError(f"unknown bundled trace {name!r}; available: {', '.join(BUNDLED_TRACES)}")
     return DATA_DIR / BUNDLED_TRACES[name]
@@ -50,7 +62,7 @@ def resolve_file(path, what: str) -> Path:
 
 
 def resolve_trace(path) -> Path:
-    """The file of a trace: a bundled trace name (see :data:`BUNDLED_TRACES`) or an existing
+    """The file of a trace: a bundled trace name (see [`BUNDLED_TRACES`][afdjax.BUNDLED_TRACES]) or an existing
     file path (``FileNotFoundError`` / ``ValueError`` otherwise)."""
     text = os.fspath(path)
     if text in BUNDLED_TRACES:
@@ -111,15 +123,16 @@ def read_records(p: Path, what: str = "file") -> tuple[list[str], list[dict]]:
 def read_trace(path, prefill_column: str | None = None, decode_column: str | None = None):
     """Read prefill and output token counts from a CSV or JSON Lines trace.
 
-    **Arguments:**
+    Arguments:
+        path: a file path, or a bundled trace name (``azure-conv``, ...).
+        prefill_column: column names; by default the Azure LLM
+            inference columns (``ContextTokens``, ``GeneratedTokens``) or the Mooncake ones
+            (``input_length``, ``output_length``) are recognised.
+        decode_column: see ``prefill_column``.
 
-    - ``path``: a file path, or a bundled trace name (``azure-conv``, ...).
-    - ``prefill_column``, ``decode_column``: column names; by default the Azure LLM
-      inference columns (``ContextTokens``, ``GeneratedTokens``) or the Mooncake ones
-      (``input_length``, ``output_length``) are recognised.
-
-    **Returns:** ``(prefill_tokens, output_tokens)`` as float64 NumPy arrays, validated
-    to be finite, integer-valued, prefill ``>= 0`` and output ``>= 1``.
+    Returns:
+        ``(prefill_tokens, output_tokens)`` as float64 NumPy arrays, validated
+        to be finite, integer-valued, prefill ``>= 0`` and output ``>= 1``.
     """
     p = resolve_trace(path)
     columns, rows = read_records(p, "trace")
@@ -167,7 +180,7 @@ def load_trace(
     decode_column: str | None = None,
     tokens_per_step: int = 1,
 ) -> Empirical:
-    """An :class:`~afdjax.Empirical` workload from a request trace.
+    """An [`Empirical`][afdjax.Empirical] workload from a request trace.
 
     Traces record *output tokens*; the model needs *decode steps*. With one token per
     step (plain autoregressive decoding, the default) decode steps = output tokens.
@@ -175,7 +188,19 @@ def load_trace(
     step on average) a request of ``n`` output tokens holds its slot for
     ``ceil(n / k)`` steps. Prefill tokens are the prompt tokens in the KV cache.
 
-    See :func:`read_trace` for ``path`` and the column arguments.
+    Arguments:
+        path: a CSV or JSON Lines file, or a bundled name (``azure-conv``; see
+            [`read_trace`][afdjax.read_trace]).
+        prefill_column: the column of prompt tokens (default: the Azure or Mooncake name).
+        decode_column: the column of output tokens (default: the Azure or Mooncake name).
+        tokens_per_step: output tokens per decode step ``k >= 1`` (default 1).
+
+    Returns:
+        an [`Empirical`][afdjax.Empirical] workload over the trace's rows.
+
+    Examples:
+        >>> round(float(afdjax.load_trace("azure-conv").theta()), 1)  # tokens per slot
+        1226.5
     """
     tokens_per_step = check_int("tokens_per_step", tokens_per_step, 1)
     prefill, output = read_trace(path, prefill_column, decode_column)

@@ -18,7 +18,7 @@ line) accepts. The mean-field optimum in the attention-bound regime is about
 ``alpha_a theta / alpha_f``: at most about 260 for every bundled trace and hardware preset
 (batch sizes 1 to 256), and about 2,600 for 128k-token contexts with the paper's
 coefficients, so ranges up to ``1.5 r*`` fit. Memory and time grow linearly with it;
-beyond it lies only the engine's packing limit :data:`MAX_INDEX`."""
+beyond it lies only the engine's packing limit ``MAX_INDEX``."""
 
 
 @dataclasses.dataclass(frozen=True)

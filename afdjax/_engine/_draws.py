@@ -61,8 +61,8 @@ def stage_keys(key_words, replica_id, steps):
 
 def initial_jump_weights(streams: SlotStreams, workload, start: str, state: SlotState):
     """``(age, remaining, age_down, remaining_down)`` value-zero jump surrogates of the
-    requests in the slots at step 0 (coupled decode estimator, :mod:`._jumps`), the last
-    two ``None`` unless the workload has down jumps; the same bits as :func:`initial_slots`."""
+    requests in the slots at step 0 (coupled decode estimator, ``_jumps``), the last
+    two ``None`` unless the workload has down jumps; the same bits as ``initial_slots``."""
     k1, k2 = streams.k1, streams.k2
     b0 = _hash(k1, k2, 0, 0)
     down = workload._has_down_jumps()
@@ -101,7 +101,7 @@ def initial_slots(streams: SlotStreams, workload, start: str):
 
 def draw_requests(streams: SlotStreams, next_request, workload, count: int, jumps: bool = False):
     """The next ``count`` requests of every slot: ``(prefill, decode)``, ``(r_max, B, count)``,
-    and with ``jumps`` their coupled-estimator jump surrogates (:mod:`._jumps`) third and
+    and with ``jumps`` their coupled-estimator jump surrogates (``_jumps``) third and
     their down-jump surrogates fourth (``None`` unless the workload has down jumps)."""
     offsets = jnp.arange(count, dtype=jnp.uint32)
     bits = _hash(streams.k1[..., None], streams.k2[..., None], next_request[..., None] + offsets, 0)

@@ -25,8 +25,8 @@ loads themselves (no suffix sums: everything is known when a step is computed):
 where ``e_j(t, delta)`` is the change of step ``t``'s time when instance ``j``'s load
 changes by ``delta``.
 
-**Down jumps** (two-sided families, :meth:`afdjax.Workload._has_down_jumps`: the
-``decode_scale`` of :class:`~afdjax.Empirical`): a request may also carry a signed weight
+**Down jumps** (two-sided families, ``Workload._has_down_jumps``: the
+``decode_scale`` of [`Empirical`][afdjax.Empirical]): a request may also carry a signed weight
 ``v_i`` on the path with ``D_i - 1``. That path's slot ends one step earlier, so its later
 sawtooth moves one step *earlier*: load ``+1`` from the request's end ``e_i`` on, except
 at the step ``b - 1`` before each later boundary ``b``, where it is ``-delta_b``, and
@@ -43,7 +43,7 @@ it lasts) or a remaining-life one (as a fresh request's). For the barrier step (
 largest other term of the max (top-2 over instances per ratio). For a step model with
 state (the micro-batch pipeline) the same weights build a zero-valued load perturbation
 whose autodiff gives the first-order effect (``e`` linearised): see
-:func:`load_perturbation`.
+``load_perturbation``.
 
 The weights ``w_i`` are carried as *value-zero surrogates* ``w~_i`` (value 0, derivative
 ``w_i``), so the result ``Z`` is 0 and ``jax.grad``/``jvp`` of ``Z`` is the estimator.
@@ -63,7 +63,7 @@ class JumpState(eqx.Module):
     """Per-slot cumulative jump weights at the start of a chunk (``(r_max, B)`` each).
 
     The ``down_*`` fields are ``None`` unless the workload has two-sided jumps
-    (:meth:`afdjax.Workload._has_down_jumps`)."""
+    (``Workload._has_down_jumps``)."""
 
     ended: jax.Array
     """Sum of ``w~`` of the slot's requests that ended before the chunk's first step."""
@@ -223,7 +223,7 @@ def barrier_jump_time(cj: ChunkJumps, load, floor_time, alpha_a, beta_a, measure
 
     The sum is linear in the weights, whose values are 0: its value is 0 and only its
     derivative carries the estimator. So the effects are computed in the derivative rule
-    alone (:func:`_weighted_effects`): a reverse pass through the checkpointed chunks
+    alone (``_weighted_effects``): a reverse pass through the checkpointed chunks
     takes them once, in the recomputation, and a plain forward never."""
     weights = (cj.minus, cj.plus, cj.b_before, cj.b_own)
     consts = (cj.b_step, cj.b_delta, cj.b_base, cj.b_own_delta, load, floor_time, alpha_a, beta_a, measured)
@@ -260,7 +260,7 @@ def _pairs(rmax: int):
 
 
 def _effects(b_step, b_delta, b_base, b_own_delta, load, floor_time, alpha_a, beta_a, measured):
-    """The exact time effects per unit weight, for each pair ``p`` of :func:`_pairs`
+    """The exact time effects per unit weight, for each pair ``p`` of ``_pairs``
     (ratio ``r``, instance ``j`` in it): ``(P, L)`` of a -1 and of a +1 load change of
     instance ``j`` at each step, and ``(P, B, K)`` of each spike of instance ``j`` on its
     ``before`` and ``own`` weights (0 where unused: steps not measured, spikes outside

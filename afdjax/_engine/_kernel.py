@@ -1,14 +1,14 @@
 """The engine kernel: one replica as a scan over chunks of steps, the stages in order.
 
-For each chunk of ``L`` steps: request draws (:mod:`._draws`) -> slot loads per instance
-(:mod:`._loads`) -> step timing (the :class:`~afdjax.StepModel`) -> accumulated
-statistics (:mod:`._stats`). Every ratio ``r = 1..r_max`` is timed in the same pass (the
+For each chunk of ``L`` steps: request draws (``_draws``) -> slot loads per instance
+(``_loads``) -> step timing (the [`StepModel`][afdjax.StepModel]) -> accumulated
+statistics (``_stats``). Every ratio ``r = 1..r_max`` is timed in the same pass (the
 system with ratio ``r`` is the first ``r`` of ``r_max`` instances), so a ratio sweep is
 one pass and one compilation. The per-ratio constants of the step model and the
 histogram ranges are computed once per configuration, outside the replica loop.
 
-:func:`simulate_all_ratios` is the one pure entry point (``simulate``, the sweep and the
-gradients all go through it) and :func:`rerun_on_overflow` the one retry loop.
+``simulate_all_ratios`` is the one pure entry point (``simulate``, the sweep and the
+gradients all go through it) and ``rerun_on_overflow`` the one retry loop.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from ._stats import HistogramRanges, Statistics, aggregate
 def replica_sums(
     replica_id, key_words, workload, latency, constants, ranges: HistogramRanges, cfg: EngineConfig, jumps=False
 ):
-    """Simulate one replica; return its :class:`Statistics` (one entry per r = 1..r_max).
+    """Simulate one replica; return its ``Statistics`` (one entry per r = 1..r_max).
 
     ``jumps`` (static): also accumulate the coupled decode-length jump term
-    (:mod:`._jumps`; value 0, for gradients only). The other numbers are the same."""
+    (``_jumps``; value 0, for gradients only). The other numbers are the same."""
     rmax, B, L, M = cfg.max_ratio, cfg.batch_size, cfg.chunk_steps, cfg.requests_per_chunk
     model = cfg.step_model
     fdtype = jnp.zeros(()).dtype
@@ -105,7 +105,7 @@ def run_constants(workload, latency, cfg: EngineConfig):
 
 
 def _map_replicas(key_words, workload, latency, constants, ranges, cfg: EngineConfig, replica_ids, jumps=False):
-    """Stacked :class:`Statistics` of the replicas ``replica_ids``, advanced
+    """Stacked ``Statistics`` of the replicas ``replica_ids``, advanced
     ``replica_batch_size`` at a time (vmap inside a batch, batches one after another)."""
     return jax.lax.map(
         lambda i: replica_sums(i, key_words, workload, latency, constants, ranges, cfg, jumps),
@@ -196,7 +196,7 @@ def rerun_on_overflow(run, sizes: dict, *, who: str = "afdjax.simulate", warn: b
     ``eqx.error_if`` instead. Returns ``out``.
 
     Every engine run (``simulate``, each sweep chunk) goes through here, so this is also
-    where a Ctrl-C is made certain to arrive (:func:`afdjax._interrupt.deliver_interrupts`).
+    where a Ctrl-C is made certain to arrive (``_interrupt.deliver_interrupts``).
     """
     with deliver_interrupts():
         while True:

@@ -1,4 +1,4 @@
-"""The result of a simulation: :class:`SimulationResult` (per-ratio arrays, ``to_dict``)."""
+"""The result of a simulation: [`SimulationResult`][afdjax.SimulationResult] (per-ratio arrays, ``to_dict``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,14 @@ from .._step import StepModel
 
 
 class SimulationResult(eqx.Module):
-    """Per-ratio results of :func:`simulate`. Arrays are indexed like ``ratios``.
+    """Per-ratio results of [`simulate`][afdjax.simulate]. Arrays are indexed like ``ratios``.
 
     Times are in the latency model's time unit; throughput in tokens per time unit.
+
+    Attributes:
+        batch_size: slots ``B`` per Attention instance (static).
+        num_steps: measured steps per replica (static).
+        num_replicas: independent replicas (static).
     """
 
     ratios: jax.Array
@@ -74,11 +79,11 @@ class SimulationResult(eqx.Module):
     """``(num_replicas, n)``: log-likelihood of the decode lengths drawn for the first
     ``r`` instances of each replica, as a function of the workload parameters. Its value
     is not a result; its gradient carries the score-function estimator (see
-    :func:`afdjax.throughput_estimate`)."""
+    [`throughput_estimate`][afdjax.throughput_estimate])."""
     decode_jump: jax.Array | None = None
     """``(num_replicas, n)``: the coupled decode-length jump term of each replica's
     throughput (value 0; its gradient is the coupled estimator's part for decode-length
-    parameters, see :mod:`afdjax._engine._jumps`). Zero unless ``decode_jumps``."""
+    parameters, see ``afdjax._engine._jumps``). Zero unless ``decode_jumps``."""
     decode_jumps: bool = eqx.field(static=True, default=False)
     """Whether ``simulate(..., decode_jumps=True)`` computed ``decode_jump``."""
     batch_size: int = eqx.field(static=True, default=0)
@@ -87,7 +92,7 @@ class SimulationResult(eqx.Module):
     micro_batches: int | None = eqx.field(static=True, default=None)
     """Micro-batches per Attention instance, or None for the paper's barrier step."""
     step_model: StepModel | None = eqx.field(static=True, default=None)
-    """The :class:`~afdjax.StepModel` simulated (``Barrier()`` or ``Pipeline(m)``)."""
+    """The [`StepModel`][afdjax.StepModel] simulated (``Barrier()`` or ``Pipeline(m)``)."""
 
     def kv_exceedance_probability(self, capacity_tokens):
         """Fraction of measured instance-steps whose KV load exceeds ``capacity_tokens``

@@ -2,23 +2,23 @@
 
 How the engine works, in the order a step is computed (one module each):
 
-1. :mod:`._draws`: counter-based random numbers give every slot its requests (common
+1. ``_draws``: counter-based random numbers give every slot its requests (common
    random numbers across ratios, coefficients, workload parameters and buffer sizes);
-2. :mod:`._loads`: the KV load of every instance (or micro-batch) at every step of a
+2. ``_loads``: the KV load of every instance (or micro-batch) at every step of a
    chunk, from the request boundaries (cost: instance-steps plus requests);
-3. the step model (:class:`~afdjax.Barrier`, :class:`~afdjax.Pipeline`): the time of
+3. the step model ([`Barrier`][afdjax.Barrier], [`Pipeline`][afdjax.Pipeline]): the time of
    each step for every ratio ``r = 1..r_max`` at once;
-4. :mod:`._stats`: sums over the measured steps, pooled into a
-   :class:`~afdjax.SimulationResult` (:mod:`._result`).
+4. ``_stats``: sums over the measured steps, pooled into a
+   [`SimulationResult`][afdjax.SimulationResult] (``_result``).
 
-:mod:`._kernel` strings the stages into one ``lax.scan`` over chunks per replica and
-holds the one retry loop; :mod:`._sizing` chooses the buffer sizes.
+``_kernel`` strings the stages into one ``lax.scan`` over chunks per replica and
+holds the one retry loop; ``_sizing`` chooses the buffer sizes.
 
 **Interrupting a long call** (Ctrl-C in a script, a kernel interrupt in a notebook):
 ``KeyboardInterrupt`` is raised in the calling (main) thread within a fraction of a
 second, whether the call is tracing, compiling or waiting for results, since JAX's
 compilation and its waits poll for signals and every engine run (``simulate``, each
-chunk of a sweep) is wrapped in :func:`afdjax._interrupt.deliver_interrupts`, which
+chunk of a sweep) is wrapped in ``_interrupt.deliver_interrupts``, which
 re-delivers an interrupt that Python would otherwise drop inside JAX's garbage-collector
 callback, and gives the ``KeyboardInterrupt`` a short traceback that a notebook shows at
 once (measured on 2 loaded cores, interrupts at random moments: in a script 40 of 40
@@ -79,59 +79,69 @@ def simulate(
     ratios). With the default step model every step takes
     ``tau = max(max_{j<r} t_A(T_j), t_C, t_F(rB))``.
 
-    **Arguments:**
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)`` or ``PRNGKey(seed)``).
+        workload: a [`Workload`][afdjax.Workload] (``Geometric``, ``Empirical``).
+        latency: a [`LatencyModel`][afdjax.LatencyModel].
+        batch_size: slots per Attention instance ``B`` (1 .. 65536).
+        ratios: the A/F ratios to report (positive integers); all of ``1..max`` are
+            simulated in the same pass, one compilation per ``max``.
+        num_steps: measured decode steps per replica.
+        num_replicas: independent replicas (standard errors need at least 2).
+        start: ``"stationary"`` (slots start in the length-biased stationary state)
+            or ``"cold"`` (every slot starts a fresh request at step 0).
+        warmup_steps: steps simulated before measuring (discarded). ``None``
+            (default): the step model's [`default_warmup_steps`][afdjax.StepModel.default_warmup_steps], 0 for
+            ``Barrier()`` (its step has no state: the loads already start stationary) and
+            ``2 m`` for ``Pipeline(m)``, whose pipeline starts empty at time 0 so that its
+            first step carries the fill (one round trip before the micro-batches follow each
+            other); measuring from time 0 would bias the mean cycle time upwards by about the
+            fill over ``num_steps``. An explicit integer is used as given.
+        quantile_levels: cycle-time quantile levels in (0, 1).
+        chunk_steps: buffer sizes;
+            chosen automatically (they fix shapes, so pass them explicitly when calling
+            ``simulate`` under ``jit``/``grad``/``vmap`` with traced workload parameters).
+            They never change the numbers, only speed and memory.
+        requests_per_chunk: see ``chunk_steps``.
+        replica_batch_size: see ``chunk_steps``.
+        memory_budget_bytes: rough bound on per-batch working memory used to choose
+            ``replica_batch_size``.
+        num_bins: cycle-time and KV-load histogram bins (quantile resolution).
+        step_model: a [`StepModel`][afdjax.StepModel]: ``Barrier()`` (the paper's idealised
+            step above, the default) or ``Pipeline(micro_batches=m)``, the explicit micro-batch
+            pipeline of ``afdjax._step._pipeline``: slot ``s`` is in micro-batch ``s % m``,
+            every step each micro-batch passes attention (per instance, ``alpha_a T_{j,g} +
+            beta_a``), A->F, FFN (``alpha_f r B_g + beta_f``) and F->A (``t_C(B_g)`` each), the
+            ``beta`` costs paid per micro-batch, and the step time is the time between
+            completions of the last micro-batch of consecutive steps. Same random loads
+            whatever the step model (common random numbers).
+        micro_batches: the older spelling: ``None`` is ``Barrier()``, an integer ``m``
+            in ``[1, batch_size]`` is ``Pipeline(m)`` (give it or ``step_model``, not two
+            different ones).
+        progress: show a progress bar (tqdm, on stderr) with the rate and ETA in
+            simulated replica-steps. The replicas then run in host-side blocks of
+            ``replica_batch_size`` and the bar advances after each block; the numbers are
+            those of ``progress=False`` (ignored when tracing under ``jit``/``grad``/``vmap``).
+        decode_jumps: also compute ``SimulationResult.decode_jump``, the coupled
+            estimator's term for decode-length gradients (value 0; see
+            [`expected_throughput`][afdjax.expected_throughput]). Costs about one more forward; no number changes.
+            Barrier step only: with a micro-batch pipeline it is ignored (``result.decode_jumps``
+            is False and gradients use the score function).
 
-    - ``key``: a JAX PRNG key (``jax.random.key(seed)`` or ``PRNGKey(seed)``).
-    - ``workload``: a :class:`~afdjax.Workload` (``Geometric``, ``Empirical``).
-    - ``latency``: a :class:`~afdjax.LatencyModel`.
-    - ``batch_size``: slots per Attention instance ``B`` (1 .. 65536).
-    - ``ratios``: the A/F ratios to report (positive integers); all of ``1..max`` are
-      simulated in the same pass, one compilation per ``max``.
-    - ``num_steps``: measured decode steps per replica.
-    - ``num_replicas``: independent replicas (standard errors need at least 2).
-    - ``start``: ``"stationary"`` (slots start in the length-biased stationary state)
-      or ``"cold"`` (every slot starts a fresh request at step 0).
-    - ``warmup_steps``: steps simulated before measuring (discarded). ``None``
-      (default): the step model's :meth:`~afdjax.StepModel.default_warmup_steps`, 0 for
-      ``Barrier()`` (its step has no state: the loads already start stationary) and
-      ``2 m`` for ``Pipeline(m)``, whose pipeline starts empty at time 0 so that its
-      first step carries the fill (one round trip before the micro-batches follow each
-      other); measuring from time 0 would bias the mean cycle time upwards by about the
-      fill over ``num_steps``. An explicit integer is used as given.
-    - ``quantile_levels``: cycle-time quantile levels in (0, 1).
-    - ``chunk_steps``, ``requests_per_chunk``, ``replica_batch_size``: buffer sizes;
-      chosen automatically (they fix shapes, so pass them explicitly when calling
-      ``simulate`` under ``jit``/``grad``/``vmap`` with traced workload parameters).
-      They never change the numbers, only speed and memory.
-    - ``memory_budget_bytes``: rough bound on per-batch working memory used to choose
-      ``replica_batch_size``.
-    - ``num_bins``: cycle-time and KV-load histogram bins (quantile resolution).
-    - ``step_model``: a :class:`~afdjax.StepModel`: ``Barrier()`` (the paper's idealised
-      step above, the default) or ``Pipeline(micro_batches=m)``, the explicit micro-batch
-      pipeline of :mod:`afdjax._step._pipeline`: slot ``s`` is in micro-batch ``s % m``,
-      every step each micro-batch passes attention (per instance, ``alpha_a T_{j,g} +
-      beta_a``), A->F, FFN (``alpha_f r B_g + beta_f``) and F->A (``t_C(B_g)`` each), the
-      ``beta`` costs paid per micro-batch, and the step time is the time between
-      completions of the last micro-batch of consecutive steps. Same random loads
-      whatever the step model (common random numbers).
-    - ``micro_batches``: the older spelling: ``None`` is ``Barrier()``, an integer ``m``
-      in ``[1, batch_size]`` is ``Pipeline(m)`` (give it or ``step_model``, not two
-      different ones).
-    - ``progress``: show a progress bar (tqdm, on stderr) with the rate and ETA in
-      simulated replica-steps. The replicas then run in host-side blocks of
-      ``replica_batch_size`` and the bar advances after each block; the numbers are
-      those of ``progress=False`` (ignored when tracing under ``jit``/``grad``/``vmap``).
-    - ``decode_jumps``: also compute ``SimulationResult.decode_jump``, the coupled
-      estimator's term for decode-length gradients (value 0; see
-      :func:`afdjax.expected_throughput`). Costs about one more forward; no number changes.
-      Barrier step only: with a micro-batch pipeline it is ignored (``result.decode_jumps``
-      is False and gradients use the score function).
-
-    **Returns:** a :class:`SimulationResult`.
+    Returns:
+        a [`SimulationResult`][afdjax.SimulationResult].
 
     Float parameters (coefficients, workload means) are array leaves: new values reuse
     the compiled program as long as the automatically chosen buffer sizes (rounded up
     to a coarse grid) do not change; fix them explicitly to guarantee it.
+
+    Examples:
+        >>> import jax
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> result = afdjax.simulate(jax.random.key(0), workload, latency, 256, range(1, 33), 4000)  # doctest: +SKIP
+        >>> result.best_ratio()  # doctest: +SKIP
+        10
     """
     if not isinstance(workload, Workload):
         raise ValueError(f"workload={workload!r} is invalid: expected an afdjax Workload (Geometric, Empirical)")

@@ -1,11 +1,11 @@
 """Buffer sizing (host side): chunk length, requests drawn per chunk, replica batch, and
 the checks that a run can work at all (counts within int32, ratios within
-:data:`~._config.MAX_RATIO`, memory within what the machine holds), made before anything
+``_config.MAX_RATIO``, memory within what the machine holds), made before anything
 is allocated or compiled.
 
 None of the sizes change the numbers, only speed and memory. ``requests_per_chunk`` is a
 capacity sized by a Chernoff bound; running out is detected and the run repeated with a
-larger buffer and the same random numbers (:func:`afdjax._engine._kernel.rerun_on_overflow`).
+larger buffer and the same random numbers (``_engine._kernel.rerun_on_overflow``).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def plan_sizes(
     ``replica_batch_size``.
 
     Raises ``ValueError`` for a run that cannot work, before anything is allocated: a
-    largest ratio beyond :data:`~afdjax._engine._config.MAX_RATIO`, more steps than int32
-    counts, or an estimated memory (:func:`memory_estimate`) beyond what this machine (or
+    largest ratio beyond ``_engine._config.MAX_RATIO``, more steps than int32
+    counts, or an estimated memory (``memory_estimate``) beyond what this machine (or
     the accelerator) holds.
     """
     rmax, B, R = cfg_kwargs["max_ratio"], cfg_kwargs["batch_size"], cfg_kwargs["num_replicas"]
@@ -123,9 +123,9 @@ def plan_sizes(
 
 
 def replica_bytes(cfg_kwargs: dict, chunk_steps: int, requests_per_chunk: int) -> int:
-    """Working memory of one replica in flight (bytes, an estimate): what :func:`plan_sizes`
+    """Working memory of one replica in flight (bytes, an estimate): what ``plan_sizes``
     uses to choose ``replica_batch_size``, and the sweep to size its chunks. The step
-    model adds its own share (:meth:`~afdjax.StepModel.replica_bytes`)."""
+    model adds its own share ([`replica_bytes`][afdjax.StepModel.replica_bytes])."""
     rmax, B = cfg_kwargs["max_ratio"], cfg_kwargs["batch_size"]
     per_replica = rmax * B * requests_per_chunk * 64 + rmax * chunk_steps * 96 + rmax * cfg_kwargs["num_bins"] * 8
     step_model = cfg_kwargs.get("step_model")
@@ -173,11 +173,11 @@ class MemoryEstimate:
     """Estimated memory of one engine run against what the machine holds (bytes)."""
 
     statistics: int
-    """Statistics of all replicas (``num_replicas x`` :func:`statistics_bytes`)."""
+    """Statistics of all replicas (``num_replicas x`` ``statistics_bytes``)."""
     working: int
-    """Working memory of the replicas in flight (``replica_batch_size x`` :func:`replica_bytes`)."""
+    """Working memory of the replicas in flight (``replica_batch_size x`` ``replica_bytes``)."""
     available: int | None
-    """What the machine holds (:func:`available_memory`; ``None``: unknown)."""
+    """What the machine holds (``available_memory``; ``None``: unknown)."""
     where: str
     num_replicas: int
     max_ratio: int
@@ -212,7 +212,7 @@ class MemoryEstimate:
 
 class RunTooLarge(ValueError):
     """A run whose estimated memory exceeds what the machine holds; ``estimate`` is the
-    :class:`MemoryEstimate` (so that a caller can word the advice its own way)."""
+    ``MemoryEstimate`` (so that a caller can word the advice its own way)."""
 
     def __init__(self, estimate: MemoryEstimate):
         super().__init__(estimate.message())
@@ -226,8 +226,8 @@ def _gb(n: int) -> str:
 
 
 def memory_estimate(cfg_kwargs: dict, sizes: dict) -> MemoryEstimate:
-    """The estimated memory of a run (``cfg_kwargs`` as for :func:`plan_sizes`, ``sizes``
-    its result) against :func:`available_memory`."""
+    """The estimated memory of a run (``cfg_kwargs`` as for ``plan_sizes``, ``sizes``
+    its result) against ``available_memory``."""
     available, where = available_memory()
     rmax = cfg_kwargs["max_ratio"]
     per = replica_bytes(cfg_kwargs, sizes["chunk_steps"], sizes["requests_per_chunk"])

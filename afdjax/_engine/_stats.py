@@ -1,9 +1,9 @@
 """Stage 4, accumulated statistics: per-replica sums over the measured steps, and the
 per-ratio results computed from them.
 
-:class:`Statistics` is the loop state of a replica (one entry per ratio ``r = 1..r_max``
-where it depends on ``r``); :func:`aggregate` pools the replicas into a
-:class:`~afdjax.SimulationResult`.
+``Statistics`` is the loop state of a replica (one entry per ratio ``r = 1..r_max``
+where it depends on ``r``); ``aggregate`` pools the replicas into a
+[`SimulationResult`][afdjax.SimulationResult].
 """
 
 from __future__ import annotations

@@ -59,7 +59,13 @@ FFN-bound one, has no Monte Carlo spread; a stated stderr may be 0)."""
 
 @dataclasses.dataclass
 class HeldOut:
-    """Prediction error on rows the fit did not see (in the observed quantity)."""
+    """Prediction error on rows the fit did not see (in the observed quantity).
+
+    Attributes:
+        observed: ``(rows,)`` observed values of the held-out rows.
+        predicted: ``(rows,)`` their predictions by fits without them.
+        folds: the number of folds (1 for a holdout).
+    """
 
     method: str
     """``"holdout"`` or ``"folds"``."""
@@ -84,7 +90,17 @@ class HeldOut:
 
 @dataclasses.dataclass
 class Calibration:
-    """Result of :func:`calibrate`. Times in the observations' time unit."""
+    """Result of [`calibrate`][afdjax.calibrate]. Times in the observations' time unit.
+
+    Attributes:
+        dof: Satterthwaite degrees of freedom of each parameter's standard error.
+        latency: the calibrated [`LatencyModel`][afdjax.LatencyModel].
+        observations: the [`RatioSweep`][afdjax.RatioSweep] fitted.
+        predicted_throughput: ``(rows,)`` predicted throughput per instance.
+        predicted_step_time: ``(rows,)`` predicted mean step time.
+        held_out: the [`HeldOut`][afdjax.HeldOut] error, or ``None`` without ``holdout``/``folds``.
+        step_model: the step model simulated.
+    """
 
     names: tuple[str, ...]
     """Fitted parameters (identified or not)."""
@@ -134,7 +150,7 @@ class Calibration:
 
     def calibration_table(self) -> dict:
         """The ``[calibration]`` table of the hardware TOML (read back by
-        :func:`calibration_from_mapping`)."""
+        ``calibration_from_mapping``)."""
         from ._calibrate_text import calibration_table
 
         return calibration_table(self)
@@ -270,31 +286,34 @@ def calibrate(
 ) -> Calibration:
     """Fit latency parameters so that the simulated throughput matches measured ratio sweeps.
 
-    **Arguments:**
+    Arguments:
+        observations: a [`RatioSweep`][afdjax.RatioSweep] with measured values (at least as
+            many rows as identified parameters plus one).
+        workloads: the [`Workload`][afdjax.Workload] of every row, or a mapping from each
+            row label (``observations.workload``) to its Workload.
+        latency: starting values, and the fixed values of what is not fitted; ``None``
+            (default): a start derived from the data (module docstring, 1; ``comm_scaling``
+            chooses its communication scaling).
+        fit: parameter names: the six coefficients and the stage-time parameters
+            ``attention_cv``, ``ffn_cv``, ``comm_cv``, ``routing_skew`` (needs ``latency.routing``),
+            ``comm_per_peer``, ``comm_alpha_link``; default
+            ``_fit._calibrate_params.default_fit`` (the six and ``attention_cv``, plus
+            ``routing_skew`` with routing). Parameters the data do not move are reported in
+            ``not_identified``.
+        key: JAX PRNG key of every simulation (common random numbers).
+        num_steps: measured steps of each simulation.
+        num_replicas: replicas of each simulation.
+        refine_iterations: at most this many Levenberg-Marquardt steps through the simulation
+            (they stop once an accepted step moves no ``log`` parameter by more than ``1e-5``).
+        holdout: fraction in (0, 1) of the rows to hold out for a held-out error.
+        folds: ``K >= 2`` folds (at most the number of rows) instead of ``holdout``; not both.
+        step_model: ``None`` (``Barrier()``) or a step model such as ``Pipeline(m)``.
+        comm_scaling: the communication scaling of the start derived from the data
+            (``latency=None`` only).
 
-    - ``observations``: a :class:`~afdjax.RatioSweep` with measured values (at least as
-      many rows as identified parameters plus one).
-    - ``workloads``: the :class:`~afdjax.Workload` of every row, or a mapping from each
-      row label (``observations.workload``) to its Workload.
-    - ``latency``: starting values, and the fixed values of what is not fitted; ``None``
-      (default): a start derived from the data (module docstring, 1; ``comm_scaling``
-      chooses its communication scaling).
-    - ``fit``: parameter names: the six coefficients and the stage-time parameters
-      ``attention_cv``, ``ffn_cv``, ``comm_cv``, ``routing_skew`` (needs ``latency.routing``),
-      ``comm_per_peer``, ``comm_alpha_link``; default
-      :func:`afdjax._fit._calibrate_params.default_fit` (the six and ``attention_cv``, plus
-      ``routing_skew`` with routing). Parameters the data do not move are reported in
-      ``not_identified``.
-    - ``key``: JAX PRNG key of every simulation (common random numbers).
-    - ``num_steps``, ``num_replicas``: simulation size; ``refine_iterations``: at most
-      this many Levenberg-Marquardt steps through the simulation (they stop once an
-      accepted step moves no ``log`` parameter by more than ``1e-5``).
-    - ``holdout``: fraction in (0, 1) of the rows to hold out for a held-out error, or
-      ``folds``: ``K >= 2`` folds (at most the number of rows); not both.
-    - ``step_model``: ``None`` (``Barrier()``) or a step model such as ``Pipeline(m)``.
-
-    **Returns:** a :class:`Calibration` fitted on every row, with ``held_out`` from the
-    extra fits. Times are in the observations' time unit."""
+    Returns:
+        a [`Calibration`][afdjax.Calibration] fitted on every row, with ``held_out`` from the
+        extra fits. Times are in the observations' time unit."""
     if not isinstance(observations, RatioSweep):
         raise invalid("observations", observations, "a RatioSweep (afdjax.read_ratio_sweep)")
     y_np, se_np = observations.throughput()

@@ -377,9 +377,23 @@ def _fit_stage(stage, x, y, *, loss, n_bootstrap, key) -> tuple[StageFit, list[s
 # ====================================================================== result object
 @dataclasses.dataclass(frozen=True)
 class LatencyFit:
-    """Result of :func:`fit_latency`.
+    """Result of [`fit_latency`][afdjax.fit_latency].
 
-    - ``latency``: the :class:`~afdjax.LatencyModel` of the point estimates.
+    Attributes:
+        latency: the [`LatencyModel`][afdjax.LatencyModel] of the point estimates.
+        stages: ``{stage: StageFit}`` with the data, residuals and fit quality.
+        loss: ``"huber"`` or ``"l2"``.
+        comm_scaling: the communication scaling fitted.
+        n_bootstrap: bootstrap replicates (0: sandwich intervals only).
+        seed: the bootstrap seed.
+        source: the observations' file or label.
+        sha256: the file's hash (``None`` for arrays).
+        num_rows: observations read.
+        notes: what a reader must know (defaults kept, coefficients at the bound).
+        defaults_name: the hardware spec of the stages kept from defaults (``None``: none).
+
+    Properties:
+
     - ``intervals``: ``{coefficient: (lo, hi)}``, 95 %, by ``interval_method``
       (``"bootstrap"``, or ``"sandwich"`` when ``n_bootstrap == 0``); NaN where undefined
       (a stage kept from the defaults, or fewer than 3 rows).
@@ -503,23 +517,23 @@ def fit_latency(
     seed: int = 0,
     defaults: LatencyModel | None = None,
 ) -> LatencyFit:
-    """Fit the :class:`~afdjax.LatencyModel` coefficients to step-latency observations.
+    """Fit the [`LatencyModel`][afdjax.LatencyModel] coefficients to step-latency observations.
 
-    **Arguments:**
+    Arguments:
+        observations: a CSV / JSON Lines path (see [`read_latency_observations`][afdjax.read_latency_observations]), a
+            ``LatencyObservations``, or a mapping of column name to values.
+        loss: ``"huber"`` (robust, default) or ``"l2"`` (least squares).
+        comm_scaling: ``"batch"`` (``t_C = alpha_c B + beta_c``) or ``"ratio_batch"``
+            (``alpha_c r B + beta_c``).
+        n_bootstrap: bootstrap replicates for the intervals (0: sandwich intervals only,
+            otherwise at least 20).
+        seed: seed of the bootstrap resampling (``jax.random.key(seed)``).
+        defaults: a ``LatencyModel`` (e.g. a preset) whose coefficients are kept for any
+            stage without observations; its ``comm_scaling`` must match when the comm stage is
+            kept. A preset name (``"paper-910c"``) is accepted too.
 
-    - ``observations``: a CSV / JSON Lines path (see :func:`read_latency_observations`), a
-      :class:`LatencyObservations`, or a mapping of column name to values.
-    - ``loss``: ``"huber"`` (robust, default) or ``"l2"`` (least squares).
-    - ``comm_scaling``: ``"batch"`` (``t_C = alpha_c B + beta_c``) or ``"ratio_batch"``
-      (``alpha_c r B + beta_c``).
-    - ``n_bootstrap``: bootstrap replicates for the intervals (0: sandwich intervals only,
-      otherwise at least 20).
-    - ``seed``: seed of the bootstrap resampling (``jax.random.key(seed)``).
-    - ``defaults``: a ``LatencyModel`` (e.g. a preset) whose coefficients are kept for any
-      stage without observations; its ``comm_scaling`` must match when the comm stage is
-      kept. A preset name (``"paper-910c"``) is accepted too.
-
-    **Returns:** a :class:`LatencyFit`. The method is described in the module docstring.
+    Returns:
+        a [`LatencyFit`][afdjax.LatencyFit]. The method is described in the module docstring.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not allowed; expected one of {', '.join(LOSSES)}")

@@ -173,6 +173,13 @@ def read_latency_observations(path, comm_scaling: str | None = None) -> LatencyO
     column, a non-numeric, non-finite or negative value, or a stage whose rows hold fewer
     than 2 distinct ``x`` values (the comm stage only when ``comm_scaling`` is given, as its
     ``x`` is ``B`` or ``r*B`` by scaling).
+
+    Arguments:
+        path: the CSV or JSON Lines file.
+        comm_scaling: ``"batch"`` or ``"ratio_batch"`` to check the comm stage's ``x`` values (``None``: not checked).
+
+    Returns:
+        the validated observations (columns as arrays).
     """
     p = resolve_file(path, "observations")
     columns, rows = read_records(p)

@@ -37,9 +37,13 @@ from ._sweep_data import RatioSweep, step_time_to_throughput
 class CalibratedModel:
     """A latency model with the covariance of its calibrated parameters.
 
-    ``names``: the calibrated parameters; ``covariance``: ``(p, p)`` covariance of their
-    ``log`` values (``inf`` on the diagonal of one not identified), or ``None`` for an
-    uncalibrated model; ``step_model``: the step model it was calibrated with."""
+    Attributes:
+        latency: the calibrated [`LatencyModel`][afdjax.LatencyModel].
+        names: the calibrated parameters.
+        covariance: ``(p, p)`` covariance of their ``log`` values (``inf`` on the diagonal of
+            one not identified), or ``None`` for an uncalibrated model.
+        step_model: the step model it was calibrated with.
+    """
 
     latency: LatencyModel
     names: tuple[str, ...] = ()
@@ -48,8 +52,8 @@ class CalibratedModel:
 
     @classmethod
     def of(cls, model) -> CalibratedModel:
-        """From a :class:`CalibratedModel`, a :class:`~afdjax.Calibration` or a plain
-        :class:`~afdjax.LatencyModel` (no covariance)."""
+        """From a [`CalibratedModel`][afdjax.CalibratedModel], a [`Calibration`][afdjax.Calibration] or a plain
+        [`LatencyModel`][afdjax.LatencyModel] (no covariance)."""
         if isinstance(model, CalibratedModel):
             return model
         if isinstance(model, Calibration):
@@ -111,7 +115,18 @@ class GroupPrediction:
 
 @dataclasses.dataclass
 class Prediction:
-    """Result of :func:`predict` (rows in the observations' order)."""
+    """Result of [`predict`][afdjax.predict] (rows in the observations' order).
+
+    Attributes:
+        observations: the [`RatioSweep`][afdjax.RatioSweep] predicted.
+        throughput: ``(rows,)`` predicted throughput per instance.
+        throughput_stderr: ``(rows,)`` its standard error (calibration and Monte Carlo).
+        step_time: ``(rows,)`` predicted mean step time.
+        step_time_stderr: ``(rows,)`` its standard error.
+        groups: per (workload, batch size) group: the recommended ratio and each ratio's probability of being the best.
+        posterior_draws: Laplace posterior draws behind the probabilities.
+        calibrated: whether the model carried a covariance.
+    """
 
     observations: RatioSweep
     throughput: np.ndarray
@@ -149,23 +164,24 @@ def predict(
 ) -> Prediction:
     """Predict every row of ``observations`` from ``model``.
 
-    **Arguments:**
+    Arguments:
+        model: a [`Calibration`][afdjax.Calibration], a [`CalibratedModel`][afdjax.CalibratedModel] (for example
+            from a hardware TOML written by ``afdjax fit throughput --out``) or a plain
+            [`LatencyModel`][afdjax.LatencyModel] (Monte Carlo standard errors only, no best-ratio
+            probability).
+        observations: a [`RatioSweep`][afdjax.RatioSweep] (measured values are not needed).
+        workloads: a [`Workload`][afdjax.Workload] or a mapping from row label to Workload.
+        key: JAX PRNG key shared by every simulation (common random numbers).
+        num_steps: simulation size.
+        num_replicas: see ``num_steps``.
+        posterior_draws: parameter draws for the best-ratio probability (module
+            docstring); ``0`` skips it.
+        max_ratio: simulate every group's ratios up to at least this (the candidates for
+            the recommended ratio are ``1 .. max(group's largest ratio, max_ratio)``).
+        step_model: ``None`` uses the model's own (a calibration's), else ``Barrier()``.
 
-    - ``model``: a :class:`~afdjax.Calibration`, a :class:`CalibratedModel` (for example
-      from a hardware TOML written by ``afdjax fit throughput --out``) or a plain
-      :class:`~afdjax.LatencyModel` (Monte Carlo standard errors only, no best-ratio
-      probability).
-    - ``observations``: a :class:`~afdjax.RatioSweep` (measured values are not needed).
-    - ``workloads``: a :class:`~afdjax.Workload` or a mapping from row label to Workload.
-    - ``key``: JAX PRNG key shared by every simulation (common random numbers).
-    - ``num_steps``, ``num_replicas``: simulation size.
-    - ``posterior_draws``: parameter draws for the best-ratio probability (module
-      docstring); ``0`` skips it.
-    - ``max_ratio``: simulate every group's ratios up to at least this (the candidates for
-      the recommended ratio are ``1 .. max(group's largest ratio, max_ratio)``).
-    - ``step_model``: ``None`` uses the model's own (a calibration's), else ``Barrier()``.
-
-    **Returns:** a :class:`Prediction`; times in the latency model's time unit."""
+    Returns:
+        a [`Prediction`][afdjax.Prediction]; times in the latency model's time unit."""
     cm = CalibratedModel.of(model)
     if not isinstance(observations, RatioSweep):
         raise invalid("observations", observations, "a RatioSweep (afdjax.read_ratio_sweep)")

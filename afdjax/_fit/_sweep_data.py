@@ -31,17 +31,17 @@ MAX_BATCH_SIZE = 2**16
 class RatioSweep:
     """Rows of measured (or to-be-predicted) configurations, in file order.
 
-    **Arguments:**
+    Arguments:
+        ratio: ``(n,)`` integer A/F ratios ``r`` in ``[1, 4096]``.
+        batch_size: ``(n,)`` integer slots per Attention instance ``B`` in ``[1, 65536]``.
+        workload: ``n`` labels, one per row: the ``--workload`` spec text the row ran
+            (``""`` where the file has no ``workload`` column). Rows of one label share one
+            [`Workload`][afdjax.Workload] (the ``workloads`` argument of [`calibrate`][afdjax.calibrate]).
+        value: ``(n,)`` measured values (finite, ``> 0``), or ``None`` (rows to predict).
+        quantity: what ``value`` is: ``"throughput"`` (tokens per time unit per
+            instance) or ``"step_time"`` (time units per decode step); ignored without ``value``.
+        stderr: ``(n,)`` standard errors of ``value`` (finite, ``>= 0``), or ``None``.
 
-    - ``ratio``: ``(n,)`` integer A/F ratios ``r`` in ``[1, 4096]``.
-    - ``batch_size``: ``(n,)`` integer slots per Attention instance ``B`` in ``[1, 65536]``.
-    - ``workload``: ``n`` labels, one per row: the ``--workload`` spec text the row ran
-      (``""`` where the file has no ``workload`` column). Rows of one label share one
-      :class:`~afdjax.Workload` (the ``workloads`` argument of :func:`afdjax.calibrate`).
-    - ``value``: ``(n,)`` measured values (finite, ``> 0``), or ``None`` (rows to predict).
-    - ``quantity``: what ``value`` is: ``"throughput"`` (tokens per time unit per
-      instance) or ``"step_time"`` (time units per decode step); ignored without ``value``.
-    - ``stderr``: ``(n,)`` standard errors of ``value`` (finite, ``>= 0``), or ``None``.
     """
 
     ratio: np.ndarray
@@ -127,13 +127,21 @@ def step_time_to_throughput(step_time, ratio, batch_size):
 
 
 def read_ratio_sweep(path, *, require_values: bool = True) -> RatioSweep:
-    """A :class:`RatioSweep` from a CSV (or JSON Lines) file.
+    """A [`RatioSweep`][afdjax.RatioSweep] from a CSV (or JSON Lines) file.
 
     Columns: ``ratio``, ``batch_size``, optionally ``workload`` (a ``--workload`` spec per
     row; quote it in a CSV when it holds commas), one of ``throughput`` or ``step_time``
     (required unless ``require_values=False``: rows to predict), optionally ``stderr``.
     Lines starting with ``#`` are comments. Raises ``ValueError`` naming the row and column
-    of a bad cell, ``FileNotFoundError`` for a missing file."""
+    of a bad cell, ``FileNotFoundError`` for a missing file.
+
+    Arguments:
+        path: the CSV or JSON Lines file.
+        require_values: whether every row must carry ``throughput`` or ``step_time`` (``False``: rows to predict).
+
+    Returns:
+        a [`RatioSweep`][afdjax.RatioSweep].
+    """
     p = resolve_file(path, "observations")
     columns, rows = read_records(p, "observations")
     missing = [c for c in ("ratio", "batch_size") if c not in columns]

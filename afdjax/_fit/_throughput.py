@@ -66,7 +66,14 @@ from ._lbfgs import lbfgs_minimise
 
 @dataclasses.dataclass(frozen=True)
 class ThroughputObservations:
-    """Measured throughput per instance at ``(batch_size, ratio)`` points (arrays of one length)."""
+    """Measured throughput per instance at ``(batch_size, ratio)`` points (arrays of one length).
+
+    Attributes:
+        batch_size: ``(n,)`` slots per Attention instance.
+        ratio: ``(n,)`` A/F ratios.
+        throughput: ``(n,)`` measured throughput per instance.
+        stderr: ``(n,)`` its standard errors, or ``None``.
+    """
 
     batch_size: np.ndarray
     ratio: np.ndarray
@@ -95,7 +102,14 @@ class ThroughputObservations:
 
 
 def read_throughput_observations(path) -> ThroughputObservations:
-    """CSV with columns ``batch_size, ratio, throughput`` and optionally ``stderr``."""
+    """CSV with columns ``batch_size, ratio, throughput`` and optionally ``stderr``.
+
+    Arguments:
+        path: the CSV file.
+
+    Returns:
+        the [`ThroughputObservations`][afdjax.ThroughputObservations].
+    """
     p = resolve_file(path, "observations")
     columns, rows = read_records(p)
     missing = [c for c in ("batch_size", "ratio", "throughput") if c not in columns]
@@ -119,7 +133,17 @@ def read_throughput_observations(path) -> ThroughputObservations:
 
 @dataclasses.dataclass
 class ThroughputFit:
-    """Result of :func:`fit_throughput`."""
+    """Result of [`fit_throughput`][afdjax.fit_throughput].
+
+    Attributes:
+        names: the fitted parameters.
+        workload: the [`Workload`][afdjax.Workload] with the fitted values.
+        latency: the [`LatencyModel`][afdjax.LatencyModel] with the fitted values.
+        predicted: ``(rows,)`` simulated throughput at the estimate.
+        observed: the [`ThroughputObservations`][afdjax.ThroughputObservations] fitted.
+        warm_start: the values after the barrier-model warm start.
+        max_abs_rel_residual: the largest ``|predicted / observed - 1|``.
+    """
 
     names: tuple[str, ...]
     estimate: dict
@@ -267,18 +291,34 @@ def fit_throughput(
     """Calibrate ``fit`` so that the simulated throughput matches ``observations``.
 
     ``fit``: names of latency coefficients, ``mu_p`` / ``mu_d`` of a
-    :class:`~afdjax.Geometric` workload, or ``decode_<name>`` / ``prefill_<name>`` of a
-    :class:`~afdjax.FittedWorkload`'s families (e.g. ``decode_mu``, ``decode_sigma`` of
-    ``LogNormalDecode``; :mod:`afdjax._fit._throughput_params`). ``workload`` and
+    [`Geometric`][afdjax.Geometric] workload, or ``decode_<name>`` / ``prefill_<name>`` of a
+    [`FittedWorkload`][afdjax.FittedWorkload]'s families (e.g. ``decode_mu``, ``decode_sigma`` of
+    ``LogNormalDecode``; ``afdjax._fit._throughput_params``). ``workload`` and
     ``latency`` hold the starting values and the parameters that stay fixed. ``key`` (a
     JAX PRNG key, required) fixes the random numbers of every simulated prediction
     (common random numbers across iterations). ``refine_iterations``: Levenberg-Marquardt
     steps through the simulation. ``warm_start``: start them from the barrier-model fit
     (default) or from the given values. ``decode_estimator``: ``"coupled"`` (default) or
-    ``"score"``, the decode-length part of the Jacobian (:func:`afdjax.expected_throughput`).
+    ``"score"``, the decode-length part of the Jacobian ([`expected_throughput`][afdjax.expected_throughput]).
     Module docstring: method and intervals. The simulation is compiled once per (parameter
     names, batch sizes and ratios, ``num_steps``, ``num_replicas``, buffer sizes, estimator):
-    a second call with new observed values, key or starting values reuses it."""
+    a second call with new observed values, key or starting values reuses it.
+
+    Arguments:
+        observations: the [`ThroughputObservations`][afdjax.ThroughputObservations].
+        workload: the [`Workload`][afdjax.Workload]: starting values and fixed parameters.
+        latency: the [`LatencyModel`][afdjax.LatencyModel]: starting values and fixed coefficients.
+        fit: names of the parameters to fit (see above).
+        key: a JAX PRNG key, required (common random numbers across iterations).
+        num_steps: measured steps per simulated prediction.
+        num_replicas: replicas per simulated prediction.
+        refine_iterations: Levenberg-Marquardt steps through the simulation.
+        warm_start: start from the barrier-model fit (default) or from the given values.
+        decode_estimator: ``"coupled"`` (default) or ``"score"``.
+
+    Returns:
+        a [`ThroughputFit`][afdjax.ThroughputFit].
+    """
     names = params.check_names(fit, workload)
     decode_jumps_for(workload, decode_estimator)  # ValueError for an unknown estimator
     obs = observations

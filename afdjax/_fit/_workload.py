@@ -224,24 +224,27 @@ def _plugin(prefill: np.ndarray, decode: np.ndarray) -> dict:
 class WorkloadFit:
     """Fits of both margins of a trace and the stationary load they imply (tokens).
 
-    **Fields:**
-
-    - ``decode``, ``prefill``: ``{family: FamilyFit}``.
-    - ``best_decode``, ``best_prefill``: the lowest-AIC family of each margin.
-    - ``theta_fit``, ``theta_fit_stderr`` (delta method, the margins fitted
-      independently), ``slot_variance_fit`` (tokens^2): of the best pair, ``P``
-      independent of ``D``.
-    - ``theta_np``, ``slot_variance_np``: paired plug-ins of the trace (they keep the
-      P-D correlation); ``theta_independent_np``, ``slot_variance_independent_np``: the
-      plug-ins with the pairing broken.
-    - ``plugin``: trace summaries -- means, ``stationary_mean_index_np``
-      (``sum D(D-1)/2 / sum D``), ``correlation_pd``, ``max_decode``, ``max_prefill``,
-      ``decode_top1_share`` (share of ``sum D(D-1)/2`` held by the 1 % longest
-      requests: near 1 means the stationary index is set by a handful of requests).
-    - ``prefill_shift``, ``num_requests``, ``source``.
+    Attributes:
+        decode: ``{family: FamilyFit}`` of the decode lengths.
+        prefill: ``{family: FamilyFit}`` of the prefill lengths.
+        best_decode: the lowest-AIC decode family.
+        best_prefill: the lowest-AIC prefill family.
+        theta_fit: ``theta`` of the best pair, ``P`` independent of ``D`` (tokens).
+        theta_fit_stderr: its delta-method standard error (the margins fitted independently).
+        slot_variance_fit: the slot variance of the best pair (tokens^2).
+        theta_np: the paired plug-in ``theta`` of the trace (keeps the P-D correlation).
+        slot_variance_np: the paired plug-in slot variance.
+        theta_independent_np: the plug-in ``theta`` with the pairing broken.
+        slot_variance_independent_np: the plug-in slot variance with the pairing broken.
+        plugin: trace summaries: means, ``stationary_mean_index_np``, ``correlation_pd``,
+            ``max_decode``, ``max_prefill``, ``decode_top1_share`` (share of ``sum D(D-1)/2``
+            held by the 1 % longest requests).
+        prefill_shift: the shift of the prefill families (tokens).
+        num_requests: rows fitted.
+        source: the trace's label.
 
     The relative gap ``theta_relative_gap = theta_fit / theta_np - 1`` splits exactly
-    (see :attr:`theta_gap_parts`) into the P-D correlation, the prefill family's mean
+    (see ``theta_gap_parts``) into the P-D correlation, the prefill family's mean
     and the decode family's stationary mean index.
     """
 
@@ -324,14 +327,14 @@ class WorkloadFit:
         )
 
     def to_workload(self, decode_family: str | None = None, prefill_family: str | None = None) -> FittedWorkload:
-        """The fitted pair as a simulatable :class:`~afdjax.FittedWorkload`.
+        """The fitted pair as a simulatable [`FittedWorkload`][afdjax.FittedWorkload].
 
         **Arguments:** ``decode_family``, ``prefill_family``: fitted family names (default:
-        :attr:`best_decode` and :attr:`best_prefill`, the lowest AIC of each margin).
+        ``best_decode`` and ``best_prefill``, the lowest AIC of each margin).
 
-        ``theta()`` of the result is :meth:`theta_for` of the pair (the families' closed
+        ``theta()`` of the result is ``theta_for`` of the pair (the families' closed
         form). ``P`` and ``D`` are drawn independently: the trace's P-D correlation (see
-        :attr:`correlation_relative_gap`), which :class:`~afdjax.Empirical` keeps, is
+        ``correlation_relative_gap``), which [`Empirical`][afdjax.Empirical] keeps, is
         ignored.
         """
         d = self.best_decode if decode_family is None else decode_family
@@ -359,19 +362,19 @@ def fit_workload(
 ) -> WorkloadFit:
     """Fit decode and prefill length families to a trace and compare the load they imply.
 
-    **Arguments:**
+    Arguments:
+        prefill: shape ``(n,)``, prompt tokens per request, ``>= 0``.
+        decode: shape ``(n,)``, integer decode steps per request, ``>= 1``.
+        decode_families: names from [`DECODE_FIT_FAMILIES`][afdjax.DECODE_FIT_FAMILIES] (default: all).
+        prefill_families: names from [`PREFILL_FIT_FAMILIES`][afdjax.PREFILL_FIT_FAMILIES] (default: all).
+        prefill_shift: the prefill families model ``P + prefill_shift`` (tokens).
+        source: a label for reports (e.g. the trace name).
+        max_iter: L-BFGS iteration limit per family.
 
-    - ``prefill``: shape ``(n,)``, prompt tokens per request, ``>= 0``.
-    - ``decode``: shape ``(n,)``, integer decode steps per request, ``>= 1``.
-    - ``decode_families``: names from :data:`DECODE_FIT_FAMILIES` (default: all).
-    - ``prefill_families``: names from :data:`PREFILL_FIT_FAMILIES` (default: all).
-    - ``prefill_shift``: the prefill families model ``P + prefill_shift`` (tokens).
-    - ``source``: a label for reports (e.g. the trace name).
-    - ``max_iter``: L-BFGS iteration limit per family.
-
-    **Returns:** a :class:`WorkloadFit`. The best pair (lowest AIC per margin) gives
-    ``theta_fit``, compared with the trace plug-ins ``theta_np`` and
-    ``theta_independent_np``.
+    Returns:
+        a [`WorkloadFit`][afdjax.WorkloadFit]. The best pair (lowest AIC per margin) gives
+        ``theta_fit``, compared with the trace plug-ins ``theta_np`` and
+        ``theta_independent_np``.
     """
     decode_families = _check_families("decode_families", decode_families, DECODE_FIT_FAMILIES)
     prefill_families = _check_families("prefill_families", prefill_families, PREFILL_FIT_FAMILIES)
@@ -424,12 +427,22 @@ def fit_trace(
     tokens_per_step: int = 1,
     **kwargs,
 ) -> WorkloadFit:
-    """:func:`fit_workload` on a trace file or a bundled trace name (``azure-conv``, ...).
+    """[`fit_workload`][afdjax.fit_workload] on a trace file or a bundled trace name (``azure-conv``, ...).
 
-    Columns are read with :func:`afdjax.read_trace`; a request of ``n`` output tokens
+    Columns are read with [`read_trace`][afdjax.read_trace]; a request of ``n`` output tokens
     holds its slot for ``ceil(n / tokens_per_step)`` steps (as in
-    :func:`afdjax.load_trace`). Other keyword arguments go to :func:`fit_workload`;
+    [`load_trace`][afdjax.load_trace]). Other keyword arguments go to [`fit_workload`][afdjax.fit_workload];
     ``source`` defaults to ``path_or_name``.
+
+    Arguments:
+        path_or_name: a CSV / JSON Lines trace or a bundled name ([`BUNDLED_TRACES`][afdjax.BUNDLED_TRACES]).
+        prefill_column: the prompt-token column (default: the Azure or Mooncake name).
+        decode_column: the output-token column (default: the Azure or Mooncake name).
+        tokens_per_step: output tokens per decode step (default 1).
+        **kwargs: keyword arguments of [`fit_workload`][afdjax.fit_workload].
+
+    Returns:
+        a [`WorkloadFit`][afdjax.WorkloadFit].
     """
     tokens_per_step = check_int("tokens_per_step", tokens_per_step, 1)
     prefill, output = read_trace(path_or_name, prefill_column, decode_column)

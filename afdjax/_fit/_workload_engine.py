@@ -122,28 +122,37 @@ def _ks_distance(values: np.ndarray, counts: np.ndarray, cdf_at: np.ndarray, cdf
 class FamilyFit:
     """One fitted family.
 
-    **Fields:**
-
-    - ``kind`` (``"decode"`` or ``"prefill"``), ``family``, ``model`` (the fitted
-      :class:`DecodeDistribution` / :class:`PrefillDistribution`).
-    - ``params``: natural parameters; ``stderr``, ``ci95``: delta-method standard
-      errors and Wald 95 % intervals of them (NaN when the observed information is not
-      positive definite, e.g. a mixture whose components coincide).
-    - ``log_likelihood``, ``aic = 2k - 2 logL``, ``bic = k log(n) - 2 logL``, ``ks``
-      (Kolmogorov-Smirnov distance), ``num_samples``.
-    - ``method`` (``"closed form"`` or ``"lbfgs"``), ``converged``, ``iterations``,
-      ``grad_norm`` (gradient of the mean NLL in ``u`` at the estimate).
-    - ``mean``, ``variance``: of ``D`` (steps) or ``P`` (tokens); ``moments``:
-      ``(E[D], E[D^2], E[D^3])`` or ``(E[P], E[P^2])``.
-    - ``load_term``: the fit's contribution to ``theta`` -- the stationary mean decode
-      index ``E[D(D-1)]/(2E[D])`` (decode) or ``E[P]`` (prefill), with
-      ``load_term_grad`` (gradient in ``u``) and ``unconstrained_covariance``
-      (``H^-1`` in ``u``) for the delta method.
-    - ``max_observed``: the largest value in the data; ``tail_mass_beyond_max``: the
-      model's probability above it; ``truncated_load_term``: ``load_term`` of the model
-      conditioned on not exceeding ``max_observed`` (the stationary mean index given
-      ``D <= max D``, or ``E[P | P <= max P]``). A trace capped at a maximum length
-      (``max_tokens``, a context limit) and a model with mass beyond it differ there.
+    Attributes:
+        kind: ``"decode"`` or ``"prefill"``.
+        family: the family's name (one of [`DECODE_FIT_FAMILIES`][afdjax.DECODE_FIT_FAMILIES] or
+            [`PREFILL_FIT_FAMILIES`][afdjax.PREFILL_FIT_FAMILIES]).
+        model: the fitted [`DecodeDistribution`][afdjax.DecodeDistribution] /
+            [`PrefillDistribution`][afdjax.PrefillDistribution].
+        params: natural parameters (a dict).
+        stderr: delta-method standard errors of ``params`` (NaN when the observed information
+            is not positive definite, e.g. a mixture whose components coincide).
+        ci95: Wald 95 % intervals of ``params``.
+        log_likelihood: ``logL`` at the estimate.
+        aic: ``2k - 2 logL``.
+        bic: ``k log(n) - 2 logL``.
+        ks: the Kolmogorov-Smirnov distance to the data.
+        num_samples: ``n``, the rows fitted.
+        method: ``"closed form"`` or ``"lbfgs"``.
+        converged: whether the optimiser converged.
+        iterations: optimiser iterations.
+        grad_norm: gradient of the mean NLL in ``u`` (unconstrained) at the estimate.
+        mean: of ``D`` (steps) or ``P`` (tokens).
+        variance: of ``D`` or ``P``.
+        moments: ``(E[D], E[D^2], E[D^3])`` or ``(E[P], E[P^2])``.
+        load_term: the fit's contribution to ``theta``: the stationary mean decode index
+            ``E[D(D-1)]/(2E[D])`` (decode) or ``E[P]`` (prefill).
+        load_term_grad: gradient of ``load_term`` in ``u``, for the delta method.
+        unconstrained_covariance: ``H^-1`` in ``u``, for the delta method.
+        max_observed: the largest value in the data.
+        tail_mass_beyond_max: the model's probability above ``max_observed``.
+        truncated_load_term: ``load_term`` of the model conditioned on not exceeding
+            ``max_observed`` (a trace capped at a maximum length and a model with mass beyond
+            it differ there).
     """
 
     kind: str

@@ -1,6 +1,6 @@
 """Hardware numerics: accelerator and model specs with their presets, the roofline
-derivation of latency coefficients, the :class:`Deployment` record, and hardware TOML
-writing. Imports neither :mod:`afdjax._data` nor :mod:`afdjax._specs` (the string and file
+derivation of latency coefficients, the [`Deployment`][afdjax.Deployment] record, and hardware TOML
+writing. Imports neither ``afdjax._data`` nor ``afdjax._specs`` (the string and file
 grammar that builds these objects from user input)."""
 
 from ._deployment import Deployment as Deployment

@@ -1,5 +1,5 @@
 """What afdjax knows about a hardware spec beyond its latency coefficients: layers, KV bytes
-per token, HBM, power, instance sizes (read from a spec by :func:`afdjax.load_deployment`)."""
+per token, HBM, power, instance sizes (read from a spec by [`load_deployment`][afdjax.load_deployment])."""
 
 from __future__ import annotations
 
@@ -15,21 +15,24 @@ class Deployment:
 
     Every field other than ``latency`` is ``None`` when the spec does not say.
 
-    - ``latency``: the :class:`LatencyModel` (its unit is ``time_unit``).
-    - ``num_layers``: decoder layers; with per-layer coefficients the time per output
-      token is ``num_layers * E[tau]`` (TPOT, in the coefficients' unit).
-    - ``kv_bytes_per_token``: KV-cache bytes per token **over all layers** (bytes); an
-      Attention instance with ``K`` bytes free for KV cache holds ``K / kv_bytes_per_token``
-      tokens, i.e. ``B * theta <= K / kv_bytes_per_token``.
-    - ``hbm_capacity_bytes``: HBM of **one device** (bytes).
-    - ``accelerator``, ``model``: names.
-    - ``power_watts``: board power of one device (W).
-    - ``attention_devices``, ``ffn_devices``: devices per Attention / FFN instance.
-    - ``attention_weight_bytes``: weights resident on one Attention instance, all layers
-      (bytes); see :meth:`kv_capacity_bytes`.
-    - ``time_unit``: unit of the coefficients, e.g. ``"us per layer"``.
-    - ``ffn_power_watts``: board power of one FFN device (W) when the FFN runs on another
-      accelerator than the Attention (heterogeneous AFD); ``None``: ``power_watts``.
+    Attributes:
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (its unit is ``time_unit``).
+        num_layers: decoder layers; with per-layer coefficients the time per output
+            token is ``num_layers * E[tau]`` (TPOT, in the coefficients' unit).
+        kv_bytes_per_token: KV-cache bytes per token **over all layers** (bytes); an
+            Attention instance with ``K`` bytes free for KV cache holds ``K / kv_bytes_per_token``
+            tokens, i.e. ``B * theta <= K / kv_bytes_per_token``.
+        hbm_capacity_bytes: HBM of **one device** (bytes).
+        accelerator: the accelerator's name.
+        model: the model's name.
+        power_watts: board power of one device (W).
+        attention_devices: devices per Attention instance.
+        ffn_devices: devices per FFN instance.
+        attention_weight_bytes: weights resident on one Attention instance, all layers
+            (bytes); see ``kv_capacity_bytes``.
+        time_unit: unit of the coefficients, e.g. ``"us per layer"``.
+        ffn_power_watts: board power of one FFN device (W) when the FFN runs on another
+            accelerator than the Attention (heterogeneous AFD); ``None``: ``power_watts``.
     """
 
     latency: LatencyModel

@@ -1,8 +1,8 @@
 """Latency coefficients from first principles: an accelerator spec and a model spec
-(:func:`derive_latency`; the report text is in :mod:`afdjax._hardware._text`).
+([`derive_latency`][afdjax.derive_latency]; the report text is in ``afdjax._hardware._text``).
 
 Roofline arithmetic, **per layer and in microseconds** (the unit ``paper-910c`` plausibly
-uses), for the three stages of an rA-1F decode step (see :mod:`afdjax._latency`):
+uses), for the three stages of an rA-1F decode step (see ``afdjax._latency``):
 
 * **attention** on one Attention instance of ``n_A`` devices holding ``T`` KV tokens:
 
@@ -55,7 +55,7 @@ uses), for the three stages of an rA-1F decode step (see :mod:`afdjax._latency`)
     ratio whose ``r`` Attention instances still fit; beyond it the bundle's far instances
     cross domains (the linear model keeps the in-domain link for every ``r``).
 
-* **stage-time parts** (``stage_terms=True``, the default; see :class:`afdjax.StageNoise` and
+* **stage-time parts** (``stage_terms=True``, the default; see [`StageNoise`][afdjax.StageNoise] and
   friends): ``num_layers = L`` (a barrier per layer); for an MoE model
   ``ExpertRouting(E, k, ranks = min(n_F, E))`` (uniform popularity: the FFN time follows the
   busiest of the ``n_F`` expert-parallel ranks); with ``comm_scaling="batch"``
@@ -111,18 +111,27 @@ class CoefficientDerivation:
 
 @dataclasses.dataclass(frozen=True)
 class HardwareDerivation:
-    """Result of :func:`derive_latency`.
+    """Result of [`derive_latency`][afdjax.derive_latency].
 
-    - ``latency``: the :class:`LatencyModel`, microseconds per layer.
-    - ``num_layers``: decoder layers (TPOT = ``num_layers`` x per-layer cycle time).
-    - ``kv_bytes_per_token``: KV-cache bytes per token over all layers.
-    - ``hbm_capacity_bytes``: HBM of one device; ``attention_devices`` / ``ffn_devices``
-      devices per Attention / FFN instance.
-    - ``attention_weight_bytes``: weights resident on one Attention instance (all layers'
-      attention projections, embedding and LM head); ``ffn_weight_bytes`` on the FFN instance.
-    - ``power_watts``: board power of one device (``None`` if unknown).
-    - ``coefficients``: a :class:`CoefficientDerivation` per coefficient name.
-    - ``notes``: assumptions and warnings (weights that do not fit, ...).
+    Attributes:
+        accelerator: the [`Accelerator`][afdjax.Accelerator] of the Attention instances.
+        model: the [`ModelSpec`][afdjax.ModelSpec].
+        dtype: the weight dtype used (``"bf16"`` or ``"fp8"``).
+        memory_efficiency: ``e_mem``, the fraction of peak HBM bandwidth reached.
+        compute_efficiency: ``e_cmp``, the fraction of peak FLOP/s reached.
+        network_efficiency: ``e_net``, the fraction of link bandwidth reached.
+        kernel_overhead_us: fixed overhead per stage (us).
+        attention_devices: devices per Attention instance ``n_A``.
+        ffn_devices: devices per FFN instance ``n_F``.
+        latency: the [`LatencyModel`][afdjax.LatencyModel], microseconds per layer.
+        coefficients: a ``CoefficientDerivation`` per coefficient name (formula and numbers).
+        notes: assumptions and warnings (weights that do not fit, ...).
+
+    Properties: ``num_layers`` (TPOT = ``num_layers`` x per-layer cycle time),
+    ``kv_bytes_per_token`` (over all layers), ``hbm_capacity_bytes`` (one device),
+    ``attention_weight_bytes`` (weights resident on one Attention instance: attention
+    projections, embedding and LM head), ``ffn_weight_bytes`` and ``power_watts`` (one
+    device, ``None`` if unknown).
     """
 
     accelerator: Accelerator
@@ -220,7 +229,7 @@ class HardwareDerivation:
 
     def to_toml(self) -> str:
         """Hardware TOML with ``[latency]``, ``[model]``, ``[accelerator]`` and ``[deployment]``
-        (read by ``--hardware FILE`` and :func:`afdjax.load_deployment`)."""
+        (read by ``--hardware FILE`` and [`load_deployment`][afdjax.load_deployment])."""
         from ._toml import derivation_to_toml
 
         return derivation_to_toml(self)
@@ -250,30 +259,38 @@ def derive_latency(
 ) -> HardwareDerivation:
     """Roofline latency coefficients (microseconds per layer) of ``model`` on ``accelerator``.
 
-    **Arguments:**
+    Arguments:
+        accelerator: an [`Accelerator`][afdjax.Accelerator] / [`ModelSpec`][afdjax.ModelSpec] or a preset
+            name (``afdjax.ACCELERATORS``, ``afdjax.MODELS``).
+        model: see ``accelerator``.
+        dtype: weight and compute dtype, ``bf16`` or ``fp8`` (default: the model's
+            ``weight_dtype``; ``fp8`` weights on an accelerator without FP8 fall back to ``bf16``
+            with a note).
+        memory_efficiency: fractions of
+            the peak HBM bandwidth, FLOP/s and link bandwidth reached, in ``(0, 1]``.
+        compute_efficiency: see ``memory_efficiency``.
+        network_efficiency: see ``memory_efficiency``.
+        kernel_overhead_us: fixed time added to ``beta_a`` and ``beta_f`` (``>= 0``).
+        attention_devices: devices per Attention / FFN instance
+            (default: the smallest power of two whose HBM holds the weights, see the module doc).
+        ffn_devices: see ``attention_devices``.
+        comm_scaling: ``batch`` (default; the Attention instance's links bound) or
+            ``ratio_batch`` (the FFN instance's links bound: ``alpha_c`` uses ``n_F`` devices).
+        ffn_accelerator: heterogeneous AFD: the FFN instance's accelerator (default: the
+            same as ``accelerator``). The FFN coefficients, the FFN instance's size and, with
+            ``ratio_batch``, the link bandwidth come from it; the attention coefficients, the KV
+            capacity and the ``batch`` link from ``accelerator``. A dtype that one side lacks
+            (FP8) falls back to BF16 on both.
+        stage_terms: fill ``num_layers``, the MoE ``routing`` and the shared FFN link
+            (``comm``) of the latency model (module docstring); ``False``: the six coefficients only.
 
-    - ``accelerator``, ``model``: an :class:`Accelerator` / :class:`ModelSpec` or a preset
-      name (``afdjax.ACCELERATORS``, ``afdjax.MODELS``).
-    - ``dtype``: weight and compute dtype, ``bf16`` or ``fp8`` (default: the model's
-      ``weight_dtype``; ``fp8`` weights on an accelerator without FP8 fall back to ``bf16``
-      with a note).
-    - ``memory_efficiency``, ``compute_efficiency``, ``network_efficiency``: fractions of
-      the peak HBM bandwidth, FLOP/s and link bandwidth reached, in ``(0, 1]``.
-    - ``kernel_overhead_us``: fixed time added to ``beta_a`` and ``beta_f`` (``>= 0``).
-    - ``attention_devices``, ``ffn_devices``: devices per Attention / FFN instance
-      (default: the smallest power of two whose HBM holds the weights, see the module doc).
-    - ``comm_scaling``: ``batch`` (default; the Attention instance's links bound) or
-      ``ratio_batch`` (the FFN instance's links bound: ``alpha_c`` uses ``n_F`` devices).
-    - ``ffn_accelerator``: heterogeneous AFD: the FFN instance's accelerator (default: the
-      same as ``accelerator``). The FFN coefficients, the FFN instance's size and, with
-      ``ratio_batch``, the link bandwidth come from it; the attention coefficients, the KV
-      capacity and the ``batch`` link from ``accelerator``. A dtype that one side lacks
-      (FP8) falls back to BF16 on both.
-    - ``stage_terms``: fill ``num_layers``, the MoE ``routing`` and the shared FFN link
-      (``comm``) of the latency model (module docstring); ``False``: the six coefficients only.
-
-    The formulas are in the module docstring; :meth:`HardwareDerivation.format_text` shows
+    The formulas are in the module docstring; [`format_text`][afdjax.HardwareDerivation.format_text] shows
     them with the numbers.
+
+    Examples:
+        >>> d = afdjax.derive_latency("h100", "deepseek-v3")
+        >>> d.attention_devices, d.ffn_devices, round(d.latency.coefficients()["beta_c"], 1)
+        (1, 16, 3.0)
     """
     acc = _resolve(accelerator, ACCELERATORS, Accelerator, "accelerator")
     mod = _resolve(model, MODELS, ModelSpec, "model")
@@ -462,7 +479,8 @@ def _stage_parts(mod, acc, acc_f, na, nf, per_token, net_e, comm_scaling, notes)
 
 def _resolve(value, presets, cls, what):
     """An instance as is, or a preset by name. Spec strings with overrides or TOML files are
-    read by :func:`afdjax.parse_accelerator_spec` / :func:`afdjax.parse_model_spec`."""
+    read by [`parse_accelerator_spec`][afdjax.parse_accelerator_spec] /
+    [`parse_model_spec`][afdjax.parse_model_spec]."""
     if isinstance(value, cls):
         return value
     if not isinstance(value, str):

@@ -1,8 +1,8 @@
 """Accelerator and model specifications, and their presets (numbers with public sources).
 
 Plain frozen dataclasses, validated on construction; the roofline arithmetic that turns them
-into latency coefficients is in :mod:`afdjax._hardware._derive`, the string and TOML grammar
-that builds them from user input in :mod:`afdjax._specs`.
+into latency coefficients is in ``afdjax._hardware._derive``, the string and TOML grammar
+that builds them from user input in ``afdjax._specs``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,24 @@ TIME_UNIT = "us per layer"
 class Accelerator:
     """One accelerator device (all rates per device, SI units).
 
-    - ``hbm_capacity_bytes``: HBM capacity.
-    - ``hbm_bandwidth_bytes_per_s``: peak HBM bandwidth.
-    - ``bf16_flops_per_s``: peak dense (not sparse) BF16/FP16 tensor FLOP/s.
-    - ``fp8_flops_per_s``: peak dense FP8 tensor FLOP/s, ``None`` if unsupported.
-    - ``interconnect_bandwidth_bytes_per_s``: scale-up link bandwidth per direction
-      (NVLink "900 GB/s" is 450 GB/s each way).
-    - ``interconnect_latency_us``: fixed latency of one transfer (an assumption).
-    - ``scale_up_domain``: devices in one scale-up (NVLink-class) domain, e.g. 8 for an
-      HGX/DGX H100 node, 72 for a GB200 NVL72 rack, 384 for a CloudMatrix384 of Ascend 910C
-      (``None``: unknown, treated as unbounded).
-    - ``scale_out_bandwidth_bytes_per_s``: the network bandwidth per device per direction
-      between scale-up domains (a 400 Gb/s NIC per GPU is 50 GB/s each way; ``None``: unknown).
-    - ``power_watts``: board power (TDP/TBP), ``None`` if not published.
-    - ``sources``: public URLs for the numbers.
+    Attributes:
+        name: the preset's name (``"h100"``).
+        hbm_capacity_bytes: HBM capacity (bytes).
+        hbm_bandwidth_bytes_per_s: peak HBM bandwidth (bytes/s).
+        bf16_flops_per_s: peak dense (not sparse) BF16/FP16 tensor FLOP/s.
+        fp8_flops_per_s: peak dense FP8 tensor FLOP/s, ``None`` if unsupported.
+        interconnect_bandwidth_bytes_per_s: scale-up link bandwidth per direction (bytes/s;
+            NVLink "900 GB/s" is 450 GB/s each way).
+        interconnect_latency_us: fixed latency of one transfer (us; an assumption).
+        power_watts: board power (TDP/TBP, W), ``None`` if not published.
+        description: one line for listings.
+        sources: public URLs for the numbers.
+        scale_up_domain: devices in one scale-up (NVLink-class) domain, e.g. 8 for an
+            HGX/DGX H100 node, 72 for a GB200 NVL72 rack, 384 for a CloudMatrix384 of Ascend 910C
+            (``None``: unknown, treated as unbounded).
+        scale_out_bandwidth_bytes_per_s: the network bandwidth per device per direction
+            between scale-up domains (bytes/s; a 400 Gb/s NIC per GPU is 50 GB/s each way;
+            ``None``: unknown).
     """
 
     name: str
@@ -82,17 +86,34 @@ class Accelerator:
 class ModelSpec:
     """Shape of a decoder-only transformer (per-layer shapes as in its ``config.json``).
 
-    - ``num_layers``, ``hidden_size`` (``d``), ``vocab_size``.
-    - ``attention``: ``"gqa"`` (MHA is GQA with ``num_kv_heads == num_attention_heads``)
-      or ``"mla"`` (multi-head latent attention, DeepSeek-V2/V3).
-    - GQA: ``num_attention_heads``, ``num_kv_heads``, ``head_dim``.
-    - MLA: ``num_attention_heads``, ``q_lora_rank`` (0: no query compression),
-      ``kv_lora_rank`` (``d_c``), ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``.
-    - Dense FFN (gated, 3 matrices): ``intermediate_size``; ``num_dense_layers`` layers
-      use it (all layers for a dense model, the first 3 of DeepSeek-V3).
-    - MoE layers (the other layers): ``num_routed_experts`` (``E``),
-      ``num_experts_per_token`` (``k``), ``moe_intermediate_size``, ``num_shared_experts``.
-    - ``weight_dtype`` (``bf16``/``fp8``), ``kv_bytes`` and ``activation_bytes`` per element.
+    Attributes:
+        name: the preset's name (``"deepseek-v3"``).
+        num_layers: decoder layers.
+        hidden_size: ``d``.
+        vocab_size: vocabulary size (embedding and LM head rows).
+        attention: ``"gqa"`` (MHA is GQA with ``num_kv_heads == num_attention_heads``)
+            or ``"mla"`` (multi-head latent attention, DeepSeek-V2/V3).
+        num_attention_heads: query heads (GQA and MLA).
+        num_kv_heads: GQA: key/value heads.
+        head_dim: GQA: dimension of one head.
+        q_lora_rank: MLA: query compression rank (0: no query compression).
+        kv_lora_rank: MLA: the latent KV dimension ``d_c``.
+        qk_nope_head_dim: MLA: the non-rotary part of a query/key head.
+        qk_rope_head_dim: MLA: the rotary part ``d_rope``.
+        v_head_dim: MLA: the value head dimension.
+        intermediate_size: dense FFN (gated, 3 matrices) width.
+        num_dense_layers: layers with the dense FFN (all layers for a dense model, the
+            first 3 of DeepSeek-V3); the other layers are MoE.
+        num_routed_experts: MoE: routed experts ``E``.
+        num_experts_per_token: MoE: experts per token ``k``.
+        moe_intermediate_size: MoE: one expert's width.
+        num_shared_experts: MoE: shared experts every token passes.
+        weight_dtype: ``"bf16"`` or ``"fp8"``.
+        kv_bytes: bytes per KV-cache element.
+        activation_bytes: bytes per activation element sent between instances.
+        tie_word_embeddings: the LM head shares the embedding matrix.
+        description: one line for listings.
+        sources: public URLs (``config.json``).
     """
 
     name: str

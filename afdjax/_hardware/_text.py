@@ -39,7 +39,7 @@ def format_presets() -> str:
 
 
 def format_derivation(derivation) -> str:
-    """The report of :meth:`HardwareDerivation.format_text`: the accelerator, model, efficiencies and
+    """The report of [`format_text`][afdjax.HardwareDerivation.format_text]: the accelerator, model, efficiencies and
     instance sizes, then each coefficient (microseconds per layer) with its formula and numbers."""
     d = derivation
     a, m = d.accelerator, d.model

@@ -1,10 +1,10 @@
 """Hardware TOML writing: ``[latency]`` and the optional ``[model]``, ``[accelerator]`` and
 ``[deployment]`` tables, and the keys a reader accepts in each (the reader is
-:func:`afdjax._specs.load_deployment`; writer and reader share the tables below).
+``_specs.load_deployment``; writer and reader share the tables below).
 
-The writer lives here, below the fitting layer, because :meth:`HardwareDerivation.to_toml`
+The writer lives here, below the fitting layer, because [`to_toml`][afdjax.HardwareDerivation.to_toml]
 and ``LatencyFit.to_toml`` write hardware files; every string and file *grammar* (reading)
-is in :mod:`afdjax._specs`, which re-exports these writers.
+is in ``afdjax._specs``, which re-exports these writers.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from ._deployment import Deployment
 
 LATENCY_TABLE_KEYS = ("units", "description", "source")
 """Keys of ``[latency]`` besides the six coefficients and ``comm_scaling`` (read and ignored,
-except ``units``: the time unit of a :class:`Deployment`)."""
+except ``units``: the time unit of a [`Deployment`][afdjax.Deployment])."""
 MODEL_TABLE_KEYS = {"name": str, "num_layers": int, "kv_bytes_per_token": (int, float)}
-"""``[model]`` keys a :class:`Deployment` reads, with their TOML types (other keys are ignored)."""
+"""``[model]`` keys a [`Deployment`][afdjax.Deployment] reads, with their TOML types (other keys are ignored)."""
 ACCELERATOR_TABLE_KEYS = {
     "name": str,
     "hbm_capacity_bytes": (int, float),
@@ -27,7 +27,7 @@ ACCELERATOR_TABLE_KEYS = {
     "power_watts": (int, float),
     "ffn_power_watts": (int, float),
 }
-"""``[accelerator]`` keys a :class:`Deployment` reads (``hbm_capacity_gb`` in 1e9 bytes;
+"""``[accelerator]`` keys a [`Deployment`][afdjax.Deployment] reads (``hbm_capacity_gb`` in 1e9 bytes;
 ``ffn_power_watts`` only for heterogeneous AFD, the FFN device's board power)."""
 DEPLOYMENT_TABLE_KEYS = {
     "attention_devices": int,
@@ -35,7 +35,7 @@ DEPLOYMENT_TABLE_KEYS = {
     "attention_weight_bytes": (int, float),
     "time_unit": str,
 }
-"""``[deployment]`` keys a :class:`Deployment` reads."""
+"""``[deployment]`` keys a [`Deployment`][afdjax.Deployment] reads."""
 
 
 STAGE_TABLES = {
@@ -76,7 +76,7 @@ def _plain(v):
 
 def stage_tables_toml(latency: LatencyModel) -> str:
     """The ``[noise]``, ``[routing]`` and ``[communication]`` tables of ``latency``'s parts
-    that are set (empty text when none is); read back by :func:`afdjax.parse_hardware_spec`."""
+    that are set (empty text when none is); read back by [`parse_hardware_spec`][afdjax.parse_hardware_spec]."""
     text = ""
     for table, (field, _, keys) in STAGE_TABLES.items():
         part = getattr(latency, field)
@@ -102,10 +102,19 @@ def toml_value(v) -> str:
 
 def latency_to_toml(latency: LatencyModel, description: str | None = None) -> str:
     """TOML text with a ``[latency]`` table (the six coefficients, ``comm_scaling`` and
-    ``num_layers`` when set) and the tables of :data:`STAGE_TABLES` that are set, which
-    :func:`afdjax.parse_hardware_spec` (``--hardware FILE.toml``) reads back exactly.
+    ``num_layers`` when set) and the tables of ``STAGE_TABLES`` that are set, which
+    [`parse_hardware_spec`][afdjax.parse_hardware_spec] (``--hardware FILE.toml``) reads back exactly.
 
-    ``description``: lines written as ``#`` comments at the top.
+    Arguments:
+        latency: the [`LatencyModel`][afdjax.LatencyModel] to write.
+        description: lines written as ``#`` comments at the top (``None``: none).
+
+    Returns:
+        the TOML text (str).
+
+    Examples:
+        >>> print(afdjax.latency_to_toml(afdjax.LatencyModel.from_preset("paper-910c")).splitlines()[1])
+        alpha_a = 0.00165
     """
     return _latency_table(latency, description) + stage_tables_toml(latency)
 
@@ -131,12 +140,19 @@ def deployment_to_toml(
     extra_accelerator=None,
     extra_deployment=None,
 ) -> str:
-    """TOML text for a :class:`Deployment`, read back by :func:`afdjax.load_deployment`.
+    """TOML text for a [`Deployment`][afdjax.Deployment], read back by [`load_deployment`][afdjax.load_deployment].
 
     ``[latency]`` (with ``units`` when the time unit is known), then ``[model]``,
     ``[accelerator]`` and ``[deployment]`` with the fields that are not ``None``.
-    ``description``: ``#`` comment lines at the top; ``extra_model``, ``extra_accelerator``,
-    ``extra_deployment``: further keys for the record (readers ignore them).
+    Arguments:
+        deployment: the [`Deployment`][afdjax.Deployment] to write.
+        description: ``#`` comment lines at the top (``None``: none).
+        extra_model: further keys of ``[model]`` for the record (readers ignore them).
+        extra_accelerator: further keys of ``[accelerator]``.
+        extra_deployment: further keys of ``[deployment]``.
+
+    Returns:
+        the TOML text (str).
     """
     dep = deployment
     text = _latency_table(dep.latency, description)
@@ -169,7 +185,7 @@ def deployment_to_toml(
 
 
 def derivation_to_toml(derivation) -> str:
-    """The TOML of :meth:`HardwareDerivation.to_toml`: the deployment, with the derivation's
+    """The TOML of [`to_toml`][afdjax.HardwareDerivation.to_toml]: the deployment, with the derivation's
     formulas, numbers and sources as comments and its dtype and efficiencies for the record."""
     d = derivation
     head = [

@@ -1,4 +1,4 @@
-"""Latency coefficients from measurement: :func:`profile_hardware` times real JAX decode layers on
+"""Latency coefficients from measurement: [`profile_hardware`][afdjax.profile_hardware] times real JAX decode layers on
 the default device and fits the six coefficients."""
 
 from ._layers import scale_model as scale_model

@@ -1,6 +1,6 @@
-"""The decoder layers that :func:`afdjax.profile_hardware` times, as plain JAX functions of a
-:class:`~afdjax.ModelSpec`'s shape (see :mod:`afdjax._profile._profile` for what is timed),
-and :func:`scale_model`, which shrinks a model's widths for a quick profile.
+"""The decoder layers that [`profile_hardware`][afdjax.profile_hardware] times, as plain JAX functions of a
+[`ModelSpec`][afdjax.ModelSpec]'s shape (see ``afdjax._profile._profile`` for what is timed),
+and ``scale_model``, which shrinks a model's widths for a quick profile.
 
 * attention: ``B`` decode slots, each with ``L`` cached tokens, one new query per slot. GQA:
   K and V of ``h_kv`` heads, queries grouped ``h_q / h_kv`` per KV head. MLA: the compressed
@@ -78,7 +78,7 @@ def _init(key, shape, dtype, fan_in):
 
 
 def attention_inputs(model: ModelSpec, batch: int, length: int, dtype, key):
-    """Random ``(x [batch, d], weights, cache)`` for :func:`attention_fn`: ``length`` cached
+    """Random ``(x [batch, d], weights, cache)`` for ``attention_fn``: ``length`` cached
     tokens per slot; weights scaled by ``1 / sqrt(fan_in)``."""
     d, h = model.hidden_size, model.num_attention_heads
     ks = iter(jax.random.split(key, 12))
@@ -148,7 +148,7 @@ def attention_fn(model: ModelSpec):
 
 
 def ffn_inputs(model: ModelSpec, tokens: int, dtype, key):
-    """Random ``(x [tokens, d], weights)`` for :func:`ffn_fn` (all experts for an MoE model)."""
+    """Random ``(x [tokens, d], weights)`` for ``ffn_fn`` (all experts for an MoE model)."""
     d = model.hidden_size
     ks = iter(jax.random.split(key, 10))
     x = _init(next(ks), (tokens, d), dtype, 1)

@@ -1,7 +1,7 @@
 """Latency coefficients from measurement: time real JAX decode layers on this device.
 
-:func:`profile_hardware` builds one decoder layer of a model's shape (a preset from
-``afdjax.MODELS`` scaled down by ``scale``, or any :class:`~afdjax.ModelSpec`), times
+[`profile_hardware`][afdjax.profile_hardware] builds one decoder layer of a model's shape (a preset from
+``afdjax.MODELS`` scaled down by ``scale``, or any [`ModelSpec`][afdjax.ModelSpec]), times
 
 * **attention** (``t_A`` against ``T = B L`` KV tokens): ``B`` decode slots, each with
   ``L`` cached tokens, one new query per slot: the query/key/value projections of the new
@@ -39,7 +39,7 @@ sizes (sample CV 0.4-1.4). On a dedicated accelerator the two agree; pass
 ``quantile=0.5`` for the median.
 
 **Fit and validation.** Every third size (indices 1, 4, 7, ...) is held out; the rest go
-to :func:`afdjax.fit_latency` (Huber). The result reports R^2 and the largest relative
+to [`fit_latency`][afdjax.fit_latency] (Huber). The result reports R^2 and the largest relative
 residual per stage, and the relative error of the fitted line at each held-out size.
 
 Times and coefficients are in **microseconds per layer of the profiled shape** on this
@@ -123,27 +123,30 @@ def profile_hardware(
     """Measure decode attention, FFN and communication times on the default JAX device and
     fit the six latency coefficients (microseconds per layer of the profiled shape).
 
-    **Arguments:**
+    Arguments:
+        model: a preset name (``afdjax.MODELS``), a model spec string or a ``ModelSpec``.
+        scale: width scale in ``(0, 1]`` (default 1/16 on CPU, 0.5 on GPU/TPU).
+        hidden_size: overrides the scaled hidden size.
+        batch_size: decode slots ``B`` of the attention runs (default 8 on CPU, 32 else).
+        kv_lengths: KV tokens per slot (>= 3 sizes); ``T = B * length``.
+        ffn_batches: FFN batch sizes ``N`` (>= 3).
+        comm_batches: tokens ``B`` of the communication runs.
+        repeats: round-robin samples per size.
+        min_sample_s: the shortest sample (s; calls are repeated within a sample to reach it).
+        quantile: which quantile of a size's samples is its time (default 0.25, the lower
+            quartile; 0.5 is the median).
+        comm: ``auto`` (``device`` with two or more devices, else ``host``), ``device``,
+            ``host`` or ``defaults`` (keep ``alpha_c, beta_c`` of ``defaults``, a hardware spec
+            string or ``LatencyModel``, which must then be given).
+        defaults: the hardware spec or [`LatencyModel`][afdjax.LatencyModel] for ``comm="defaults"``.
+        dtype: ``float32`` (default on CPU) or ``bfloat16`` (default elsewhere).
+        grouped_matmul: ``ragged_dot`` (default on GPU/TPU) or ``capacity`` (default on CPU).
+        seed: seed of the random inputs.
+        n_bootstrap: bootstrap replicates of the fit (0 or >= 20).
+        progress: show a ``tqdm`` bar.
 
-    - ``model``: a preset name (``afdjax.MODELS``), a model spec string or a ``ModelSpec``.
-    - ``scale``: width scale in ``(0, 1]`` (default 1/16 on CPU, 0.5 on GPU/TPU);
-      ``hidden_size`` overrides the scaled hidden size.
-    - ``batch_size``: decode slots ``B`` of the attention runs (default 8 on CPU, 32 else).
-    - ``kv_lengths``: KV tokens per slot (>= 3 sizes); ``T = B * length``.
-    - ``ffn_batches``: FFN batch sizes ``N`` (>= 3); ``comm_batches``: tokens ``B`` of the
-      communication runs.
-    - ``repeats``: round-robin samples per size; ``min_sample_s``: the shortest sample
-      (calls are repeated within a sample to reach it); ``quantile``: which quantile of a
-      size's samples is its time (default 0.25, the lower quartile; 0.5 is the median).
-    - ``comm``: ``auto`` (``device`` with two or more devices, else ``host``), ``device``,
-      ``host`` or ``defaults`` (keep ``alpha_c, beta_c`` of ``defaults``, a hardware spec
-      string or ``LatencyModel``, which must then be given).
-    - ``dtype``: ``float32`` (default on CPU) or ``bfloat16`` (default elsewhere).
-    - ``grouped_matmul``: ``ragged_dot`` (default on GPU/TPU) or ``capacity`` (default on CPU).
-    - ``seed``: seed of the random inputs; ``n_bootstrap``: bootstrap replicates of the fit
-      (0 or >= 20); ``progress``: show a ``tqdm`` bar.
-
-    **Returns:** a :class:`ProfileResult`.
+    Returns:
+        a [`ProfileResult`][afdjax.ProfileResult].
     """
     t_start = time.perf_counter()
     device = jax.devices()[0]

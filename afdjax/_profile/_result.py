@@ -1,5 +1,5 @@
-"""The result of :func:`afdjax.profile_hardware` (numbers only; its report text, TOML and plot
-are in :mod:`afdjax._profile._text` and :mod:`afdjax._profile._plots`)."""
+"""The result of [`profile_hardware`][afdjax.profile_hardware] (numbers only; its report text, TOML and plot
+are in ``afdjax._profile._text`` and ``afdjax._profile._plots``)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,26 @@ from .._json import jsonable
 
 @dataclasses.dataclass(frozen=True)
 class ProfileResult:
-    """Result of :func:`profile_hardware`.
+    """Result of [`profile_hardware`][afdjax.profile_hardware].
 
-    - ``model``: the profiled :class:`~afdjax.ModelSpec` (after scaling); ``base_model``
-      the name it was scaled from; ``scale``; ``batch_size`` (attention slots).
-    - ``measurements``: ``{stage: (sizes, median_us, all_samples_us)}``: sizes ``T``
-      (attention KV tokens), ``N`` (FFN batch) or ``B`` (comm tokens); medians in us.
-    - ``held_out``: ``{stage: sizes}`` not used in the fit.
-    - ``fit``: the :class:`~afdjax.LatencyFit` of the other sizes; ``latency`` its model.
-    - ``held_out_relative_error``: ``{stage: array of (predicted - measured) / measured}``.
-    - ``comm_source``: ``"device-to-device copy"``, ``"host<->device transfer"`` or
-      ``"defaults (SPEC)"``.
-    - ``device``: the JAX device description; ``dtype``; ``grouped_matmul``; ``wall_s``.
+    Attributes:
+        model: the profiled [`ModelSpec`][afdjax.ModelSpec] (after scaling).
+        base_model: the name of the model preset it was scaled from.
+        scale: the width scale applied to the preset (1 = full size).
+        batch_size: attention slots ``B`` of the timed attention.
+        measurements: ``{stage: (sizes, median_us, all_samples_us)}``: sizes ``T``
+            (attention KV tokens), ``N`` (FFN batch) or ``B`` (comm tokens); medians in us.
+        held_out: ``{stage: sizes}`` not used in the fit.
+        fit: the [`LatencyFit`][afdjax.LatencyFit] of the other sizes (``latency``: its model).
+        held_out_relative_error: ``{stage: array of (predicted - measured) / measured}``.
+        comm_source: ``"device-to-device copy"``, ``"host<->device transfer"`` or
+            ``"defaults (SPEC)"``.
+        device: the JAX device description.
+        dtype: the dtype of the timed arrays.
+        grouped_matmul: how the MoE layer groups tokens by expert (``ragged_dot`` or capacity buffers).
+        wall_s: wall time of the whole profile (s).
+        settings: the inputs, for the report and the TOML.
+
     """
 
     model: ModelSpec

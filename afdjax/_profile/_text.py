@@ -10,7 +10,7 @@ from ._holdout import HOLDOUT_EVERY
 
 
 def format_profile(result) -> str:
-    """The report of :meth:`ProfileResult.format_text`."""
+    """The report of [`format_text`][afdjax.ProfileResult.format_text]."""
     r = result
     m = r.model
     lines = [

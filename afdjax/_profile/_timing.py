@@ -1,5 +1,5 @@
 """Timing one compiled call: calibration, one sample, and the host and device round trips that
-stand in for the A<->F link (the protocol is described in :mod:`afdjax._profile._profile`)."""
+stand in for the A<->F link (the protocol is described in ``afdjax._profile._profile``)."""
 
 from __future__ import annotations
 

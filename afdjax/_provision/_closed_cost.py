@@ -1,5 +1,5 @@
 """The closed-form cost optimum shown by ``afdjax provision --objective per-dollar|per-joule``
-next to the simulated one (issue 15; the formulas are :func:`afdjax._theory.cost_optimum`)."""
+next to the simulated one (issue 15; the formulas are ``_theory.cost_optimum``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def closed_form_cost(
     """The mean-field and barrier-refined optimum of tokens per dollar (``per_dollar``: the
     prices) or per joule (``per_joule``: the powers) at one batch size, as a dict of
     Python numbers with the costs used; ``None`` for ``per_instance`` or for a step model
-    other than the paper's :class:`~afdjax.Barrier` (the closed form is for its step)."""
+    other than the paper's [`Barrier`][afdjax.Barrier] (the closed form is for its step)."""
     if objective == "per_dollar":
         w_a, w_f = costs.attention_price_per_hour, costs.ffn_price_per_hour
     elif objective == "per_joule":

@@ -1,13 +1,13 @@
 """Comparing simulated ratios: paired differences on common random numbers.
 
-Every ratio of one :func:`afdjax.simulate` run is simulated on the same random numbers
+Every ratio of one [`simulate`][afdjax.simulate] run is simulated on the same random numbers
 (the system with ratio ``r`` is the first ``r`` instances of each replica), so the
 difference between two ratios is measured replica by replica and its standard error is
 that of the paired differences, much smaller than two independent standard errors
 combined. ``afdjax simulate`` and ``afdjax provision`` both report "the ratios within 2
-standard errors of the best" with :func:`ratios_within_2_stderr` (one definition), and
-the same warnings on what limits that answer (:func:`range_warnings`,
-:func:`replica_warnings`, :func:`replica_note`).
+standard errors of the best" with [`ratios_within_2_stderr`][afdjax.ratios_within_2_stderr] (one definition), and
+the same warnings on what limits that answer (``range_warnings``,
+``replica_warnings``, ``replica_note``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from .._validate import invalid
 class PairedDifference:
     """``throughput(ratios[i]) - throughput(ratios[j])`` over replicas (paired).
 
-    - ``ratio``: the ratio compared with (``ratios[j]``).
-    - ``difference``: mean over replicas of the per-replica throughput difference
-      (tokens per time unit per instance).
-    - ``stderr``: its standard error (NaN with one replica).
-    - ``z``: ``difference / stderr`` (``+-inf`` when the standard error is 0 and the
-      difference is not, 0 for an exact tie, NaN with one replica when the difference
-      is not 0: nothing can be told).
+    Attributes:
+        ratio: the ratio compared with (``ratios[j]``).
+        difference: mean over replicas of the per-replica throughput difference
+            (tokens per time unit per instance).
+        stderr: its standard error (NaN with one replica).
+        z: ``difference / stderr`` (``+-inf`` when the standard error is 0 and the
+            difference is not, 0 for an exact tie, NaN with one replica when the difference
+            is not 0: nothing can be told).
+
     """
 
     ratio: int
@@ -45,7 +47,16 @@ class PairedDifference:
 
 def paired_difference(result, i: int, j: int) -> PairedDifference:
     """Paired (common random numbers) comparison of the ratios at indices ``i`` and ``j``
-    of a :class:`~afdjax.SimulationResult`: the difference of ``i`` over ``j``."""
+    of a [`SimulationResult`][afdjax.SimulationResult]: the difference of ``i`` over ``j``.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult] with at least two replicas for a standard error.
+        i: index into ``result.ratios`` of the first ratio.
+        j: index of the ratio it is compared with.
+
+    Returns:
+        a [`PairedDifference`][afdjax.PairedDifference].
+    """
     per = np.asarray(result.throughput_per_replica, dtype=float)
     d = per[:, i] - per[:, j]
     mean = float(np.mean(d))
@@ -61,10 +72,18 @@ def paired_difference(result, i: int, j: int) -> PairedDifference:
 
 def ratios_within_2_stderr(result, best: int | None = None) -> list[int]:
     """The ratios whose throughput is within 2 paired standard errors of the best one
-    (``z <= 2`` in :func:`paired_difference`), the best included, in the order of
+    (``z <= 2`` in [`paired_difference`][afdjax.paired_difference]), the best included, in the order of
     ``result.ratios``. ``best``: index of the best ratio (default: the highest simulated
     throughput per instance). With one replica no standard error exists: only exact
-    ties with the best are kept."""
+    ties with the best are kept.
+
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult].
+        best: index of the best ratio (default: the highest simulated throughput per instance).
+
+    Returns:
+        the list of integer ratios.
+    """
     ratios = np.asarray(result.ratios)
     if best is None:
         best = int(np.argmax(np.asarray(result.throughput_per_instance, dtype=float)))
@@ -75,7 +94,7 @@ def ratios_within_2_stderr(result, best: int | None = None) -> list[int]:
 
 def check_ratio_list(ratios) -> list[int]:
     """Ratios as a list of Python ints, refusing duplicates (``ValueError``); the other
-    checks are :func:`afdjax.simulate`'s."""
+    checks are [`simulate`][afdjax.simulate]'s."""
     try:
         values = [int(r) if float(r) == int(r) else r for r in np.atleast_1d(np.asarray(ratios)).tolist()]
     except (TypeError, ValueError, OverflowError):

@@ -7,10 +7,10 @@ size. An operator has more to respect, which the paper (arXiv 2601.21351) leaves
   kv_bytes_per_token`` bytes over all layers. The batch size ``B`` is only usable if the
   probability that an instance's KV load exceeds its capacity stays below a tolerance.
   The probability is reported two ways: from simulation (the fraction of measured
-  instance-steps above the capacity, :meth:`SimulationResult.kv_exceedance_probability`)
+  instance-steps above the capacity, [`kv_exceedance_probability`][afdjax.SimulationResult.kv_exceedance_probability])
   and from the Gaussian approximation ``T_j ~ Normal(B theta, B sigma^2)`` of the
-  stationary state (``theta``, ``sigma^2``: :meth:`Workload.theta`,
-  :meth:`Workload.slot_variance`).
+  stationary state (``theta``, ``sigma^2``: [`theta`][afdjax.Workload.theta],
+  [`slot_variance`][afdjax.Workload.slot_variance]).
 * **Time per output token (TPOT).** Each simulated step is one pass through one layer
   at that step's loads (the latency coefficients are per layer), so a token takes
   ``num_layers`` steps: ``TPOT = num_layers * cycle time``. The mean uses the mean cycle
@@ -24,14 +24,14 @@ size. An operator has more to respect, which the paper (arXiv 2601.21351) leaves
   ``bundle_tokens_per_s = r B / (num_layers * E[tau] * time_unit)`` (with no
   ``num_layers`` a step counts as a token, as in the paper's throughput per instance).
 
-:func:`provision_constrained` evaluates every ``(B, r)`` on a grid (one simulation per
+[`provision_constrained`][afdjax.provision_constrained] evaluates every ``(B, r)`` on a grid (one simulation per
 ``B``, all ratios in one pass), marks each cell feasible or not with the constraint it
 violates, and picks the feasible cell with the best objective. A constraint *binds* when
 relaxing it alone would admit a better cell (reported with the gain); when no single
 relaxation helps but the unconstrained best is excluded, the constraints bind jointly;
 when the best cell overall is feasible, nothing binds but the objective's own peak.
 
-This module is host-side assembly: every number comes from :func:`afdjax.simulate` and
+This module is host-side assembly: every number comes from [`simulate`][afdjax.simulate] and
 the workload's closed-form moments.
 """
 
@@ -54,17 +54,31 @@ from ._compare import check_ratio_list
 from ._text import _CONSTRAINT_NAMES, OBJECTIVE_UNITS, _describe_violation
 
 OBJECTIVES = ("per_instance", "per_dollar", "per_joule")
+"""What [`provision_constrained`][afdjax.provision_constrained] can maximise: output tokens per time
+unit per instance (the paper's objective), per dollar (with prices) or per joule (with powers)."""
 TPOT_STATISTICS = ("p99", "mean")
 
 
 def deployment_kv_capacity_bytes(deployment) -> float:
     """The automatic KV capacity of one Attention instance (``--kv-capacity-gb auto``):
     ``attention_devices x HBM per device - resident Attention weights``, in bytes, from
-    a :class:`~afdjax.Deployment` (e.g. ``afdjax.load_deployment("h100:deepseek-v3")``).
+    a [`Deployment`][afdjax.Deployment] (e.g. ``afdjax.load_deployment("h100:deepseek-v3")``).
 
     Raises ``ValueError`` when the deployment does not give the HBM capacity and the
     resident weights (a spec without ``ACCELERATOR:MODEL``), or when the weights leave
-    no room (capacity <= 0)."""
+    no room (capacity <= 0).
+
+    Arguments:
+        deployment: a [`Deployment`][afdjax.Deployment] from an ``ACCELERATOR:MODEL`` spec.
+
+    Returns:
+        the KV-cache bytes one Attention instance can hold (float).
+
+    Examples:
+        >>> d = afdjax.load_deployment("h100:deepseek-v3")
+        >>> round(afdjax.deployment_kv_capacity_bytes(d) / 1e9, 2)  # GB
+        66.73
+    """
     capacity = deployment.kv_capacity_bytes()
     if capacity is None:
         raise ValueError(
@@ -80,9 +94,20 @@ def deployment_kv_capacity_bytes(deployment) -> float:
 
 
 def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
-    """Watts of one Attention and one FFN instance from a :class:`~afdjax.Deployment`:
+    """Watts of one Attention and one FFN instance from a [`Deployment`][afdjax.Deployment]:
     ``devices per instance x board power per device`` (``attention_devices`` and
-    ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown."""
+    ``ffn_devices`` default to 1); ``None`` when the accelerator's board power is unknown.
+
+    Arguments:
+        deployment: a [`Deployment`][afdjax.Deployment] (see [`load_deployment`][afdjax.load_deployment]).
+
+    Returns:
+        ``(attention_w, ffn_w)`` in watts, or ``None``.
+
+    Examples:
+        >>> afdjax.deployment_instance_power_w(afdjax.load_deployment("h100:deepseek-v3"))
+        (700.0, 11200.0)
+    """
     if deployment.power_watts is None:
         return None
     ffn_watts = deployment.power_watts if deployment.ffn_power_watts is None else deployment.ffn_power_watts
@@ -94,20 +119,22 @@ def deployment_instance_power_w(deployment) -> tuple[float, float] | None:
 
 @dataclasses.dataclass(frozen=True)
 class Constraints:
-    """Deployment limits for :func:`provision_constrained`. ``None`` switches a limit off.
+    """Deployment limits for [`provision_constrained`][afdjax.provision_constrained]. ``None`` switches a limit off.
 
-    - ``kv_capacity_bytes``: KV-cache bytes available on one Attention instance (HBM
-      left after weights and activations).
-    - ``kv_bytes_per_token``: KV bytes of one token over all layers (from the model:
-      :class:`afdjax.Deployment`'s ``kv_bytes_per_token``).
-    - ``kv_overflow_tolerance``: largest allowed probability that an instance's KV load
-      exceeds its capacity at a step (default ``1e-3``).
-    - ``tpot_target_ms``: time-per-output-token target in milliseconds.
-    - ``tpot_statistic``: ``"p99"`` (default) or ``"mean"``: which TPOT must meet the target.
-    - ``num_layers``: layers per token (TPOT = layers x per-layer cycle time).
-    - ``time_unit_us``: the latency coefficients' time unit in microseconds (default 1:
-      coefficients in microseconds per layer, as ``afdjax hardware`` writes them and as
-      ``paper-910c`` plausibly is).
+    Attributes:
+        kv_capacity_bytes: KV-cache bytes available on one Attention instance (HBM
+            left after weights and activations).
+        kv_bytes_per_token: KV bytes of one token over all layers (from the model:
+            [`Deployment`][afdjax.Deployment]'s ``kv_bytes_per_token``).
+        kv_overflow_tolerance: largest allowed probability that an instance's KV load
+            exceeds its capacity at a step (default ``1e-3``).
+        tpot_target_ms: time-per-output-token target in milliseconds.
+        tpot_statistic: ``"p99"`` (default) or ``"mean"``: which TPOT must meet the target.
+        num_layers: layers per token (TPOT = layers x per-layer cycle time).
+        time_unit_us: the latency coefficients' time unit in microseconds (default 1:
+            coefficients in microseconds per layer, as ``afdjax hardware`` writes them and as
+            ``paper-910c`` plausibly is).
+
     """
 
     kv_capacity_bytes: float | None = None
@@ -173,12 +200,13 @@ class Constraints:
         time_unit_us: float = 1.0,
     ) -> Constraints:
         """Constraints whose unspecified model quantities come from a
-        :class:`~afdjax.Deployment` (what ``afdjax provision --hardware ACCEL:MODEL`` does).
+        [`Deployment`][afdjax.Deployment] (what ``afdjax provision --hardware ACCEL:MODEL`` does).
 
-        - ``kv_capacity_bytes``: bytes, ``"auto"`` (:func:`deployment_kv_capacity_bytes`:
+        - ``kv_capacity_bytes``: bytes, ``"auto"``
+          ([`deployment_kv_capacity_bytes`][afdjax.deployment_kv_capacity_bytes]:
           HBM minus resident weights) or ``None`` (no KV limit).
         - ``kv_bytes_per_token``, ``num_layers``: default to the deployment's model.
-        - the other arguments as for :class:`Constraints`.
+        - the other arguments as for [`Constraints`][afdjax.Constraints].
         """
         if isinstance(kv_capacity_bytes, str):
             if kv_capacity_bytes != "auto":
@@ -199,8 +227,12 @@ class Constraints:
 class Costs:
     """Prices and powers of one Attention and one FFN instance (for the cost objectives).
 
-    - ``attention_price_per_hour``, ``ffn_price_per_hour``: $ per instance-hour.
-    - ``attention_power_w``, ``ffn_power_w``: watts per instance (board power under load).
+    Attributes:
+        attention_price_per_hour: $ per instance-hour.
+        ffn_price_per_hour: see ``attention_price_per_hour``.
+        attention_power_w: watts per instance (board power under load).
+        ffn_power_w: see ``attention_power_w``.
+
     """
 
     attention_price_per_hour: float | None = None
@@ -229,7 +261,8 @@ class Costs:
         ffn_power_w: float | None = None,
     ) -> Costs:
         """Costs whose powers, when neither is given, are the per-instance powers of a
-        :class:`~afdjax.Deployment` (:func:`deployment_instance_power_w`: devices x board
+        [`Deployment`][afdjax.Deployment] ([`deployment_instance_power_w`][afdjax.deployment_instance_power_w]:
+        devices x board
         power), as ``afdjax provision`` does; prices are never guessed."""
         if attention_power_w is None and ffn_power_w is None:
             powers = deployment_instance_power_w(deployment)
@@ -245,7 +278,21 @@ class Costs:
 
 def kv_overflow_probability_gaussian(workload: Workload, batch_size: int, capacity_tokens: float) -> float:
     """``P(T_j > capacity)`` under the Gaussian approximation ``T_j ~ N(B theta, B sigma^2)``
-    of one Attention instance's stationary KV load (``capacity_tokens`` in tokens)."""
+    of one Attention instance's stationary KV load (``capacity_tokens`` in tokens).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload].
+        batch_size: slots ``B`` per Attention instance.
+        capacity_tokens: the KV capacity of one Attention instance (tokens).
+
+    Returns:
+        the probability (float) that one instance's stationary KV load exceeds the capacity.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> afdjax.kv_overflow_probability_gaussian(workload, 256, 155_000.0) > 0.01  # mean load 153,600
+        True
+    """
     mean = batch_size * float(workload.theta())
     sd = math.sqrt(batch_size * max(float(workload.slot_variance()), 0.0))
     if sd == 0.0:
@@ -405,7 +452,22 @@ def _binding(cells: list[dict], recommendation: dict, constraints: Constraints) 
 
 @dataclasses.dataclass
 class ConstrainedProvisionReport:
-    """Everything ``afdjax provision`` prints when constraints or costs are given."""
+    """Everything ``afdjax provision`` prints when constraints or costs are given.
+
+    Attributes:
+        settings: the inputs (workload, hardware, batch sizes, ratios, steps, replicas, seed, ...).
+        objective: one of [`OBJECTIVES`][afdjax.OBJECTIVES].
+        constraints: the [`Constraints`][afdjax.Constraints] applied.
+        costs: the [`Costs`][afdjax.Costs] (prices, powers) of the objective.
+        cells: one dict per ``(B, r)``: objective, TPOT mean and p99 (ms), KV overflow
+            probability simulated and Gaussian, and feasibility.
+        recommendation: the best feasible cell, or ``None`` when no cell is feasible.
+        binding: the constraint that binds and the cell and gain relaxing it would give
+            (``None``: nothing binds).
+        per_batch: one summary row per batch size (best ratio, objective, TPOT, note).
+        theta: stationary mean KV tokens per slot (tokens).
+        slot_std: their standard deviation (tokens).
+    """
 
     settings: dict
     objective: str
@@ -502,22 +564,29 @@ def provision_constrained(
     """Joint choice of batch size and A/F ratio ``(B, r)`` under KV-capacity and TPOT
     constraints, maximising throughput per instance, tokens per dollar or tokens per joule.
 
-    **Arguments:**
+    Arguments:
+        key: as for [`simulate`][afdjax.simulate] (the same key at
+            every ``B``: common random numbers across the grid).
+        workload: see ``key``.
+        latency: see ``key``.
+        batch_sizes: one ``B`` or a list of them (slots per Attention instance).
+        ratios: ratios to consider at every ``B`` (default: ``1..max(32, 1.5 r*)`` of
+            the largest ``B``).
+        num_steps: Monte Carlo size per batch size.
+        num_replicas: see ``num_steps``.
+        constraints: a [`Constraints`][afdjax.Constraints].
+        costs: a [`Costs`][afdjax.Costs] (prices or powers of the two instance kinds).
+        objective: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
+        micro_batches: ``None`` (the paper's idealised overlap) or the number of
+            pipelined micro-batches ``m`` (see [`simulate`][afdjax.simulate]), a spelling of
+            ``step_model=Pipeline(m)``.
+        step_model: a [`StepModel`][afdjax.StepModel].
+        progress: a progress bar for each batch size's simulation.
+        settings: extra entries for the report's ``settings``.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
 
-    - ``key``, ``workload``, ``latency``: as for :func:`afdjax.simulate` (the same key at
-      every ``B``: common random numbers across the grid).
-    - ``batch_sizes``: one ``B`` or a list of them (slots per Attention instance).
-    - ``ratios``: ratios to consider at every ``B`` (default: ``1..max(32, 1.5 r*)`` of
-      the largest ``B``).
-    - ``num_steps``, ``num_replicas``: Monte Carlo size per batch size.
-    - ``constraints``: a :class:`Constraints`; ``costs``: a :class:`Costs`.
-    - ``objective``: ``"per_instance"`` (the paper's), ``"per_dollar"`` or ``"per_joule"``.
-    - ``micro_batches``: ``None`` (the paper's idealised overlap) or the number of
-      pipelined micro-batches ``m`` (see :func:`afdjax.simulate`), a spelling of
-      ``step_model=Pipeline(m)``; ``step_model``: a :class:`~afdjax.StepModel`.
-    - ``progress``: a progress bar for each batch size's simulation.
-
-    **Returns:** a :class:`ConstrainedProvisionReport` (``format_text``, ``to_dict``, ``plot``).
+    Returns:
+        a [`ConstrainedProvisionReport`][afdjax.ConstrainedProvisionReport] (``format_text``, ``to_dict``, ``plot``).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is invalid: expected one of {', '.join(OBJECTIVES)}")

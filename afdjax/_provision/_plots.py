@@ -1,5 +1,5 @@
 """Figures of the provisioning reports and of ``afdjax verify`` (host-side matplotlib only,
-imported lazily through :func:`afdjax._plot.pyplot`; the numbers come from ``_report``,
+imported lazily through ``_plot.pyplot``; the numbers come from ``_report``,
 ``_constraints`` and ``_verify``)."""
 
 from __future__ import annotations

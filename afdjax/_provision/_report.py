@@ -33,7 +33,22 @@ from ._compare import (
 
 def default_ratio_range(workload: Workload, latency: LatencyModel, batch_size: int) -> list[int]:
     """``1..max(32, ceil(1.5 r*))``: wide enough to show the optimum and the fall beyond it
-    (at most ``1..MAX_RATIO``, afdjax's largest ratio, 4096)."""
+    (at most ``1..MAX_RATIO``, afdjax's largest ratio, 4096).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+
+    Returns:
+        the list of integer ratios ``[1, 2, ..., max(32, ceil(1.5 r*))]``.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> afdjax.default_ratio_range(workload, latency, 256)[-1]  # max(32, ceil(1.5 r*))
+        32
+    """
     r_star = float(mean_field_optimum(workload, latency, batch_size).r_star)
     top = 32 if not math.isfinite(r_star) else max(32, math.ceil(1.5 * r_star))
     return list(range(1, min(top, MAX_RATIO) + 1))
@@ -51,7 +66,22 @@ def _crossing(ratios: np.ndarray, a: np.ndarray, f: np.ndarray) -> float | None:
 
 @dataclasses.dataclass
 class ProvisionReport:
-    """Everything ``afdjax provision`` prints. Throughputs are tokens per time unit per instance."""
+    """Everything ``afdjax provision`` prints. Throughputs are tokens per time unit per instance.
+
+    Attributes:
+        settings: the inputs (workload, hardware, batch size, ratios, steps, replicas, seed, ...).
+        theta: stationary mean KV tokens per slot (tokens).
+        slot_variance: their variance (tokens^2).
+        mean_field: ``r_star``, ``regime``, ``r_attention``, ``r_communication``, ``r_peak`` and the
+            integer ``ratio`` of the mean field.
+        barrier: the barrier-refined optimum (``ratio``, ``r_continuous``, ``throughput``).
+        simulated: the simulated best ratio, its throughput, paired comparisons with its
+            neighbours and the ratios within 2 standard errors.
+        table: one row per ratio: ``ratio``, ``mean_field``, ``barrier``, ``simulated``,
+            ``stderr``, relative errors and idle fractions.
+        errors: the worst relative error of each model and the throughput lost by following it.
+        idle_crossing: the ratio where the Attention and FFN idle fractions cross (``None``: none).
+    """
 
     settings: dict
     theta: float
@@ -165,21 +195,39 @@ def provision(
 ) -> ProvisionReport:
     """Answer "which r?" three ways and compare them.
 
-    Runs :func:`~afdjax.simulate` over ``ratios`` (default :func:`default_ratio_range`)
+    Runs [`simulate`][afdjax.simulate] over ``ratios`` (default [`default_ratio_range`][afdjax.default_ratio_range])
     and evaluates the mean-field and barrier models at the same ratios.
 
     With ``micro_batches=m`` the simulation runs the micro-batch pipeline and the theory
-    curves follow it: the mean-field curve is :func:`~afdjax.pipeline_throughput` (the
+    curves follow it: the mean-field curve is [`pipeline_throughput`][afdjax.pipeline_throughput] (the
     pipeline period at mean loads) and the barrier curve
-    :func:`~afdjax.pipeline_barrier_throughput`, an *approximation* (per-micro-batch
+    [`pipeline_barrier_throughput`][afdjax.pipeline_barrier_throughput], an *approximation* (per-micro-batch
     attention time replaced by the Gaussian expected maximum over ``r`` instances). Their
     integer recommendations are the argmax of these curves over ``1..max(ratios)``; the
     reported ``r_star`` stays the paper's idealised closed form, and
     ``mean_field["r_star_pipeline"]`` is the continuous argmax of the pipeline mean-field
     curve (1/64 grid, at most ``max(ratios)``). ``step_model=`` (a
-    :class:`~afdjax.StepModel`) is the general spelling: its closed forms give the curves.
+    [`StepModel`][afdjax.StepModel]) is the general spelling: its closed forms give the curves.
 
-    **Returns:** a :class:`ProvisionReport` (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
+    Arguments:
+        key: a JAX PRNG key (``jax.random.key(seed)``).
+        workload: the [`Workload`][afdjax.Workload].
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units).
+        batch_size: slots ``B`` per Attention instance.
+        ratios: the integer ratios simulated (default [`default_ratio_range`][afdjax.default_ratio_range]).
+        num_steps: measured steps per replica (default 4000).
+        num_replicas: independent replicas (default 16).
+        settings: extra entries for the report's ``settings`` (what the command line was given).
+        micro_batches: ``None`` (the paper's idealised step) or ``m``, the micro-batch pipeline.
+        step_model: a [`StepModel`][afdjax.StepModel], the general spelling of ``micro_batches``.
+        **simulate_kwargs: further keyword arguments of [`simulate`][afdjax.simulate].
+
+    Returns:
+        a [`ProvisionReport`][afdjax.ProvisionReport] (``.format_text()``, ``.to_dict()``, ``.plot(path)``).
+
+    Examples:
+        >>> report = afdjax.provision(jax.random.key(0), workload, latency, 256)  # doctest: +SKIP
+        >>> print(report.format_text())  # what `afdjax provision` prints  # doctest: +SKIP
     """
     if ratios is None:
         ratios = default_ratio_range(workload, latency, batch_size)

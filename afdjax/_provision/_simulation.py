@@ -1,8 +1,9 @@
 """The report of one simulation run: what ``afdjax simulate`` prints, reachable from Python.
 
-:func:`simulation_report` takes a :class:`~afdjax.SimulationResult` and decides what the
+[`simulation_report`][afdjax.simulation_report] takes a [`SimulationResult`][afdjax.SimulationResult] and decides what
+the
 command reports: the best ratio, the ratios within 2 paired standard errors of it (the
-same definition as :func:`afdjax.provision`, see ``_compare``), the workload's
+same definition as [`provision`][afdjax.provision], see ``_compare``), the workload's
 stationary moments, the run's settings and warnings. ``to_dict()`` is the JSON of
 ``afdjax simulate --json``; ``format_text()`` its table.
 """
@@ -21,19 +22,21 @@ from ._compare import range_warnings, ratios_within_2_stderr, replica_warnings
 
 @dataclasses.dataclass
 class SimulationReport:
-    """What ``afdjax simulate`` reports about one :func:`afdjax.simulate` run.
+    """What ``afdjax simulate`` reports about one [`simulate`][afdjax.simulate] run.
 
-    - ``result``: the :class:`~afdjax.SimulationResult`.
-    - ``settings``: the run's settings (workload and hardware as given, coefficients,
-      ``batch_size``, ``steps``, ``replicas``, ``seed``, ...).
-    - ``theta``: stationary mean KV tokens per slot (tokens); ``slot_std``: their
-      standard deviation (tokens).
-    - ``best_index``: index into ``result.ratios`` of the highest simulated throughput per
-      instance.
-    - ``within_2_stderr``: the ratios within 2 paired standard errors of the best (best
-      included; see :func:`afdjax.ratios_within_2_stderr`).
-    - ``warnings``: sentences on what limits the answer (the best ratio at the top or
-      the bottom of the range simulated, no standard errors with one replica).
+    Attributes:
+        result: the [`SimulationResult`][afdjax.SimulationResult].
+        settings: the run's settings (workload and hardware as given, coefficients,
+            ``batch_size``, ``steps``, ``replicas``, ``seed``, ...).
+        theta: stationary mean KV tokens per slot (tokens).
+        slot_std: their standard deviation (tokens).
+        best_index: index into ``result.ratios`` of the highest simulated throughput per
+            instance.
+        within_2_stderr: the ratios within 2 paired standard errors of the best (best
+            included; see [`ratios_within_2_stderr`][afdjax.ratios_within_2_stderr]).
+        warnings: sentences on what limits the answer (the best ratio at the top or
+            the bottom of the range simulated, no standard errors with one replica).
+
     """
 
     result: SimulationResult
@@ -56,11 +59,11 @@ class SimulationReport:
 
     @property
     def best_stderr(self) -> float:
-        """Standard error of :attr:`best_throughput` (NaN with one replica)."""
+        """Standard error of ``best_throughput`` (NaN with one replica)."""
         return float(np.asarray(self.result.stderr)[self.best_index])
 
     def to_dict(self) -> dict:
-        """The JSON of ``afdjax simulate --json``: :meth:`SimulationResult.to_dict` plus
+        """The JSON of ``afdjax simulate --json``: [`to_dict`][afdjax.SimulationResult.to_dict] plus
         ``best_ratio_throughput``, ``best_ratio_stderr``, ``ratios_within_2_stderr_of_best``,
         ``theta_tokens``, ``slot_std_tokens``, ``settings`` (non-finite numbers: None) and,
         when there are any, ``warnings``."""
@@ -99,17 +102,18 @@ def simulation_report(
 ) -> SimulationReport:
     """The report of a simulation (what ``afdjax simulate`` prints and its ``--json``).
 
-    **Arguments:**
+    Arguments:
+        result: a [`SimulationResult`][afdjax.SimulationResult] of [`simulate`][afdjax.simulate].
+        workload: the [`Workload`][afdjax.Workload] and
+            [`LatencyModel`][afdjax.LatencyModel] it simulated (for the stationary moments and the
+            coefficients in the settings).
+        latency: see ``workload``.
+        settings: extra or overriding settings to record (e.g. the spec strings
+            ``workload=``/``hardware=``, ``seed=``, ``start=``, ``warmup_steps=``); by default
+            the workload's description, ``hardware="custom"`` and the run's sizes.
 
-    - ``result``: a :class:`~afdjax.SimulationResult` of :func:`afdjax.simulate`.
-    - ``workload``, ``latency``: the :class:`~afdjax.Workload` and
-      :class:`~afdjax.LatencyModel` it simulated (for the stationary moments and the
-      coefficients in the settings).
-    - ``settings``: extra or overriding settings to record (e.g. the spec strings
-      ``workload=``/``hardware=``, ``seed=``, ``start=``, ``warmup_steps=``); by default
-      the workload's description, ``hardware="custom"`` and the run's sizes.
-
-    **Returns:** a :class:`SimulationReport` (``to_dict()``, ``format_text()``, ``plot(path)``).
+    Returns:
+        a [`SimulationReport`][afdjax.SimulationReport] (``to_dict()``, ``format_text()``, ``plot(path)``).
     """
     if not isinstance(result, SimulationResult):
         raise ValueError(f"result={type(result).__name__} is invalid: expected an afdjax SimulationResult")

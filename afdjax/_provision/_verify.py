@@ -107,8 +107,8 @@ def run_verification(
     PNG plots to ``out_dir``; return the summary dict (with the Markdown under ``"markdown"``).
 
     ``micro_batches=m`` simulates the micro-batch pipeline and compares it with the
-    pipeline theory curves (see :func:`~afdjax.provision`); ``None`` is the paper's
-    idealised step; ``step_model`` (a :class:`~afdjax.StepModel`) is the general spelling."""
+    pipeline theory curves (see [`provision`][afdjax.provision]); ``None`` is the paper's
+    idealised step; ``step_model`` (a [`StepModel`][afdjax.StepModel]) is the general spelling."""
     model = as_step_model(step_model, micro_batches)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

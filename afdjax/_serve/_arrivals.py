@@ -60,7 +60,11 @@ class PoissonArrivals(Arrivals):
 
 class GammaArrivals(Arrivals):
     """A gamma renewal process: gaps gamma-distributed with mean 1 and coefficient of
-    variation ``cv`` (``cv > 1`` bursty, ``cv < 1`` regular; ``cv`` an array leaf)."""
+    variation ``cv`` (``cv > 1`` bursty, ``cv < 1`` regular; ``cv`` an array leaf).
+
+    Arguments:
+        cv: the coefficient of variation of the gaps, ``> 0`` (1 is Poisson).
+    """
 
     cv: jax.Array
 
@@ -87,8 +91,14 @@ class GammaArrivals(Arrivals):
 class TraceArrivals(Arrivals):
     """A trace replayed: its gaps (normalised to mean 1) in order, from a random row per
     replica, and with ``prefill_tokens``/``decode_steps`` its rows' lengths in the same
-    order. Build it with :func:`load_arrival_trace` or from arrays of timestamps (any
-    unit; only ratios of gaps matter, the rate sets the scale)."""
+    order. Build it with [`load_arrival_trace`][afdjax.load_arrival_trace] or from arrays of timestamps (any
+    unit; only ratios of gaps matter, the rate sets the scale).
+
+    Arguments:
+        timestamps: ``(n,)`` arrival times of the trace's rows (any unit).
+        prefill_tokens: ``(n,)`` prompt tokens of the rows, or ``None`` (lengths from the workload).
+        decode_steps: ``(n,)`` decode steps of the rows, or ``None``.
+    """
 
     gaps: jax.Array
     prefill_tokens: jax.Array | None
@@ -213,9 +223,18 @@ def read_arrival_times(path, time_column: str | None = None) -> np.ndarray:
 
 
 def load_arrival_trace(path, *, time_column: str | None = None, tokens_per_step: int = 1) -> TraceArrivals:
-    """A :class:`TraceArrivals` replaying a request trace: its timestamps and its rows'
-    prefill and decode lengths in order (see :func:`afdjax.load_trace` for the columns and
-    ``tokens_per_step``). Rows are sorted by time (stable) when the file is not."""
+    """A [`TraceArrivals`][afdjax.TraceArrivals] replaying a request trace: its timestamps and its rows'
+    prefill and decode lengths in order (see [`load_trace`][afdjax.load_trace] for the columns and
+    ``tokens_per_step``). Rows are sorted by time (stable) when the file is not.
+
+    Arguments:
+        path: a trace file or a bundled name (Azure ``TIMESTAMP``, Mooncake ``timestamp``).
+        time_column: the timestamp column (default: the Azure or Mooncake name).
+        tokens_per_step: output tokens per decode step (default 1).
+
+    Returns:
+        a [`TraceArrivals`][afdjax.TraceArrivals].
+    """
     from .._data import read_trace
 
     tokens_per_step = check_int("tokens_per_step", tokens_per_step, 1)

@@ -32,7 +32,18 @@ from ._serve import as_arrivals, request_workload, serve
 
 @dataclasses.dataclass(frozen=True)
 class CapacityResult:
-    """Per ratio (lists in the order of ``ratios``); rates per Attention instance."""
+    """Per ratio (lists in the order of ``ratios``); rates per Attention instance.
+
+    Attributes:
+        ratios: the A/F ratios.
+        saturated_throughput_per_instance: throughput per instance of the saturated bundle.
+        saturated_stderr: its standard error.
+        throughput_at_capacity: throughput per instance at ``capacity_rate``.
+        goodput_at_capacity: goodput per instance at ``capacity_rate``.
+        tpot_p99_at_capacity: TPOT p99 at ``capacity_rate`` (time units).
+        ttft_p99_at_capacity: TTFT p99 at ``capacity_rate`` (time units).
+        settings: the inputs.
+    """
 
     ratios: list
     capacity_rate: list
@@ -96,9 +107,28 @@ def capacity(
     **serve_kwargs,
 ) -> CapacityResult:
     """The largest arrival rate per Attention instance each ratio sustains under the targets
-    (see the module docstring). ``serve_kwargs`` go to :func:`afdjax.serve` (``arrivals``,
+    (see the module docstring). ``serve_kwargs`` go to [`serve`][afdjax.serve] (``arrivals``,
     ``prefill_alpha``, ``prefill_beta``, ``policy``, ...). Rates on the grid are fractions
-    ``(k + 1) / grid_points`` of 1.05 ``X_sat``, then ``refinements`` finer grids."""
+    ``(k + 1) / grid_points`` of 1.05 ``X_sat``, then ``refinements`` finer grids.
+
+    Arguments:
+        key: a JAX PRNG key (common random numbers across ratios and rates).
+        workload: the [`Workload`][afdjax.Workload] of the requests.
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (time unit of every result).
+        batch_size: slots ``B`` per Attention instance.
+        ratios: the A/F ratios (distinct integers ``>= 1``).
+        slo_tpot: the TPOT p99 target (time units; ``None``: none).
+        slo_ttft: the TTFT p99 target (time units; ``None``: none).
+        num_steps: measured steps per simulation.
+        num_replicas: replicas per simulation.
+        grid_points: rates on the first grid.
+        refinements: finer grids after the first.
+        kv_capacity: KV tokens per Attention instance (``None``: unlimited).
+        **serve_kwargs: keyword arguments of [`serve`][afdjax.serve].
+
+    Returns:
+        a [`CapacityResult`][afdjax.CapacityResult].
+    """
     grid_points = check_int("grid_points", grid_points, 2, 256)
     refinements = check_int("refinements", refinements, 0, 8)
     if slo_tpot is not None:
@@ -206,7 +236,19 @@ def capacity(
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The answer to "how many bundles, at which ratio" for a total arrival rate."""
+    """The answer to "how many bundles, at which ratio" for a total arrival rate.
+
+    Attributes:
+        total_rate: the total arrival rate planned for (requests per time unit).
+        ratios: the ratios considered.
+        instances: instances each ratio needs (``None`` where its capacity is 0).
+        cost: the cost of each ratio's plan.
+        best_ratio: the cheapest ratio (``None``: none sustains the rate).
+        best_bundles: its bundles.
+        best_instances: its instances.
+        best_cost: its cost.
+        objective: ``"instances"`` or ``"cost"``.
+    """
 
     total_rate: float
     ratios: list
@@ -228,9 +270,19 @@ class Plan:
 
 def plan(cap: CapacityResult, total_rate: float, *, price_attention: float = 1.0, price_ffn: float = 1.0) -> Plan:
     """Bundles and ratio for ``total_rate`` requests per time unit in all, from a
-    :func:`capacity` answer: ``ceil(total_rate / (r X*))`` bundles of ``r + 1`` instances;
+    [`capacity`][afdjax.capacity] answer: ``ceil(total_rate / (r X*))`` bundles of ``r + 1`` instances;
     the best minimises the cost ``bundles (r price_attention + price_ffn)`` (with the default
-    prices of 1: the instances), ties to the smaller ratio."""
+    prices of 1: the instances), ties to the smaller ratio.
+
+    Arguments:
+        cap: a [`CapacityResult`][afdjax.CapacityResult].
+        total_rate: requests per time unit in all, ``> 0``.
+        price_attention: the price of one Attention instance (default 1).
+        price_ffn: the price of one FFN instance (default 1).
+
+    Returns:
+        a [`Plan`][afdjax.Plan].
+    """
     total_rate = check_number("total_rate", total_rate, minimum=0.0)
     price_attention = check_number("price_attention", price_attention, minimum=0.0, strict=False)
     price_ffn = check_number("price_ffn", price_ffn, minimum=0.0, strict=False)

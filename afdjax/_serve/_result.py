@@ -33,6 +33,25 @@ class ServeResult(eqx.Module):
     When ``saturated`` is True the queue grows without bound at that rate: throughput is
     then the bundle's saturated throughput, and the latency figures only describe the
     finite run (they grow with its length), not a steady state.
+
+    Attributes:
+        stderr: standard error of ``throughput_per_instance``.
+        goodput_stderr: of ``goodput_per_instance``.
+        tpot_mean_stderr: of ``tpot_mean``.
+        tpot_quantile_stderr: of ``tpot_quantiles``.
+        ttft_mean_stderr: of ``ttft_mean``.
+        ttft_quantiles: ``(ratios, rates, levels)`` quantiles of TTFT over requests.
+        ttft_quantile_stderr: of ``ttft_quantiles``.
+        mean_queue_length_stderr: of ``mean_queue_length``.
+        mean_in_system_stderr: of ``mean_in_system``.
+        mean_sojourn_time_stderr: of ``mean_sojourn_time``.
+        utilisation_ffn: busy fraction of the FFN.
+        utilisation_comm: busy fraction of the links.
+        quantile_levels: the quantile levels (static).
+        batch_size: slots per Attention instance (static).
+        num_steps: measured steps (static).
+        num_replicas: replicas (static).
+        settings: the inputs (static).
     """
 
     ratios: np.ndarray
@@ -56,7 +75,7 @@ class ServeResult(eqx.Module):
     """Mean over requests of the mean step time over their decode steps."""
     tpot_mean_stderr: jax.Array
     tpot_quantiles: jax.Array
-    """``(ratios, rates, levels)`` quantiles of TPOT over requests (levels :attr:`quantile_levels`),
+    """``(ratios, rates, levels)`` quantiles of TPOT over requests (levels ``quantile_levels``),
     from a log-spaced histogram of ``num_bins`` bins over ``[c / 1e3, 1e3 c]`` (``c`` the
     full-batch step time; TTFT over ``[c / 1e3, 1e7 c]``): resolution one bin, 0.34 % (TTFT
     0.56 %) with 4096 bins; standard errors by the jackknife over replicas."""

@@ -232,42 +232,47 @@ def serve(
     (default: the most free slots, ties to the smaller KV load, then the lower index);
     with ``kv_capacity`` only where its prefill fits (head-of-line waiting, no
     preemption). The step is the paper's barrier with the occupied slots' loads
-    (:func:`afdjax._serve._kernel.step_time`); an empty bundle idles until the next
-    arrival. See :mod:`afdjax._serve._kernel` for the exact process.
+    (``_serve._kernel.step_time``); an empty bundle idles until the next
+    arrival. See ``afdjax._serve._kernel`` for the exact process.
 
-    **Arguments:**
+    Arguments:
+        key: a JAX PRNG key. Request ``n`` of a replica has the same lengths and unit
+            gap whatever the ratio and the rate (common random numbers).
+        workload: request lengths, or ``None`` with a trace replay carrying lengths.
+        latency: a [`LatencyModel`][afdjax.LatencyModel] (time unit of every result).
+        batch_size: slots per Attention instance ``B``.
+        ratios: A/F ratios ``r`` (distinct integers >= 1).
+        arrival_rates: ``X``, requests per time unit per Attention instance (> 0).
+        num_steps: measured steps per bundle and replica (after ``warmup_steps``).
+        num_replicas: independent replicas (standard errors need 2).
+        arrivals: ``"poisson"`` (default), ``"gamma:cv=C"``, a [`GammaArrivals`][afdjax.GammaArrivals],
+            or a [`TraceArrivals`][afdjax.TraceArrivals] ([`load_arrival_trace`][afdjax.load_arrival_trace]: the
+            trace's gaps scaled to
+            the rate, replayed from a random row per replica).
+        kv_capacity: KV tokens per Attention instance (``None``: unlimited). A request
+            is admitted only where ``load + P <= kv_capacity``; one with ``P > kv_capacity``
+            is refused (``ServeResult.rejected``). Loads may grow past it while decoding.
+        prefill_alpha: TTFT = queue wait + ``prefill_alpha P +
+            prefill_beta`` (prefill runs elsewhere; time units per token and time units).
+        prefill_beta: see ``prefill_alpha``.
+        slo_ttft: targets for the goodput (``None``: no target), > 0.
+        slo_tpot: see ``slo_ttft``.
+        policy: one of ``POLICIES``.
+        warmup_steps: steps before measuring (the bundle starts empty); default
+            ``default_warmup``.
+        queue_capacity: requests the queue holds (ring buffer); reaching it flags the
+            rate saturated.
+        max_admissions: admissions per step in the loop (default from the workload; a run
+            that needs more is repeated with twice as many, same numbers).
+        chunk_steps: buffer sizes (never change the numbers).
+        replica_batch_size: see ``chunk_steps``.
+        num_bins: bins of the TPOT and TTFT histograms (quantile resolution).
+        step_model: ``None`` or [`Barrier`][afdjax.Barrier] (the pipeline is not supported).
+        progress: a progress bar over replica blocks (tqdm, stderr).
 
-    - ``key``: a JAX PRNG key. Request ``n`` of a replica has the same lengths and unit
-      gap whatever the ratio and the rate (common random numbers).
-    - ``workload``: request lengths, or ``None`` with a trace replay carrying lengths.
-    - ``latency``: a :class:`~afdjax.LatencyModel` (time unit of every result).
-    - ``batch_size``: slots per Attention instance ``B``.
-    - ``ratios``: A/F ratios ``r`` (distinct integers >= 1).
-    - ``arrival_rates``: ``X``, requests per time unit per Attention instance (> 0).
-    - ``num_steps``: measured steps per bundle and replica (after ``warmup_steps``).
-    - ``num_replicas``: independent replicas (standard errors need 2).
-    - ``arrivals``: ``"poisson"`` (default), ``"gamma:cv=C"``, a :class:`GammaArrivals`,
-      or a :class:`TraceArrivals` (:func:`load_arrival_trace`: the trace's gaps scaled to
-      the rate, replayed from a random row per replica).
-    - ``kv_capacity``: KV tokens per Attention instance (``None``: unlimited). A request
-      is admitted only where ``load + P <= kv_capacity``; one with ``P > kv_capacity``
-      is refused (``ServeResult.rejected``). Loads may grow past it while decoding.
-    - ``prefill_alpha``, ``prefill_beta``: TTFT = queue wait + ``prefill_alpha P +
-      prefill_beta`` (prefill runs elsewhere; time units per token and time units).
-    - ``slo_ttft``, ``slo_tpot``: targets for the goodput (``None``: no target), > 0.
-    - ``policy``: one of :data:`POLICIES`.
-    - ``warmup_steps``: steps before measuring (the bundle starts empty); default
-      :func:`default_warmup`.
-    - ``queue_capacity``: requests the queue holds (ring buffer); reaching it flags the
-      rate saturated. ``max_admissions``: admissions per step in the loop (default from
-      the workload; a run that needs more is repeated with twice as many, same numbers).
-    - ``chunk_steps``, ``replica_batch_size``: buffer sizes (never change the numbers).
-    - ``num_bins``: bins of the TPOT and TTFT histograms (quantile resolution).
-    - ``step_model``: ``None`` or :class:`~afdjax.Barrier` (the pipeline is not supported).
-    - ``progress``: a progress bar over replica blocks (tqdm, stderr).
-
-    **Returns:** a :class:`ServeResult` (arrays ``(len(ratios), len(arrival_rates))``).
-    One compilation per shape: new rates, coefficients or ``cv`` reuse it.
+    Returns:
+        a [`ServeResult`][afdjax.ServeResult] (arrays ``(len(ratios), len(arrival_rates))``).
+        One compilation per shape: new rates, coefficients or ``cv`` reuse it.
     """
     arrivals = as_arrivals(arrivals)
     req = request_workload(workload, arrivals)

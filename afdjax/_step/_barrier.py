@@ -54,10 +54,15 @@ class Barrier(StepModel):
 
     With random stage times (``latency.noise`` or ``latency.routing``) the barrier is per
     layer: ``tau = sum_l max(max_{j<r} t_A,j a_jl, t_C c_l, t_C' c'_l, t_F,l f_l) / L``
-    (:mod:`afdjax._step._stage_times`), simulated with ``K = min(L, stage_layers)``
+    (``afdjax._step._stage_times``), simulated with ``K = min(L, stage_layers)``
     sampled layers (mean exact, per-step spread overstated by up to ``sqrt(L / K)``).
 
-    **Arguments:** ``stage_layers``: ``K_MAX``, an integer >= 1 (default 16; static).
+    Arguments:
+        stage_layers: ``K_MAX``, an integer >= 1 (default 16; static): the most layers sampled per step.
+
+    Examples:
+        >>> afdjax.Barrier().default_warmup_steps()
+        0
     """
 
     stage_layers: int = eqx.field(static=True, default=STAGE_LAYERS)

@@ -10,7 +10,7 @@ attention: a barrier across the ranks at each layer.
 In the engine the *ratio* axis is the number of ranks: the system with "ratio" ``N`` is
 the first ``N`` simulated instances (common random numbers, as for the AFD ratios).
 
-Stage times, per rank and per layer (the unit of the :class:`~afdjax.LatencyModel`, whose
+Stage times, per rank and per layer (the unit of the [`LatencyModel`][afdjax.LatencyModel], whose
 coefficients describe one AFD Attention instance of ``n_A = attention_devices`` devices
 and one FFN instance of ``n_F = ffn_devices`` devices; the co-located rank reuses them):
 
@@ -43,9 +43,9 @@ Closed forms: the mean field (every load at its stationary mean ``B_g theta``) a
 Gaussian barrier ``E[max_j t_A] = mu_A + s E[M_N]`` (``M_N`` the maximum of ``N``
 standard normals), exact in expectation under the Gaussian load for one batch; with
 overlap ``max(E[compute], communication)`` (Jensen: a lower bound of ``E[tau]``).
-:meth:`Colocated.throughput` follows the engine's convention ``N B / ((N + 1) tau)``
+[`throughput`][afdjax.Colocated.throughput] follows the engine's convention ``N B / ((N + 1) tau)``
 (so the closed forms and ``simulate`` compare cell by cell); the co-located figure of
-merit is :func:`colocated_throughput_per_device`, ``B / (n_A tau)``.
+merit is ``colocated_throughput_per_device``, ``B / (n_A tau)``.
 """
 
 from __future__ import annotations
@@ -106,17 +106,16 @@ class Colocated(StepModel):
     own ``B`` slots and a ``1/N`` share of the FFN, an all-to-all dispatch and combine per
     layer, a barrier across the ranks (see the module docstring for the stage times).
 
-    **Arguments:**
+    Arguments:
+        ffn_devices: devices ``n_F`` of the FFN instance that the latency model's
+            ``alpha_f``, ``beta_f`` describe (``HardwareDerivation.ffn_devices``; 1 when the
+            coefficients are per device).
+        attention_devices: devices ``n_A`` per rank (one Attention instance,
+            ``HardwareDerivation.attention_devices``; default 1).
+        overlap: two-batch overlap (communication hidden under the other micro-batch's
+            computation; fixed costs paid per micro-batch). Default ``False``.
 
-    - ``ffn_devices``: devices ``n_F`` of the FFN instance that the latency model's
-      ``alpha_f``, ``beta_f`` describe (``HardwareDerivation.ffn_devices``; 1 when the
-      coefficients are per device).
-    - ``attention_devices``: devices ``n_A`` per rank (one Attention instance,
-      ``HardwareDerivation.attention_devices``; default 1).
-    - ``overlap``: two-batch overlap (communication hidden under the other micro-batch's
-      computation; fixed costs paid per micro-batch). Default ``False``.
-
-    In :func:`afdjax.simulate` the ratios are the numbers of ranks ``N``; the result's
+    In [`simulate`][afdjax.simulate] the ratios are the numbers of ranks ``N``; the result's
     ``throughput_per_instance`` is ``N B / ((N + 1) E[tau])`` as for AFD, so the
     co-located throughput per device is ``throughput_per_instance (N + 1) / (N n_A)``.
     """

@@ -1,21 +1,21 @@
 """The step model: how one decode step's time follows from the Attention loads.
 
-A :class:`StepModel` is one answer to "how long does a step take?". It carries both
+A [`StepModel`][afdjax.StepModel] is one answer to "how long does a step take?". It carries both
 sides of afdjax:
 
-* **engine timing** (used by :func:`afdjax.simulate` and the sweep): how slots are
-  grouped (:meth:`StepModel.slot_groups`), the per-ratio constants of a run
-  (:meth:`StepModel.constants`, computed once per configuration, outside the replica
-  loop), the state carried from step to step (:meth:`StepModel.initial_state`), the step
-  times of a chunk of steps for every ratio at once (:meth:`StepModel.step_times`), the
-  default warm-up (:meth:`StepModel.default_warmup_steps`) and the extra working memory
-  per replica (:meth:`StepModel.replica_bytes`);
+* **engine timing** (used by [`simulate`][afdjax.simulate] and the sweep): how slots are
+  grouped ([`slot_groups`][afdjax.StepModel.slot_groups]), the per-ratio constants of a run
+  ([`constants`][afdjax.StepModel.constants], computed once per configuration, outside the replica
+  loop), the state carried from step to step ([`initial_state`][afdjax.StepModel.initial_state]), the step
+  times of a chunk of steps for every ratio at once ([`step_times`][afdjax.StepModel.step_times]), the
+  default warm-up ([`default_warmup_steps`][afdjax.StepModel.default_warmup_steps]) and the extra working memory
+  per replica ([`replica_bytes`][afdjax.StepModel.replica_bytes]);
 * **closed forms** (used by ``provision``, ``verify`` and the constraints): the
   mean-field cycle time and throughput, the Gaussian barrier (or its analogue) and the
   integer and continuous optima, and a one-line description.
 
-The implementations are final: :class:`~afdjax.Barrier` (the paper's idealised step) and
-:class:`~afdjax.Pipeline` (the micro-batch pipeline). A new step model is a new subclass;
+The implementations are final: [`Barrier`][afdjax.Barrier] (the paper's idealised step) and
+[`Pipeline`][afdjax.Pipeline] (the micro-batch pipeline). A new step model is a new subclass;
 no caller branches on the kind of step.
 """
 
@@ -117,8 +117,8 @@ class StepModel(eqx.Module):
         stage times are deterministic given the loads (``latency.stochastic`` false; the
         engine then never passes it), else ``(k1, k2)``, ``(L,)`` uint32 each, the
         counter key of each step for the random stage factors
-        (:func:`afdjax._stage.stage_normals`; common across ratios). A model that cannot
-        time random stages raises ``ValueError`` in :meth:`constants`.
+        (``_stage.stage_normals``; common across ratios). A model that cannot
+        time random stages raises ``ValueError`` in ``constants``.
         Returns ``(state, StepTimes)``.
         """
 
@@ -137,7 +137,7 @@ class StepModel(eqx.Module):
 
     @abc.abstractmethod
     def barrier_throughput(self, workload, latency, batch_size, ratio) -> jax.Array:
-        """Throughput per instance at :meth:`barrier_cycle_time`."""
+        """Throughput per instance at [`barrier_cycle_time`][afdjax.barrier_cycle_time]."""
 
     @abc.abstractmethod
     def ratio_optima(self, workload, latency, batch_size, max_ratio: int) -> dict:

@@ -70,8 +70,20 @@ _UNROLL_MAX = 32  # prefix ops along the micro-batch axis are unrolled up to thi
 
 
 def micro_batch_sizes(batch_size: int, micro_batches: int) -> np.ndarray:
-    """``(m,)`` int: slots per micro-batch, ``B_g = ceil((B - g) / m)`` (slot ``s`` is in
-    group ``s % m``); they sum to ``B`` and differ by at most one."""
+    """Slots per micro-batch, ``B_g = ceil((B - g) / m)`` (slot ``s`` is in
+    group ``s % m``); they sum to ``B`` and differ by at most one.
+
+    Arguments:
+        batch_size: slots ``B`` per Attention instance, an integer ``>= 1``.
+        micro_batches: ``m``, an integer in ``[1, B]``.
+
+    Returns:
+        ``(m,)`` int NumPy array of slots per micro-batch.
+
+    Examples:
+        >>> afdjax.micro_batch_sizes(256, 3).tolist()
+        [86, 85, 85]
+    """
     check_batch_size(batch_size)
     B, m = int(batch_size), int(micro_batches)
     return np.array([(B - g + m - 1) // m for g in range(m)], dtype=np.int64)
@@ -142,6 +154,11 @@ class PipelineEvents(eqx.Module):
 
     Shapes for ``K`` steps, ``J`` instances, ``m`` micro-batches (plus any leading batch
     dimensions of the inputs after the step axis).
+
+    Attributes:
+        a2f_end: ``(K, ..., m)``: end of the A->F transfer.
+        ffn_end: ``(K, ..., m)``: end of the FFN pass.
+        f2a_end: ``(K, ..., m)``: end of the F->A transfer (the micro-batch is back).
     """
 
     attention_start: jax.Array
@@ -168,18 +185,18 @@ class PipelineEvents(eqx.Module):
 def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, instance_mask=None, back_time=None):
     """Advance the pipeline by one decode step (all ``m`` micro-batches).
 
-    **Arguments:**
+    Arguments:
+        state: a [`PipelineState`][afdjax.PipelineState] (batch shape ``...``).
+        attention_time: ``(..., J, m)`` attention time of micro-batch ``g`` on instance ``j``.
+        comm_time: ``(..., m)`` time of one transfer (A->F, and again F->A).
+        ffn_time: ``(..., m)`` FFN time of each aggregated micro-batch.
+        instance_mask: optional ``(..., J)`` bool; instances with ``False`` take no part
+            (their attention does not gate the A->F transfer).
+        back_time: optional ``(..., m)`` time of the F->A transfer (default ``comm_time``).
 
-    - ``state``: a :class:`PipelineState` (batch shape ``...``).
-    - ``attention_time``: ``(..., J, m)`` attention time of micro-batch ``g`` on instance ``j``.
-    - ``comm_time``: ``(..., m)`` time of one transfer (A->F, and again F->A).
-    - ``ffn_time``: ``(..., m)`` FFN time of each aggregated micro-batch.
-    - ``instance_mask``: optional ``(..., J)`` bool; instances with ``False`` take no part
-      (their attention does not gate the A->F transfer).
-    - ``back_time``: optional ``(..., m)`` time of the F->A transfer (default ``comm_time``).
-
-    **Returns:** ``(new_state, events)``, ``events`` a :class:`PipelineEvents` without the
-    step axis. Inputs broadcast against each other and the state.
+    Returns:
+        ``(new_state, events)``, ``events`` a [`PipelineEvents`][afdjax.PipelineEvents] without the
+        step axis. Inputs broadcast against each other and the state.
     """
     attention_time = jnp.asarray(attention_time)
     a_start, a_end = _fifo(state.attention_free, state.f2a_end[..., None, :], attention_time)
@@ -204,18 +221,20 @@ def pipeline_advance(state: PipelineState, attention_time, comm_time, ffn_time, 
 def pipeline_event_times(attention_time, comm_time, ffn_time, instance_mask=None) -> PipelineEvents:
     """Every event time of the micro-batch pipeline over ``K`` decode steps, from time 0.
 
-    **Arguments:** (time units; pure, jit-able and differentiable in every input)
+    Pure, jit-able and differentiable in every input; all times in time units.
 
-    - ``attention_time``: ``(K, J, m)`` attention time of micro-batch ``g`` on instance
-      ``j`` at step ``k`` (``alpha_a T_{j,g}(k) + beta_a``).
-    - ``comm_time``: ``(m,)`` or ``(K, m)``: one A->F (and one F->A) transfer.
-    - ``ffn_time``: ``(m,)`` or ``(K, m)``: the FFN pass of each micro-batch.
-    - ``instance_mask``: optional ``(J,)`` bool of the instances taking part.
+    Arguments:
+        attention_time: ``(K, J, m)`` attention time of micro-batch ``g`` on instance
+            ``j`` at step ``k`` (``alpha_a T_{j,g}(k) + beta_a``).
+        comm_time: ``(m,)`` or ``(K, m)``: one A->F (and one F->A) transfer.
+        ffn_time: ``(m,)`` or ``(K, m)``: the FFN pass of each micro-batch.
+        instance_mask: optional ``(J,)`` bool of the instances taking part.
 
-    **Returns:** a :class:`PipelineEvents` with arrays ``(K, J, m)`` and ``(K, m)``.
+    Returns:
+        a [`PipelineEvents`][afdjax.PipelineEvents] with arrays ``(K, J, m)`` and ``(K, m)``.
 
-    Times are absolute (from 0); for long float32 runs use :func:`pipeline_advance` and
-    re-base the state every step, as :func:`afdjax.simulate` does.
+    Times are absolute (from 0); for long float32 runs use [`pipeline_advance`][afdjax.pipeline_advance] and
+    re-base the state every step, as [`simulate`][afdjax.simulate] does.
     """
     attention_time = jnp.asarray(attention_time)
     if attention_time.ndim != 3:
@@ -240,14 +259,35 @@ def pipeline_cycle_time(workload: Workload, latency: LatencyModel, batch_size, r
     Per-micro-batch stage times at the stationary mean load with ``B / m`` slots per
     micro-batch (exact when ``m`` divides ``B``): ``t_A = alpha_a (B/m) theta + beta_a``,
     ``t_C = t_C(r, B/m)``, ``t_F = alpha_f r B / m + beta_f``; then
-    :func:`pipeline_period`. Differentiable in every coefficient, the workload and a real
+    [`pipeline_period`][afdjax.pipeline_period]. Differentiable in every coefficient, the workload and a real
     ``ratio``; ``micro_batches`` may be a real number too (a relaxation).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        the mean-field period (time units per decode step), a scalar array.
     """
     return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier=False)
 
 
 def pipeline_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches) -> jax.Array:
-    """Mean-field throughput per instance ``r B / ((r + 1) period)`` of the pipeline."""
+    """Mean-field throughput per instance ``r B / ((r + 1) period)`` of the pipeline.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+    """
     ratio = _float(ratio)
     return _per_instance(ratio, batch_size, pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches))
 
@@ -261,10 +301,20 @@ def pipeline_barrier_cycle_time(
     attention time is replaced by the Gaussian expected maximum over ``r`` instances,
     ``mu_g + s_g E[M_r]`` with ``mu_g = alpha_a (B/m) theta + beta_a`` and
     ``s_g = alpha_a sqrt(B/m) sigma`` (``M_r`` the max of ``r`` standard normals, defined
-    for real ``r``), and put into :func:`pipeline_period`. It ignores that the ``m``
+    for real ``r``), and put into [`pipeline_period`][afdjax.pipeline_period]. It ignores that the ``m``
     micro-batches of an instance share its load fluctuations, that queues absorb part of
     the variation, and the max over resources inside the expectation. For ``m = 1`` it is
     the sequential sum with the expected-max attention time.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        the approximate period (time units per decode step), a scalar array.
     """
     return stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches)
 
@@ -272,7 +322,19 @@ def pipeline_barrier_cycle_time(
 def pipeline_barrier_throughput(
     workload: Workload, latency: LatencyModel, batch_size, ratio, micro_batches
 ) -> jax.Array:
-    """Throughput per instance at :func:`pipeline_barrier_cycle_time` (an approximation)."""
+    """Throughput per instance at [`pipeline_barrier_cycle_time`][afdjax.pipeline_barrier_cycle_time] (an
+    approximation).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        micro_batches: the number ``m`` of micro-batches per Attention instance (``>= 1``; may be real, a relaxation).
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+    """
     ratio = _float(ratio)
     return _per_instance(
         ratio, batch_size, pipeline_barrier_cycle_time(workload, latency, batch_size, ratio, micro_batches)

@@ -1,6 +1,6 @@
 """``Pipeline(micro_batches=m)``: the micro-batch pipeline as a step model.
 
-The recursion and its closed forms live in :mod:`afdjax._step._pipeline`; this class
+The recursion and its closed forms live in ``afdjax._step._pipeline``; this class
 hands them to the engine (per-ratio stage times, the pipeline state carried across
 steps, one ``lax.scan`` over the steps of a chunk) and to the provisioning reports.
 """
@@ -55,12 +55,10 @@ class Pipeline(StepModel):
     every step each micro-batch passes attention (per instance, ``alpha_a T_{j,g} +
     beta_a``), A->F, FFN (``alpha_f r B_g + beta_f``) and F->A (``t_C(B_g)`` each), the
     ``beta`` costs paid per micro-batch; the step time is the time between completions of
-    the last micro-batch of consecutive steps (see :mod:`afdjax._step._pipeline`).
-
-    **Arguments:** ``micro_batches``: ``m >= 1`` (at most the batch size when simulated).
+    the last micro-batch of consecutive steps (see ``afdjax._step._pipeline``).
 
     The pipeline starts empty at time 0, so its first step includes the fill (one round
-    trip of the first micro-batch before the others follow). :meth:`default_warmup_steps`
+    trip of the first micro-batch before the others follow). ``default_warmup_steps``
     (``2 m``) discards it when ``simulate(warmup_steps=None)``.
 
     With random stage times (``latency.noise`` or ``latency.routing``) a decode step is
@@ -70,13 +68,18 @@ class Pipeline(StepModel):
     factor (one attention factor per instance, micro-batch and layer; one FFN and one
     factor per direction per micro-batch and layer; the FFN routed per micro-batch over
     ``r B_g top_k`` pairs); the step time is the sum of the ``K`` passes' completion
-    intervals (:mod:`afdjax._step._stage_times`). With deterministic stage times the
+    intervals (``afdjax._step._stage_times``). With deterministic stage times the
     period of ``K`` passes of ``t / K`` equals that of one pass of ``t`` (the period is
     homogeneous in the stage times), so ``K = 1`` (``num_layers=None``) reproduces the
     single pass bit for bit and ``K > 1`` only redistributes the fill transient.
 
-    **Arguments:** ``micro_batches``: ``m >= 1`` (at most the batch size when simulated);
-    ``stage_layers``: ``K_MAX`` (an integer >= 1, default 16).
+    Arguments:
+        micro_batches: ``m >= 1`` (at most the batch size when simulated).
+        stage_layers: ``K_MAX`` (an integer >= 1, default 16): the most layers sampled per step.
+
+    Examples:
+        >>> afdjax.Pipeline(micro_batches=2).default_warmup_steps()  # 2 m
+        4
     """
 
     micro_batches: int = eqx.field(static=True)
@@ -148,7 +151,7 @@ class Pipeline(StepModel):
 
     def _stage_step_times(self, constants: PipelineConstants, state, attention_g, latency, keys):
         """``K`` layer passes per step with random stage factors (see the class docstring).
-        The steps go in blocks (:func:`~afdjax._step._stage_times.step_blocks`): each block
+        The steps go in blocks (``_step._stage_times.step_blocks``): each block
         draws its factors at once (vectorised along its steps), then scans its ``b K``
         passes; the working memory does not grow with the chunk length."""
         rmax, G, S = attention_g.shape

@@ -11,7 +11,7 @@ stage times of a sampled layer are the whole-step times over ``K`` times its fac
   ``sqrt(L / K)`` (``K`` independent terms of weight ``1/K`` instead of ``L`` of weight
   ``1/L``). The mean over many steps, hence the throughput, is unaffected; quantiles of
   the step time are wider than exact. ``experiments/stage_layers_accuracy.py`` measures it.
-* Noise factors: LogNormal with mean 1 (:func:`afdjax._stage.lognormal_factor`), one per
+* Noise factors: LogNormal with mean 1 (``_stage.lognormal_factor``), one per
   Attention instance per layer (per micro-batch in the pipeline), one per layer (per
   micro-batch) for the FFN and for each communication direction.
 * Routing: the token-expert pairs of a layer fall on the ranks as
@@ -60,7 +60,7 @@ def block_steps(latency, max_ratio: int, groups: int, layers: int, steps: int) -
 def step_blocks(arrays, block: int):
     """Split the last (step) axis of each array into blocks: ``(..., S)`` ->
     ``(n, ..., b)`` with ``b = min(S, block)``, ``n = ceil(S / b)``; the last block is padded
-    by repeating the last step (:func:`unblock` drops the padding)."""
+    by repeating the last step (``unblock`` drops the padding)."""
     S = arrays[0].shape[-1]
     b = min(S, block)
     n = -(-S // b)
@@ -73,7 +73,7 @@ def step_blocks(arrays, block: int):
 
 
 def unblock(arrays, steps: int):
-    """Inverse of :func:`step_blocks`: ``(n, ..., b)`` -> ``(..., steps)`` (``None`` stays ``None``)."""
+    """Inverse of ``step_blocks``: ``(n, ..., b)`` -> ``(..., steps)`` (``None`` stays ``None``)."""
 
     def join(x):
         x = jnp.moveaxis(x, 0, -2)

@@ -37,8 +37,8 @@ flow is the engine's, vectorised over points:
   multi-process split of the same grid, which write disjoint points.
 
 Layout: ``_grid`` (the TOML schema and its expansion into groups of points), this
-module (running: chunk sizes, the compiled chunk function, devices, :func:`sweep`),
-``_store`` (the folder, manifest, Parquet chunks, resume and :func:`read_sweep`) and
+module (running: chunk sizes, the compiled chunk function, devices, [`sweep`][afdjax.sweep]),
+``_store`` (the folder, manifest, Parquet chunks, resume and [`read_sweep`][afdjax.read_sweep]) and
 ``_lock`` (the folder's writer locks).
 """
 
@@ -92,7 +92,19 @@ __all__ = [
 # --------------------------------------------------------------------------- evaluation
 @dataclasses.dataclass
 class SweepSummary:
-    """What :func:`sweep` did."""
+    """What [`sweep`][afdjax.sweep] did.
+
+    Attributes:
+        out_dir: the results folder.
+        num_points: grid points in the sweep.
+        points_computed: points simulated by this call.
+        points_skipped: points already in ``out_dir`` (resumed).
+        chunks_written: Parquet files written by this call.
+        seconds: wall time of this call (s).
+        grid_hash: the hash of grid, settings, key and version in the manifest.
+        num_devices: local devices the chunks were sharded over.
+        complete: whether every point of the grid now has results.
+    """
 
     out_dir: str
     num_points: int
@@ -249,24 +261,24 @@ def sweep(
 ) -> SweepSummary:
     """Run (or resume) a sweep over a grid; results go to Parquet files in ``out_dir``.
 
-    **Arguments:**
-
-    - ``grid``: a TOML file path, the parsed mapping of one, or a :class:`SweepGrid`
-      (schema: README, "Large sweeps"; example ``experiments/sweep_example.toml``).
-    - ``out_dir``: results folder. An existing folder holding the same sweep is resumed
-      (finished chunks are kept); one holding a different sweep is refused. One writer
-      at a time: see "One writer per folder" below.
-    - ``memory_budget_bytes``: bound on one chunk's working memory (summed over
-      devices), from the engine's per-replica sizing; the chunk size follows from it.
-    - ``progress``: a tqdm bar (points, rate, ETA) on stderr when it is a terminal.
-    - ``overwrite``: discard the results of a different sweep in ``out_dir`` (in a
-      multi-process sweep process 0 does it; the others wait for it, at most two minutes).
-    - ``devices``: devices to shard chunks over (default ``jax.local_devices()``).
-    - ``max_chunk_points``: upper bound on points per chunk (so results land in files
-      regularly); ``None`` for memory-only sizing.
-    - ``process_index``, ``process_count``: the multi-host share (default
-      ``jax.process_index()``, ``jax.process_count()``): process ``p`` takes the points
-      whose id is ``p`` modulo ``process_count``.
+    Arguments:
+        grid: a TOML file path, the parsed mapping of one, or a [`SweepGrid`][afdjax.SweepGrid]
+            (schema: README, "Large sweeps"; example ``experiments/sweep_example.toml``).
+        out_dir: results folder. An existing folder holding the same sweep is resumed
+            (finished chunks are kept); one holding a different sweep is refused. One writer
+            at a time: see "One writer per folder" below.
+        memory_budget_bytes: bound on one chunk's working memory (summed over
+            devices), from the engine's per-replica sizing; the chunk size follows from it.
+        progress: a tqdm bar (points, rate, ETA) on stderr when it is a terminal.
+        overwrite: discard the results of a different sweep in ``out_dir`` (in a
+            multi-process sweep process 0 does it; the others wait for it, at most two minutes).
+        devices: devices to shard chunks over (default ``jax.local_devices()``).
+        max_chunk_points: upper bound on points per chunk (so results land in files
+            regularly); ``None`` for memory-only sizing.
+        process_index: the multi-host share (default
+            ``jax.process_index()``, ``jax.process_count()``): process ``p`` takes the points
+            whose id is ``p`` modulo ``process_count``.
+        process_count: see ``process_index``.
 
     **One writer per folder.** While it runs, a sweep holds the lock file
     ``out_dir/_lock.<p>`` (``p`` its process index, ``0`` for one process): JSON with its
@@ -290,10 +302,11 @@ def sweep(
     removed by a process that sees no other live writer. ``complete`` in the summary is
     whether every point of the grid was in ``out_dir`` when this process finished: when
     processes end at different times only the last to finish reports ``True``;
-    :func:`read_sweep` reads whatever is there.
+    [`read_sweep`][afdjax.read_sweep] reads whatever is there.
 
-    **Returns:** a :class:`SweepSummary`. Read the results with :func:`read_sweep` or
-    ``pandas.read_parquet(out_dir)``.
+    Returns:
+        a [`SweepSummary`][afdjax.SweepSummary]. Read the results with [`read_sweep`][afdjax.read_sweep] or
+        ``pandas.read_parquet(out_dir)``.
     """
     g_obj = load_grid(grid)
     s = g_obj.settings

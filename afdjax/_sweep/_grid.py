@@ -299,10 +299,14 @@ class _Group:
 
 
 class SweepGrid:
-    """A parsed, validated sweep grid (see :func:`load_grid` and the README's TOML schema).
+    """A parsed, validated sweep grid (see [`load_grid`][afdjax.load_grid] and the README's TOML schema).
 
     ``groups`` partition the points by what fixes shapes; ``num_points`` is the grid size
     and ``settings`` the run settings (steps, replicas, seed, ...).
+
+    Arguments:
+        mapping: the parsed TOML table with ``[grid]`` and ``[settings]``.
+        source: a name for error messages (the file name).
     """
 
     def __init__(self, mapping: dict, source: str = "grid"):
@@ -388,7 +392,15 @@ class SweepGrid:
 
 
 def load_grid(grid) -> SweepGrid:
-    """A :class:`SweepGrid` from a TOML file path, a TOML string's parsed mapping, or a grid."""
+    """A [`SweepGrid`][afdjax.SweepGrid] from a TOML file path, a TOML string's parsed mapping, or a grid.
+
+    Arguments:
+        grid: a TOML file path, a parsed mapping with ``[grid]`` and ``[settings]``, or a
+            [`SweepGrid`][afdjax.SweepGrid].
+
+    Returns:
+        the validated [`SweepGrid`][afdjax.SweepGrid].
+    """
     if isinstance(grid, SweepGrid):
         return grid
     if isinstance(grid, dict):

@@ -136,7 +136,7 @@ class _Other:
 
 
 class DirLock:
-    """The lock of one writer on one sweep folder; :meth:`release` ends it."""
+    """The lock of one writer on one sweep folder; ``release`` ends it."""
 
     def __init__(self, out: Path, path: Path, fd: int, alone: bool):
         self.out, self.path, self.fd, self.alone = out, path, fd, alone

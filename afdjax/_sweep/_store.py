@@ -234,6 +234,12 @@ def read_sweep(out_dir):
     Needs pandas, which ``pip install afdjax`` does not bring: install the extra,
     ``pip install 'afdjax[pandas]'`` (without it, ``ImportError`` says so; the Parquet
     files are also readable with pyarrow alone: ``pyarrow.parquet.read_table(out_dir)``).
+
+    Arguments:
+        out_dir: the sweep's results folder.
+
+    Returns:
+        a ``pandas.DataFrame``, one row per (point, ratio).
     """
     try:
         import pandas as pd
@@ -273,5 +279,12 @@ def _duplicates_message(out: Path, points: np.ndarray, rows: int) -> str:
 
 
 def read_manifest(out_dir) -> dict:
-    """The sweep's ``_manifest.json`` (grid, settings, key, version, grid hash)."""
+    """The sweep's ``_manifest.json`` (grid, settings, key, version, grid hash).
+
+    Arguments:
+        out_dir: the sweep's results folder.
+
+    Returns:
+        the manifest as a dict.
+    """
     return json.loads((Path(os.fspath(out_dir)).expanduser() / MANIFEST).read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@ Per-instance attention time is approximately Normal(``mu_A``, ``s^2``) with
 
     E[tau] = E[max(G, mu_A + s M_r)] = G + s * integral_{(G - mu_A)/s}^inf (1 - Phi(x)^r) dx,
 
-which is defined, and differentiable, for real ``r > 0`` (:mod:`._max_normal`).
+which is defined, and differentiable, for real ``r > 0`` (``_max_normal``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,25 @@ from ._stage_terms import stage_layer_time
 
 
 def attention_time_moments(workload: Workload, latency: LatencyModel, batch_size):
-    """``(mu_A, s)``: mean and standard deviation of one instance's attention time in the
+    """Mean and standard deviation of one instance's attention time in the
     stationary state (``alpha_a B theta + beta_a`` and ``alpha_a sqrt(B) sigma``; time
-    units) for batch size ``B > 0``."""
+    units) for batch size ``B > 0``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+
+    Returns:
+        ``(mu_A, s)``, two arrays in time units.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> mu_a, s = afdjax.attention_time_moments(workload, latency, 256)
+        >>> round(float(mu_a), 2), round(float(s), 2)
+        (303.44, 13.21)
+    """
     check_batch_size(batch_size)
     B = as_float(batch_size)
     mu = latency.attention_time(B * workload.theta())
@@ -47,10 +63,19 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
 
     With the stage-time parts of ``latency`` (``noise``, ``routing``, ``comm``): the
     expected per-layer barrier ``E[max(max_j t_A,j a_j, t_C c, t_C' c', t_F f)]`` of
-    :func:`._stage_terms.stage_layer_time` (per-layer noise, the busiest expert-parallel
+    ``_stage_terms.stage_layer_time`` (per-layer noise, the busiest expert-parallel
     rank, both communication directions); ``G`` includes the F->A time with ``comm``. All
     three ``None``: exactly the Gaussian barrier above; noise with every ``cv = 0`` and no
     routing: the Gaussian barrier with ``G = max(t_F, t_C, t_C')``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+
+    Returns:
+        the expected step time ``E[tau]`` (time units), a scalar array.
     """
     ratio = as_float(ratio)
     mu, s = attention_time_moments(workload, latency, batch_size)
@@ -73,14 +98,24 @@ def barrier_cycle_time(workload: Workload, latency: LatencyModel, batch_size, ra
 
 @filter_jit
 def _stage_barrier(latency, mu, s, batch_size, ratio):
-    """:func:`stage_layer_time` broadcast over the arrays (one compilation per latency
+    """``stage_layer_time`` broadcast over the arrays (one compilation per latency
     structure and shape, also when called eagerly)."""
     return jnp.vectorize(lambda m, sd, b, r: stage_layer_time(m, sd, latency, b, r))(mu, s, batch_size, ratio)
 
 
 def barrier_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
     """Barrier-aware throughput per instance ``r B / ((r+1) E[tau])`` (tokens per time unit
-    per instance) for real ``ratio`` and batch size ``B > 0``."""
+    per instance) for real ``ratio`` and batch size ``B > 0``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+    """
     ratio = as_float(ratio)
     return per_instance_throughput(ratio, batch_size, barrier_cycle_time(workload, latency, batch_size, ratio))
 
@@ -98,11 +133,19 @@ class BarrierOptimum(eqx.Module):
 
 
 def barrier_optimum(workload: Workload, latency: LatencyModel, batch_size, max_ratio: int) -> BarrierOptimum:
-    """Integer and continuous maximisers of :func:`barrier_throughput` over ``[1, max_ratio]``.
+    """Integer and continuous maximisers of [`barrier_throughput`][afdjax.barrier_throughput] over ``[1, max_ratio]``.
 
-    **Arguments:** a workload, a latency model, the batch size ``B > 0`` and ``max_ratio``,
-    a Python integer ``>= 1`` (static: one compilation per value). With an unbounded
+    With an unbounded
     optimum (e.g. ``alpha_f = 0``) both maximisers are ``max_ratio``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        max_ratio: the largest ratio searched, a Python integer ``>= 1`` (static: one compilation per value).
+
+    Returns:
+        a [`BarrierOptimum`][afdjax.BarrierOptimum].
     """
     max_ratio = check_max_ratio(max_ratio)
     check_batch_size(batch_size)

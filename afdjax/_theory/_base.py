@@ -19,7 +19,7 @@ def as_float(x) -> jax.Array:
 def per_instance_throughput(ratio, batch_size, cycle_time) -> jax.Array:
     """Throughput per instance: ``r B`` tokens per step over ``r + 1`` instances
     (tokens per time unit per instance, with ``cycle_time`` in time units); a concrete
-    ``batch_size`` must be ``> 0`` (:func:`check_batch_size`)."""
+    ``batch_size`` must be ``> 0`` (``check_batch_size``)."""
     check_batch_size(batch_size)
     return ratio * batch_size / ((ratio + 1.0) * cycle_time)
 

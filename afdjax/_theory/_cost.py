@@ -23,7 +23,7 @@ instance times a constant). With ``c = w_F / w_A``:
   ``w_F = 0``: ``r_peak = 0`` and ``r*`` is the attention (or communication) boundary.
 
 The barrier refinement replaces ``tau`` by the Gaussian ``E[tau]``
-(:func:`~afdjax.barrier_cycle_time`) and is maximised numerically over ``[1, max_ratio]``
+([`barrier_cycle_time`][afdjax.barrier_cycle_time]) and is maximised numerically over ``[1, max_ratio]``
 (grid then Newton). The integer recommendation is the better neighbour of ``r*`` under
 ``f_w`` (mean field) and the best integer of the barrier curve.
 """
@@ -59,7 +59,26 @@ def cost_objective(
     """``r B / ((r w_A + w_F) tau(r))``: tokens per time unit per unit of cost (``w_A``,
     ``w_F`` = ``attention_cost``, ``ffn_cost``: cost per instance per time, e.g. $/h or W),
     at the mean-field ``tau`` or, with ``barrier=True``, the Gaussian barrier ``E[tau]``;
-    real ``ratio``."""
+    real ``ratio``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+        attention_cost: ``w_A``, cost of one Attention instance per unit time ($/h, W, ...).
+        ffn_cost: ``w_F``, cost of one FFN instance in the same unit.
+        barrier: ``False``: the mean-field step time; ``True``: the Gaussian barrier ``E[tau]``.
+
+    Returns:
+        tokens per time unit per unit of cost, a scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> round(float(afdjax.cost_objective(workload, latency, 256, 8.0, 1.0, 2.0)), 4)
+        0.6749
+    """
     ratio = as_float(ratio)
     cycle = barrier_cycle_time if barrier else mean_field_cycle_time
     tau = cycle(workload, latency, batch_size, ratio)
@@ -67,7 +86,7 @@ def cost_objective(
 
 
 class CostOptimum(eqx.Module):
-    """The closed-form optimum of :func:`cost_objective` (see the module docstring)."""
+    """The closed-form optimum of [`cost_objective`][afdjax.cost_objective] (see the module docstring)."""
 
     r_attention: jax.Array
     """``r_A``: where the rising stage time reaches ``t_A_bar`` (independent of the costs)."""
@@ -79,7 +98,7 @@ class CostOptimum(eqx.Module):
     r_star: jax.Array
     """``max(r_A, r_C, r_peak)``, the mean-field optimum (real)."""
     regime: jax.Array
-    """Index into :data:`~afdjax.REGIMES` of the binding stage at ``r_star``."""
+    """Index into [`REGIMES`][afdjax.REGIMES] of the binding stage at ``r_star``."""
     ratio_mean_field: jax.Array
     """The better integer neighbour of ``r_star`` in ``[1, max_ratio]`` under the mean field."""
     ratio_barrier: jax.Array
@@ -155,12 +174,20 @@ def cost_optimum(
     ``r* = max(r_A, r_C, sqrt(beta_F w_F / (alpha_F B w_A)))`` with its regime and integer
     choice, and the barrier-refined optimum over ``[1, max_ratio]``.
 
-    **Arguments:** a workload, a latency model, the batch size ``B > 0``, the two costs
-    (finite, ``>= 0``, not both 0) and ``max_ratio`` (a Python integer ``>= 1``).
-
     With ``latency.routing`` or ``latency.comm`` the mean-field ratios are found numerically
-    (``r_peak`` minimises ``(1 + w_F / (w_A r)) h(r)``, :func:`._stage_optimum.stage_mean_field_optimum`);
+    (``r_peak`` minimises ``(1 + w_F / (w_A r)) h(r)``, ``_stage_optimum.stage_mean_field_optimum``);
     with ``noise`` or ``routing`` the barrier optimum is the best point of the 1/64 grid.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        attention_cost: ``w_A``, cost of one Attention instance (finite, ``>= 0``).
+        ffn_cost: ``w_F``, cost of one FFN instance in the same unit (finite, ``>= 0``; not both 0).
+        max_ratio: the largest ratio of the barrier search, a Python integer ``>= 1``.
+
+    Returns:
+        a [`CostOptimum`][afdjax.CostOptimum].
     """
     check_batch_size(batch_size)
     _check_costs(attention_cost, ffn_cost)

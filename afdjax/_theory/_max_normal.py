@@ -2,7 +2,7 @@
 
 ``E[(M_r - z0)^+] = integral_{z0}^inf (1 - Phi(x)^r) dx`` with ``M_r`` the maximum of ``r``
 independent standard normals (``Phi^r`` is its CDF, defined for real ``r > 0``). It is the
-kernel of the barrier refinement (:mod:`._barrier`) and of the pipeline's Gaussian
+kernel of the barrier refinement (``_barrier``) and of the pipeline's Gaussian
 approximation (``afdjax._step``).
 """
 
@@ -41,9 +41,16 @@ def expected_max_normal_excess(z0, ratio) -> jax.Array:
     Gauss-Legendre (24 panels x 20 nodes) in between; relative error below 1e-10 in
     float64 against adaptive quadrature.
 
-    **Arguments:** ``z0`` (standardised threshold, dimensionless) and ``ratio`` (``r``),
-    arrays that broadcast together; the result has their broadcast shape (in units of
-    one standard deviation).
+    Arguments:
+        z0: the standardised threshold (dimensionless), an array.
+        ratio: ``r``, real, ``>= 0.5``; broadcasts with ``z0``.
+
+    Returns:
+        ``E[(M_r - z0)^+]`` in units of one standard deviation, with the broadcast shape of ``z0`` and ``ratio``.
+
+    Examples:
+        >>> round(float(afdjax.expected_max_normal_excess(0.0, 2.0)), 3)  # E[max(Z1, Z2)^+]
+        0.681
     """
     z0, ratio = jnp.broadcast_arrays(as_float(z0), as_float(ratio))
     lower = jnp.maximum(z0, _X_LO)

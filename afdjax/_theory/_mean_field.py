@@ -32,7 +32,7 @@ from ._ratio_choice import best_integer_neighbour
 from ._stage_optimum import stage_floor_mean, stage_mean_field_optimum
 
 REGIMES = ("attention", "communication", "ffn", "unbounded")
-"""Names of the binding regimes, indexed by :attr:`MeanFieldOptimum.regime`. "unbounded":
+"""Names of the binding regimes, indexed by [`regime`][afdjax.MeanFieldOptimum.regime]. "unbounded":
 no stage time grows with ``r`` (e.g. ``alpha_f = 0``), so throughput per instance rises
 with ``r`` for ever and ``r_star`` is ``+inf`` (``null`` in JSON reports)."""
 
@@ -49,7 +49,23 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 
     With ``latency.routing`` or ``latency.comm``: ``max(t_A_bar, t_C(r), t_C'(r),
     E[t_F(r)])``, the F->A time ``t_C'`` and the routed FFN time's mean (the busiest rank,
-    :func:`._stage_terms.routed_ffn_time`); noise factors have mean 1 and do not enter."""
+    ``_stage_terms.routed_ffn_time``); noise factors have mean 1 and do not enter.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+
+    Returns:
+        the mean-field step time (time units), a scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> round(float(afdjax.mean_field_cycle_time(workload, latency, 256, 8.0)), 2)  # t_A_bar binds
+        303.44
+    """
     ratio = as_float(ratio)
     t_a = attention_time_mean_field(workload, latency, batch_size)
     if latency.routing is None and latency.comm is None:
@@ -59,7 +75,23 @@ def mean_field_cycle_time(workload: Workload, latency: LatencyModel, batch_size,
 
 def mean_field_throughput(workload: Workload, latency: LatencyModel, batch_size, ratio) -> jax.Array:
     """Mean-field throughput per instance ``r B / ((r + 1) * cycle time)`` (tokens per time
-    unit per instance) for real ``ratio`` and batch size ``B > 0``."""
+    unit per instance) for real ``ratio`` and batch size ``B > 0``.
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        ratio: the A/F ratio ``r``, real-valued (``>= 1``); may be traced and differentiated.
+
+    Returns:
+        tokens per time unit per instance, a scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> round(float(afdjax.mean_field_throughput(workload, latency, 256, 8.0)), 3)
+        0.75
+    """
     ratio = as_float(ratio)
     return per_instance_throughput(ratio, batch_size, mean_field_cycle_time(workload, latency, batch_size, ratio))
 
@@ -80,14 +112,14 @@ class MeanFieldOptimum(eqx.Module):
     """``max(r_A, r_C, r_peak)``: the mean-field optimal (real) ratio; ``+inf`` in the
     "unbounded" regime."""
     regime: jax.Array
-    """Index into :data:`REGIMES` of the binding stage at ``r_star`` (3, "unbounded", when
+    """Index into [`REGIMES`][afdjax.REGIMES] of the binding stage at ``r_star`` (3, "unbounded", when
     ``r_star = +inf``)."""
     attention_time: jax.Array
     """``t_A_bar`` (time units)."""
 
     @property
     def regime_name(self) -> str:
-        """The name of :attr:`regime` in :data:`REGIMES`."""
+        """The name of ``regime`` in [`REGIMES`][afdjax.REGIMES]."""
         return REGIMES[int(self.regime)]
 
 
@@ -106,12 +138,26 @@ def _reach(level, slope, intercept):
 def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) -> MeanFieldOptimum:
     """Mean-field optimal ratio ``r* = max(r_A, r_C, r_peak)`` and the binding regime.
 
-    **Arguments:** a workload, a latency model and the batch size ``B > 0`` (slots per
-    Attention instance). ``r* = +inf`` with regime "unbounded" when no stage time grows
+    ``r* = +inf`` with regime "unbounded" when no stage time grows
     with ``r`` (module docstring). With ``latency.routing`` or ``latency.comm`` the rising
     floor ``h(r) = max(E[t_F(r)], t_C(r), t_C'(r))`` is not a line: ``r_A`` is where ``h``
     reaches ``t_A_bar`` and ``r_peak`` minimises ``(1 + 1/r) h(r)``, both found numerically
-    (:func:`._stage_optimum.stage_mean_field_optimum`).
+    (``_stage_optimum.stage_mean_field_optimum``).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+
+    Returns:
+        a [`MeanFieldOptimum`][afdjax.MeanFieldOptimum] (``regime`` indexes [`REGIMES`][afdjax.REGIMES]).
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> opt = afdjax.mean_field_optimum(workload, latency, 256)
+        >>> round(float(opt.r_star), 3), round(float(opt.r_peak), 3), afdjax.REGIMES[int(opt.regime)]
+        (9.575, 2.169, 'attention')
     """
     check_batch_size(batch_size)
     B = as_float(batch_size)
@@ -156,11 +202,26 @@ def mean_field_optimum(workload: Workload, latency: LatencyModel, batch_size) ->
 
 def mean_field_integer_ratio(workload, latency, batch_size, max_ratio: int | None = None) -> jax.Array:
     """Integer recommendation of the mean field (int32): the better neighbour of ``r*``
-    under :func:`mean_field_throughput`, never below 1 and never above ``max_ratio``.
+    under [`mean_field_throughput`][afdjax.mean_field_throughput], never below 1 and never above ``max_ratio``.
 
     In the "unbounded" regime (``r* = +inf``) it is ``max_ratio``, the top of the range;
     without ``max_ratio`` that case raises ``ValueError`` (see
-    :func:`best_integer_neighbour`).
+    ``best_integer_neighbour``).
+
+    Arguments:
+        workload: the [`Workload`][afdjax.Workload] (its stationary per-slot load ``theta``, tokens, and its variance).
+        latency: the [`LatencyModel`][afdjax.LatencyModel] (coefficients in time units per token and time units).
+        batch_size: slots ``B`` per Attention instance (``> 0``; may be traced).
+        max_ratio: the top of the ratio range (a Python integer ``>= 1``), or ``None`` (no upper limit).
+
+    Returns:
+        the recommended integer ratio, an int32 scalar array.
+
+    Examples:
+        >>> workload = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> latency = afdjax.LatencyModel.from_preset("paper-910c")
+        >>> int(afdjax.mean_field_integer_ratio(workload, latency, 256))
+        9
     """
     check_batch_size(batch_size)
     opt = mean_field_optimum(workload, latency, batch_size)

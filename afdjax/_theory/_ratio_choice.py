@@ -1,7 +1,7 @@
 """Choosing a ratio: the best integer in ``1..max_ratio``, the best point of a fine grid,
 Newton polish of a continuous maximiser, and the better integer neighbour of a real
-optimum. The one implementation behind :func:`~afdjax.barrier_optimum`,
-:func:`~afdjax.mean_field_integer_ratio`, :func:`~afdjax.optimise_ratio` and the
+optimum. The one implementation behind [`barrier_optimum`][afdjax.barrier_optimum],
+[`mean_field_integer_ratio`][afdjax.mean_field_integer_ratio], [`optimise_ratio`][afdjax.optimise_ratio] and the
 pipeline curves of ``provision``.
 
 ``fn`` is a throughput (or any objective to maximise) of a real ratio, a scalar function
@@ -19,7 +19,7 @@ from .._validate import check_int, invalid
 from ._base import as_float, fail_if
 
 GRID_POINTS_PER_UNIT = 64
-"""Resolution of :func:`grid_argmax`: points per unit of ratio (a grid step of 1/64)."""
+"""Resolution of ``grid_argmax``: points per unit of ratio (a grid step of 1/64)."""
 
 _INT32_MAX = float(np.iinfo(np.int32).max)
 
@@ -70,8 +70,8 @@ def newton_polish(fn, ratio, lower, upper, num_steps: int, max_step: float | Non
 
 def maximise_ratio(fn, max_ratio: int, newton_steps: int = 4) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(ratio, value, r_continuous)``: the best integer in ``1..max_ratio`` with its value,
-    and the continuous maximiser over ``[1, max_ratio]``: :func:`grid_argmax` refined by
-    ``newton_steps`` steps of :func:`newton_polish` that stay inside the grid cell (none,
+    and the continuous maximiser over ``[1, max_ratio]``: ``grid_argmax`` refined by
+    ``newton_steps`` steps of ``newton_polish`` that stay inside the grid cell (none,
     and no derivatives traced, when ``newton_steps = 0``)."""
     ratio, value = integer_argmax(fn, max_ratio)
     r = grid_argmax(fn, max_ratio)

@@ -1,9 +1,9 @@
 """The mean-field optimum with the stage-time parts (routing, communication terms).
 
-With :class:`~afdjax.ExpertRouting` or :class:`~afdjax.Communication` the rising stage floor
+With [`ExpertRouting`][afdjax.ExpertRouting] or [`Communication`][afdjax.Communication] the rising stage floor
 ``h(r) = max(E[t_F(r)], t_C(r), t_C'(r))`` is no longer a line (the busiest rank grows like
 ``r + c sqrt(r)``, the per-peer and shared-link terms add kinks), so the ratios of
-:func:`~afdjax.mean_field_optimum` are found numerically on a log grid of ``r`` in
+[`mean_field_optimum`][afdjax.mean_field_optimum] are found numerically on a log grid of ``r`` in
 ``[1e-3, 1e5]``, refined by bisection (``r_A``, ``r_C``) or golden section (``r_peak``), and
 finished with one Newton step whose base point is held constant, so that ``jax.grad`` of a
 ratio is the implicit-function derivative. Breaks: optima beyond ``r = 1e5`` are reported as
@@ -95,14 +95,14 @@ def _minimise(cost, grid_values):
 @filter_jit
 def stage_mean_field_optimum(latency, batch_size, t_a, weight=1.0):
     """``(r_A, r_C, r_peak, r_star, regime)`` of the mean field with the rising floor
-    ``h(r)`` of :func:`stage_floor_mean` (module docstring), for a scalar ``batch_size``
+    ``h(r)`` of ``stage_floor_mean`` (module docstring), for a scalar ``batch_size``
     and the mean-field attention time ``t_a``.
 
     ``r_A``: where ``h`` reaches ``t_a`` (0 when it starts above, ``+inf`` when it never
     does); ``r_C``: where ``E[t_F]`` reaches a communication time that does not grow with
     ``r`` (``comm_scaling="batch"``, ``per_peer = alpha_link = 0``; else NaN); ``r_peak``:
     the minimiser of ``(1 + w/r) h(r)`` (``w = weight``: 1 for throughput per instance, the
-    FFN-to-Attention cost ratio for :func:`~afdjax.cost_optimum`; ``+inf`` when ``w`` is);
+    FFN-to-Attention cost ratio for [`cost_optimum`][afdjax.cost_optimum]; ``+inf`` when ``w`` is);
     ``r_star = max(r_A, r_peak)``, ``+inf`` (regime 3, "unbounded") when ``h`` does not grow
     with ``r``."""
     B = as_float(batch_size)

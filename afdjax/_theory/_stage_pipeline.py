@@ -6,7 +6,7 @@ helpers compute the same period with the parts of issue 13, and reduce to
 ``latency.noise``, ``routing`` and ``comm`` are ``None``. Per micro-batch of ``B/m`` slots:
 
 * attention: ``E[max_{j<r} t_A,j a_j]`` (Gaussian loads of ``B/m`` slots, per-stage noise
-  factors; :func:`._stage_terms.attention_max_mean`); the mean field takes ``mu_g``;
+  factors; ``_stage_terms.attention_max_mean``); the mean field takes ``mu_g``;
 * A->F and F->A: ``t_C(r, B/m)`` and ``t_C'(r, B/m)`` (per-peer and shared-link terms
   included: one FFN link serving ``r`` senders per micro-batch); factors of mean 1;
 * FFN: the routed mean ``E[alpha_f R/k X + beta_f]`` over ``r B k / m`` pairs.
@@ -45,7 +45,24 @@ def pipeline_period(attention_time, comm_time, ffn_time, micro_batches, back_tim
     """Deterministic period (time per decode step of all ``m`` micro-batches) from the
     per-micro-batch stage times: ``max(m * max(t_A, t_C, t_F), t_A + 2 t_C + t_F)``; with a
     different F->A time ``back_time`` (``t_C'``) ``max(m * max(t_A, t_C, t_C', t_F),
-    t_A + t_C + t_F + t_C')``."""
+    t_A + t_C + t_F + t_C')``.
+
+    Arguments:
+        attention_time: ``t_A``, one micro-batch's attention time (time units); arrays broadcast together.
+        comm_time: ``t_C``, one A->F transfer of a micro-batch (time units).
+        ffn_time: ``t_F``, one FFN pass of a micro-batch (time units).
+        micro_batches: ``m``, the number of micro-batches (``>= 1``).
+        back_time: ``t_C'``, the F->A transfer when it differs from ``comm_time`` (``None``: the same).
+
+    Returns:
+        the period (time units per decode step), with the inputs' broadcast shape.
+
+    Examples:
+        >>> float(afdjax.pipeline_period(10.0, 2.0, 10.0, 3))  # m max(...) = 30 >= 10 + 4 + 10
+        30.0
+        >>> float(afdjax.pipeline_period(10.0, 8.0, 10.0, 3))  # the round trip binds
+        36.0
+    """
     check_micro_batches(micro_batches)
     m = as_float(micro_batches)
     if back_time is None:
@@ -94,7 +111,7 @@ def _stage_means(latency, mu, s, per_group, r):
 
 
 def stage_pipeline_throughput(workload, latency, batch_size, ratio, micro_batches, barrier: bool = True) -> jax.Array:
-    """Throughput per instance ``r B / ((r + 1) period)`` at :func:`stage_pipeline_cycle_time`."""
+    """Throughput per instance ``r B / ((r + 1) period)`` at ``stage_pipeline_cycle_time``."""
     ratio = as_float(ratio)
     period = stage_pipeline_cycle_time(workload, latency, batch_size, ratio, micro_batches, barrier)
     return per_instance_throughput(ratio, batch_size, period)

@@ -1,15 +1,15 @@
 """Closed forms of the stochastic stage times (issue 13): per-layer noise, MoE routing skew
-and the communication terms of :class:`~afdjax.StageNoise`, :class:`~afdjax.ExpertRouting`
-and :class:`~afdjax.Communication`.
+and the communication terms of [`StageNoise`][afdjax.StageNoise], [`ExpertRouting`][afdjax.ExpertRouting]
+and [`Communication`][afdjax.Communication].
 
 The step of ``L`` layers is ``tau = sum_l max(A_l, C_l, C'_l, F_l) / L`` with
 
 * ``A_l = max_{j<r} t_A,j a_jl``: the slowest of ``r`` Attention instances; ``t_A,j`` the
   whole-step attention time of instance ``j`` (its KV load, the same at every layer),
-  approximately Normal(``mu_A``, ``s^2``) as in the Gaussian barrier (:mod:`._barrier`),
+  approximately Normal(``mu_A``, ``s^2``) as in the Gaussian barrier (``_barrier``),
   ``a_jl`` LogNormal factors of mean 1 and coefficient of variation ``attention_cv``;
 * ``C_l = t_C c_l`` and ``C'_l = t_C' c'_l``: the two directions of communication
-  (:meth:`~afdjax.LatencyModel.comm_time`, :meth:`~afdjax.LatencyModel.comm_back_time`:
+  ([`comm_time`][afdjax.LatencyModel.comm_time], [`comm_back_time`][afdjax.LatencyModel.comm_back_time]:
   per-peer and shared-link terms included), each with its own factor (``comm_cv``);
 * ``F_l = (alpha_f R / k X_l + beta_f) f_l``: the FFN with ``X_l`` the busiest of ``R``
   expert-parallel ranks' routed token-expert pairs (``n = r B k`` pairs, multinomial with
@@ -39,7 +39,7 @@ resolved). The distributions and where each approximation breaks:
   share). It breaks for few pairs per rank (``n q`` below ~20: counts are discrete and
   skewed), for shares so skewed that the argmax rank is uncertain *and* the shares differ
   within a group, and it ignores ``redundant_experts``' per-token replica choice beyond the
-  expected shares (:meth:`~afdjax.ExpertRouting.rank_shares`).
+  expected shares ([`rank_shares`][afdjax.ExpertRouting.rank_shares]).
 * **FFN noise** on a routed FFN: a mixture over the LogNormal factor when the routed time is
   the wider part, else a LogNormal with the matched mean and variance (error about the
   square of the smaller relative spread).
@@ -91,7 +91,7 @@ def _lognormal_log_cdf(x, scale, sigma):
 
 
 def _lognormal_edges(mean, sigma):
-    """Quantiles of ``mean * LN(sigma)`` at :data:`_EDGE_Z`."""
+    """Quantiles of ``mean * LN(sigma)`` at ``_EDGE_Z``."""
     return mean * jnp.exp(-0.5 * sigma * sigma + sigma * jnp.asarray(_EDGE_Z))
 
 
@@ -115,7 +115,7 @@ def _attention_log_cdf(x, mu, s, sigma):
 
 
 def _max_of_r_z(ratio):
-    """Standard-normal quantiles of the max of ``r`` draws at :data:`_EDGE_Z` (for edges)."""
+    """Standard-normal quantiles of the max of ``r`` draws at ``_EDGE_Z`` (for edges)."""
     log_u = _log_ndtr_accurate(jnp.asarray(_EDGE_Z)) / ratio
     return -ndtri(jnp.clip(-jnp.expm1(log_u), 1e-300, 1.0 - 1e-16))
 
@@ -123,7 +123,7 @@ def _max_of_r_z(ratio):
 # ----------------------------------------------------------------------------- routing
 def _rank_groups(ranks: int) -> list[tuple[int, int]]:
     """Static ``(start, stop)`` slices of the ranks sorted by share: the
-    :data:`_SINGLE_RANKS` largest alone, then groups of 8, 16, 32, ..."""
+    ``_SINGLE_RANKS`` largest alone, then groups of 8, 16, 32, ..."""
     groups = [(i, i + 1) for i in range(min(ranks, _SINGLE_RANKS))]
     start, size = _SINGLE_RANKS, 8
     while start < ranks:
@@ -184,8 +184,8 @@ def _gl_on(edges):
 def routed_ffn_time(latency, ratio, batch_size):
     """``(mean, sd, routed)``: the mean and standard deviation of the routed FFN time
     ``alpha_f R / k X + beta_f`` of one layer (time units, whole-step scale) and the
-    :class:`_Routed` count distribution; without ``latency.routing`` the balanced line
-    :meth:`~afdjax.LatencyModel.ffn_time`, sd 0 and ``None``."""
+    ``_Routed`` count distribution; without ``latency.routing`` the balanced line
+    [`ffn_time`][afdjax.LatencyModel.ffn_time], sd 0 and ``None``."""
     check_batch_size(batch_size)
     if latency.routing is None:
         t = latency.ffn_time(ratio, batch_size)
@@ -208,7 +208,7 @@ def _noise_sigmas(latency):
 def stage_layer_time(mu, s, latency, batch_size, ratio) -> jax.Array:
     """``E[max(A, C, C', F)]``: the expected time of one layer (time units, whole-step
     scale; the module docstring), for scalar ``batch_size`` and real ``ratio``, with the
-    attention load ``Normal(mu, s^2)`` (:func:`~afdjax.attention_time_moments`)."""
+    attention load ``Normal(mu, s^2)`` ([`attention_time_moments`][afdjax.attention_time_moments])."""
     check_batch_size(batch_size)
     ratio = as_float(ratio)
     sig_a, sig_f, sig_c = _noise_sigmas(latency)

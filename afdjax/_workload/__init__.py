@@ -1,10 +1,10 @@
 """Model inputs: workloads (request-length distributions) and the length families.
 
-Modules: ``_base`` (the abstract :class:`Workload` and the stationary load moments),
+Modules: ``_base`` (the abstract [`Workload`][afdjax.Workload] and the stationary load moments),
 ``_geometric``, ``_empirical``, ``_benchmark`` (``Fixed``, ``Uniform``), ``_decode`` and
 ``_prefill`` (the families that ``fit_workload`` fits), ``_fitted`` (a simulatable pair of
 families). Their spec strings (``fixed:``, ``uniform:``, ``fitted:``) are parsed in
-:mod:`afdjax._specs`, with every other user-facing grammar.
+``afdjax._specs``, with every other user-facing grammar.
 """
 
 from ._base import (

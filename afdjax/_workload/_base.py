@@ -11,8 +11,8 @@ request ``j`` with probability proportional to ``D_j``, at an index uniform in
     sigma^2 = E[D P^2 + P D (D-1) + D (D-1)(2D-1)/6] / E[D] - theta^2.
 
 With ``P`` independent of ``D`` these factorise into the prefill moments and the decode
-raw moments (:func:`independent_load_moments`, the one implementation used by every
-workload whose two lengths are independent and by the fits of :mod:`afdjax._fit`).
+raw moments (``independent_load_moments``, the one implementation used by every
+workload whose two lengths are independent and by the fits of ``afdjax._fit``).
 
 Every workload maps raw random bits to requests deterministically (``_fresh`` and
 ``_stationary``), so the engine can use common random numbers: request ``n`` of a slot
@@ -43,7 +43,7 @@ def independent_load_moments(prefill_mean, prefill_second_moment, decode_moments
     ``sigma^2 = (E[D] E[P^2] + E[P] E[D(D-1)] + E[D(D-1)(2D-1)]/6) / E[D] - theta^2``.
     The variance is shift-invariant in ``P``: callers that need it accurately in float32
     pass the *centred* prefill (``0, Var P``) and add ``E[P]`` to ``theta`` afterwards
-    (see :meth:`Workload._independent_moments`), so no large ``theta^2`` cancels.
+    (see ``Workload._independent_moments``), so no large ``theta^2`` cancels.
     """
     m1, m2, m3 = decode_moments
     theta = prefill_mean + (m2 - m1) / (2 * m1)
@@ -54,10 +54,10 @@ def independent_load_moments(prefill_mean, prefill_second_moment, decode_moments
 class Workload(eqx.Module):
     """Abstract request-length distribution.
 
-    Implementations: :class:`~afdjax.Geometric` (the paper's model),
-    :class:`~afdjax.Empirical` (a trace), :class:`~afdjax.Fixed` and
-    :class:`~afdjax.Uniform` (serving benchmarks) and :class:`~afdjax.FittedWorkload`
-    (fitted families, from :meth:`afdjax.WorkloadFit.to_workload`).
+    Implementations: [`Geometric`][afdjax.Geometric] (the paper's model),
+    [`Empirical`][afdjax.Empirical] (a trace), [`Fixed`][afdjax.Fixed] and
+    [`Uniform`][afdjax.Uniform] (serving benchmarks) and [`FittedWorkload`][afdjax.FittedWorkload]
+    (fitted families, from [`to_workload`][afdjax.WorkloadFit.to_workload]).
 
     The engine calls ``_fresh``, ``_stationary``, ``_decode_log_prob``,
     ``_stationary_log_prob``, ``_decode_log_mgf_neg`` (host side), ``mean_decode_steps``,
@@ -100,14 +100,14 @@ class Workload(eqx.Module):
     def _decode_jump_weight(self, decode: jax.Array):
         """Value-zero surrogate ``w~`` of each fresh decode length's jump ``D -> D + 1``:
         its value is 0 and its derivative in the workload's parameters is the jump rate
-        ``-dF_theta(D)/dtheta / p_theta(D)`` (coupled estimator, :mod:`afdjax._engine._jumps`).
+        ``-dF_theta(D)/dtheta / p_theta(D)`` (coupled estimator, ``afdjax._engine._jumps``).
         ``None``: the family has no such estimator (the score function is used)."""
         return None
 
     def _fresh_jump_weight(self, bits_d: jax.Array, bits_p: jax.Array, decode: jax.Array):
-        """:meth:`_decode_jump_weight` of the fresh requests drawn from ``(bits_d, bits_p)``
-        (the same bits as :meth:`_fresh`), for families whose jump rate depends on more
-        than the drawn length (:class:`~afdjax.Empirical`'s ``decode_scale``)."""
+        """``_decode_jump_weight`` of the fresh requests drawn from ``(bits_d, bits_p)``
+        (the same bits as ``_fresh``), for families whose jump rate depends on more
+        than the drawn length ([`Empirical`][afdjax.Empirical]'s ``decode_scale``)."""
         return self._decode_jump_weight(decode)
 
     def _has_decode_jumps(self) -> bool:
@@ -122,19 +122,19 @@ class Workload(eqx.Module):
 
     def _has_down_jumps(self) -> bool:
         """Whether the coupled estimator also has *down* jumps (a request one step
-        shorter, :meth:`_fresh_down_weight`, :meth:`_stationary_down_weights`). Static."""
+        shorter, ``_fresh_down_weight``, ``_stationary_down_weights``). Static."""
         return False
 
     def _fresh_down_weight(self, bits_d: jax.Array, bits_p: jax.Array, decode: jax.Array):
         """Value-zero surrogate ``v~`` of each fresh request's down jump ``D -> D - 1``: its
         derivative is the signed weight of ``time(path with D - 1) - time(path)`` in the
-        estimator (only with :meth:`_has_down_jumps`)."""
+        estimator (only with ``_has_down_jumps``)."""
         raise NotImplementedError
 
     def _stationary_down_weights(self, bits, decode, index):
         """``(age, remaining)`` down-jump surrogates of the stationary slot: the index one
         less (load -1 while the request lasts) or the remaining life one less (its end
-        one step earlier); only with :meth:`_has_down_jumps`."""
+        one step earlier); only with ``_has_down_jumps``."""
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -143,7 +143,7 @@ class Workload(eqx.Module):
 
     def _independent_moments(self, prefill_mean, prefill_variance, decode_moments):
         """``(theta, slot variance)`` for ``P`` independent of ``D`` through
-        :func:`independent_load_moments`, with the prefill centred (float32-safe)."""
+        ``independent_load_moments``, with the prefill centred (float32-safe)."""
         index_mean, variance = independent_load_moments(0.0, prefill_variance, decode_moments)
         return prefill_mean + index_mean, variance
 
@@ -151,8 +151,9 @@ class Workload(eqx.Module):
     def sample(self, key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
         """Draw fresh requests.
 
-        **Returns:** ``(prefill_tokens, decode_steps)`` of shape ``shape``; prefill
-        is float (tokens), decode steps are int32 and ``>= 1``.
+        Returns:
+            ``(prefill_tokens, decode_steps)`` of shape ``shape``; prefill
+            is float (tokens), decode steps are int32 and ``>= 1``.
         """
         bits = jax.random.bits(key, (2, *shape), dtype=jnp.uint32)
         return self._fresh(bits[0], bits[1])
@@ -163,8 +164,9 @@ class Workload(eqx.Module):
         A slot holds request ``j`` with probability proportional to ``D_j``, at an
         index uniform in ``[0, D_j)``.
 
-        **Returns:** ``(prefill_tokens, decode_steps, index)``; the slot's load is
-        ``prefill_tokens + index``.
+        Returns:
+            ``(prefill_tokens, decode_steps, index)``; the slot's load is
+            ``prefill_tokens + index``.
         """
         bits = jax.random.bits(key, (4, *shape), dtype=jnp.uint32)
         return self._stationary(tuple(bits))

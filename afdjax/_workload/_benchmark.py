@@ -1,12 +1,12 @@
 """Workloads of serving benchmarks: every request the same, or lengths uniform on ranges.
 
-* :class:`Fixed` -- ``P = prefill_tokens`` and ``D = decode_steps`` for every request
+* [`Fixed`][afdjax.Fixed] -- ``P = prefill_tokens`` and ``D = decode_steps`` for every request
   (spec ``fixed:prefill=P,decode=D``).
-* :class:`Uniform` -- ``P`` uniform on the integers ``prefill_low .. prefill_high`` and,
+* [`Uniform`][afdjax.Uniform] -- ``P`` uniform on the integers ``prefill_low .. prefill_high`` and,
   independently, ``D`` uniform on ``decode_low .. decode_high`` (both inclusive; spec
   ``uniform:prefill=A..B,decode=C..D``).
 
-``theta`` and ``slot_variance`` are exact: :func:`independent_load_moments` of the
+``theta`` and ``slot_variance`` are exact: ``independent_load_moments`` of the
 prefill mean and variance and the decode raw moments, which are finite sums here
 (``Fixed``: ``theta = P + (D-1)/2``, ``sigma^2 = (D^2 - 1)/12``).
 """
@@ -30,14 +30,17 @@ MAX_DECODE_STEPS = 2**30 - 1
 class Fixed(Workload):
     """Every request has ``prefill_tokens`` prompt tokens and ``decode_steps`` decode steps.
 
-    **Arguments:**
-
-    - ``prefill_tokens``: prompt tokens in the KV cache, a finite number ``>= 0`` (an
-      array leaf: differentiable, sweepable without recompiling).
-    - ``decode_steps``: an integer ``>= 1`` (static: the decode length has no gradient).
+    Arguments:
+        prefill_tokens: prompt tokens in the KV cache, a finite number ``>= 0`` (an
+            array leaf: differentiable, sweepable without recompiling).
+        decode_steps: an integer ``>= 1`` (static: the decode length has no gradient).
 
     Each slot is then periodic: its load runs ``P, P+1, .., P+D-1`` and starts again, so
     ``theta = P + (D-1)/2`` and the slot variance is ``(D^2 - 1)/12`` (tokens^2).
+
+    Examples:
+        >>> float(afdjax.Fixed(prefill_tokens=100, decode_steps=50).theta())  # P + (D - 1) / 2
+        124.5
     """
 
     prefill_tokens: jax.Array = eqx.field(converter=float_leaf)
@@ -89,14 +92,23 @@ class Uniform(Workload):
     """Prefill tokens uniform on ``prefill_low .. prefill_high`` and, independently, decode
     steps uniform on ``decode_low .. decode_high`` (integers, both ends included).
 
-    **Arguments:** ``prefill_low >= 0``, ``prefill_high >= prefill_low``,
-    ``decode_low >= 1``, ``decode_high >= decode_low`` (integers, static). The stationary
+    Arguments:
+        prefill_low: the shortest prompt (tokens), an integer ``>= 0`` (static).
+        prefill_high: the longest prompt (tokens), an integer ``>= prefill_low``.
+        decode_low: the fewest decode steps, an integer ``>= 1``.
+        decode_high: the most decode steps, an integer ``>= decode_low``.
+
+    The stationary
     sampler draws ``D*`` with probability ``d / sum(d)`` by an exact integer search, so
     ``decode_low + .. + decode_high`` must stay below ``2**31`` (``decode_high`` up to
     about 65,000).
 
     Fresh draws use one 32-bit word per length (``floor(bits n / 2^32)``: uniform up to
     a relative ``n / 2^32``), the stationary index likewise.
+
+    Examples:
+        >>> round(float(afdjax.Uniform(0, 100, 1, 9).theta()), 2)
+        52.67
     """
 
     prefill_low: int = eqx.field(static=True)

@@ -1,7 +1,7 @@
 """Decode-length families: distributions of decode steps ``D`` on ``{1, 2, ...}``.
 
-These are model inputs: :func:`afdjax.fit_workload` fits them to traces and
-:class:`~afdjax.FittedWorkload` simulates them.
+These are model inputs: [`fit_workload`][afdjax.fit_workload] fits them to traces and
+[`FittedWorkload`][afdjax.FittedWorkload] simulates them.
 
 * ``geometric`` -- ``P(D=d) = p (1-p)^(d-1)``, the paper's v1 model (``mu_D = (1-p)/p``
   is the stationary mean decode index, one less than ``E[D] = 1/p``).
@@ -20,7 +20,7 @@ follows. ``D*`` has ``P(D* = d) = d P(D = d) / E[D]`` and the index is uniform o
 
 * geometric: inverse CDF ``1 + floor(log u / log(1-p))``; the stationary pair is exact by
   memorylessness: age ``~ Geometric`` on ``{0, 1, ..}`` and remaining life an independent
-  fresh ``D``, so ``D* = age + remaining`` (as :class:`~afdjax.Geometric`).
+  fresh ``D``, so ``D* = age + remaining`` (as [`Geometric`][afdjax.Geometric]).
 * geometric_mixture: inverse CDF of the mixture itself, ``D = min{d : P(D > d) < u}``
   from the closed-form survival ``sum_k w_k (1-p_k)^d`` by bisection from a bracket, and
   for the stationary ``D*`` from ``P(D* > d) = sum_k w_k (1-p_k)^d (d + 1/p_k) / E[D]``,
@@ -34,8 +34,8 @@ follows. ``D*`` has ``P(D* = d) = d P(D = d) / E[D]`` and the index is uniform o
   table of ``d = 1 .. SAMPLING_TABLE_STEPS`` (65,536). A draw beyond the table's last
   cumulative probability is set to ``SAMPLING_TABLE_STEPS``, so the sampled law differs
   from the family by at most the mass beyond the table (``P(D > 65536)`` fresh,
-  ``E[D; D > 65536] / E[D]`` stationary: :meth:`DecodeDistribution.table_truncation`).
-  :class:`~afdjax.FittedWorkload` refuses a family for which this exceeds
+  ``E[D; D > 65536] / E[D]`` stationary: [`table_truncation`][afdjax.DecodeDistribution.table_truncation]).
+  [`FittedWorkload`][afdjax.FittedWorkload] refuses a family for which this exceeds
   ``MAX_TABLE_TRUNCATION`` (1e-6). The table's cumulative sums carry float rounding (in
   float32 a relative ``1e-7 .. 1e-5`` of the probabilities).
 
@@ -100,7 +100,7 @@ class DecodeDistribution(eqx.Module):
 
     @abc.abstractmethod
     def to_unconstrained(self) -> jax.Array:
-        """Inverse of :meth:`from_unconstrained`."""
+        """Inverse of ``from_unconstrained``."""
 
     @abc.abstractmethod
     def log_pmf(self, d: jax.Array) -> jax.Array:
@@ -270,7 +270,11 @@ def _logit(p):
 
 
 class GeometricDecode(DecodeDistribution):
-    """``P(D = d) = p (1-p)^(d-1)``, ``d >= 1``; ``E[D] = 1/p``. Unconstrained: ``logit p``."""
+    """``P(D = d) = p (1-p)^(d-1)``, ``d >= 1``; ``E[D] = 1/p``. Unconstrained: ``logit p``.
+
+    Arguments:
+        p: the per-step stopping probability, in ``(0, 1]``.
+    """
 
     p: jax.Array = eqx.field(converter=float_leaf)
     family: ClassVar[str] = "geometric"
@@ -341,6 +345,10 @@ class NegativeBinomialDecode(DecodeDistribution):
 
     ``E[D] = 1 + n (1-p)/p``. Unconstrained: ``(log n, logit p)``. The CDF uses the
     regularised incomplete beta function, ``P(K <= k) = I_p(n, k + 1)``.
+
+    Arguments:
+        n: the number of successes, real ``> 0``.
+        p: the success probability, in ``(0, 1]``.
     """
 
     n: jax.Array = eqx.field(converter=float_leaf)
@@ -423,6 +431,10 @@ class LogNormalDecode(DecodeDistribution):
     Phi((mu + j sigma^2 - log N)/sigma)``. For fitted decode lengths (medians of tens to
     hundreds of steps) the tail holds a negligible mass; for very heavy tails it carries
     the higher moments, which are then the model's extrapolation, not the data's.
+
+    Arguments:
+        mu: mean of ``log X`` (``X`` in steps).
+        sigma: standard deviation of ``log X``, ``> 0``.
     """
 
     mu: jax.Array = eqx.field(converter=float_leaf)
@@ -515,6 +527,11 @@ class GeometricMixtureDecode(DecodeDistribution):
     all three parameters.
     Unconstrained: ``(logit weight, logit p1, logit p2)``. If the two components
     coincide the model is not identifiable and its standard errors are NaN.
+
+    Arguments:
+        weight: the probability of component 1, in ``[0, 1]``.
+        p1: the stopping probability of component 1, in ``(0, 1]``.
+        p2: the stopping probability of component 2, in ``(0, 1]``.
     """
 
     weight: jax.Array = eqx.field(converter=float_leaf)

@@ -19,7 +19,7 @@ _TRACED = (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArray
 
 def _uniform_int_and_fraction(hi, lo, n):
     """``(floor(x n / 2^64), V)`` for the 64-bit ``x = hi 2^32 + lo``: the integer of
-    :func:`afdjax._random.uniform_int` (bit for bit the same arithmetic) and ``V`` in
+    ``_random.uniform_int`` (bit for bit the same arithmetic) and ``V`` in
     (0, 1) from bits 32..63 of ``x n mod 2^64``, the fractional part of ``x n / 2^64``,
     which is uniform and independent of the integer up to ``2^-32`` (no extra draw)."""
     n = jnp.asarray(n).astype(jnp.uint32)
@@ -32,27 +32,25 @@ def _uniform_int_and_fraction(hi, lo, n):
 class Empirical(Workload):
     """Requests resampled with replacement from observed ``(prefill, decode)`` pairs.
 
-    **Arguments:**
-
-    - ``prefill_tokens``: shape ``(n,)``, prompt tokens in the KV cache, finite ``>= 0``
-      (real values are allowed, e.g. for scaled traces).
-    - ``decode_steps``: shape ``(n,)``, integer decode steps, ``>= 1``. For a trace
-      that records output tokens, one token is emitted per step, so decode steps =
-      output tokens (see :func:`afdjax.load_trace` to change that mapping).
-
-    - ``decode_scale``: ``s > -1``, default 0: decode lengths x ``(1 + s)``, so
-      ``decode_scale=0.1`` asks how throughput and the optimum move if outputs grow by
-      10 %. A drawn row's ``D`` becomes ``D' = max(1, floor(D (1 + s) + V))`` with ``V``
-      uniform on (0, 1) (the fractional part of the row draw, no extra random number):
-      ``E[D' | row] = D (1 + s)`` (exact while ``D (1 + s) >= 1``), the ratio of ``D'``
-      to ``D`` stays within one step of ``1 + s``, and ``s = 0`` gives ``D' = D`` bit
-      for bit. ``s`` is an array leaf: differentiable with the coupled decode estimator
-      (``decode_estimator="coupled"``, the default, with two-sided jumps: every request
-      carries weight ``D``, up from the row's lower length, down from its upper one; the
-      score function gives it no derivative, and the micro-batch pipeline uses the score
-      function), e.g.
-      ``throughput_gradients(...).workload.decode_scale`` is
-      ``d T / d s``.
+    Arguments:
+        prefill_tokens: shape ``(n,)``, prompt tokens in the KV cache, finite ``>= 0``
+            (real values are allowed, e.g. for scaled traces).
+        decode_steps: shape ``(n,)``, integer decode steps, ``>= 1``. For a trace
+            that records output tokens, one token is emitted per step, so decode steps =
+            output tokens (see [`load_trace`][afdjax.load_trace] to change that mapping).
+        decode_scale: ``s > -1``, default 0: decode lengths x ``(1 + s)``, so
+            ``decode_scale=0.1`` asks how throughput and the optimum move if outputs grow by
+            10 %. A drawn row's ``D`` becomes ``D' = max(1, floor(D (1 + s) + V))`` with ``V``
+            uniform on (0, 1) (the fractional part of the row draw, no extra random number):
+            ``E[D' | row] = D (1 + s)`` (exact while ``D (1 + s) >= 1``), the ratio of ``D'``
+            to ``D`` stays within one step of ``1 + s``, and ``s = 0`` gives ``D' = D`` bit
+            for bit. ``s`` is an array leaf: differentiable with the coupled decode estimator
+            (``decode_estimator="coupled"``, the default, with two-sided jumps: every request
+            carries weight ``D``, up from the row's lower length, down from its upper one; the
+            score function gives it no derivative, and the micro-batch pipeline uses the score
+            function), e.g.
+            ``throughput_gradients(...).workload.decode_scale`` is
+            ``d T / d s``.
 
     Row ``j`` is drawn as a whole, so any correlation between P and D is kept.
     ``theta`` and ``slot_variance`` are the plug-in estimators of arXiv 2601.21351 section 2

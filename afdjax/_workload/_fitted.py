@@ -1,10 +1,10 @@
 """A workload of one decode family and one prefill family, independent of each other.
 
-:meth:`afdjax.WorkloadFit.to_workload` builds one from a trace's fits, so the fitted
+[`to_workload`][afdjax.WorkloadFit.to_workload] builds one from a trace's fits, so the fitted
 distributions can be simulated and fed to the closed forms, ``provision`` and ``sweep``.
 
 **The P-D correlation is dropped.** ``P`` and ``D`` are drawn independently, while a
-trace (and :class:`~afdjax.Empirical`, which resamples its rows whole) may pair long
+trace (and [`Empirical`][afdjax.Empirical], which resamples its rows whole) may pair long
 prompts with long or short outputs. ``theta`` then differs from the trace's paired
 plug-in by the correlation term that ``WorkloadFit.correlation_relative_gap`` reports.
 """
@@ -33,27 +33,26 @@ def _family_text(model) -> str:
 class FittedWorkload(Workload):
     """Requests with ``D ~ decode`` and ``P ~ prefill`` drawn independently.
 
-    **Arguments:**
+    Arguments:
+        decode: a decode family (``GeometricDecode``, ``NegativeBinomialDecode``,
+            ``LogNormalDecode``, ``GeometricMixtureDecode``), steps ``>= 1``.
+        prefill: a prefill family (``ExponentialPrefill``, ``GammaPrefill``,
+            ``LogNormalPrefill``), tokens ``P = X - shift``.
 
-    - ``decode``: a decode family (``GeometricDecode``, ``NegativeBinomialDecode``,
-      ``LogNormalDecode``, ``GeometricMixtureDecode``), steps ``>= 1``.
-    - ``prefill``: a prefill family (``ExponentialPrefill``, ``GammaPrefill``,
-      ``LogNormalPrefill``), tokens ``P = X - shift``.
-
-    ``theta`` and ``slot_variance`` are exact (:func:`independent_load_moments` from the
+    ``theta`` and ``slot_variance`` are exact (``independent_load_moments`` from the
     decode raw moments and the prefill mean and variance; the discretised lognormal's
     moments are sums over 65,536 steps plus an analytic tail, see ``LogNormalDecode``).
-    Sampling is described in :mod:`afdjax._workload._decode` and
-    :mod:`afdjax._workload._prefill`: exact for the geometric and its mixture, and for the
+    Sampling is described in ``afdjax._workload._decode`` and
+    ``afdjax._workload._prefill``: exact for the geometric and its mixture, and for the
     lognormal's fresh draws; an inverse-CDF table of 65,536 steps otherwise, whose
     truncated mass must be below ``MAX_TABLE_TRUNCATION`` (checked when the parameters
     are concrete).
 
     The two lengths are independent: the P-D correlation of a trace, which
-    :class:`~afdjax.Empirical` keeps, is ignored.
+    [`Empirical`][afdjax.Empirical] keeps, is ignored.
 
     The family parameters are array leaves (pathwise gradients for the prefill, score
-    function for the decode steps, as for :class:`~afdjax.Geometric`).
+    function for the decode steps, as for [`Geometric`][afdjax.Geometric]).
     """
 
     decode: DecodeDistribution

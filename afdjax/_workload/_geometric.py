@@ -4,7 +4,7 @@ Each step a slot finishes with probability ``p``, so ``D`` is geometric on
 ``{1, 2, ...}`` with mean ``1/p``. Following the paper, ``mu_d = (1 - p) / p`` is the
 *stationary mean decode index* (one less than the mean slot lifetime ``1/p``), so
 ``p = 1 / (1 + mu_d)``. ``theta`` and ``slot_variance`` are
-:func:`~afdjax._workload._base.independent_load_moments` evaluated in closed form
+``_workload._base.independent_load_moments`` evaluated in closed form
 (``E[D(D-1)]/(2E[D]) = mu_d`` and the index variance ``(1-p)/p^2``).
 """
 
@@ -23,18 +23,22 @@ from ._base import PREFILL_FAMILIES, Workload, show_float
 class Geometric(Workload):
     """The paper's v1 workload: geometric decode lengths, prefill with mean ``mu_p``.
 
-    **Arguments:**
-
-    - ``mu_p``: mean prefill length (tokens), ``>= 0``.
-    - ``mu_d``: the paper's ``mu_D = (1-p)/p``: the stationary mean decode index,
-      i.e. one less than the mean number of decode steps ``E[D] = 1/p = 1 + mu_d``.
-    - ``prefill``: ``"constant"`` (every prompt has ``mu_p`` tokens),
-      ``"exponential"`` (mean ``mu_p``) or ``"lognormal"`` (mean ``mu_p``, log-sd
-      ``prefill_sigma``). Prefill lengths are treated as continuous token counts.
-    - ``prefill_sigma``: log-space standard deviation for ``"lognormal"``.
+    Arguments:
+        mu_p: mean prefill length (tokens), ``>= 0``.
+        mu_d: the paper's ``mu_D = (1-p)/p``: the stationary mean decode index,
+            i.e. one less than the mean number of decode steps ``E[D] = 1/p = 1 + mu_d``.
+        prefill: ``"constant"`` (every prompt has ``mu_p`` tokens),
+            ``"exponential"`` (mean ``mu_p``) or ``"lognormal"`` (mean ``mu_p``, log-sd
+            ``prefill_sigma``). Prefill lengths are treated as continuous token counts.
+        prefill_sigma: log-space standard deviation for ``"lognormal"``.
 
     ``mu_p``, ``mu_d`` and ``prefill_sigma`` are array leaves: they can be swept,
     vmapped and differentiated without recompiling.
+
+    Examples:
+        >>> w = afdjax.Geometric(mu_p=100.0, mu_d=500.0)
+        >>> float(w.theta()), float(w.slot_variance())  # tokens, tokens^2
+        (600.0, 250500.0)
     """
 
     mu_p: jax.Array = eqx.field(converter=float_leaf)

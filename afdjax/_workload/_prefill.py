@@ -1,7 +1,7 @@
 """Prefill-length families: continuous distributions of prompt tokens ``P``.
 
-These are model inputs: :func:`afdjax.fit_workload` fits them to traces and
-:class:`~afdjax.FittedWorkload` simulates them.
+These are model inputs: [`fit_workload`][afdjax.fit_workload] fits them to traces and
+[`FittedWorkload`][afdjax.FittedWorkload] simulates them.
 
 Token counts are treated as continuous. Because a prompt may be empty (``P = 0``) and
 the lognormal and gamma densities need a positive argument, every family models
@@ -15,7 +15,7 @@ distribution of ``P`` is that of ``X - shift``: ``E[P] = E[X] - shift``,
 
 Sampling is by the inverse CDF of ``X`` (pathwise differentiable in the parameters):
 closed form for the exponential and the lognormal, Newton's method on the regularised
-incomplete gamma function for the gamma (:func:`gamma_quantile`). A sampled ``P`` lies
+incomplete gamma function for the gamma (``gamma_quantile``). A sampled ``P`` lies
 in ``(-shift, 0)`` with probability ``F_X(shift)`` (tiny for prompts of hundreds of
 tokens); such draws are kept, so that simulated loads have exactly the family's moments.
 """
@@ -35,7 +35,7 @@ from jax.scipy.special import gammainc, gammaincc, gammaln, ndtr
 from .._validate import float_leaf
 
 GAMMA_NEWTON_STEPS = 16
-"""Newton steps (in log x) of :func:`gamma_quantile`; quadratic convergence from the start."""
+"""Newton steps (in log x) of ``gamma_quantile``; quadratic convergence from the start."""
 
 
 def _normal_quantile(u: jax.Array) -> jax.Array:
@@ -102,7 +102,7 @@ class PrefillDistribution(eqx.Module):
 
     @abc.abstractmethod
     def to_unconstrained(self) -> jax.Array:
-        """Inverse of :meth:`from_unconstrained` (the shift is not included)."""
+        """Inverse of ``from_unconstrained`` (the shift is not included)."""
 
     @abc.abstractmethod
     def _log_pdf_x(self, x):
@@ -207,7 +207,12 @@ def _weighted_mean_var(x: np.ndarray, counts: np.ndarray) -> tuple[float, float]
 
 
 class ExponentialPrefill(PrefillDistribution):
-    """``X = P + shift ~ Exponential`` with mean ``scale`` (tokens). Unconstrained: ``log scale``."""
+    """``X = P + shift ~ Exponential`` with mean ``scale`` (tokens). Unconstrained: ``log scale``.
+
+    Arguments:
+        scale: mean of ``P + shift`` (tokens), ``> 0``.
+        shift: ``>= 0`` tokens added before fitting, so that ``P = 0`` has positive density (default 0).
+    """
 
     scale: jax.Array = eqx.field(converter=float_leaf)
     shift: jax.Array = eqx.field(converter=float_leaf, default=0.0)
@@ -255,6 +260,11 @@ class GammaPrefill(PrefillDistribution):
 
     Unconstrained: ``(log shape, log scale)``. Starts from the moments
     ``shape = m^2 / v``, ``scale = v / m``.
+
+    Arguments:
+        shape: ``k > 0`` (dimensionless).
+        scale: ``s > 0`` (tokens).
+        shift: ``>= 0`` tokens added to ``P`` (default 0).
     """
 
     shape: jax.Array = eqx.field(converter=float_leaf)
@@ -300,6 +310,11 @@ class LogNormalPrefill(PrefillDistribution):
 
     Unconstrained: ``(mu, log sigma)``. Closed-form MLE: mean and population standard
     deviation of ``log X``.
+
+    Arguments:
+        mu: mean of ``log X`` (``X`` in tokens).
+        sigma: standard deviation of ``log X``, ``> 0``.
+        shift: ``>= 0`` tokens added to ``P`` (default 0).
     """
 
     mu: jax.Array = eqx.field(converter=float_leaf)
