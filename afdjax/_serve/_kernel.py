@@ -51,16 +51,17 @@ Times are kept relative to the start of the current chunk of steps (rebased afte
 chunk), so float32 runs do not lose the waits to a large clock.
 
 **Cost** per step and bundle: ``O(r_pad + max_admissions + max_resolved)`` (the arrivals
-and the queue heads' lengths are drawn ``max_admissions`` at a time; the admission loop
-runs as many iterations as the step admits, over the instances), independent of the batch
-size ``B``. Memory per bundle: the calendar ``2 H r_pad`` words and the request ring
-(``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared with other jobs,
-``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference in the same
-run; see BENCHMARKS.md): B = 64, 2.4e8 effective slot-steps per second, 23x the reference
-by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483, 2.6e8-3.6e8, 35x. What is
-left per step is a few hundred small XLA operations (per-operation overhead dominates at
-small ``B``) and one admission-loop iteration per admission (about 95 per step for
-``r = 32`` at ``B = 1483``: the policy is sequential).
+are drawn ``arrival_block`` gaps per loop iteration, none in a step without arrivals; the
+lengths of the first ``max_admissions`` queued requests before the admission loop, which
+runs one iteration per admission, over the instances), independent of the batch size ``B``
+except through the admissions per step. Memory per bundle: the calendar ``2 H r_pad`` words
+and the request ring (``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared
+with other jobs, ``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference
+in the same run; see BENCHMARKS.md): B = 64, 1.4e8-2.4e8 effective slot-steps per second,
+23-24x the reference by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483,
+2.6e8-3.6e8, 18-35x. What is left per step is a few hundred small XLA operations
+(per-operation overhead dominates at small ``B``) and one admission-loop iteration per
+admission (about 95 per step for ``r = 32`` at ``B = 1483``: the policy is sequential).
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
@@ -306,10 +307,13 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             c2 = elig & (rb == jnp.min(jnp.where(elig, rb, jnp.uint32(0xFFFFFFFF))))
         return jnp.argmax(c2).astype(jnp.int32)
 
-    def resolve(req, st, head, now, offsets, prefix):
-        """Resolve the finished requests among ``req.rp + offsets`` (their TPOT needs the
-        busy clock at their last step's end, ``now`` = the step index whose start is the
-        latest clock in the ring): a prefix of them (``prefix``, per step) or all (the end)."""
+    def resolve(req, st, head, now, final):
+        """Resolve the finished requests among the next K in admission order (their TPOT
+        needs the busy clock at their last step's end, ``now`` = the step index whose start
+        is the latest clock in the ring): the prefix of finished ones. At the end of the run
+        (``final``) the unfinished ones are passed over too (they finish after the measured
+        window): every admitted request is resolved or passed over."""
+        offsets = jnp.arange(K, dtype=jnp.int32)
         m = req.rp + offsets
         pos = jnp.mod(m, QR)
         word, d = req.word[pos], req.dec[pos]
@@ -317,13 +321,10 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         refused = word < 0
         s = word >> 1
         e = s + d  # the step whose start ends the request
-        ready = admitted & (refused | (e <= now))
-        if prefix:
-            count = jnp.where(jnp.all(ready), offsets.shape[0], jnp.argmin(ready))
-            res = (offsets < count) & ~refused
-        else:
-            count = jnp.zeros((), jnp.int32)
-            res = ready & ~refused
+        finished = e <= now
+        ready = admitted & (refused | finished | final)
+        count = jnp.where(jnp.all(ready), K, jnp.argmin(ready))
+        res = (offsets < count) & ~refused & finished
         too_old = jnp.any(res & (s <= now - HE))
         busy = (req.e_hi[jnp.mod(e, HE)] - req.e_hi[jnp.mod(s, HE)]) + (
             req.e_lo[jnp.mod(e, HE)] - req.e_lo[jnp.mod(s, HE)]
@@ -518,7 +519,11 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             ring_full=st.ring_full | (head - req.rp > QR),
         )
         # 5. resolve the TPOT of up to K finished requests, in admission order
-        req, st = resolve(req, st, head, k + 1, jnp.arange(K, dtype=jnp.int32), True)
+        # one call of K per step; at the run's last step, as many as the ring holds (the
+        # trip count does not depend on the bundle: no per-iteration select under vmap)
+        final = k == cfg.num_chunks * L - 1
+        trips = jnp.where(final, -(-QR // K) + 1, 1)
+        req, st = jax.lax.fori_loop(0, trips, lambda _, c: resolve(*c, head, k + 1, final), (req, st))
         q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
         return (inst, req, q, st), None
 
@@ -545,9 +550,7 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
     )
     q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), zero_f, jnp.asarray(-1, jnp.int32))
     carry0 = (inst0, req0, q0, Stats.zeros(cfg.num_bins, fdtype))
-    (_, req, q, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
-    # the requests that finished in the measured window and wait to be resolved
-    _, st = resolve(req, st, q.head, cfg.num_chunks * L, jnp.arange(QR, dtype=jnp.int32), False)
+    (_, _, _, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
     return st
 
 

@@ -104,6 +104,12 @@ def _decode_bound(req: Workload) -> int | None:
         return int(req.decode_steps)
     if isinstance(req, Uniform):
         return int(req.decode_high)
+    if isinstance(req, Empirical):  # rows (or a trace's) scaled by 1 + decode_scale
+        try:
+            scale = 1.0 + max(float(req.decode_scale), 0.0)
+            return math.ceil(float(np.max(np.asarray(req.decode_steps))) * scale) + 1
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return None
     return None
 
 
