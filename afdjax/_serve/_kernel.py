@@ -58,8 +58,9 @@ except through the admissions per step. Memory per bundle: the calendar ``2 H r_
 and the request ring (``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared
 with other jobs, ``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference
 in the same run; see BENCHMARKS.md): B = 64, 1.4e8-2.4e8 effective slot-steps per second,
-23-24x the reference by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483,
-2.6e8-3.6e8, 18-35x. What is left per step is a few hundred small XLA operations
+20-24x the reference by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483,
+2.6e8-5.5e8, 35x in a full run (9-18x in short runs, whose reference rate its warm-up
+inflates). What is left per step is a few hundred small XLA operations
 (per-operation overhead dominates at small ``B``) and one admission-loop iteration per
 admission (about 95 per step for ``r = 32`` at ``B = 1483``: the policy is sequential).
 
