@@ -14,8 +14,7 @@ from ._kernel import Stats, histogram_edges
 SATURATION_GROWTH = 0.02
 """A rate is flagged saturated when the requests in the bundle grew over each half of the
 measured window by more than this fraction of the arrivals in it (means over replicas; a
-burst near one end moves one half only) and the growth over the window exceeds 3 of its
-standard errors across replicas (a short run's drift), or when the queue reached its capacity. A stable
+burst near one end moves one half only), or when the queue reached its capacity. A stable
 queue's growth is its fluctuation, small against 2 % of thousands of arrivals; a rate 10 %
 above the bound grows by about 9 % of them in each half."""
 
@@ -242,10 +241,6 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     first = (f["mid_in_system"] - f["start_in_system"]).mean(axis=0)
     second = (f["end_in_system"] - f["mid_in_system"]).mean(axis=0)
     grows = (first > SATURATION_GROWTH * a_mean / 2) & (second > SATURATION_GROWTH * a_mean / 2)
-    # and the growth must stand out of its replica-to-replica noise (3 standard errors): a
-    # short run of a stable queue drifts by a few percent of its few arrivals
-    _, g_se = _mean_se(growth)
-    grows &= ~(g_mean <= 3.0 * g_se)  # (NaN with one replica: the fraction test alone)
     out["saturated"] = np.any(st.cap_hit, axis=0) | grows
     out["arrival_rate_total"] = ratios[:, None] * rates[None, :]
     return out
