@@ -314,6 +314,9 @@ def calibrate(
         folds = check_int("folds", folds, 2, len(observations))
     starts = [latency] if latency is not None else start_candidates(observations, per_label, comm_scaling)
     names = params.check_names(params.default_fit(starts[0]) if fit is None else fit, starts[0])
+    keep_noise = "attention_cv" in names  # data starts keep their polished cv (start_candidates)
+    if latency is None and keep_noise:
+        starts = start_candidates(observations, per_label, comm_scaling, keep_noise)
     starts = [params.with_starts(s, names) for s in starts]
     x0 = params.start_vector(starts[0], names)
     if not bool(jnp.all(jnp.isfinite(x0))):
@@ -341,7 +344,8 @@ def calibrate(
         bases = starts
         if latency is None and not np.all(weight > 0):
             train = observations.subset(np.nonzero(weight > 0)[0])
-            bases = [params.with_starts(m, names) for m in start_candidates(train, per_label, comm_scaling)]
+            candidates = start_candidates(train, per_label, comm_scaling, keep_noise)
+            bases = [params.with_starts(m, names) for m in candidates]
         best = None
         for base in bases:
             warm = mean_field_fit(observations, per_label, base, names, weight)
