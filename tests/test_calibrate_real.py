@@ -115,3 +115,11 @@ def test_data_starts_keep_the_polished_attention_cv():
     plain = start_candidates(sub, workloads, "batch")[0]
     assert kept.noise is not None and 0.1 < float(kept.noise.attention_cv) < 0.4
     assert plain.noise is None
+
+
+def test_interval_of_a_barely_identified_parameter_is_infinite_not_an_error():
+    """The four vLLM rows at their published batch leave a parameter with a standard error
+    of ``log`` so large that ``exp`` overflows: its interval's upper end is ``inf``."""
+    from afdjax._fit._calibrate import _exp
+
+    assert _exp(1000.0) == float("inf") and _exp(0.0) == 1.0 and _exp(-1000.0) == 0.0

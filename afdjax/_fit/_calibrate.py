@@ -140,6 +140,11 @@ class Calibration:
         return calibration_table(self)
 
 
+def _exp(v: float) -> float:
+    """``exp(v)``, ``inf`` past the largest float (an interval of a barely identified parameter)."""
+    return math.exp(v) if v < 709.0 else math.inf
+
+
 # ------------------------------------------------------------------------ the simulation
 def workload_per_label(observations: RatioSweep, workloads) -> dict:
     labels = sorted(set(observations.workload))
@@ -393,7 +398,7 @@ def calibrate(
         se_log[name] = math.sqrt(max(a + c, 0.0))
         dof[name] = _satterthwaite(a, dof_obs, c, per.shape[0] - 1)
         half = _t_quantile(0.975, dof[name]) * se_log[name]
-        interval[name] = (math.exp(float(x[i]) - half), math.exp(float(x[i]) + half))
+        interval[name] = (_exp(float(x[i]) - half), _exp(float(x[i]) + half))
     lat_warm = params.apply(start, names, x_warm)
     pred_np = np.asarray(pred)
     r_np, b_np = observations.ratio, observations.batch_size
