@@ -156,6 +156,11 @@ class Calibration:
         return calibration_table(self)
 
 
+def _exp(v: float) -> float:
+    """``exp(v)``, ``inf`` past the largest float (an interval of a barely identified parameter)."""
+    return math.exp(v) if v < 709.0 else math.inf
+
+
 # ------------------------------------------------------------------------ the simulation
 def workload_per_label(observations: RatioSweep, workloads) -> dict:
     labels = sorted(set(observations.workload))
@@ -333,6 +338,9 @@ def calibrate(
         folds = check_int("folds", folds, 2, len(observations))
     starts = [latency] if latency is not None else start_candidates(observations, per_label, comm_scaling)
     names = params.check_names(params.default_fit(starts[0]) if fit is None else fit, starts[0])
+    keep_noise = "attention_cv" in names  # data starts keep their polished cv (start_candidates)
+    if latency is None and keep_noise:
+        starts = start_candidates(observations, per_label, comm_scaling, keep_noise)
     starts = [params.with_starts(s, names) for s in starts]
     x0 = params.start_vector(starts[0], names)
     if not bool(jnp.all(jnp.isfinite(x0))):
@@ -360,7 +368,8 @@ def calibrate(
         bases = starts
         if latency is None and not np.all(weight > 0):
             train = observations.subset(np.nonzero(weight > 0)[0])
-            bases = [params.with_starts(m, names) for m in start_candidates(train, per_label, comm_scaling)]
+            candidates = start_candidates(train, per_label, comm_scaling, keep_noise)
+            bases = [params.with_starts(m, names) for m in candidates]
         best = None
         for base in bases:
             warm = mean_field_fit(observations, per_label, base, names, weight)
@@ -408,7 +417,7 @@ def calibrate(
         se_log[name] = math.sqrt(max(a + c, 0.0))
         dof[name] = _satterthwaite(a, dof_obs, c, per.shape[0] - 1)
         half = _t_quantile(0.975, dof[name]) * se_log[name]
-        interval[name] = (math.exp(float(x[i]) - half), math.exp(float(x[i]) + half))
+        interval[name] = (_exp(float(x[i]) - half), _exp(float(x[i]) + half))
     lat_warm = params.apply(start, names, x_warm)
     pred_np = np.asarray(pred)
     r_np, b_np = observations.ratio, observations.batch_size

@@ -79,13 +79,21 @@ def _envelope_assignment(observations: RatioSweep, tau, x_ffn):
     return tau <= 1.02 * (a * x_ffn + b)
 
 
-def start_candidates(observations: RatioSweep, workloads: dict, comm_scaling: str = "batch") -> list:
+def start_candidates(
+    observations: RatioSweep, workloads: dict, comm_scaling: str = "batch", keep_noise: bool = False
+) -> list:
     """Starting latency models from the measured step times alone (module docstring): the
     alternating least squares from three first guesses (the lower envelope, the upper half
     of each group's ratios, every row attention-bound), each polished by
-    :func:`mean_field_fit`; distinct ones, smallest mean-field error first. The mean field
-    has no stage-time noise, so its best fit may put the FFN line out of play where the
-    noise explains a rise; :func:`afdjax.calibrate` refines from each and keeps the best."""
+    :func:`mean_field_fit` with ``attention_cv``; distinct ones, smallest mean-field error
+    first. The best fit may put the FFN line out of play where the noise explains a rise;
+    :func:`afdjax.calibrate` refines from each and keeps the best.
+
+    ``keep_noise``: keep each start's polished ``attention_cv`` (for a fit of
+    ``attention_cv``: a start whose attention line binds only through its straggler factor
+    loses that line at a smaller ``cv``, where neither the warm start nor the refinement can
+    move ``cv`` back, since a line that binds no row has no gradient); ``False`` (default):
+    the coefficients only."""
     tau, feat = _features(observations, workloads, comm_scaling)
     x_att, x_ffn = feat[:, 0], feat[:, 2]
     r = observations.ratio.astype(float)
@@ -110,7 +118,7 @@ def start_candidates(observations: RatioSweep, workloads: dict, comm_scaling: st
         )
         noisy = eqx.tree_at(lambda m: m.noise, start, StageNoise(attention_cv=0.05), is_leaf=lambda v: v is None)
         polished = mean_field_fit(observations, workloads, noisy, COEFFICIENT_NAMES[:4] + ("attention_cv",))
-        fitted = eqx.tree_at(lambda m: m.noise, polished, None)  # the start of the coefficients only
+        fitted = polished if keep_noise else eqx.tree_at(lambda m: m.noise, polished, None)
         values = np.asarray(list(fitted.coefficients().values()))
         if not any(np.allclose(values, v, rtol=1e-3) for _, v, _ in found):
             found.append((_cost(observations, workloads, polished), values, fitted))
@@ -122,14 +130,22 @@ def start_from_data(observations: RatioSweep, workloads: dict, comm_scaling: str
     return start_candidates(observations, workloads, comm_scaling)[0]
 
 
-def _cost(observations, workloads, latency) -> float:
-    tau, feat = _features(observations, workloads, latency.comm_scaling)
+def mean_field_step_time(observations: RatioSweep, workloads: dict, latency: LatencyModel) -> np.ndarray:
+    """The mean-field step time of every row (module docstring; the attention line times
+    the expected largest of ``r`` factors when ``latency`` has ``attention_cv``), in the
+    coefficients' time unit."""
+    _, feat = _features(observations, workloads, latency.comm_scaling)
     c = np.asarray([float(getattr(latency, n)) for n in COEFFICIENT_NAMES])
     lines = np.stack([feat[:, 2 * k] * c[2 * k] + feat[:, 2 * k + 1] * c[2 * k + 1] for k in range(3)], axis=1)
     noise = getattr(latency, "noise", None)
     if noise is not None and float(noise.attention_cv) > 0:
         lines[:, 0] *= expected_max_factor(float(noise.attention_cv), observations.ratio)
-    return float(np.sum((lines.max(axis=1) / tau - 1.0) ** 2))
+    return lines.max(axis=1)
+
+
+def _cost(observations, workloads, latency) -> float:
+    tau, _ = _features(observations, workloads, latency.comm_scaling)
+    return float(np.sum((mean_field_step_time(observations, workloads, latency) / tau - 1.0) ** 2))
 
 
 CV_FLOOR_LOG = math.log(1e-3)  # afdjax._fit._calibrate_params.FLOORS["attention_cv"]
