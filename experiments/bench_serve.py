@@ -4,19 +4,23 @@ Baseline: Geometric(mu_p=100, mu_d=500), paper-910c, B = 64, r = 1..32, Poisson 
 three loads (0.3, 0.7 and 0.95 of the saturated rate of r = 16, the same rates for every
 ratio, so small ratios run light and large ones near or past saturation). Effective
 slot-steps = sum over ratios and rates of r * B * (warm-up + measured steps) * replicas:
-what a simulator that runs every bundle separately advances. The engine pads each bundle
-to its ratio group's size (afdjax._serve._serve.ratio_groups: 8, 16, 32 here), so its
-padded work is about 1.3 times the effective one.
+what a simulator that runs every bundle separately advances. ``--batch-size 1483`` runs the
+same at the batch size ``afdjax compare`` picks for a real AFD deployment (B = 128..1500
+per Attention instance in practice).
+
+The engine keeps per-instance state (occupied slots, KV load) and a calendar of
+completions, so its cost per step grows with the admissions per step, not with B; the
+reference below visits every occupied slot every step.
 
 Prints, in one run: the engine's compile time and steady-state rate (median of repeats,
 compile excluded), the rate of the per-step NumPy reference (tests/test_serve_reference.py)
 measured on a few bundles (r = 1, 8, 32 at the middle load, the same warm-up), and their
 ratio, by wall time and by this process's CPU time (the machine is shared: the load
-average before and after is printed; CPU-time rates are the steadier ones). The reference
-visits only occupied slots, the engine every slot of every bundle.
+average before and after is printed; CPU-time rates are the steadier ones).
 
-    python experiments/bench_serve.py            # full run
-    python experiments/bench_serve.py --quick    # smaller sizes, for a smoke test
+    python experiments/bench_serve.py                    # full run, B = 64
+    python experiments/bench_serve.py --batch-size 1483  # a deployment's batch size
+    python experiments/bench_serve.py --quick            # smaller sizes, for a smoke test
     python experiments/bench_serve.py --json
 """
 
@@ -49,8 +53,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
     a = ap.parse_args()
-    B, rmax = 64, 32
+    B, rmax = a.batch_size, 32
     steps, replicas = (500, 2) if a.quick else (2000, 4)
     ref_steps = 200 if a.quick else 600
     wl = afdjax.Geometric(mu_p=100.0, mu_d=500.0)

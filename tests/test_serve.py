@@ -157,9 +157,13 @@ def test_result_fields_and_settings(unlimited):
     assert unlimited.settings["policy"] == "balanced"
     assert np.all(np.asarray(unlimited.utilisation_attention) <= 1.0 + 1e-9)
     assert np.all(np.asarray(unlimited.goodput_per_instance) <= np.asarray(unlimited.throughput_per_instance) + 1e-12)
-    # common random numbers: a rate's column does not depend on the other rates; far above
-    # capacity the queue grows (saturated) and every slot stays occupied
-    one = _engine(rates=[RATES[1], 0.05, 0.2])
+    # common random numbers: a rate's column does not depend on the other rates (nor on the
+    # targets); far above capacity the queue grows (saturated) and every slot stays occupied;
+    # without targets every token is good: goodput is the throughput
+    one = serve(
+        jax.random.key(1), WORKLOAD, LAT, B, RATIOS, [RATES[1], 0.05, 0.2], STEPS, REPLICAS, prefill_beta=PREFILL_BETA
+    )
+    np.testing.assert_array_equal(np.asarray(one.goodput_per_instance), np.asarray(one.throughput_per_instance))
     assert np.all(np.asarray(one.saturated)[:, 1:]) and not np.any(np.asarray(one.saturated)[:, 0])
     assert np.all(np.asarray(one.mean_occupied_slots)[:, 2] > B - 0.01)
     np.testing.assert_allclose(

@@ -18,31 +18,59 @@ One iteration is one decode step of the bundle:
    first ``r`` instances that have a free slot and, with a KV capacity ``M`` per instance,
    where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
    waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
-   is refused (counted). It takes the instance's lowest free slot and joins this step.
+   is refused (counted). It joins this step.
    At most ``max_admissions`` requests per step: a step that needs more is flagged and
    the run repeated with enough (:func:`afdjax.serve` does it, same random numbers, so the
    same numbers come out);
 4. **step**: :func:`step_time` of the occupied loads; every occupied slot emits one token,
    its load grows by one; a request that has done its ``D`` steps leaves at the step's end.
 
+**State: per instance, not per slot.** The step time needs only each instance's occupied
+count ``n_j`` and KV load ``T_j`` (the sum of ``P + steps done`` over its requests), and the
+policies only those: every step ``T_j += n_j``; an admission adds ``P`` to ``T_j`` and 1 to
+``n_j``. A request's length ``D`` is drawn when it is admitted at step ``s``, so its last
+step ``f = s + D - 1`` is known then: a calendar ``(H, r)`` (row ``f % H``) holds the count
+and the KV ``P + D`` that leave each instance at the end of step ``f``; each step reads one
+row (and clears the previous one). ``H`` (``horizon``) is a power of two above the longest
+``D`` of the workload (or 16 mean lengths where unbounded); a run that admits a longer one
+is repeated with a longer calendar (same numbers). ``T_j`` is reset to 0 when an instance
+empties.
+
+**Per-request figures** without per-slot state: TTFT (queue wait + prefill model) and the
+sojourn's wait are known at admission and counted then, with the weight of the request's
+last step being measured. TPOT = the busy time between its first step's start and its last
+step's end over ``D``: a ring of the busy clock at each step's start (``clock_ring`` steps,
+kept as a compensated sum ``hi + lo`` so the difference of two large clocks stays exact to
+float rounding of the TPOT itself) and a ring of the admitted requests (admission step, TTFT
+target met, ``D``) by request number. Each step resolves up to ``max_resolved`` finished
+requests in admission order (TPOT histogram, goodput, sojourn); at the end of the run the
+ones still waiting are resolved at once. A ring too short for the requests in flight is
+flagged and the run repeated with longer rings (same numbers).
+
 Times are kept relative to the start of the current chunk of steps (rebased after each
 chunk), so float32 runs do not lose the waits to a large clock.
 
-Cost: every step touches every slot of every bundle (``r_pad B`` per bundle, the ratios
-padded to their group's size, :func:`afdjax._serve._serve.ratio_groups`); the slots are
-one ``(r_pad, B)`` array per field, finished requests go into the histograms by one masked
-scatter; the admission and arrival loops run as many iterations as the step needs (a
-batched ``while_loop``), with only small state in their carry. Measured (2-core CPU,
-``experiments/bench_serve.py --quick``, same load): about 2x the slot-steps per second of the first
-version; the cumulative sum that ranks free slots and the histogram scatter are now the
-largest single costs.
+**Cost** per step and bundle: ``O(r_pad + max_admissions + max_resolved)`` (the arrivals
+are drawn ``arrival_block`` gaps per loop iteration, none in a step without arrivals; the
+lengths of the first ``max_admissions`` queued requests before the admission loop, which
+runs one iteration per admission, over the instances), independent of the batch size ``B``
+except through the admissions per step. Memory per bundle: the calendar ``2 H r_pad`` words
+and the request ring (``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared
+with other jobs, ``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference
+in the same run; see BENCHMARKS.md): B = 64, 1.4e8-2.4e8 effective slot-steps per second,
+20-24x the reference by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483,
+2.6e8-5.5e8, 35x in a full run (9-18x in short runs, whose reference rate its warm-up
+inflates). What is left per step is a few hundred small XLA operations
+(per-operation overhead dominates at small ``B``) and one admission-loop iteration per
+admission (about 95 per step for ``r = 32`` at ``B = 1483``: the policy is sequential).
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
 only (``jax.jvp``/``jacfwd``), and the queueing decisions (an arrival before or after a
 step's start, a KV fit, which instance) are comparisons with zero derivative: a pathwise
 derivative holds the order of events fixed and misses what moving events contribute.
-Measured against central differences with common random numbers (``d/d alpha_f``, the
+Measured (with the previous per-slot kernel, which computed the same quantities in the
+same event order) against central differences with common random numbers (``d/d alpha_f``, the
 test configuration ``B = 4``, ``r = 1, 3``, loads 0.2 and 0.7, 8 x 3000 steps): mean TPOT
 pathwise 0.46, 0.20, 0.70, 0.33 against 0.64, 0.23, 0.82, 0.56 (15-40 % low); mean TTFT
 0.67, 2.5, 3.6, 31 against -0.62, -0.51, -0.09, 1.9 (wrong, even in sign); throughput
@@ -89,6 +117,16 @@ class ServeConfig:
     num_bins: int
     policy: str
     replica_batch_size: int
+    horizon: int
+    """Rows of the completion calendar: the longest decode ``D`` it can hold (a power of two)."""
+    request_ring: int
+    """Requests admitted and not yet resolved that the request ring holds (a power of two)."""
+    max_resolved: int
+    """Finished requests resolved per step (more wait to the next step; never changes a number)."""
+    arrival_block: int
+    """Arrival gaps drawn per iteration of the arrival loop (never changes a number)."""
+    clock_ring: int
+    """Steps of busy clock kept (a request is resolved within this many steps of its admission)."""
 
 
 class Inputs(eqx.Module):
@@ -121,20 +159,26 @@ def step_time(latency, kv, n_inst, ratio, mask):
     return jnp.where(busy, tau, 0.0), t_a, jnp.where(busy, t_f, 0.0), jnp.where(busy, t_c, 0.0)
 
 
-class Slots(eqx.Module):
-    """Every slot's request, one ``(R, B)`` array per field (structure of arrays: no
-    interleaved copies per step); a slot is occupied while ``idx < dec``."""
+class Instances(eqx.Module):
+    """Per-instance state and the completion calendar (no per-slot state)."""
 
-    dec: jax.Array  # decode steps D (0 when empty)
-    idx: jax.Array  # steps done
-    pre: jax.Array  # prefill P
-    arr: jax.Array  # arrival time (relative)
-    wait: jax.Array  # queue wait
-    tsum: jax.Array  # sum of step times
+    n: jax.Array  # (R,) occupied slots
+    kv: jax.Array  # (R,) KV tokens of the occupied slots (sum of P + steps done)
+    cal_n: jax.Array  # (H, R) requests that finish at step f, row f % H
+    cal_kv: jax.Array  # (H, R) their KV at the end (P + D)
 
-    @property
-    def occ(self):
-        return self.idx < self.dec
+
+class Requests(eqx.Module):
+    """The admitted requests not yet resolved (ring by request number) and the busy-time
+    clock (compensated: ``hi + lo``) at the start of each of the last ``clock_ring`` steps."""
+
+    word: jax.Array  # (Qr,) 2 s + (TTFT target met), s the admission step; -1: refused
+    dec: jax.Array  # (Qr,) decode steps D
+    e_hi: jax.Array  # (HE,) busy time at the start of step k, index k % HE
+    e_lo: jax.Array
+    hi: jax.Array  # busy time now
+    lo: jax.Array
+    rp: jax.Array  # next request number to resolve
 
 
 class Queue(eqx.Module):
@@ -147,7 +191,8 @@ class Queue(eqx.Module):
 
 
 class Stats(eqx.Module):
-    """Sums over the measured steps of one bundle (scalars unless noted)."""
+    """Sums over the measured steps of one bundle (scalars unless noted). A request counts
+    when its last decode step is a measured one."""
 
     time: jax.Array
     idle: jax.Array
@@ -175,6 +220,8 @@ class Stats(eqx.Module):
     cap_hit: jax.Array  # bool
     truncated: jax.Array  # bool: a step needed more than max_admissions (rerun)
     need: jax.Array  # the max_admissions it needed (at least)
+    max_decode: jax.Array  # the longest D admitted (a rerun with a longer calendar if > horizon)
+    ring_full: jax.Array  # bool: the request ring or the clock ring overflowed (rerun, larger)
 
     @staticmethod
     def zeros(num_bins, dtype):
@@ -182,7 +229,15 @@ class Stats(eqx.Module):
         i = jnp.zeros((), jnp.int32)
         h = jnp.zeros(num_bins + 2, jnp.int32)
         f = jnp.zeros((), bool)
-        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, i, f, f, i)
+        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, i, f, f, i, i, f)
+
+
+def _two_sum(hi, lo, x):
+    """``(hi, lo) + x`` with the rounding error of ``hi + x`` kept in ``lo``."""
+    s = hi + x
+    bb = s - hi
+    err = (hi - (s - bb)) + (x - bb)
+    return s, lo + err
 
 
 def _bin(value, log_lo, dlog, num_bins):
@@ -204,6 +259,9 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
     """Simulate one bundle (replica ``replica_id``, ratio ``ratio``, rate ``rate`` per
     Attention instance); return its :class:`Stats`."""
     R, B, Q, A, L = cfg.max_ratio, cfg.batch_size, cfg.queue_capacity, cfg.max_admissions, cfg.chunk_steps
+    H, QR, K, G = cfg.horizon, cfg.request_ring, cfg.max_resolved, cfg.arrival_block
+    HE = cfg.clock_ring
+    first, stop_step = cfg.warmup_steps, cfg.warmup_steps + cfg.num_steps
     fdtype = jnp.zeros(()).dtype
     k1, k2 = _hash(key_words[0], key_words[1], replica_id, jnp.uint32(0xFFFFFFFF))
     lam = ratio.astype(fdtype) * rate  # the bundle's total arrival rate
@@ -213,6 +271,7 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         ob = _hash(k1, k2, jnp.uint32(0xFFFFFFFF), jnp.uint32(2))
         offset = uniform_int(ob[0], ob[1], arrivals.num_requests)
     (tl, td), (wl, wd) = histogram_edges(inp.scale, cfg.num_bins)
+    out_of_range = cfg.num_bins + 2
 
     def gap(m):
         """Time from request m-1's arrival to request m's."""
@@ -228,6 +287,9 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         b = _hash(k1, k2, n.astype(jnp.uint32), jnp.uint32(0))
         p, d = workload._fresh(b[0], b[1])
         return p.astype(fdtype), d
+
+    def measured_at(f):
+        return (f >= first) & (f < stop_step)
 
     def pick(elig, free, kv, head, last):
         big = jnp.iinfo(jnp.int32).max
@@ -246,10 +308,51 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             c2 = elig & (rb == jnp.min(jnp.where(elig, rb, jnp.uint32(0xFFFFFFFF))))
         return jnp.argmax(c2).astype(jnp.int32)
 
+    def resolve(req, st, head, now, final):
+        """Resolve the finished requests among the next K in admission order (their TPOT
+        needs the busy clock at their last step's end, ``now`` = the step index whose start
+        is the latest clock in the ring): the prefix of finished ones. At the end of the run
+        (``final``) the unfinished ones are passed over too (they finish after the measured
+        window): every admitted request is resolved or passed over."""
+        offsets = jnp.arange(K, dtype=jnp.int32)
+        m = req.rp + offsets
+        pos = jnp.mod(m, QR)
+        word, d = req.word[pos], req.dec[pos]
+        admitted = m < head
+        refused = word < 0
+        s = word >> 1
+        e = s + d  # the step whose start ends the request
+        finished = e <= now
+        ready = admitted & (refused | finished | final)
+        count = jnp.where(jnp.all(ready), K, jnp.argmin(ready))
+        res = (offsets < count) & ~refused & finished
+        too_old = jnp.any(res & (s <= now - HE))
+        busy = (req.e_hi[jnp.mod(e, HE)] - req.e_hi[jnp.mod(s, HE)]) + (
+            req.e_lo[jnp.mod(e, HE)] - req.e_lo[jnp.mod(s, HE)]
+        )
+        df = jnp.maximum(d, 1).astype(fdtype)
+        tpot = busy / df
+        w = res & measured_at(e - 1)
+        wf = w.astype(fdtype)
+        good = ((word & 1) == 1) & (tpot <= inp.slo_tpot)
+        tb = _bin(tpot, tl, td, cfg.num_bins)
+        st = eqx.tree_at(
+            lambda x: (x.good_tokens, x.tpot_sum, x.sojourn_sum, x.tpot_hist, x.ring_full),
+            st,
+            (
+                st.good_tokens + jnp.sum(jnp.where(good, wf * df, 0.0)),
+                st.tpot_sum + jnp.sum(wf * tpot),
+                st.sojourn_sum + jnp.sum(wf * busy),
+                st.tpot_hist.at[jnp.where(w, tb, out_of_range)].add(1, mode="drop"),
+                st.ring_full | too_old,
+            ),
+        )
+        return eqx.tree_at(lambda x: x.rp, req, req.rp + count.astype(req.rp.dtype)), st
+
     def one_step(carry, k):
-        slots, q, st = carry
-        measured = (k >= cfg.warmup_steps) & (k < cfg.warmup_steps + cfg.num_steps)
-        n_occ0 = jnp.sum(slots.occ, dtype=jnp.int32)
+        inst, req, q, st = carry
+        measured = measured_at(k)
+        n_occ0 = jnp.sum(inst.n, dtype=jnp.int32)
         # 1. idle until the next arrival
         empty = (n_occ0 == 0) & (q.n_arr == q.head)
         idle = jnp.where(empty, jnp.maximum(q.next_arr - q.clock, 0.0), 0.0)
@@ -259,94 +362,100 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             lambda s: (s.start_in_system, s.mid_in_system),
             st,
             (
-                jnp.where(k == cfg.warmup_steps, in_system, st.start_in_system),
-                jnp.where(k == cfg.warmup_steps + cfg.num_steps // 2, in_system, st.mid_in_system),
+                jnp.where(k == first, in_system, st.start_in_system),
+                jnp.where(k == first + cfg.num_steps // 2, in_system, st.mid_in_system),
             ),
         )
 
-        # 2. arrivals up to the step's start: at most A per step into a small buffer, then
-        # one write into the ring (a later one keeps its time and joins at a later step)
+        # 2. arrivals up to the step's start, at most A per step: a loop drawing G gaps per
+        # iteration (none in a step without arrivals); a later one keeps its time and joins
+        # at a later step
+        zero_i = jnp.zeros((), jnp.int32)
+        ii = jnp.arange(A + 1, dtype=jnp.int32)
+        gg = jnp.arange(G, dtype=jnp.int32)
+
         def arrive_cond(c):
-            i, _, n_arr, next_arr, _, _ = c
-            return (i < A) & (next_arr <= clock) & (n_arr - q.head < Q)
+            n, _, n_arr, next_arr = c
+            return (n < A) & (next_arr <= clock) & (n_arr - q.head < Q)
 
         def arrive(c):
-            i, buf, n_arr, next_arr, area, count = c
-            buf = buf.at[i].set(next_arr)
-            area = area + jnp.where(measured, clock - next_arr, 0.0)
-            count = count + measured.astype(jnp.int32)
-            n_arr = n_arr + 1
-            return i + 1, buf, n_arr, next_arr + gap(n_arr), area, count
+            n, buf, n_arr, next_arr = c
+            # (an associative scan: XLA CPU's cumsum is a slow reduce-window)
+            cum = jax.lax.associative_scan(jnp.add, gap(n_arr + 1 + gg))
+            times = next_arr + jnp.concatenate([jnp.zeros(1, fdtype), cum])  # requests n_arr .. n_arr + G
+            ok = (times[:G] <= clock) & (n + gg < A) & (n_arr - q.head + gg < Q)  # a prefix
+            c_new = jnp.sum(ok, dtype=jnp.int32)
+            buf = buf.at[jnp.where(ok, n + gg, A)].set(times[:G], mode="drop")
+            return n + c_new, buf, n_arr + c_new, times[c_new]
 
-        zero_i = jnp.zeros((), jnp.int32)
-        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr, st.arrival_area, st.arrivals)
-        n_new, buf, n_arr, next_arr, arrival_area, arrivals_count = jax.lax.while_loop(arrive_cond, arrive, c0)
-        slot_of = jnp.where(jnp.arange(A) < n_new, jnp.mod(q.n_arr + jnp.arange(A), Q), Q)
+        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr)
+        n_new, buf, n_arr, next_arr = jax.lax.while_loop(arrive_cond, arrive, c0)
+        arrived = ii[:A] < n_new
+        arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - buf, 0.0)), 0.0)
+        arrivals_count = st.arrivals + jnp.where(measured, n_new, 0)
+        slot_of = jnp.where(arrived, jnp.mod(q.n_arr + ii[:A], Q), Q)
         ring = q.ring.at[slot_of].set(buf, mode="drop")
         pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
         cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
 
-        # 3. admission
-        free0 = B - jnp.sum(slots.occ, axis=1, dtype=jnp.int32)
-        kv0 = jnp.sum(jnp.where(slots.occ, slots.pre + slots.idx.astype(fdtype), 0.0), axis=1)
-
-        def can_take(head, free, kv):
-            p, d = lengths(head)
-            cand = head < n_arr
-            never = p > inp.kv_capacity
-            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
-            return p, d, cand, never, elig
+        # 3. admission, on the instances' counts and KV loads; the lengths of the first A + 1
+        # requests in the queue drawn together before the loop
+        p_all, d_all = lengths(q.head + ii)
+        never_all = p_all > inp.kv_capacity
 
         def more(c):
-            i, head, free, _, _, stop, _, _, _ = c
+            i, head, free, _, stop, _, _ = c
             return (i < A) & (head < n_arr) & ~stop & jnp.any(mask & (free > 0))
 
         def admit(c):
             # only small state in the loop (a batched while loop copies its whole carry per
-            # iteration): the decisions go to buffers of A, written into the slots after it
-            i, head, free, kv, count, stop, last, rejected, dec = c
-            p, d, cand, never, elig = can_take(head, free, kv)
-            take = cand & ~never & jnp.any(elig)
+            # iteration): the instances chosen go to a buffer of A, applied after it. Every
+            # iteration but a blocked last one takes or refuses request q.head + i.
+            i, head, free, kv, stop, last, jbuf = c
+            p, never = p_all[i], never_all[i]
+            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
+            take = ~never & jnp.any(elig)
             j = pick(elig, free, kv, head, last)
-            a = head_times[jnp.clip(head - q.head, 0, A - 1)]
-            row = jnp.stack([j, count[j], d.astype(jnp.int32), take.astype(jnp.int32)])
-            dec = (dec[0].at[i].set(row), dec[1].at[i].set(jnp.stack([p, a, clock - a])))
+            jbuf = jbuf.at[i].set(j)
             free = free.at[j].add(-take.astype(free.dtype))
             kv = kv.at[j].add(jnp.where(take, p, 0.0))
-            count = count.at[j].add(take.astype(count.dtype))
-            rejected = rejected + (cand & never & measured).astype(jnp.int32)
-            head = head + (take | (cand & never)).astype(head.dtype)
-            stop = stop | (cand & ~never & ~jnp.any(elig))
-            return i + 1, head, free, kv, count, stop, jnp.where(take, j, last), rejected, dec
+            head = head + (take | never).astype(head.dtype)
+            stop = stop | (~never & ~jnp.any(elig))
+            return i + 1, head, free, kv, stop, jnp.where(take, j, last), jbuf
 
-        head_times = ring[jnp.mod(q.head + jnp.arange(A), Q)]  # the first A in the queue
-        dec0 = (jnp.zeros((A, 4), jnp.int32), jnp.zeros((A, 3), fdtype))
-        count0 = jnp.zeros(R, jnp.int32)
-        c0 = (zero_i, q.head, free0, kv0, count0, jnp.zeros((), bool), q.last, st.rejected, dec0)
-        i, head, free, kv, count, stop, last, rejected, (dint, dflt) = jax.lax.while_loop(more, admit, c0)
-        # the c-th request admitted to instance j takes its c-th lowest free slot
-        free_slot = ~slots.occ
-        # (R, B): rank among the instance's free slots (an associative scan: XLA CPU's cumsum is a slow reduce-window)
-        rank = jax.lax.associative_scan(jnp.add, free_slot.astype(jnp.int32), axis=1) - 1
-        valid = (jnp.arange(A) < i) & (dint[:, 3] == 1)
-        table = (
-            jnp.full((R, B), A, jnp.int32)
-            .at[jnp.where(valid, dint[:, 0], R), dint[:, 1]]
-            .set(jnp.arange(A, dtype=jnp.int32), mode="drop")
+        c0 = (zero_i, q.head, B - inst.n, inst.kv, jnp.zeros((), bool), q.last, jnp.zeros(A, jnp.int32))
+        i, head, free, kv, stop, last, j_new = jax.lax.while_loop(more, admit, c0)
+        rows = ii[:A]
+        used = rows < head - q.head  # taken or refused: request q.head + row
+        took = used & ~never_all[:A]
+        refused_now = used & never_all[:A]
+        rejected = st.rejected + jnp.where(measured, jnp.sum(refused_now, dtype=jnp.int32), 0)
+        d_new, p_new = d_all[:A].astype(jnp.int32), p_all[:A]
+        wait_new = clock - ring[jnp.mod(q.head + rows, Q)]
+        f_new = k + d_new - 1  # the request's last step
+        row_of = jnp.where(took, jnp.mod(f_new, H), H)
+        # the previous step's row was read at its end: cleared now, before any write
+        # (write, then read: the calendar stays in place, no copy per step)
+        prev = jnp.mod(k - 1, H)
+        cal_n = inst.cal_n.at[prev].set(0).at[row_of, j_new].add(1, mode="drop")
+        cal_kv = inst.cal_kv.at[prev].set(0.0).at[row_of, j_new].add(p_new + d_new.astype(fdtype), mode="drop")
+        ttft = wait_new + inp.alpha_p * p_new + inp.beta_p
+        ok = ttft <= inp.slo_ttft
+        pos = jnp.where(used, jnp.mod(q.head + rows, QR), QR)
+        req = eqx.tree_at(
+            lambda x: (x.word, x.dec),
+            req,
+            (
+                req.word.at[pos].set(jnp.where(took, 2 * k + ok, -1).astype(jnp.int32), mode="drop"),
+                req.dec.at[pos].set(d_new, mode="drop"),
+            ),
         )
-        newly = free_slot & (rank < count[:, None])
-        k_of = jnp.where(newly, jnp.take_along_axis(table, jnp.clip(rank, 0, B - 1), axis=1), A)
-        d_new = jnp.append(dint[:, 2], 0)[k_of]
-        f_new = jnp.concatenate([dflt, jnp.zeros((1, 3), fdtype)])[k_of]  # (R, B, 3)
-        slots = Slots(
-            jnp.where(newly, d_new, slots.dec),
-            jnp.where(newly, 0, slots.idx),
-            jnp.where(newly, f_new[..., 0], slots.pre),
-            jnp.where(newly, f_new[..., 1], slots.arr),
-            jnp.where(newly, f_new[..., 2], slots.wait),
-            jnp.where(newly, 0.0, slots.tsum),
-        )
-        _, _, cand, never, elig = can_take(head, free, kv)
+        wa = took & measured_at(f_new)  # requests counted at admission (all they need is known)
+        waf = wa.astype(fdtype)
+        wb = _bin(ttft, wl, wd, cfg.num_bins)
+        p_next, never = p_all[head - q.head], never_all[head - q.head]
+        cand = head < n_arr
+        elig = mask & (free > 0) & (kv + p_next <= inp.kv_capacity)
         slot_free = jnp.any(mask & (free > 0))
         cut_admissions = (i >= A) & cand & ~stop & slot_free & (never | jnp.any(elig))
         cut_arrivals = pending & (n_new >= A) & (head == n_arr) & slot_free
@@ -361,28 +470,22 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         )
 
         # 4. the step
-        n_inst = jnp.sum(slots.occ, axis=1, dtype=jnp.int32)
+        n_inst = B - free
         tau, t_a, t_f, t_c = step_time(latency, kv, n_inst, ratio, mask)
         n = jnp.sum(n_inst, dtype=jnp.int32)
         queued = n_arr - head
         w = jnp.where(measured, 1.0, 0.0)
-        tsum = slots.tsum + jnp.where(slots.occ, tau, 0.0)
-        idx = slots.idx + slots.occ.astype(jnp.int32)
-        done = slots.occ & (idx >= slots.dec)
-        decf = slots.dec.astype(fdtype)
-        tpot = tsum / decf
-        ttft = slots.wait + inp.alpha_p * slots.pre + inp.beta_p
-        sojourn = clock + tau - slots.arr
-        good = (ttft <= inp.slo_ttft) & (tpot <= inp.slo_tpot)
-        rec = done & measured
-        recf = rec.astype(fdtype)
-        tb = _bin(tpot, tl, td, cfg.num_bins).ravel()
-        wb = _bin(ttft, wl, wd, cfg.num_bins).ravel()
-
-        # histograms: every finished request of the step (one scatter; the others dropped)
-        out_of_range = cfg.num_bins + 2
-        tpot_hist = st.tpot_hist.at[jnp.where(rec.ravel(), tb, out_of_range)].add(1, mode="drop")
-        ttft_hist = st.ttft_hist.at[jnp.where(rec.ravel(), wb, out_of_range)].add(1, mode="drop")
+        # every occupied slot emits a token; the requests whose last step this is leave
+        row = jnp.mod(k, H)
+        gone_n, gone_kv = cal_n[row], cal_kv[row]
+        n_after = n_inst - gone_n
+        kv_after = jnp.where(n_after > 0, kv + n_inst.astype(fdtype) - gone_kv, 0.0)
+        inst = Instances(n_after, kv_after, cal_n, cal_kv)
+        hi, lo = _two_sum(req.hi, req.lo, tau)
+        e_at = jnp.mod(k + 1, HE)
+        req = eqx.tree_at(
+            lambda x: (x.e_hi, x.e_lo, x.hi, x.lo), req, (req.e_hi.at[e_at].set(hi), req.e_lo.at[e_at].set(lo), hi, lo)
+        )
         rf = ratio.astype(fdtype)
         st = Stats(
             time=st.time + w * (idle + tau),
@@ -396,42 +499,59 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             ffn_busy=st.ffn_busy + w * t_f,
             comm_busy=st.comm_busy + w * t_c,
             arrivals=arrivals_count,
-            done=st.done + jnp.sum(rec, dtype=jnp.int32),
-            done_tokens=st.done_tokens + jnp.sum(recf * decf),
-            good_tokens=st.good_tokens + jnp.sum(jnp.where(good, recf * decf, 0.0)),
-            tpot_sum=st.tpot_sum + jnp.sum(recf * tpot),
-            ttft_sum=st.ttft_sum + jnp.sum(recf * ttft),
-            sojourn_sum=st.sojourn_sum + jnp.sum(recf * sojourn),
-            tpot_hist=tpot_hist,
-            ttft_hist=ttft_hist,
+            done=st.done + jnp.sum(wa, dtype=jnp.int32),
+            done_tokens=st.done_tokens + jnp.sum(waf * d_new.astype(fdtype)),
+            good_tokens=st.good_tokens,
+            tpot_sum=st.tpot_sum,
+            ttft_sum=st.ttft_sum + jnp.sum(waf * ttft),
+            sojourn_sum=st.sojourn_sum + jnp.sum(waf * wait_new),
+            tpot_hist=st.tpot_hist,
+            ttft_hist=st.ttft_hist.at[jnp.where(wa, wb, out_of_range)].add(1, mode="drop"),
             start_in_system=st.start_in_system,
             mid_in_system=st.mid_in_system,
             end_in_system=jnp.where(
-                k == cfg.warmup_steps + cfg.num_steps - 1, queued + n - jnp.sum(done, dtype=jnp.int32), st.end_in_system
+                k == stop_step - 1, queued + n - jnp.sum(gone_n, dtype=jnp.int32), st.end_in_system
             ),
             rejected=rejected,
             cap_hit=cap_hit,
             truncated=truncated,
             need=need,
+            max_decode=jnp.maximum(st.max_decode, jnp.max(jnp.where(took, d_new, 0))),
+            ring_full=st.ring_full | (head - req.rp > QR),
         )
-        slots = Slots(slots.dec, idx, slots.pre, slots.arr, slots.wait, tsum)
+        # 5. resolve the TPOT of up to K finished requests, in admission order
+        # one call of K per step; at the run's last step, as many as the ring holds (the
+        # trip count does not depend on the bundle: no per-iteration select under vmap)
+        final = k == cfg.num_chunks * L - 1
+        trips = jnp.where(final, -(-QR // K) + 1, 1)
+        req, st = jax.lax.fori_loop(0, trips, lambda _, c: resolve(*c, head, k + 1, final), (req, st))
         q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
-        return (slots, q, st), None
+        return (inst, req, q, st), None
 
     def chunk(carry, c):
         carry, _ = jax.lax.scan(one_step, carry, c * L + jnp.arange(L))
-        slots, q, st = carry
+        inst, req, q, st = carry
         shift = q.clock  # rebase every time on the chunk's end
-        slots = eqx.tree_at(lambda s: s.arr, slots, slots.arr - shift)
         q = Queue(q.ring - shift, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last)
-        return (slots, q, st), None
+        return (inst, req, q, st), None
 
-    zi, zf = jnp.zeros((R, B), jnp.int32), jnp.zeros((R, B), fdtype)
-    slots0 = Slots(zi, zi, zf, zf, zf, zf)
     zero_i = jnp.zeros((), jnp.int32)
-    q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), jnp.zeros((), fdtype), jnp.asarray(-1, jnp.int32))
-    carry0 = (slots0, q0, Stats.zeros(cfg.num_bins, fdtype))
-    (_, _, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
+    zero_f = jnp.zeros((), fdtype)
+    inst0 = Instances(
+        jnp.zeros(R, jnp.int32), jnp.zeros(R, fdtype), jnp.zeros((H, R), jnp.int32), jnp.zeros((H, R), fdtype)
+    )
+    req0 = Requests(
+        jnp.zeros(QR, jnp.int32),
+        jnp.zeros(QR, jnp.int32),
+        jnp.zeros(HE, fdtype),
+        jnp.zeros(HE, fdtype),
+        zero_f,
+        zero_f,
+        zero_i,
+    )
+    q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), zero_f, jnp.asarray(-1, jnp.int32))
+    carry0 = (inst0, req0, q0, Stats.zeros(cfg.num_bins, fdtype))
+    (_, _, _, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
     return st
 
 

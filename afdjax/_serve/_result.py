@@ -63,7 +63,12 @@ class ServeResult(eqx.Module):
     """Tokens per time unit per instance (``r + 1`` instances)."""
     stderr: jax.Array
     goodput_per_instance: jax.Array
-    """Tokens per time unit per instance of the requests that met both targets."""
+    """Tokens per time unit per instance of the requests that met both targets: the
+    throughput times the share of the finished requests' tokens that met them (so never
+    above the throughput, and equal to it without targets). Counting the finished requests'
+    whole lengths instead would add the tokens they emitted before the measured window
+    and miss those of the requests still running at its end, which can exceed the
+    throughput in a finite run."""
     goodput_stderr: jax.Array
     tpot_mean: jax.Array
     """Mean over requests of the mean step time over their decode steps."""
@@ -158,6 +163,11 @@ def _div(a, b):
         return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
 
+def _share(good, done):
+    """The share of the finished tokens that met the targets (0 where none finished)."""
+    return np.minimum(np.nan_to_num(_div(good, done), nan=0.0), 1.0)
+
+
 def hist_quantiles(hist, log_lo, dlog, levels):
     """Quantiles of log-binned counts ``(..., nb + 2)`` (underflow, bins, overflow),
     interpolated log-linearly inside the bin: ``(..., len(levels))``; NaN without counts."""
@@ -191,7 +201,7 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     system = queue + f["occupied_area"]
     per = {
         "stderr": f["tokens"] / time / inst,
-        "goodput_stderr": f["good_tokens"] / time / inst,
+        "goodput_stderr": f["tokens"] / time / inst * _share(f["good_tokens"], f["done_tokens"]),
         "tpot_mean_stderr": _div(f["tpot_sum"], f["done"]),
         "ttft_mean_stderr": _div(f["ttft_sum"], f["done"]),
         "mean_sojourn_time_stderr": _div(f["sojourn_sum"], f["done"]),
@@ -203,7 +213,8 @@ def aggregate(st: Stats, ratios, rates, scale, num_bins: int, levels=QUANTILE_LE
     T = time.sum(axis=0)
     done = f["done"].sum(axis=0)
     out["throughput_per_instance"] = f["tokens"].sum(axis=0) / T / inst[0]
-    out["goodput_per_instance"] = f["good_tokens"].sum(axis=0) / T / inst[0]
+    share = _share(f["good_tokens"].sum(axis=0), f["done_tokens"].sum(axis=0))
+    out["goodput_per_instance"] = out["throughput_per_instance"] * share
     out["tpot_mean"] = _div(f["tpot_sum"].sum(axis=0), done)
     out["ttft_mean"] = _div(f["ttft_sum"].sum(axis=0), done)
     out["mean_sojourn_time"] = _div(f["sojourn_sum"].sum(axis=0), done)

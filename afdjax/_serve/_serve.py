@@ -13,7 +13,7 @@ from .._interrupt import deliver_interrupts
 from .._latency import LatencyModel
 from .._step import Barrier, as_step_model
 from .._validate import check_choice, check_int, check_number, filter_jit, float_leaf, invalid
-from .._workload import Empirical, Workload
+from .._workload import Empirical, Fixed, Uniform, Workload
 from ._arrivals import Arrivals, GammaArrivals, PoissonArrivals
 from ._kernel import POLICIES, Inputs, ServeConfig, replica_block
 from ._result import QUANTILE_LEVELS, ServeResult, aggregate
@@ -81,12 +81,57 @@ def default_warmup(mean_decode: float, num_steps: int) -> int:
     return int(max(64, math.ceil(4.0 * mean_decode)))
 
 
-def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
-    """Admissions (and arrivals) per step the buffers hold before a
-    rerun: every slot up to 256 of them (so a bundle filling from empty needs none), else
-    the mean completions of a full bundle plus 4 standard deviations and 4."""
+def _expected(max_ratio: int, batch_size: int, mean_decode: float) -> float:
+    """Mean completions per step of a full bundle, plus 4 standard deviations and 4."""
     m = max_ratio * batch_size / max(mean_decode, 1.0)
-    return int(min(max_ratio * batch_size, max(256, math.ceil(m + 4.0 * math.sqrt(m) + 4.0))))
+    return m + 4.0 * math.sqrt(m) + 4.0
+
+
+def _pow2(x: float) -> int:
+    return 1 << max(0, math.ceil(x) - 1).bit_length()
+
+
+def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
+    """Admissions (and arrivals) per step the buffers hold before a rerun: the mean
+    completions of a full bundle plus 4 standard deviations and 4, at least 16 (at most every
+    slot). A step that needs more repeats the run with more (same numbers)."""
+    return int(min(max_ratio * batch_size, math.ceil(max(16.0, _expected(max_ratio, batch_size, mean_decode)))))
+
+
+def _decode_bound(req: Workload) -> int | None:
+    """The longest decode length of a workload with a known finite one (else ``None``)."""
+    if isinstance(req, Fixed):
+        return int(req.decode_steps)
+    if isinstance(req, Uniform):
+        return int(req.decode_high)
+    if isinstance(req, Empirical):  # rows (or a trace's) scaled by 1 + decode_scale
+        try:
+            scale = 1.0 + max(float(req.decode_scale), 0.0)
+            return math.ceil(float(np.max(np.asarray(req.decode_steps))) * scale) + 1
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return None
+    return None
+
+
+def default_horizon(req: Workload, mean_decode: float) -> int:
+    """Rows of the completion calendar: a power of two above the longest decode length
+    where it is known, else above 16 mean decode lengths (a run that admits a longer
+    request is repeated with a calendar long enough: same numbers)."""
+    bound = _decode_bound(req)
+    return _pow2(max(64, bound if bound is not None else 16.0 * mean_decode))
+
+
+def default_request_ring(max_ratio: int, batch_size: int, mean_decode: float, horizon: int, admissions: int) -> int:
+    """Requests admitted and not yet resolved the ring holds: the admissions of a full
+    bundle over ``horizon`` steps, with margin (a power of two; a rerun doubles it)."""
+    m = horizon * max_ratio * batch_size / max(mean_decode, 1.0)
+    return _pow2(m + 4.0 * math.sqrt(m) + 2 * admissions + 64)
+
+
+def default_resolved(max_ratio: int, batch_size: int, mean_decode: float) -> int:
+    """Finished requests resolved per step: the mean completions of a full bundle plus 4
+    standard deviations and 4, at least 8."""
+    return math.ceil(max(8.0, _expected(max_ratio, batch_size, mean_decode)))
 
 
 _block_jit = filter_jit(replica_block)
@@ -98,9 +143,10 @@ MIN_GROUP_PAD = 8
 def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
     """``(padded instances, positions in ratios)`` per group of ratios simulated together.
 
-    A bundle is simulated with its instances padded to its group's size (masked slots
-    cost as much as used ones): ratio ``r`` joins the group of ``min(r_max, max(8,
-    2^ceil(log2 r)))``, so r = 1..32 pads 704 instance rows instead of 1024 in one group.
+    A bundle is simulated with its instances padded to its group's size (the per-instance
+    arrays, the calendar and the buffers scale with it): ratio ``r`` joins the group of
+    ``min(r_max, max(8, 2^ceil(log2 r)))``, so r = 1..32 pads 704 instance rows instead of
+    1024 in one group.
     Each group is one compiled program; padding never changes a number (the padded
     instances are masked everywhere)."""
     rmax = max(ratios)
@@ -111,16 +157,20 @@ def ratio_groups(ratios: list[int]) -> list[tuple[int, list[int]]]:
     return sorted(groups.items())
 
 
+def group_config(cfg: ServeConfig, pad: int) -> ServeConfig:
+    """The configuration of a group padded to ``pad`` instances: the request ring scales
+    with the group's slots. The admission buffer and the resolutions per step stay those of
+    ``r_max``: they set the order of the sums, and padding must not change a bit."""
+    return dataclasses.replace(cfg, max_ratio=pad, request_ring=max(256, _pow2(cfg.request_ring * pad / cfg.max_ratio)))
+
+
 def _run_groups(runner, key_words, workload, arrivals, latency, inp, ratio_list, rates_arr, cfg: ServeConfig):
     """Run every ratio group; the stacked :class:`Stats` in the order of ``ratio_list``."""
     parts, order = [], []
     for pad, pos in ratio_groups(ratio_list):
         ratios = jnp.asarray([ratio_list[i] for i in pos], jnp.int32)
-        parts.append(
-            runner(
-                key_words, workload, arrivals, latency, inp, ratios, rates_arr, dataclasses.replace(cfg, max_ratio=pad)
-            )
-        )
+        cfg_g = group_config(cfg, pad)
+        parts.append(runner(key_words, workload, arrivals, latency, inp, ratios, rates_arr, cfg_g))
         order.extend(pos)
     if len(parts) == 1:
         return parts[0]
@@ -261,8 +311,17 @@ def serve(
     max_admissions = check_int("max_admissions", max_admissions, 1)
     total_steps = warmup_steps + num_steps
     num_chunks = -(-total_steps // chunk_steps)
+    if num_chunks * chunk_steps >= 2**30:
+        raise invalid("num_steps", num_steps, f"warmup_steps + num_steps below {2**30 - chunk_steps}")
+    horizon = default_horizon(req, mean_decode)
+    max_resolved = default_resolved(rmax, batch_size, mean_decode)
+    ring_scale = 1
+
+    def ring_size():
+        return ring_scale * default_request_ring(rmax, batch_size, mean_decode, horizon, max_admissions)
+
     if replica_batch_size is None:
-        per_bundle = 8 * (7 * rmax * batch_size + queue_capacity) + 8 * (num_bins + 2)
+        per_bundle = 8 * (2 * horizon * rmax + 4 * horizon + ring_size() + queue_capacity) + 8 * (num_bins + 2)
         bundles = len(ratio_list) * rates.size
         replica_batch_size = max(1, min(num_replicas, (256 * 2**20) // max(1, per_bundle * bundles)))
     replica_batch_size = check_int("replica_batch_size", replica_batch_size, 1)
@@ -298,13 +357,29 @@ def serve(
                 num_bins=num_bins,
                 policy=policy,
                 replica_batch_size=replica_batch_size,
+                horizon=horizon,
+                request_ring=ring_size(),
+                max_resolved=max_resolved,
+                clock_ring=2 * horizon * ring_scale,
+                arrival_block=min(max_admissions, max(4, math.ceil(rmax * batch_size / max(mean_decode, 1.0) / 2))),
             )
             runner = _run_with_progress if progress else _run
             st = _run_groups(runner, key_words, sim_workload, arrivals, latency, inp, ratio_list, rates_arr, cfg)
-            if not bool(np.any(np.asarray(st.truncated))) or max_admissions >= rmax * batch_size:
+            # a buffer too small repeats the run with a larger one (same random numbers)
+            rerun = False
+            if bool(np.any(np.asarray(st.truncated))) and max_admissions < rmax * batch_size:
+                need = max(2 * max_admissions, int(np.max(np.asarray(st.need))))
+                max_admissions = min(need, rmax * batch_size)
+                rerun = True
+            longest = int(np.max(np.asarray(st.max_decode)))
+            if longest > horizon:
+                horizon = _pow2(longest)
+                rerun = True
+            elif bool(np.any(np.asarray(st.ring_full))):
+                ring_scale *= 2
+                rerun = True
+            if not rerun:
                 break
-            need = max(2 * max_admissions, int(np.max(np.asarray(st.need))))
-            max_admissions = min(1 << (need - 1).bit_length(), rmax * batch_size)  # a power of two
     fields = aggregate(st, ratios_arr, rates_arr, float(scale), num_bins)
     settings = dict(
         arrivals=arrivals.describe(),
