@@ -56,9 +56,12 @@ SIZES = {
     "small": dict(check=(64, 12, 1000, 4), engine=(2000, 4, 3), gradient=(1000, 4, 3), sweep=(10, 10, 256)),
     "full": dict(check=(64, 12, 2000, 8), engine=(16000, 64, 5), gradient=(4000, 16, 5), sweep=(25, 40, 256)),
 }
-SIZES["tiny"]["serve"] = (100, 2, 1, 100, 8)
+SIZES["tiny"]["serve"] = (100, 2, 1, 100, 4)
 SIZES["small"]["serve"] = (500, 2, 2, 2000, 32)
 SIZES["full"]["serve"] = (4000, 16, 3, 2000, 32)
+# largest ratio of the engine, gradient and sweep phases: the smoke test (tiny) compiles
+# small programs; the figures recorded in BENCHMARKS.md use r = 1..32 (gradient: 10)
+SIZES["tiny"]["max_ratio"] = 4
 
 
 def _devices() -> dict:
@@ -122,25 +125,27 @@ def check_against_cpu(batch_size: int, max_ratio: int, steps: int, replicas: int
     )
 
 
-def bench_engine(steps: int, replicas: int, repeats: int) -> dict:
+def bench_engine(steps: int, replicas: int, repeats: int, max_ratio: int = 32) -> dict:
     """The engine benchmark of ``experiments/bench_engine.py`` (paper baseline, r = 1..32)."""
     from bench_engine import effective_slot_steps, time_engine
 
-    t = time_engine(afdjax.Geometric(100.0, 500.0), 256, steps, replicas, repeats)
+    ratios = list(range(1, max_ratio + 1))
+    t = time_engine(afdjax.Geometric(100.0, 500.0), 256, steps, replicas, repeats, ratios)
     return dict(
         steps=steps,
         replicas=replicas,
+        max_ratio=max_ratio,
         first_call_s=t["first_call_s"],
         compile_s=t["compile_s"],
         run_s=t["run_s"],
         times_s=t["times_s"],
-        effective_slot_steps_per_s=effective_slot_steps(256, steps, replicas) / t["run_s"],
+        effective_slot_steps_per_s=effective_slot_steps(256, steps, replicas, ratios) / t["run_s"],
         best_ratio=int(t["best_ratio"]),
     )
 
 
-def bench_gradient(steps: int, replicas: int, repeats: int) -> dict:
-    batch_size, max_ratio = 256, 10
+def bench_gradient(steps: int, replicas: int, repeats: int, max_ratio: int = 10) -> dict:
+    batch_size = 256
     latency = afdjax.LatencyModel.from_preset("paper-910c")
     workload = afdjax.Geometric(100.0, 500.0, prefill="lognormal", prefill_sigma=0.5)
     sizes = afdjax.plan_buffers(workload, batch_size, max_ratio, steps, replicas)
@@ -149,7 +154,7 @@ def bench_gradient(steps: int, replicas: int, repeats: int) -> dict:
         w, lat, r = params
         return afdjax.expected_throughput(key, w, lat, batch_size, r, steps, replicas, max_ratio=max_ratio, **sizes)
 
-    params = (workload, latency, jnp.asarray(9.5))
+    params = (workload, latency, jnp.asarray(max_ratio - 0.5))
     forward = eqx.filter_jit(objective)
     gradient = eqx.filter_jit(eqx.filter_value_and_grad(objective))
 
@@ -178,13 +183,13 @@ def bench_gradient(steps: int, replicas: int, repeats: int) -> dict:
     )
 
 
-def bench_sweep(mu_d_num: int, alpha_a_num: int, steps: int) -> dict:
+def bench_sweep(mu_d_num: int, alpha_a_num: int, steps: int, max_ratio: int = 32) -> dict:
     grid = {
         "settings": {
             "steps": steps,
             "replicas": 2,
             "seed": 0,
-            "ratios": {"start": 1, "stop": 32, "step": 1},
+            "ratios": {"start": 1, "stop": max_ratio, "step": 1},
             "num_bins": 512,
         },
         "grid": {
@@ -203,24 +208,26 @@ def bench_sweep(mu_d_num: int, alpha_a_num: int, steps: int) -> dict:
         seconds = time.perf_counter() - t0
     return dict(
         points=g.num_points,
-        configurations=g.num_points * 32,
+        max_ratio=max_ratio,
+        configurations=g.num_points * max_ratio,
         seconds=seconds,
         points_per_s=g.num_points / seconds,
-        configurations_per_s=g.num_points * 32 / seconds,
+        configurations_per_s=g.num_points * max_ratio / seconds,
         complete=bool(summary.complete),
     )
 
 
 def bench_serve(steps: int, replicas: int, repeats: int, warmup: int, max_ratio: int) -> dict:
     """The open-loop engine of ``experiments/bench_serve.py``: B = 64, r = 1..max_ratio, Poisson
-    arrivals at 0.3, 0.7 and 0.95 of the saturated rate of r = 16, effective slot-steps
+    arrivals at 0.3, 0.7 and 0.95 of the saturated rate of r = 16 (r_max if smaller), effective slot-steps
     (sum over ratios and rates of r B (warm-up + steps) replicas) per second (bench_serve.py's
     warm-up is 4 E[D] = 2000 steps)."""
     wl, lat, B = afdjax.Geometric(100.0, 500.0), afdjax.LatencyModel.from_preset("paper-910c"), 64
     ratios = list(range(1, max_ratio + 1))
-    sat = afdjax.simulate(jax.random.key(9), wl, lat, B, [16], 2000, 2)
+    r_sat = min(16, max_ratio)  # the tiny smoke test compiles no r = 16 program
+    sat = afdjax.simulate(jax.random.key(9), wl, lat, B, [r_sat], 2000, 2)
     mean_d = float(wl.mean_decode_steps())
-    x_sat = float(sat.throughput_per_instance[0]) * 17 / (16 * mean_d)
+    x_sat = float(sat.throughput_per_instance[0]) * (r_sat + 1) / (r_sat * mean_d)
     rates = [load * x_sat for load in (0.3, 0.7, 0.95)]
 
     def run():
@@ -264,11 +271,12 @@ def main(argv=None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
+    top = {"max_ratio": size["max_ratio"]} if "max_ratio" in size else {}
     phases = (
         ("correctness", lambda: check_against_cpu(*size["check"], rtol=args.rtol)),
-        ("engine", lambda: bench_engine(*size["engine"])),
-        ("gradient", lambda: bench_gradient(*size["gradient"])),
-        ("sweep", lambda: bench_sweep(*size["sweep"])),
+        ("engine", lambda: bench_engine(*size["engine"], **top)),
+        ("gradient", lambda: bench_gradient(*size["gradient"], **top)),
+        ("sweep", lambda: bench_sweep(*size["sweep"], **top)),
         ("serve", lambda: bench_serve(*size["serve"])),
     )
     for name, fn in phases:
@@ -310,7 +318,7 @@ def _text(report: dict) -> str:
         (
             "engine",
             lambda e: (
-                f"{e['steps']} steps x {e['replicas']} replicas, r = 1..32, B = 256: compile "
+                f"{e['steps']} steps x {e['replicas']} replicas, r = 1..{e['max_ratio']}, B = 256: compile "
                 f"{e['compile_s']:.2f} s, run {e['run_s'] * 1e3:.1f} ms, "
                 f"{e['effective_slot_steps_per_s']:.3g} effective slot-steps/s"
             ),
@@ -326,7 +334,7 @@ def _text(report: dict) -> str:
         (
             "sweep",
             lambda s: (
-                f"{s['points']} points x 32 ratios in {s['seconds']:.1f} s: {s['points_per_s']:.0f} "
+                f"{s['points']} points x {s['max_ratio']} ratios in {s['seconds']:.1f} s: {s['points_per_s']:.0f} "
                 f"points/s, {s['configurations_per_s']:.0f} configurations/s"
             ),
         ),

@@ -59,20 +59,20 @@ def effective_slot_steps(batch_size, steps, replicas, ratios=RATIOS):
     return sum(ratios) * batch_size * steps * replicas
 
 
-def _engine_call(workload, batch_size, steps, replicas):
+def _engine_call(workload, batch_size, steps, replicas, ratios=RATIOS):
     latency = afdjax.LatencyModel.from_preset("paper-910c")
 
     def call(seed):
-        res = afdjax.simulate(jax.random.key(seed), workload, latency, batch_size, RATIOS, steps, replicas)
+        res = afdjax.simulate(jax.random.key(seed), workload, latency, batch_size, ratios, steps, replicas)
         jax.block_until_ready(res)
         return res
 
     return call
 
 
-def time_engine(workload, batch_size, steps, replicas, repeats):
+def time_engine(workload, batch_size, steps, replicas, repeats, ratios=RATIOS):
     """Compile time (first call minus a steady call) and the median steady run time."""
-    call = _engine_call(workload, batch_size, steps, replicas)
+    call = _engine_call(workload, batch_size, steps, replicas, ratios)
     jax.clear_caches()
     t0 = time.perf_counter()
     call(0)

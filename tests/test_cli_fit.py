@@ -99,7 +99,7 @@ def test_fit_throughput_small(capsys, tmp_path):
     f.write_text("\n".join(rows) + "\n")
     toml = tmp_path / "cal.toml"
     code, out, err = run(
-        capsys, "fit", "throughput", "--observations", str(f), "--steps", "400", "--replicas", "4", "--out", str(toml)
+        capsys, "fit", "throughput", "--observations", str(f), "--steps", "100", "--replicas", "2", "--out", str(toml)
     )
     assert code == 0, err
     assert "95% interval" in out

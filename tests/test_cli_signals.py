@@ -206,6 +206,7 @@ def test_package_exports_are_lazy_and_complete():
 _GC_SCRIPT = """
 import contextlib, gc, signal, sys, time
 from afdjax._interrupt import deliver_interrupts
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
 fired = []
 def callback(phase, info):  # stands for JAX's _xla_gc_callback
     if phase == "start" and not fired:

@@ -57,8 +57,8 @@ def test_gaussian_overflow_zero_variance_is_a_step():
 
 
 def test_zero_variance_cells_by_hand():
-    B, ratios, layers, unit_us = 64, [1, 2, 4, 8, 16], 61, 1.0
-    res = afdjax.simulate(jax.random.key(0), _zv(), LatencyModel(**LAT), B, ratios, 40, 2)
+    B, ratios, layers, unit_us = 64, [1, 2, 4, 8, 12], 61, 1.0
+    res = afdjax.simulate(jax.random.key(0), _zv(), LatencyModel(**LAT), B, ratios, 30, 2)  # shapes shared below
     kv_bytes = 70_272.0
     cons = Constraints(
         kv_capacity_bytes=(B * P - 0.5) * kv_bytes,  # just below the load: always overflows
@@ -93,7 +93,7 @@ def test_tpot_binds_and_kv_limits_batch_size():
     a KV capacity between B = 128 and B = 256 rules out the larger batch."""
     lat = dict(LAT, alpha_a=0.0005, beta_a=10.0)  # attention small: FFN-bound from r = 2 on
     layers, target_ms = 10, None
-    batch_sizes, ratios = [64, 128, 256], list(range(1, 25))
+    batch_sizes, ratios = [64, 128, 256], list(range(1, 13))  # the shapes of the tests below (one compilation)
     # target: TPOT of (B = 128, r = 9) exactly representable between r = 9 and r = 10
     target_ms = layers * 0.5 * (_tau(128, 9, lat) + _tau(128, 10, lat)) / 1000
     kv_bytes = 1000.0
@@ -160,13 +160,13 @@ def test_no_constraints_recommends_the_peak(tmp_path):
         _zv(),
         LatencyModel(**LAT),
         [128],
-        list(range(1, 16)),
+        list(range(1, 13)),
         30,
         2,
         costs=Costs(attention_price_per_hour=1.0, ffn_price_per_hour=4.0),
         objective="per_dollar",
     )
-    vals = {r: (r * 128 / _tau(128, r)) * 3600e6 / (r * 1.0 + 4.0) for r in range(1, 16)}
+    vals = {r: (r * 128 / _tau(128, r)) * 3600e6 / (r * 1.0 + 4.0) for r in range(1, 13)}
     assert report.recommendation["ratio"] == max(vals, key=vals.get)
     assert report.binding["constraint"] == []
     path = report.plot(tmp_path / "region.png")
@@ -176,7 +176,7 @@ def test_no_constraints_recommends_the_peak(tmp_path):
 def test_nothing_feasible_is_reported():
     cons = Constraints(tpot_target_ms=1e-6, num_layers=61)
     report = provision_constrained(
-        jax.random.key(0), _zv(), LatencyModel(**LAT), [64], [1, 2, 3], 20, 2, constraints=cons
+        jax.random.key(0), _zv(), LatencyModel(**LAT), [64], list(range(1, 13)), 30, 2, constraints=cons
     )
     assert report.recommendation is None
     assert "TPOT" in report.binding["text"]
@@ -286,10 +286,10 @@ def _column_ends(header: str, labels) -> list[int]:
 def test_constrained_table_columns_are_aligned(with_kv):
     """Every value of the per-batch-size table ends under its header, with or without a KV
     capacity (missing values print '-', right-aligned like the numbers)."""
-    kv = dict(kv_capacity_bytes=300 * P * 1000.0, kv_bytes_per_token=1000.0) if with_kv else {}
+    kv = dict(kv_capacity_bytes=200 * P * 1000.0, kv_bytes_per_token=1000.0) if with_kv else {}
     cons = Constraints(**kv)
-    report = provision_constrained(
-        jax.random.key(0), _zv(), LatencyModel(**LAT), [64, 256, 512], [1, 2, 3], 20, 2, constraints=cons
+    report = provision_constrained(  # the shapes of test_tpot_binds_and_kv_limits_batch_size
+        jax.random.key(0), _zv(), LatencyModel(**LAT), [64, 128, 256], list(range(1, 13)), 30, 2, constraints=cons
     )
     lines = report.format_text().splitlines()
     h = next(i for i, line in enumerate(lines) if line.lstrip().startswith("B "))
@@ -303,7 +303,7 @@ def test_constrained_table_columns_are_aligned(with_kv):
             assert row[end - 1] != " " and row[end] == " ", (row, end)
             # the cell is exactly the column's width: blank just before it
         assert row[ends[-1] : ends[-1] + 2] == "  "
-    if with_kv:  # B = 512 overflows: no best ratio; the dashes are aligned too
+    if with_kv:  # B = 256 overflows: no best ratio; the dashes are aligned too
         assert rows[2].split()[4:8] == ["-", "-", "-", "-"]
     else:
         assert rows[0].split()[2:4] == ["-", "-"]
