@@ -11,7 +11,6 @@
   test modules, the notebooks' kernels and the CLI subprocesses compile is compiled once.
   Compilation is most of the suite's time; the cache changes no number (it stores the
   very executable that would be compiled).
-* The suite compiles at XLA's backend optimisation level 0 (``_compile_quickly``).
 """
 
 from __future__ import annotations
@@ -47,22 +46,7 @@ def _share_compiled_programs() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-def _compile_quickly() -> None:
-    """Compile the suite's programs at XLA's backend optimisation level 0.
-
-    Compilation is nearly all of the suite's time (measured: 96 % of ``test_engine.py``),
-    and LLVM at -O0 compiles about a fifth faster. The last bits of a float64 result can
-    differ from the default level (fused multiply-adds), so the saved-output comparison
-    (``test_golden.py``) runs its cases in subprocesses with the flags the suite was
-    started with (kept in ``AFDJAX_TESTS_USER_XLA_FLAGS``): the numbers users get are the
-    ones compared bit for bit. A level given in ``XLA_FLAGS`` is left as it is."""
-    user = os.environ.setdefault("AFDJAX_TESTS_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-    if "xla_backend_optimization_level" not in user:
-        os.environ["XLA_FLAGS"] = f"{user} --xla_backend_optimization_level=0".strip()
-
-
 _share_compiled_programs()
-_compile_quickly()
 
 import jax  # noqa: E402
 

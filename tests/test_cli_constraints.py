@@ -172,10 +172,7 @@ def test_installed_script_runs_the_acceptance_command():
         "50",
         "--micro-batches",
         "2",
-        "--steps",
-        "200",
-        "--replicas",
-        "2",
+        *SMALL,  # the shapes of the in-process run above: its programs come from the shared compilation cache
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ import json
 import math
 
 import pytest
-from golden.capture import GOLDEN, PYTHON_GROUPS, _cli_outputs, python_outputs_in_subprocess
+from golden.capture import GOLDEN, PYTHON_GROUPS, _cli_outputs, python_outputs
 
 
 def _compare(saved, fresh, path, rtol, failures):
@@ -52,7 +52,7 @@ def _saved():
     [pytest.param(g, marks=pytest.mark.slow) if g == "fits" else g for g in sorted(PYTHON_GROUPS)],
 )
 def test_python_float64_bit_for_bit(group):
-    fresh = python_outputs_in_subprocess([group])  # at the users' XLA flags (tests/conftest.py)
+    fresh = python_outputs([group])
     saved = {k: v for k, v in _saved()["python_float64"].items() if k in fresh}
     failures = []
     _compare(saved, fresh, "python", 0.0, failures)

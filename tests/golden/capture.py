@@ -88,38 +88,6 @@ CLI_CASES = {
 }
 
 
-def _users_compiler_env() -> dict:
-    """The environment with the XLA flags the test session was started with (the suite
-    itself compiles at optimisation level 0: ``tests/conftest.py``), so saved outputs are
-    compared as users compute them."""
-    env = dict(os.environ)
-    if "AFDJAX_TESTS_USER_XLA_FLAGS" in env:
-        env["XLA_FLAGS"] = env["AFDJAX_TESTS_USER_XLA_FLAGS"]
-    return env
-
-
-def python_outputs_in_subprocess(groups) -> dict:
-    """:func:`python_outputs` of ``groups`` in a fresh float64 process with the users' XLA flags."""
-    code = (
-        "import json, sys\n"
-        "import jax\n"
-        "jax.config.update('jax_enable_x64', True)\n"
-        "from golden.capture import python_outputs\n"
-        "print(json.dumps(python_outputs(json.loads(sys.argv[1]))))\n"
-    )
-    env = dict(_users_compiler_env(), JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(list(groups))],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=HERE.parent.parent,
-        check=True,
-    )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _cli_outputs() -> dict:
     code = (
         "import contextlib, io, json, sys\n"
@@ -135,7 +103,7 @@ def _cli_outputs() -> dict:
         "    out[name] = data\n"
         "print(json.dumps(out))\n"
     )
-    env = dict(_users_compiler_env(), JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(CLI_CASES)],
         capture_output=True,
