@@ -7,7 +7,7 @@
 * The bundled traces are parsed here with ``csv``/``json`` directly, independently of
   afdjax's own trace loader.
 * Compiled XLA programs are shared through JAX's persistent compilation cache in one folder
-  made for this run (both xdist workers, behind JAX's file lock), so a program that several
+  made for this run (both xdist workers), so a program that several
   test modules, the notebooks' kernels and the CLI subprocesses compile is compiled once.
   Compilation is most of the suite's time; the cache changes no number (it stores the
   very executable that would be compiled).
@@ -37,11 +37,13 @@ def _share_compiled_programs() -> None:
         base = tempfile.mkdtemp(prefix="afdjax-tests-xla-")
         atexit.register(shutil.rmtree, base, ignore_errors=True)
         os.environ["AFDJAX_TESTS_XLA_CACHE"] = base
-    # one folder for every process of the run (the folder's path is part of JAX's cache
-    # key, so per-worker folders never share a program); a size limit turns on JAX's file
-    # lock around each read and write, so two workers never see a half-written entry
+    # One folder for every process of the run: the folder's path is part of JAX's cache
+    # key, so per-worker folders never share a program. No size limit: a limit turns on
+    # JAX's file lock, and with it a scan of every entry at each write (quadratic in the
+    # suite's thousands of programs). Without the lock, an entry read while the other
+    # worker writes it fails to decompress; JAX then warns and compiles (pyproject's
+    # filterwarnings), so the race costs one compilation and changes no number.
     os.environ["JAX_COMPILATION_CACHE_DIR"] = base
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 * 2**30))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -7,9 +7,12 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "accelerator_check.py"
 
 
+@pytest.mark.slow  # 27 s; run it before a device session: pytest -m slow tests/test_accelerator_check.py
 def test_accelerator_check_tiny(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("accelerator_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)

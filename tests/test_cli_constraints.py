@@ -126,6 +126,7 @@ def test_constraint_errors_are_one_line(capsys, argv, message):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow  # the per-dollar and per-joule arithmetic is checked in-process by test_constraints.py
 def test_per_dollar_prices_by_hand(capsys):
     code, out, err = run(
         capsys,
@@ -155,6 +156,7 @@ def test_per_dollar_prices_by_hand(capsys):
     assert data["recommendation"]["ratio"] == data["cells"][int(np.argmax(values))]["ratio"]
 
 
+@pytest.mark.slow  # a fresh `python -m afdjax._cli` process; test_cli_signals.py starts the CLI that way by default
 def test_installed_script_runs_the_acceptance_command():
     """As a user types it, through the console script's module entry point, in a fresh process."""
     cmd = [

@@ -25,7 +25,7 @@ def test_fit_latency_writes_usable_toml(capsys, tmp_path):
         "--observations",
         str(DATA_DIR / "example_step_latency.csv"),
         "--bootstrap",
-        "50",
+        "20",
         "--out",
         str(toml),
         "--json",
@@ -81,6 +81,7 @@ def test_fit_workload_on_a_small_trace(capsys, tmp_path):
     assert "geometric" in text and "theta" in text
 
 
+@pytest.mark.slow  # test_calibrate.py runs `afdjax fit throughput --observations` end to end by default
 def test_fit_throughput_small(capsys, tmp_path):
     f = tmp_path / "obs.csv"
     # two batch sizes, several ratios: values near the paper baseline model

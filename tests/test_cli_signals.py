@@ -284,6 +284,7 @@ def test_sigint_during_compilation_simulate(tmp_path):
 
 
 @linux_only
+@pytest.mark.slow  # test_sweep.py::test_resume_after_sigkill checks the kept chunks and the exact resume by default
 def test_sigint_during_a_sweep_keeps_its_chunks_and_the_resume_is_exact(tmp_path):
     """Interrupted after its first chunk file: exit 130 with the resume hint, every chunk
     file on disk whole; the same command then resumes to exactly the rows of an

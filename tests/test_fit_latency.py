@@ -145,6 +145,7 @@ def _huber_reference(x, y):
     return np.array([c[0] * sy / sx, c[1] * sy]), delta
 
 
+@pytest.mark.slow  # 7 s; the L2 fit is checked against numpy.linalg.lstsq by default
 def test_huber_matches_an_independent_minimisation():
     columns = synthetic_columns(7, outlier_fraction=0.05)
     fit = fit_latency(columns)

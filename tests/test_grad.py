@@ -31,7 +31,11 @@ def setup():
     return w, lat, sizes, grad
 
 
-@pytest.mark.parametrize("name", COEFS)
+@pytest.mark.parametrize(
+    # alpha_c: 12 s, the communication line is checked by default through beta_c
+    "name",
+    [pytest.param(c, marks=pytest.mark.slow) if c == "alpha_c" else c for c in COEFS],
+)
 def test_latency_gradients_match_finite_differences(setup, name):
     """Pathwise: the sample path is piecewise linear in each coefficient, so the central
     difference with the same random numbers equals the derivative unless a kink is crossed."""

@@ -42,10 +42,11 @@ def _time_derivative(workload, param, B, steps, reps, seed):
             Geometric(20.0, 6.0), lambda w, s: Geometric(20.0, 6.0 * s), None, marks=pytest.mark.slow
         ),  # geometric is covered by default in the CRN-differences test below
         # decode lengths x (1 + s) at s = 0.15 (d/ds), and at s = 0 (the right derivative)
-        (
+        pytest.param(
             Empirical(TRACE_P, TRACE_D, decode_scale=0.15),
             lambda w, x: Empirical(TRACE_P, TRACE_D, decode_scale=0.15 + (x - 1.0)),
             None,
+            marks=pytest.mark.slow,  # the empirical scale is checked by default against CRN differences below
         ),
         pytest.param(
             Empirical(TRACE_P, TRACE_D),

@@ -445,6 +445,7 @@ TINY = dict(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # a tiny noisy fit may hit the >= 0 bound
+@pytest.mark.slow  # 17 s; the stages against naive references, the fit and the TOML round trip are tested apart
 def test_profile_tiny_end_to_end(tmp_path):
     r = afdjax.profile_hardware("deepseek-v3", **TINY)
     assert set(r.measurements) == {"attention", "ffn", "comm"}

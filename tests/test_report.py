@@ -119,6 +119,7 @@ def test_paper_configurations(paper_study):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # 9 s; provision's JSON is compared with saved output in test_golden.py by default
 def test_provision_cli_json_and_plot(capsys, tmp_path):
     png = tmp_path / "p.png"
     code = main(

@@ -252,7 +252,7 @@ def test_resume_after_sigkill(reference, tmp_path):
     _interrupt_and_resume(reference, tmp_path, signal.SIGKILL)
 
 
-@pytest.mark.slow  # tests/test_cli_signals.py interrupts a sweep with SIGINT and checks the exact resume by default
+@pytest.mark.slow  # test_resume_after_sigkill above is the default check (tests/test_cli_signals.py: SIGINT, slow)
 def test_resume_after_sigint(reference, tmp_path):
     _interrupt_and_resume(reference, tmp_path, signal.SIGINT)
 

@@ -338,6 +338,7 @@ def check_union(tmp_path, out, summaries, grid: dict, chunk: int):
     assert_same(union, afdjax.read_sweep(single))
 
 
+@pytest.mark.slow  # two real processes; test_sweep.py::test_processes_share_the_points checks the split in-process
 def test_jax_distributed_processes_share_one_folder(tmp_path):
     """Issue 11, item 7: two processes of one jax.distributed job (localhost, CPU) run the
     same sweep into the same folder; the union equals a one-process run, no duplicates."""

@@ -434,6 +434,7 @@ def test_benchmark_constructor_errors():
         afdjax.Uniform(0, 1, 0, 1)
 
 
+@pytest.mark.slow  # two workload types compiled for the closed forms and the engine (9 s)
 def test_benchmark_workloads_in_closed_forms_and_the_engine():
     lat = afdjax.LatencyModel.from_preset("paper-910c")
     for w in (afdjax.Fixed(300.0, 40), afdjax.Uniform(100, 500, 1, 79)):
