@@ -62,10 +62,11 @@ def _time_derivative(workload, param, B, steps, reps, seed):
         ),
         # the mixture's weight: a draw moves by single steps only with the mixture's own
         # inverse CDF (GeometricMixtureDecode samples it since issue 12)
-        (
+        pytest.param(
             FittedWorkload(GeometricMixtureDecode(0.7, 0.2, 0.05), ExponentialPrefill(20.0)),
             lambda w, x: FittedWorkload(GeometricMixtureDecode(0.7 * x, 0.2, 0.05), ExponentialPrefill(20.0)),
             None,
+            marks=pytest.mark.slow,  # 7 s; with the mixture's CRN-differences test (slow)
         ),
         pytest.param(
             FittedWorkload(GeometricMixtureDecode(0.7, 0.2, 0.05), ExponentialPrefill(20.0)),
@@ -114,6 +115,7 @@ def test_empirical_scale_zero_draws_the_trace_bit_for_bit():
         Empirical(TRACE_P, TRACE_D, decode_scale=-1.0)
 
 
+@pytest.mark.slow  # 9 s; the golden gradients group compares the default estimator's numbers bit for bit
 def test_value_is_unchanged_and_score_selectable():
     lat = LatencyModel(alpha_a=0.05, beta_a=10.0, alpha_f=0.5, beta_f=20.0, alpha_c=0.0, beta_c=0.0)
     w = Geometric(50.0, 30.0)
