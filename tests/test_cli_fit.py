@@ -16,6 +16,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow  # fit_latency and its bootstrap are tested in-process in test_fit_latency.py
 def test_fit_latency_writes_usable_toml(capsys, tmp_path):
     toml = tmp_path / "hw.toml"
     code, out, err = run(

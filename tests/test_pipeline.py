@@ -615,6 +615,7 @@ def test_float32_matches_float64_long_horizon(paper_latency):
 CLI_SMALL = ["--batch-size", "16", "--ratios", "1:4", "--steps", "200", "--replicas", "3"]
 
 
+@pytest.mark.slow  # test_golden.py compares `simulate --micro-batches 2` with saved output by default
 def test_cli_simulate_micro_batches(capsys):
     assert main(["simulate", *CLI_SMALL, "--micro-batches", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -556,6 +556,7 @@ def test_theta_against_engine_geometric(engine_runs):
     assert abs(m - theta) <= 4 * se, (m, se)
 
 
+@pytest.mark.slow  # the geometric case runs by default; test_fit_workload checks a fitted trace's theta
 def test_theta_against_engine_azure():
     wl = afdjax.load_trace("azure-conv")
     lat = lat_of()
