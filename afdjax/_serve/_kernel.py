@@ -423,8 +423,45 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             stop = stop | (~never & ~jnp.any(elig))
             return i + 1, head, free, kv, stop, jnp.where(take, j, last), jbuf
 
+        def admit_level(c):
+            # the balanced policy in bulk: the instances with the most free slots (the
+            # level) take one request each, in the order of (KV load, index), while the
+            # request fits where it goes. Each of them then has one slot less, so none is
+            # chosen twice before the whole level has had one: the same instances, the same
+            # order of KV additions as one request per iteration. A level that cannot start
+            # (the head is refused or does not fit its first instance) takes one step of
+            # ``admit``.
+            i, head, free, kv, stop, last, jbuf = c
+            open_ = mask & (free > 0)
+            top = open_ & (free == jnp.max(jnp.where(open_, free, -1)))
+            before = top[None, :] & (
+                (kv[None, :] < kv[:, None]) | ((kv[None, :] == kv[:, None]) & (lane[None, :] < lane[:, None]))
+            )
+            rank = jnp.sum(before, axis=1, dtype=jnp.int32)  # the request i + rank goes to this instance
+            avail = jnp.minimum(n_arr - head, A - i)
+            at = jnp.minimum(i + rank, A)
+            p, never = p_all[at], never_all[at]
+            blocked = top & (rank < avail) & (never | (kv + p > inp.kv_capacity))
+            count = jnp.minimum(jnp.min(jnp.where(blocked, rank, R)), jnp.minimum(avail, jnp.sum(top, dtype=jnp.int32)))
+            take = top & (rank < count)
+            jbuf = jbuf.at[jnp.where(take, i + rank, A)].set(lane, mode="drop")
+            last = jnp.where(count > 0, jnp.argmax(take & (rank == count - 1)).astype(jnp.int32), last)
+            bulk = (
+                i + count,
+                head + count,
+                free - take.astype(free.dtype),
+                kv + jnp.where(take, p, 0.0),
+                stop,
+                last,
+                jbuf,
+            )
+            one = admit(c)
+            return jax.tree_util.tree_map(lambda x, y: jnp.where(count > 0, x, y), bulk, one)
+
+        lane = jnp.arange(R, dtype=jnp.int32)
         c0 = (zero_i, q.head, B - inst.n, inst.kv, jnp.zeros((), bool), q.last, jnp.zeros(A, jnp.int32))
-        i, head, free, kv, stop, last, j_new = jax.lax.while_loop(more, admit, c0)
+        body = admit_level if cfg.policy == "balanced" else admit
+        i, head, free, kv, stop, last, j_new = jax.lax.while_loop(more, body, c0)
         rows = ii[:A]
         used = rows < head - q.head  # taken or refused: request q.head + row
         took = used & ~never_all[:A]
