@@ -23,6 +23,7 @@ import afdjax
 # (0.05 T + 5.01 = alpha_f + beta_f = 10.5 at T = 109.8, never an integer load)
 COEF = dict(alpha_a=0.05, beta_a=5.01, alpha_f=0.5, beta_f=10.0, alpha_c=0.1, beta_c=2.0)
 LAT = afdjax.LatencyModel(**COEF)
+LAT0 = afdjax.LatencyModel(**dict(COEF, alpha_c=0.0))
 RATES = [1e-5, 0.008, 0.2]  # alone in the bundle; below capacity; far above it
 KW = dict(prefill_beta=3.0, slo_tpot=16.0, slo_ttft=40.0)
 
@@ -117,7 +118,8 @@ def test_below_capacity_throughput_and_saturated_closed_form(sens):
 
 def test_perturbed_runs_do_not_compile(sens):
     """A second call with other coefficient values compiles nothing (the latency model is
-    a traced argument); ``d TPOT / d beta_f`` at light load is the closed form's."""
+    a traced argument); ``d TPOT / d beta_f`` at light load is the closed form's; a zero
+    coefficient gets a forward difference."""
     traced = []
 
     def listen(event, duration, **kwargs):
@@ -127,7 +129,16 @@ def test_perturbed_runs_do_not_compile(sens):
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         other = afdjax.serve_sensitivity(
-            jax.random.key(1), WORKLOAD, LAT, B, RATIOS, RATES, STEPS, REPLICAS, coefficients="beta_f", **KW
+            jax.random.key(1),
+            WORKLOAD,
+            LAT0,
+            B,
+            RATIOS,
+            RATES,
+            STEPS,
+            REPLICAS,
+            coefficients=["beta_f", "alpha_c"],
+            **KW,
         )
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
@@ -141,7 +152,13 @@ def test_perturbed_runs_do_not_compile(sens):
     for i in range(len(RATIOS)):
         d, se = other.derivative["tpot_mean"]["beta_f"][i, 0], other.stderr["tpot_mean"]["beta_f"][i, 0]
         _close(d, se, want, f"d TPOT / d beta_f, r {RATIOS[i]}", rel=0.01)
-    assert other.coefficients == ("beta_f",) and other.method == "crn"
+    assert other.coefficients == ("beta_f", "alpha_c") and other.method == "crn"
+    # a zero coefficient: a forward difference (the derivative is one-sided there) whose
+    # step moves the full-batch link time by 5 % of the cycle; the link never binds
+    cycle = COEF["alpha_a"] * B * float(WORKLOAD.theta()) + COEF["beta_a"]  # attention binds at full batch
+    assert other.steps["alpha_c"] == pytest.approx(0.05 * cycle / B)
+    for q in other.quantities:
+        np.testing.assert_array_equal(other.derivative[q]["alpha_c"][:, :2], 0.0, err_msg=q)
 
 
 @pytest.mark.parametrize(
@@ -177,7 +194,9 @@ def test_bad_input(kwargs, fragment):
 def test_far_above_capacity_matches_saturated_gradient():
     """Far above capacity the open-loop bundle is the saturated one: d throughput / d
     coefficient (central differences, and the pathwise forward mode) matches
-    :func:`afdjax.throughput_gradients` within 3 combined standard errors."""
+    :func:`afdjax.throughput_gradients` within 3 combined standard errors (plus 0.25 %, the
+    central difference's curvature bias ``(h e)^2`` for an elasticity ``e <= 1``: at r = 3
+    the FFN binds at every step and both are exact)."""
     names = ("alpha_a", "beta_a", "alpha_f", "beta_f")
     lat = afdjax.LatencyModel(alpha_a=0.02, beta_a=5.0, alpha_f=1.0, beta_f=8.0, alpha_c=0.1, beta_c=2.0)
     kw = dict(coefficients=names, quantities="throughput_per_instance")
@@ -194,7 +213,15 @@ def test_far_above_capacity_matches_saturated_gradient():
             for est in (crn, pw):
                 d = est.derivative["throughput_per_instance"][c][i, 0]
                 se = est.stderr["throughput_per_instance"][c][i, 0]
-                assert abs(d - want) <= 3 * math.hypot(se, se_w) + 1e-9, (est.method, r, c, d, se, want, se_w)
+                assert abs(d - want) <= 3 * math.hypot(se, se_w) + 2.5e-3 * abs(want), (
+                    est.method,
+                    r,
+                    c,
+                    d,
+                    se,
+                    want,
+                    se_w,
+                )
 
 
 @pytest.mark.slow  # another compiled shape (Fixed lengths)

@@ -97,7 +97,7 @@ class ServeSensitivity(eqx.Module):
     """Derivatives of open-loop quantities in the latency coefficients, per ratio and rate.
 
     ``derivative[q][c]`` and ``stderr[q][c]`` are arrays ``(ratios, rates)``: the derivative
-    of the pooled quantity ``q`` (as in :class:`~afdjax.ServeResult`) with respect to the
+    of the pooled quantity ``q`` (as in [`ServeResult`][afdjax.ServeResult]) with respect to the
     coefficient ``c``, in ``q``'s unit per ``c``'s unit (``alpha_*``: time per token,
     ``beta_*``: time), and its standard error across replicas (jackknife; NaN with one
     replica).
@@ -280,7 +280,7 @@ def serve_sensitivity(
     ``(Q(h) - Q(0)) / h`` with ``h`` the step that moves the stage's full-batch time
     by ``step`` times the full-batch cycle time. Event-order changes between the two runs
     are counted (what the pathwise derivative misses at any load where requests wait).
-    Two runs per coefficient, no compilation after the first.
+    ``2 k + 1`` runs for ``k`` coefficients (one for ``c = 0``), one compilation.
 
     ``method="pathwise"``: for ``throughput_per_instance`` only, forward mode through the
     kernel (``jax.jacfwd``; one more run and a compilation of its own) where the rate is
@@ -302,11 +302,14 @@ def serve_sensitivity(
         num_replicas: replicas (standard errors need 2).
         coefficients: a name or names among ``alpha_a, beta_a, alpha_f, beta_f, alpha_c,
             beta_c`` (default: all six).
-        quantities: names among :data:`QUANTITIES` (default: all of them; with
+        quantities: names among ``throughput_per_instance``, ``goodput_per_instance``,
+            ``tpot_mean``, ``ttft_mean``, ``mean_sojourn_time``, ``mean_queue_length``
+            (the [`ServeResult`][afdjax.ServeResult] fields; default: all of them; with
             ``pathwise``, the throughput).
         method: ``"crn"`` (default) or ``"pathwise"``.
         step: the relative step ``h / c`` of the differences, in ``(0, 1)``
-            (default :data:`DEFAULT_STEP`, 0.05; the module docstring says why).
+            (default 0.05: measured to keep the curvature bias below the noise; see
+            [Open-loop serving](../concepts/serving.md#derivatives-in-the-latency-coefficients)).
         **serve_kwargs: further keyword arguments of [`serve`][afdjax.serve] (arrivals,
             kv_capacity, targets, policy, ...).
 
