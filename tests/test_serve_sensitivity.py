@@ -236,3 +236,45 @@ def test_fixed_workload_light_load_closed_form():
         np.testing.assert_allclose(s.derivative["tpot_mean"][c][:, 0], w, rtol=1e-9, atol=1e-9, err_msg=c)
         np.testing.assert_allclose(s.derivative["mean_sojourn_time"][c][:, 0], 6 * w, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(s.derivative["ttft_mean"][c][:, 0], 0.0, atol=1e-9)
+
+
+@pytest.mark.slow  # test_serve's M/D/1 shape (one slot, 40000 steps)
+def test_one_slot_deterministic_md1_waits():
+    """One slot, deterministic lengths and stages: the M/D/1 queue, ``W_q = lambda S^2 /
+    (2 (1 - lambda S))`` with ``S`` the five steps' sum (the FFN's 10.5 each; at ``beta_f -
+    h`` attention's ``10 + 0.05 k`` binds from the second step). The
+    central differences of the mean TTFT (= W_q), queue length (lambda W_q) and sojourn
+    (W_q + S) are the closed form's differences at the same step (their expectation exactly)
+    within 3 standard errors at 30 %, 60 % and 80 % load; TPOT moves by ``dS / 5`` and the
+    throughput (the arrival rate's) not at all."""
+    from test_serve import COEF as COEF_SERVE
+    from test_serve import LAT as MD1_LAT
+
+    wl = afdjax.Fixed(100.0, 5)
+    rates = [0.006, 0.012, 0.016]
+    s = afdjax.serve_sensitivity(jax.random.key(4), wl, MD1_LAT, 1, [1], rates, 40000, 8, coefficients="beta_f")
+    h = s.steps["beta_f"]
+    assert h == pytest.approx(0.5)
+
+    def service(beta_f):  # _kernel.step_time with one occupied slot, loads 100 + k
+        c = dict(COEF_SERVE, beta_f=beta_f)
+        att = c["alpha_a"] * (100.0 + np.arange(5)) + c["beta_a"]
+        return float(np.sum(np.maximum(np.maximum(att, c["alpha_f"] + c["beta_f"]), c["alpha_c"] + c["beta_c"])))
+
+    def wq(lam, beta_f):
+        S = service(beta_f)
+        return lam * S**2 / (2 * (1 - lam * S))
+
+    dS = (service(10.0 + h) - service(10.0 - h)) / (2 * h)  # 4.75: attention binds at 10 - h
+    for k, lam in enumerate(rates):
+        fd = (wq(lam, 10.0 + h) - wq(lam, 10.0 - h)) / (2 * h)
+        for q, want in (("ttft_mean", fd), ("mean_queue_length", lam * fd), ("mean_sojourn_time", fd + dS)):
+            d, se = s.derivative[q]["beta_f"][0, k], s.stderr[q]["beta_f"][0, k]
+            _close(d, se, want, f"{q} at rate {lam}")
+            assert se < 0.1 * want
+        np.testing.assert_allclose(s.derivative["tpot_mean"]["beta_f"][0, k], dS / 5, rtol=1e-9)
+        d, se = (
+            s.derivative["throughput_per_instance"]["beta_f"][0, k],
+            s.stderr["throughput_per_instance"]["beta_f"][0, k],
+        )
+        assert abs(d) <= 3 * se + 1e-12
