@@ -67,11 +67,13 @@ _EXPORTS = {
         "Plan",
         "PoissonArrivals",
         "ServeResult",
+        "ServeSensitivity",
         "TraceArrivals",
         "capacity",
         "load_arrival_trace",
         "plan",
         "serve",
+        "serve_sensitivity",
     ),
     "_specs": (
         "deployment_to_toml",
@@ -240,11 +242,13 @@ if TYPE_CHECKING:
     from ._serve import Plan as Plan
     from ._serve import PoissonArrivals as PoissonArrivals
     from ._serve import ServeResult as ServeResult
+    from ._serve import ServeSensitivity as ServeSensitivity
     from ._serve import TraceArrivals as TraceArrivals
     from ._serve import capacity as capacity
     from ._serve import load_arrival_trace as load_arrival_trace
     from ._serve import plan as plan
     from ._serve import serve as serve
+    from ._serve import serve_sensitivity as serve_sensitivity
     from ._specs import deployment_to_toml as deployment_to_toml
     from ._specs import latency_to_toml as latency_to_toml
     from ._specs import load_deployment as load_deployment

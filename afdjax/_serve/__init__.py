@@ -18,6 +18,8 @@ from ._capacity import plan as plan
 from ._kernel import POLICIES as POLICIES
 from ._plots import plot_serve as plot_serve
 from ._result import ServeResult as ServeResult
+from ._sensitivity import ServeSensitivity as ServeSensitivity
+from ._sensitivity import serve_sensitivity as serve_sensitivity
 from ._serve import serve as serve
 from ._text import format_capacity as format_capacity
 from ._text import format_serve as format_serve

@@ -66,16 +66,22 @@ admission (about 95 per step for ``r = 32`` at ``B = 1483``: the policy is seque
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
-only (``jax.jvp``/``jacfwd``), and the queueing decisions (an arrival before or after a
-step's start, a KV fit, which instance) are comparisons with zero derivative: a pathwise
-derivative holds the order of events fixed and misses what moving events contribute.
-Measured (with the previous per-slot kernel, which computed the same quantities in the
-same event order) against central differences with common random numbers (``d/d alpha_f``, the
-test configuration ``B = 4``, ``r = 1, 3``, loads 0.2 and 0.7, 8 x 3000 steps): mean TPOT
-pathwise 0.46, 0.20, 0.70, 0.33 against 0.64, 0.23, 0.82, 0.56 (15-40 % low); mean TTFT
-0.67, 2.5, 3.6, 31 against -0.62, -0.51, -0.09, 1.9 (wrong, even in sign); throughput
-below capacity about 0 both ways. So no gradient is offered: an estimator that carries the
-event crossings (as the saturated engine's coupled decode jumps do) is future work.
+only (``jax.jvp``/``jacfwd``; it works, reverse mode does not), and the queueing decisions
+(an arrival before or after a step's start, a KV fit, which instance, a target met) are
+comparisons with zero derivative: a pathwise derivative holds the order of events fixed
+and misses the jumps of moving events, which carry much of the derivative wherever
+requests wait. Measured (``experiments/serve_sensitivity_steps.py``, the test
+configuration ``B = 4``, ``r = 1, 3``, loads 0.2 and 0.7, 32 x 3000 steps), pathwise
+against central differences with common random numbers: d mean TPOT / d alpha_a 109, 87,
+278, 302 against 126, 97, 451, 620 (10-50 % low), d mean TTFT / d alpha_a 253, 735, 7370,
+51200 against 44, 39, 3740, 1710 (2-30 times too high). Differentiable pathwise, and
+offered so: the throughput far above capacity (the saturated bundle, exact in expectation:
+-1.243, -1.736 against -1.245, -1.737), whose derivative below capacity is 0 (the arrival
+rate's). Every other quantity (goodput, TPOT, TTFT, sojourn, queue length) is
+differentiated by central differences with common random numbers, which count the jumps:
+:func:`afdjax.serve_sensitivity` (``_serve._sensitivity``), no recompilation (the latency
+model is a traced argument). An estimator that carries the event crossings in one pass (as
+the saturated engine's coupled decode jumps do) is future work.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from .._step import Barrier, as_step_model
 from .._validate import check_choice, check_int, check_number, filter_jit, float_leaf, invalid
 from .._workload import Empirical, Fixed, Uniform, Workload
 from ._arrivals import Arrivals, GammaArrivals, PoissonArrivals
-from ._kernel import POLICIES, Inputs, ServeConfig, replica_block
+from ._kernel import POLICIES, Inputs, ServeConfig, Stats, replica_block
 from ._result import QUANTILE_LEVELS, ServeResult, aggregate
 
 MAX_SLOTS = 2**16
@@ -280,6 +281,103 @@ def serve(
         a [`ServeResult`][afdjax.ServeResult] (arrays ``(len(ratios), len(arrival_rates))``).
         One compilation per shape: new rates, coefficients or ``cv`` reuse it.
     """
+    run = run_stats(
+        key,
+        workload,
+        latency,
+        batch_size,
+        ratios,
+        arrival_rates,
+        num_steps,
+        num_replicas,
+        arrivals=arrivals,
+        kv_capacity=kv_capacity,
+        prefill_alpha=prefill_alpha,
+        prefill_beta=prefill_beta,
+        slo_ttft=slo_ttft,
+        slo_tpot=slo_tpot,
+        policy=policy,
+        warmup_steps=warmup_steps,
+        queue_capacity=queue_capacity,
+        max_admissions=max_admissions,
+        chunk_steps=chunk_steps,
+        replica_batch_size=replica_batch_size,
+        num_bins=num_bins,
+        step_model=step_model,
+        progress=progress,
+    )
+    return result_of(run)
+
+
+def result_of(run: StatsRun) -> ServeResult:
+    """The :class:`ServeResult` of a :func:`run_stats` run (replicas pooled)."""
+    fields = aggregate(run.stats, run.ratios, run.rates, run.scale, run.cfg.num_bins)
+    return ServeResult(
+        ratios=np.asarray(run.ratio_list),
+        arrival_rates=run.rate_values,
+        quantile_levels=QUANTILE_LEVELS,
+        batch_size=run.cfg.batch_size,
+        num_steps=run.cfg.num_steps,
+        num_replicas=run.cfg.num_replicas,
+        settings=run.settings,
+        **fields,
+    )
+
+
+class StatsRun(NamedTuple):
+    """What :func:`run_stats` returns: the stacked per-replica :class:`Stats`
+    ``(replicas, ratios, rates)`` and what a rerun (same shapes) or the pooling needs."""
+
+    stats: Stats
+    ratios: jax.Array
+    """``(ratios,)`` int32."""
+    rates: jax.Array
+    """``(rates,)`` the arrival rates per Attention instance."""
+    ratio_list: list
+    rate_values: np.ndarray
+    """``(rates,)`` float64, as given."""
+    scale: float
+    """The full-batch cycle time at ``r_max`` (centres the histograms)."""
+    cfg: ServeConfig
+    """The configuration of the last (final) run, buffers included."""
+    settings: dict
+    """``ServeResult.settings``."""
+    key_words: jax.Array
+    workload: object
+    """The workload the kernel draws from (``None`` for a trace carrying its lengths)."""
+    arrivals: Arrivals
+    inputs: Inputs
+
+
+def run_stats(
+    key,
+    workload,
+    latency,
+    batch_size,
+    ratios,
+    arrival_rates,
+    num_steps,
+    num_replicas=8,
+    *,
+    arrivals=None,
+    kv_capacity=None,
+    prefill_alpha=0.0,
+    prefill_beta=0.0,
+    slo_ttft=None,
+    slo_tpot=None,
+    policy="balanced",
+    warmup_steps=None,
+    queue_capacity=4096,
+    max_admissions=None,
+    chunk_steps=256,
+    replica_batch_size=None,
+    num_bins=4096,
+    step_model=None,
+    progress=False,
+) -> StatsRun:
+    """:func:`serve`'s checks and run (arguments as there), without the pooling: the
+    stacked per-replica sums, for :func:`serve` and the derivatives
+    (``_serve._sensitivity``)."""
     arrivals = as_arrivals(arrivals)
     req = request_workload(workload, arrivals)
     if not isinstance(latency, LatencyModel):
@@ -380,7 +478,6 @@ def serve(
                 rerun = True
             if not rerun:
                 break
-    fields = aggregate(st, ratios_arr, rates_arr, float(scale), num_bins)
     settings = dict(
         arrivals=arrivals.describe(),
         kv_capacity=kv,
@@ -393,13 +490,17 @@ def serve(
         max_admissions=max_admissions,
         queue_capacity=queue_capacity,
     )
-    return ServeResult(
-        ratios=np.asarray(ratio_list),
-        arrival_rates=rates,
-        quantile_levels=QUANTILE_LEVELS,
-        batch_size=batch_size,
-        num_steps=num_steps,
-        num_replicas=num_replicas,
-        settings=settings,
-        **fields,
+    return StatsRun(
+        st,
+        ratios_arr,
+        rates_arr,
+        ratio_list,
+        rates,
+        float(scale),
+        cfg,
+        settings,
+        key_words,
+        sim_workload,
+        arrivals,
+        inp,
     )
