@@ -92,11 +92,16 @@ def _pow2(x: float) -> int:
     return 1 << max(0, math.ceil(x) - 1).bit_length()
 
 
-def default_admissions(max_ratio: int, batch_size: int, mean_decode: float) -> int:
+def default_admissions(max_ratio: int, batch_size: int, mean_decode: float, bundle_steps: int = 1) -> int:
     """Admissions (and arrivals) per step the buffers hold before a rerun: the mean
-    completions of a full bundle plus 4 standard deviations and 4, at least 16 (at most every
-    slot). A step that needs more repeats the run with more (same numbers)."""
-    return int(min(max_ratio * batch_size, math.ceil(max(16.0, _expected(max_ratio, batch_size, mean_decode)))))
+    completions ``m`` of a full bundle plus ``z`` standard deviations (``sqrt(m)``) and 4, at
+    least 16 (at most every slot), with ``z = max(4, sqrt(2 ln N) + 1)`` for the ``N``
+    bundle-steps of the run: the largest of ``N`` such counts rarely exceeds it, so a long
+    sweep is not run twice for one rare step. A step that needs more repeats the run with
+    more (same numbers)."""
+    m = max_ratio * batch_size / max(mean_decode, 1.0)
+    z = max(4.0, math.sqrt(2.0 * math.log(max(bundle_steps, 1))) + 1.0)
+    return int(min(max_ratio * batch_size, math.ceil(max(16.0, m + z * math.sqrt(m) + 4.0))))
 
 
 def _decode_bound(req: Workload) -> int | None:
@@ -405,7 +410,8 @@ def run_stats(
     warmup_steps = check_int("warmup_steps", warmup_steps, 0)
     rmax = max(ratio_list)
     if max_admissions is None:
-        max_admissions = default_admissions(rmax, batch_size, mean_decode)
+        bundle_steps = num_replicas * len(ratio_list) * rates.size * (warmup_steps + num_steps)
+        max_admissions = default_admissions(rmax, batch_size, mean_decode, bundle_steps)
     max_admissions = check_int("max_admissions", max_admissions, 1)
     total_steps = warmup_steps + num_steps
     num_chunks = -(-total_steps // chunk_steps)
