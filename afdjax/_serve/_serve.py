@@ -380,7 +380,7 @@ def serve(
                 rerun = True
             if not rerun:
                 break
-    fields = aggregate(st, ratios_arr, rates_arr, float(scale), num_bins)
+    fields = aggregate(st, ratios_arr, rates_arr, float(scale), num_bins, mean_decode=mean_decode)
     settings = dict(
         arrivals=arrivals.describe(),
         kv_capacity=kv,
