@@ -4,12 +4,17 @@ sums of runs at fractions of each ratio's saturated rate ``X_sat``, pooled in gr
 rule flags.
 
     PYTHONPATH=. python experiments/saturation_flag.py collect CASE STEPS REPLICAS
-    PYTHONPATH=. python experiments/saturation_flag.py report
+    PYTHONPATH=. python experiments/saturation_flag.py report [MARGIN]
 
 Cases: ``test-poisson``, ``test-gamma3``, ``test-trace`` (the test suite's shape: B = 4,
 ratios 1 and 3, the Azure conversation timestamps with Uniform lengths), ``azure`` (the
 command line's default hardware, B = 64, the Azure conversation trace with its lengths,
-ratios 1..4), ``test-kv`` (Poisson with a binding KV capacity of 250 tokens).
+ratios 1..4), ``test-kv`` (Poisson with a binding KV capacity of 250 tokens; its fractions
+are of the unlimited ``X_sat``, above the KV-bound rate). ``report`` prints the pooled
+``offered_load`` and ``full_fraction``, and the share of runs flagged by the rule (with
+``SATURATION_MARGIN`` replaced by ``MARGIN`` if given) and by the previous growth rule.
+Recorded: experiments/results/saturation_flag.txt (``test-*`` 300 and 3000 steps x 32
+replicas, ``azure`` 300 and 2000 steps x 8 replicas).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ def growth_rule(st, ratios, rates):
 
 
 def report():
+    print(f"SATURATION_MARGIN = {result_module.SATURATION_MARGIN}; flagged: the share of the runs flagged")
     for path in sorted(glob.glob(f"{OUT}/*.npz")):
         d = np.load(path)
         reps = d["time"].shape[0]
@@ -144,4 +150,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "collect":
         collect(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
+        if len(sys.argv) > 2:
+            result_module.SATURATION_MARGIN = float(sys.argv[2])
         report()
