@@ -106,7 +106,7 @@ def test_load_in_the_reports(loads):
     rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["1"], ["3"])]
     assert [row[-1] for row in rows] == ["no", "no", "yes", "yes", "yes", "yes"]
     assert rows[2][-2] == f"{float(np.asarray(loads.offered_load)[0, 1]):.3g}"
-    assert "load: arrivals over the full bundle's service rate" in text
+    assert "load: arrivals over the full bundle's service rate, above 1.03)" in text
 
 
 # ------------------------------------------------------------------------- slow

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .._validate import format_number
+from ._result import SATURATION_MARGIN
 
 JSON_KEYS = (
     "throughput_per_instance",
@@ -81,8 +82,8 @@ def format_serve(result, time_unit: str = "time unit") -> str:
     if np.any(np.asarray(result.saturated)):
         lines.append(
             "sat = yes: the queue grows without bound at that rate (load: arrivals over the full bundle's "
-            "service rate, above 1); its throughput is the saturated one and its latencies only describe this "
-            "finite run."
+            f"service rate, above {1 + SATURATION_MARGIN:g}); its throughput is the saturated one and its latencies "
+            "only describe this finite run."
         )
     return "\n".join(lines).rstrip()
 
