@@ -1,5 +1,5 @@
-"""The results of an open-loop run: :class:`ServeResult` and the pooling of the replicas'
-sums into it (:func:`aggregate`, pure JAX so that it can be differentiated)."""
+"""The results of an open-loop run: :class:`ServeResult`, the pooling of the replicas'
+sums into it (:func:`aggregate`, host side) and the saturation flag (:func:`saturation`)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ class ServeResult(eqx.Module):
     measured steps; time averages (queue, slots, KV load, utilisation) over the measured
     time, idle periods included. ``*_stderr``: standard errors across replicas (NaN with one).
 
-    When ``saturated`` is True the queue grows without bound at that rate: throughput is
-    then the bundle's saturated throughput, and the latency figures only describe the
+    When ``saturated`` is True the queue grows without bound at that rate (its
+    ``offered_load``, the arrivals over what the full bundle serves, is above 1): throughput
+    is then the bundle's saturated throughput, and the latency figures only describe the
     finite run (they grow with its length), not a steady state.
 
     Attributes:
