@@ -282,7 +282,9 @@ def saturation(st: Stats, ratios, rates, mean_decode: float | None = None) -> di
     ``E[D]`` (``mean_decode``, the workload's; without it, the finished requests' mean).
     Both are averages over many steps with little noise (the step time of a full bundle
     varies little), and ``lambda`` and ``E[D]`` are known, so ``rho`` is estimated within
-    a few per cent even from a few hundred steps and one replica, for any arrival process.
+    a few per cent from a few hundred steps and one replica, whatever the arrival process
+    (about 10 % where a trace replay's heavy-tailed lengths make a short window's requests
+    lighter or heavier than the trace's).
 
     Rules based on the growth of the requests in the bundle failed both ways: the growth
     of a stable queue is its fluctuation, with no scale known in advance (the previous
