@@ -14,7 +14,7 @@ are of the unlimited ``X_sat``, above the KV-bound rate). ``report`` prints the 
 ``offered_load`` and ``full_fraction``, and the share of runs flagged by the rule (with
 ``SATURATION_MARGIN`` replaced by ``MARGIN`` if given) and by the previous growth rule.
 Recorded: experiments/results/saturation_flag.txt (``test-*`` 300 and 3000 steps x 32
-replicas, ``azure`` 300 and 2000 steps x 8 replicas).
+replicas, ``azure`` 300 and 2000 steps x 8 replicas and 20000 x 4).
 """
 
 from __future__ import annotations

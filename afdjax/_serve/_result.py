@@ -21,9 +21,10 @@ Measured (``experiments/saturation_flag.py``, experiments/results/saturation_fla
 runs at fractions of the saturated rate ``X_sat``, one replica each and pooled by four;
 Poisson, gamma ``cv = 3`` and Azure-trace arrivals at ``B = 4`` (300 and 3000 steps, 32
 runs) and the Azure conversation trace with its lengths at ``B = 64`` (300 and 2000
-steps, 8 runs). No run at 0.8 ``X_sat`` or below is flagged (the previous growth rule:
-up to 38 % at 0.2 ``X_sat``); at 1.2 ``X_sat`` and above every run is, but one of 8
-one-replica 300-step Azure runs for ``r = 1`` and for ``r = 2`` (the growth rule: 50-100 %).
+steps, 8 runs; 20000 steps, 4 runs: every one right at 0.95 and at 1.05). No run at 0.8
+``X_sat`` or below is flagged (the previous growth rule: up to 38 % at 0.2 ``X_sat``);
+at 1.2 ``X_sat`` and above every run is, but one of 8 one-replica 300-step Azure runs for
+``r = 1`` and for ``r = 2`` (the growth rule: 50-100 %).
 Between, at 0.95: at most 3 % of the ``B = 4`` runs and 12 % of the one-replica 300-step
 Azure runs; at 1.1: all the ``B = 4`` runs but 6 % of the short one-replica trace ones,
 75-88 % of the one-replica 2000-step Azure runs and 38-62 % of the 300-step ones (their
