@@ -228,6 +228,8 @@ class Stats(eqx.Module):
     need: jax.Array  # the max_admissions it needed (at least)
     max_decode: jax.Array  # the longest D admitted (a rerun with a longer calendar if > horizon)
     ring_full: jax.Array  # bool: the request ring or the clock ring overflowed (rerun, larger)
+    blocked_time: jax.Array  # time of the steps after whose admission a request still waited (bundle full)
+    blocked_tokens: jax.Array  # tokens emitted in those steps
 
     @staticmethod
     def zeros(num_bins, dtype):
@@ -235,7 +237,7 @@ class Stats(eqx.Module):
         i = jnp.zeros((), jnp.int32)
         h = jnp.zeros(num_bins + 2, jnp.int32)
         f = jnp.zeros((), bool)
-        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, i, f, f, i, i, f)
+        return Stats(z, z, z, z, z, z, z, z, z, z, i, i, z, z, z, z, z, h, h, i, i, i, i, f, f, i, i, f, z, z)
 
 
 def _two_sum(hi, lo, x):
@@ -561,6 +563,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             need=need,
             max_decode=jnp.maximum(st.max_decode, jnp.max(jnp.where(took, d_new, 0))),
             ring_full=st.ring_full | (head - req.rp > QR),
+            blocked_time=st.blocked_time + jnp.where(queued > 0, w * tau, 0.0),
+            blocked_tokens=st.blocked_tokens + jnp.where(queued > 0, w * n, 0.0),
         )
         # 5. resolve the TPOT of up to K finished requests, in admission order
         # one call of K per step; at the run's last step, as many as the ring holds (the

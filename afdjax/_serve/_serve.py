@@ -316,7 +316,7 @@ def serve(
 
 def result_of(run: StatsRun) -> ServeResult:
     """The :class:`ServeResult` of a :func:`run_stats` run (replicas pooled)."""
-    fields = aggregate(run.stats, run.ratios, run.rates, run.scale, run.cfg.num_bins)
+    fields = aggregate(run.stats, run.ratios, run.rates, run.scale, run.cfg.num_bins, mean_decode=run.mean_decode)
     return ServeResult(
         ratios=np.asarray(run.ratio_list),
         arrival_rates=run.rate_values,
@@ -352,6 +352,8 @@ class StatsRun(NamedTuple):
     """The workload the kernel draws from (``None`` for a trace carrying its lengths)."""
     arrivals: Arrivals
     inputs: Inputs
+    mean_decode: float
+    """``E[D]`` of the request lengths (the offered load of the saturation flag)."""
 
 
 def run_stats(
@@ -509,4 +511,5 @@ def run_stats(
         sim_workload,
         arrivals,
         inp,
+        mean_decode,
     )

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .._validate import format_number
+from ._result import SATURATION_MARGIN
 
 JSON_KEYS = (
     "throughput_per_instance",
@@ -25,6 +26,8 @@ JSON_KEYS = (
     "utilisation_comm",
     "arrival_rate_total",
     "queue_growth",
+    "full_fraction",
+    "offered_load",
     "saturated",
 )
 
@@ -52,11 +55,12 @@ def serve_dict(result, settings: dict | None = None) -> dict:
 
 
 def format_serve(result, time_unit: str = "time unit") -> str:
-    """A table per arrival rate: throughput, goodput, TPOT, TTFT, queue and saturation per ratio."""
+    """A table per arrival rate: throughput, goodput, TPOT, TTFT, queue, the offered load
+    (``-`` where the bundle was never full) and saturation per ratio."""
     lines = []
     head = (
         f"{'r':>4} {'thr/inst':>10} {'+-':>8} {'good/inst':>10} {'TPOT':>9} {'TPOT p99':>9} "
-        f"{'TTFT':>10} {'TTFT p99':>10} {'queue':>8} {'slots':>6} {'sat':>4}"
+        f"{'TTFT':>10} {'TTFT p99':>10} {'queue':>8} {'slots':>6} {'load':>5} {'sat':>4}"
     )
     for k, x in enumerate(np.asarray(result.arrival_rates)):
         lines.append(f"arrival rate {format_number(float(x), '.6g')} per Attention instance per {time_unit}")
@@ -67,16 +71,19 @@ def format_serve(result, time_unit: str = "time unit") -> str:
                 return format_number(float(np.asarray(getattr(result, name))[i, k]), spec)
 
             sat = "yes" if bool(np.asarray(result.saturated)[i, k]) else "no"
+            load = v("offered_load", ".3g") if math.isfinite(float(np.asarray(result.offered_load)[i, k])) else "-"
             lines.append(
                 f"{int(r):>4} {v('throughput_per_instance'):>10} {v('stderr', '.2g'):>8} "
                 f"{v('goodput_per_instance'):>10} {v('tpot_mean'):>9} {v('tpot_p99'):>9} {v('ttft_mean'):>10} "
-                f"{v('ttft_p99'):>10} {v('mean_queue_length'):>8} {v('mean_occupied_slots', '.3g'):>6} {sat:>4}"
+                f"{v('ttft_p99'):>10} {v('mean_queue_length'):>8} {v('mean_occupied_slots', '.3g'):>6} "
+                f"{load:>5} {sat:>4}"
             )
         lines.append("")
     if np.any(np.asarray(result.saturated)):
         lines.append(
-            "sat = yes: the queue grows without bound at that rate; its throughput is the saturated one and "
-            "its latencies only describe this finite run."
+            "sat = yes: the queue grows without bound at that rate (load: arrivals over the full bundle's "
+            f"service rate, above {1 + SATURATION_MARGIN:g}); its throughput is the saturated one and its latencies "
+            "only describe this finite run."
         )
     return "\n".join(lines).rstrip()
 
