@@ -566,12 +566,9 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             blocked_time=st.blocked_time + jnp.where(queued > 0, w * tau, 0.0),
             blocked_tokens=st.blocked_tokens + jnp.where(queued > 0, w * n, 0.0),
         )
-        # 5. resolve the TPOT of up to K finished requests, in admission order
-        # one call of K per step; at the run's last step, as many as the ring holds (the
-        # trip count does not depend on the bundle: no per-iteration select under vmap)
-        final = k == cfg.num_chunks * L - 1
-        trips = jnp.where(final, -(-QR // K) + 1, 1)
-        req, st = jax.lax.fori_loop(0, trips, lambda _, c: resolve(*c, head, k + 1, final), (req, st))
+        # 5. resolve the TPOT of up to K finished requests, in admission order (at the
+        # run's last step the unfinished ones are passed over too; the rest after the scan)
+        req, st = resolve(req, st, head, k + 1, k == cfg.num_chunks * L - 1)
         q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
         return (inst, req, q, st), None
 
@@ -598,7 +595,18 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
     )
     q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), zero_f, jnp.asarray(-1, jnp.int32))
     carry0 = (inst0, req0, q0, Stats.zeros(cfg.num_bins, fdtype))
-    (_, _, _, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
+    (_, req, q, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
+
+    # the end of the run: the requests still in the ring, K at a time, as the last step
+    # would go on. The loop carries only the ring's read position and the sums (under vmap
+    # its trip count is the bundles' largest, and a finished bundle's carry is kept by a
+    # select: the rings, only read, stay out of the carry).
+    def finish(c):
+        rp, st = c
+        r2, st = resolve(eqx.tree_at(lambda x: x.rp, req, rp), st, q.head, cfg.num_chunks * L, True)
+        return r2.rp, st
+
+    _, st = jax.lax.while_loop(lambda c: c[0] < q.head, finish, (req.rp, st))
     return st
 
 
