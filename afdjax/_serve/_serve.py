@@ -92,14 +92,18 @@ def _pow2(x: float) -> int:
     return 1 << max(0, math.ceil(x) - 1).bit_length()
 
 
-def default_admissions(max_ratio: int, batch_size: int, mean_decode: float, bundle_steps: int = 1) -> int:
-    """Admissions (and arrivals) per step the buffers hold before a rerun: the mean
-    completions ``m`` of a full bundle plus ``z`` standard deviations (``sqrt(m)``) and 4, at
-    least 16 (at most every slot), with ``z = max(4, sqrt(2 ln N) + 1)`` for the ``N``
+def default_admissions(
+    max_ratio: int, batch_size: int, mean_decode: float, bundle_steps: int = 1, arrivals_per_step: float = 0.0
+) -> int:
+    """Admissions (and arrivals) per step the buffers hold before a rerun: ``m`` plus ``z``
+    standard deviations (``sqrt(m)``) and 4, at least 16 (at most every slot). ``m`` is
+    the larger of the mean completions of a full bundle and ``arrivals_per_step`` (the
+    mean arrivals in a full step at the highest rate: while a bundle fills, all of them
+    may be admitted in one step). ``z = max(4, sqrt(2 ln N) + 1)`` for the ``N``
     bundle-steps of the run: the largest of ``N`` such counts rarely exceeds it, so a long
     sweep is not run twice for one rare step. A step that needs more repeats the run with
     more (same numbers)."""
-    m = max_ratio * batch_size / max(mean_decode, 1.0)
+    m = max(max_ratio * batch_size / max(mean_decode, 1.0), arrivals_per_step)
     z = max(4.0, math.sqrt(2.0 * math.log(max(bundle_steps, 1))) + 1.0)
     return int(min(max_ratio * batch_size, math.ceil(max(16.0, m + z * math.sqrt(m) + 4.0))))
 
@@ -411,9 +415,15 @@ def run_stats(
         warmup_steps = default_warmup(mean_decode, num_steps)
     warmup_steps = check_int("warmup_steps", warmup_steps, 0)
     rmax = max(ratio_list)
+    fdtype = jnp.zeros(()).dtype
+    scale = jnp.maximum(
+        jnp.maximum(latency.attention_time(batch_size * req.theta()), latency.ffn_time(float(rmax), batch_size)),
+        latency.comm_time(float(rmax), batch_size),
+    ).astype(fdtype)
     if max_admissions is None:
         bundle_steps = num_replicas * len(ratio_list) * rates.size * (warmup_steps + num_steps)
-        max_admissions = default_admissions(rmax, batch_size, mean_decode, bundle_steps)
+        per_step = rmax * float(np.max(rates)) * float(scale)  # arrivals in a full step of r_max
+        max_admissions = default_admissions(rmax, batch_size, mean_decode, bundle_steps, per_step)
     max_admissions = check_int("max_admissions", max_admissions, 1)
     total_steps = warmup_steps + num_steps
     num_chunks = -(-total_steps // chunk_steps)
@@ -431,11 +441,6 @@ def run_stats(
         bundles = len(ratio_list) * rates.size
         replica_batch_size = max(1, min(num_replicas, (256 * 2**20) // max(1, per_bundle * bundles)))
     replica_batch_size = check_int("replica_batch_size", replica_batch_size, 1)
-    fdtype = jnp.zeros(()).dtype
-    scale = jnp.maximum(
-        jnp.maximum(latency.attention_time(batch_size * req.theta()), latency.ffn_time(float(rmax), batch_size)),
-        latency.comm_time(float(rmax), batch_size),
-    ).astype(fdtype)
     inp = Inputs(
         kv_capacity=float_leaf(math.inf if kv is None else kv),
         alpha_p=float_leaf(alpha_p),
