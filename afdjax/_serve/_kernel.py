@@ -189,6 +189,8 @@ class Requests(eqx.Module):
 
 class Queue(eqx.Module):
     ring: jax.Array  # (Q,) arrival times of requests head .. n_arr-1 at index n % Q
+    ring_p: jax.Array  # (Q,) their prefill lengths P (drawn once, as they arrive)
+    ring_d: jax.Array  # (Q,) their decode lengths D
     head: jax.Array  # next request to admit
     n_arr: jax.Array  # requests arrived so far
     next_arr: jax.Array  # arrival time of request n_arr (relative)
@@ -383,32 +385,39 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         gg = jnp.arange(G, dtype=jnp.int32)
 
         def arrive_cond(c):
-            n, _, n_arr, next_arr = c
+            n, _, _, _, n_arr, next_arr = c
             return (n < A) & (next_arr <= clock) & (n_arr - q.head < Q)
 
         def arrive(c):
-            n, buf, n_arr, next_arr = c
+            n, buf, pbuf, dbuf, n_arr, next_arr = c
             # (an associative scan: XLA CPU's cumsum is a slow reduce-window)
             cum = jax.lax.associative_scan(jnp.add, gap(n_arr + 1 + gg))
             times = next_arr + jnp.concatenate([jnp.zeros(1, fdtype), cum])  # requests n_arr .. n_arr + G
             ok = (times[:G] <= clock) & (n + gg < A) & (n_arr - q.head + gg < Q)  # a prefix
             c_new = jnp.sum(ok, dtype=jnp.int32)
-            buf = buf.at[jnp.where(ok, n + gg, A)].set(times[:G], mode="drop")
-            return n + c_new, buf, n_arr + c_new, times[c_new]
+            at = jnp.where(ok, n + gg, A)
+            p_g, d_g = lengths(n_arr + gg)  # requests n_arr .. n_arr + G - 1
+            buf = buf.at[at].set(times[:G], mode="drop")
+            pbuf = pbuf.at[at].set(p_g, mode="drop")
+            dbuf = dbuf.at[at].set(d_g.astype(jnp.int32), mode="drop")
+            return n + c_new, buf, pbuf, dbuf, n_arr + c_new, times[c_new]
 
-        c0 = (zero_i, jnp.zeros(A, fdtype), q.n_arr, q.next_arr)
-        n_new, buf, n_arr, next_arr = jax.lax.while_loop(arrive_cond, arrive, c0)
+        c0 = (zero_i, jnp.zeros(A, fdtype), jnp.zeros(A, fdtype), jnp.zeros(A, jnp.int32), q.n_arr, q.next_arr)
+        n_new, buf, pbuf, dbuf, n_arr, next_arr = jax.lax.while_loop(arrive_cond, arrive, c0)
         arrived = ii[:A] < n_new
         arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - buf, 0.0)), 0.0)
         arrivals_count = st.arrivals + jnp.where(measured, n_new, 0)
         slot_of = jnp.where(arrived, jnp.mod(q.n_arr + ii[:A], Q), Q)
         ring = q.ring.at[slot_of].set(buf, mode="drop")
+        ring_p = q.ring_p.at[slot_of].set(pbuf, mode="drop")
+        ring_d = q.ring_d.at[slot_of].set(dbuf, mode="drop")
         pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
         cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
 
         # 3. admission, on the instances' counts and KV loads; the lengths of the first A + 1
-        # requests in the queue drawn together before the loop
-        p_all, d_all = lengths(q.head + ii)
+        # requests in the queue read together before the loop (those past n_arr are not used)
+        at_q = jnp.mod(q.head + ii, Q)
+        p_all, d_all = ring_p[at_q], ring_d[at_q]
         never_all = p_all > inp.kv_capacity
 
         def more(c):
@@ -569,14 +578,16 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         # 5. resolve the TPOT of up to K finished requests, in admission order (at the
         # run's last step the unfinished ones are passed over too; the rest after the scan)
         req, st = resolve(req, st, head, k + 1, k == cfg.num_chunks * L - 1)
-        q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
+        q = Queue(ring, ring_p, ring_d, head, n_arr, next_arr, clock + tau, last)
         return (inst, req, q, st), None
 
     def chunk(carry, c):
         carry, _ = jax.lax.scan(one_step, carry, c * L + jnp.arange(L))
         inst, req, q, st = carry
         shift = q.clock  # rebase every time on the chunk's end
-        q = Queue(q.ring - shift, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last)
+        q = Queue(
+            q.ring - shift, q.ring_p, q.ring_d, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last
+        )
         return (inst, req, q, st), None
 
     zero_i = jnp.zeros((), jnp.int32)
@@ -593,7 +604,16 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         zero_f,
         zero_i,
     )
-    q0 = Queue(jnp.zeros(Q, fdtype), zero_i, zero_i, gap(zero_i), zero_f, jnp.asarray(-1, jnp.int32))
+    q0 = Queue(
+        jnp.zeros(Q, fdtype),
+        jnp.zeros(Q, fdtype),
+        jnp.zeros(Q, jnp.int32),
+        zero_i,
+        zero_i,
+        gap(zero_i),
+        zero_f,
+        jnp.asarray(-1, jnp.int32),
+    )
     carry0 = (inst0, req0, q0, Stats.zeros(cfg.num_bins, fdtype))
     (_, req, q, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
 
