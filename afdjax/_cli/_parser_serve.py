@@ -102,7 +102,8 @@ def add_serve_parser(sub, types, add_compare_parser) -> None:
         required=True,
         metavar="X",
         help="requests per time unit per Attention instance (a bundle with ratio r receives r X); a comma list "
-        "sweeps several rates in one compiled run",
+        "sweeps several rates in one compiled run. With --arrivals trace it sets the replay's mean rate (the "
+        "trace's gaps are scaled to it), so it is required there too",
     )
     p.add_argument("--plot", metavar="PATH", help="write a PNG of TPOT and TTFT against the rate and against r")
     c = sub.add_parser(

@@ -12,13 +12,20 @@ One iteration is one decode step of the bundle:
    ``max_admissions`` join per step; a later one keeps its arrival time and joins at the
    next step, behind the others (FIFO), so only a step in which it could have been
    admitted is wrong: such a step is flagged and the run repeated with larger buffers.
-   Time in the queue is counted from the arrival time either way;
+   Time in the queue is counted from the arrival time either way. A request's lengths
+   ``(P, D)`` (functions of its number) are drawn as it joins and kept in the ring;
 3. **admission** (:data:`POLICIES`, default ``"balanced"``): in arrival order while a slot
    is free, the head of the queue goes to the instance chosen by the policy among the
    first ``r`` instances that have a free slot and, with a KV capacity ``M`` per instance,
    where its prefill fits (``load_j + P <= M``; no preemption). A head that fits nowhere
    waits and blocks the queue (head-of-line); a request with ``P > M`` could never fit and
-   is refused (counted). It joins this step.
+   is refused (counted). It joins this step. The default policy admits in bulk: the
+   instances with the most free slots (a *level*) take one request each, in the order of
+   (KV load, index), while each fits; each then has one slot less, so none is chosen again
+   before the whole level has had one: the instances and the order of KV additions of
+   one request at a time, in one loop iteration per level (1-7 per step at ``B = 1483``
+   instead of one per admission, up to about 95 for ``r = 32``). A level that cannot start
+   (a refused head, or one that does not fit its first instance) takes one request.
    At most ``max_admissions`` requests per step: a step that needs more is flagged and
    the run repeated with enough (:func:`afdjax.serve` does it, same random numbers, so the
    same numbers come out);
@@ -28,7 +35,7 @@ One iteration is one decode step of the bundle:
 **State: per instance, not per slot.** The step time needs only each instance's occupied
 count ``n_j`` and KV load ``T_j`` (the sum of ``P + steps done`` over its requests), and the
 policies only those: every step ``T_j += n_j``; an admission adds ``P`` to ``T_j`` and 1 to
-``n_j``. A request's length ``D`` is drawn when it is admitted at step ``s``, so its last
+``n_j``. A request's length ``D`` is known when it is admitted at step ``s``, so its last
 step ``f = s + D - 1`` is known then: a calendar ``(H, r)`` (row ``f % H``) holds the count
 and the KV ``P + D`` that leave each instance at the end of step ``f``; each step reads one
 row (and clears the previous one). ``H`` (``horizon``) is a power of two above the longest
@@ -43,26 +50,28 @@ step's end over ``D``: a ring of the busy clock at each step's start (``clock_ri
 kept as a compensated sum ``hi + lo`` so the difference of two large clocks stays exact to
 float rounding of the TPOT itself) and a ring of the admitted requests (admission step, TTFT
 target met, ``D``) by request number. Each step resolves up to ``max_resolved`` finished
-requests in admission order (TPOT histogram, goodput, sojourn); at the end of the run the
-ones still waiting are resolved at once. A ring too short for the requests in flight is
+requests in admission order (TPOT histogram, goodput, sojourn); after the last step a loop
+resolves the ones still in the ring, ``max_resolved`` at a time, carrying only the ring's
+read position and the sums (it stops when the ring is empty: the bundles' longest need
+under ``vmap``). A ring too short for the requests in flight is
 flagged and the run repeated with longer rings (same numbers).
 
 Times are kept relative to the start of the current chunk of steps (rebased after each
 chunk), so float32 runs do not lose the waits to a large clock.
 
-**Cost** per step and bundle: ``O(r_pad + max_admissions + max_resolved)`` (the arrivals
-are drawn ``arrival_block`` gaps per loop iteration, none in a step without arrivals; the
-lengths of the first ``max_admissions`` queued requests before the admission loop, which
-runs one iteration per admission, over the instances), independent of the batch size ``B``
-except through the admissions per step. Memory per bundle: the calendar ``2 H r_pad`` words
-and the request ring (``2 x`` the admissions over ``H`` steps). Measured (2-core CPU shared
-with other jobs, ``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference
-in the same run; see BENCHMARKS.md): B = 64, 1.4e8-2.4e8 effective slot-steps per second,
-20-24x the reference by CPU time (the previous per-slot kernel: 2e7, 2.8x); B = 1483,
-2.6e8-5.5e8, 35x in a full run (9-18x in short runs, whose reference rate its warm-up
-inflates). What is left per step is a few hundred small XLA operations
-(per-operation overhead dominates at small ``B``) and one admission-loop iteration per
-admission (about 95 per step for ``r = 32`` at ``B = 1483``: the policy is sequential).
+**Cost** per step and bundle: ``O(r_pad^2 + max_admissions + max_resolved)`` (the arrivals
+and their lengths are drawn ``arrival_block`` at a time per loop iteration, none in a step
+without arrivals; one admission-loop iteration per level), independent of the batch size
+``B`` except through the admissions per step. ``max_admissions`` covers the completions of
+a full bundle and the arrivals of a full step at the highest rate (a filling bundle admits
+them all at once), with a margin that grows with the run's bundle-steps, so a sweep is not
+repeated for one rare step. Memory per bundle: the calendar ``2 H r_pad`` words and the
+request ring (``2 x`` the admissions over ``H`` steps). Measured (the 2-core CPU,
+``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference in the same run;
+BENCHMARKS.md has the figures): effective slot-steps per second grow with ``B`` because the
+cost per bundle-step hardly does (about 6, 14 and 21 us of CPU at B = 64, 256 and 1483):
+3.0e8, 5.0e8 and 2.1e9 by wall time (both cores), 27x, 40x and 104x the reference. At small
+``B`` a step of the sweep is a few hundred small XLA operations over the bundles.
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
