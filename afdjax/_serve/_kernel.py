@@ -179,27 +179,22 @@ class Instances(eqx.Module):
 
     n: jax.Array  # (R,) occupied slots
     kv: jax.Array  # (R,) KV tokens of the occupied slots (sum of P + steps done)
-    cal_n: jax.Array  # (H, R) requests that finish at step f, row f % H
-    cal_kv: jax.Array  # (H, R) their KV at the end (P + D)
+    cal: jax.Array  # (H, R, 2) requests that finish at step f (row f % H) and their KV at the end (P + D)
 
 
 class Requests(eqx.Module):
     """The admitted requests not yet resolved (ring by request number) and the busy-time
     clock (compensated: ``hi + lo``) at the start of each of the last ``clock_ring`` steps."""
 
-    word: jax.Array  # (Qr,) 2 s + (TTFT target met), s the admission step; -1: refused
-    dec: jax.Array  # (Qr,) decode steps D
-    e_hi: jax.Array  # (HE,) busy time at the start of step k, index k % HE
-    e_lo: jax.Array
+    wd: jax.Array  # (Qr, 2) 2 s + (TTFT target met) (s the admission step; -1: refused), and D
+    e: jax.Array  # (HE, 2) busy time at the start of step k (hi, lo), row k % HE
     hi: jax.Array  # busy time now
     lo: jax.Array
     rp: jax.Array  # next request number to resolve
 
 
 class Queue(eqx.Module):
-    ring: jax.Array  # (Q,) arrival times of requests head .. n_arr-1 at index n % Q
-    ring_p: jax.Array  # (Q,) their prefill lengths P (drawn once, as they arrive)
-    ring_d: jax.Array  # (Q,) their decode lengths D
+    ring: jax.Array  # (Q, 3) arrival time, P and D (drawn as it arrives) of requests head .. n_arr-1, row n % Q
     head: jax.Array  # next request to admit
     n_arr: jax.Array  # requests arrived so far
     next_arr: jax.Array  # arrival time of request n_arr (relative)
@@ -336,7 +331,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         offsets = jnp.arange(K, dtype=jnp.int32)
         m = req.rp + offsets
         pos = jnp.mod(m, QR)
-        word, d = req.word[pos], req.dec[pos]
+        wd = req.wd[pos]
+        word, d = wd[:, 0], wd[:, 1]
         admitted = m < head
         refused = word < 0
         s = word >> 1
@@ -346,9 +342,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         count = jnp.where(jnp.all(ready), K, jnp.argmin(ready))
         res = (offsets < count) & ~refused & finished
         too_old = jnp.any(res & (s <= now - HE))
-        busy = (req.e_hi[jnp.mod(e, HE)] - req.e_hi[jnp.mod(s, HE)]) + (
-            req.e_lo[jnp.mod(e, HE)] - req.e_lo[jnp.mod(s, HE)]
-        )
+        end, start = req.e[jnp.mod(e, HE)], req.e[jnp.mod(s, HE)]
+        busy = (end[:, 0] - start[:, 0]) + (end[:, 1] - start[:, 1])
         df = jnp.maximum(d, 1).astype(fdtype)
         tpot = busy / df
         w = res & measured_at(e - 1)
@@ -394,11 +389,11 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         gg = jnp.arange(G, dtype=jnp.int32)
 
         def arrive_cond(c):
-            n, _, _, _, n_arr, next_arr = c
+            n, _, n_arr, next_arr = c
             return (n < A) & (next_arr <= clock) & (n_arr - q.head < Q)
 
         def arrive(c):
-            n, buf, pbuf, dbuf, n_arr, next_arr = c
+            n, buf, n_arr, next_arr = c
             # (an associative scan: XLA CPU's cumsum is a slow reduce-window)
             cum = jax.lax.associative_scan(jnp.add, gap(n_arr + 1 + gg))
             times = next_arr + jnp.concatenate([jnp.zeros(1, fdtype), cum])  # requests n_arr .. n_arr + G
@@ -406,27 +401,23 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             c_new = jnp.sum(ok, dtype=jnp.int32)
             at = jnp.where(ok, n + gg, A)
             p_g, d_g = lengths(n_arr + gg)  # requests n_arr .. n_arr + G - 1
-            buf = buf.at[at].set(times[:G], mode="drop")
-            pbuf = pbuf.at[at].set(p_g, mode="drop")
-            dbuf = dbuf.at[at].set(d_g.astype(jnp.int32), mode="drop")
-            return n + c_new, buf, pbuf, dbuf, n_arr + c_new, times[c_new]
+            buf = buf.at[at].set(jnp.stack([times[:G], p_g.astype(fdtype), d_g.astype(fdtype)], axis=-1), mode="drop")
+            return n + c_new, buf, n_arr + c_new, times[c_new]
 
-        c0 = (zero_i, jnp.zeros(A, fdtype), jnp.zeros(A, fdtype), jnp.zeros(A, jnp.int32), q.n_arr, q.next_arr)
-        n_new, buf, pbuf, dbuf, n_arr, next_arr = jax.lax.while_loop(arrive_cond, arrive, c0)
+        c0 = (zero_i, jnp.zeros((A, 3), fdtype), q.n_arr, q.next_arr)
+        n_new, buf, n_arr, next_arr = jax.lax.while_loop(arrive_cond, arrive, c0)
         arrived = ii[:A] < n_new
-        arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - buf, 0.0)), 0.0)
+        arrival_area = st.arrival_area + jnp.where(measured, jnp.sum(jnp.where(arrived, clock - buf[:, 0], 0.0)), 0.0)
         arrivals_count = st.arrivals + jnp.where(measured, n_new, 0)
         slot_of = jnp.where(arrived, jnp.mod(q.n_arr + ii[:A], Q), Q)
         ring = q.ring.at[slot_of].set(buf, mode="drop")
-        ring_p = q.ring_p.at[slot_of].set(pbuf, mode="drop")
-        ring_d = q.ring_d.at[slot_of].set(dbuf, mode="drop")
         pending = next_arr <= clock  # arrived, not yet in the queue (the ring or the buffer was full)
         cap_hit = st.cap_hit | (pending & (n_arr - q.head >= Q))
 
         # 3. admission, on the instances' counts and KV loads; the lengths of the first A + 1
         # requests in the queue read together before the loop (those past n_arr are not used)
-        at_q = jnp.mod(q.head + ii, Q)
-        p_all, d_all = ring_p[at_q], ring_d[at_q]
+        queued_rows = ring[jnp.mod(q.head + ii, Q)]
+        p_all, d_all = queued_rows[:, 1], queued_rows[:, 2]
         never_all = p_all > inp.kv_capacity
 
         def more(c):
@@ -494,25 +485,19 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         refused_now = used & never_all[:A]
         rejected = st.rejected + jnp.where(measured, jnp.sum(refused_now, dtype=jnp.int32), 0)
         d_new, p_new = d_all[:A].astype(jnp.int32), p_all[:A]
-        wait_new = clock - ring[jnp.mod(q.head + rows, Q)]
+        wait_new = clock - queued_rows[:A, 0]
         f_new = k + d_new - 1  # the request's last step
         row_of = jnp.where(took, jnp.mod(f_new, H), H)
         # the previous step's row was read at its end: cleared now, before any write
         # (write, then read: the calendar stays in place, no copy per step)
         prev = jnp.mod(k - 1, H)
-        cal_n = inst.cal_n.at[prev].set(0).at[row_of, j_new].add(1, mode="drop")
-        cal_kv = inst.cal_kv.at[prev].set(0.0).at[row_of, j_new].add(p_new + d_new.astype(fdtype), mode="drop")
+        leave = jnp.stack([jnp.ones_like(p_new), p_new + d_new.astype(fdtype)], axis=-1)
+        cal = inst.cal.at[prev].set(0.0).at[row_of, j_new].add(leave, mode="drop")
         ttft = wait_new + inp.alpha_p * p_new + inp.beta_p
         ok = ttft <= inp.slo_ttft
         pos = jnp.where(used, jnp.mod(q.head + rows, QR), QR)
-        req = eqx.tree_at(
-            lambda x: (x.word, x.dec),
-            req,
-            (
-                req.word.at[pos].set(jnp.where(took, 2 * k + ok, -1).astype(jnp.int32), mode="drop"),
-                req.dec.at[pos].set(d_new, mode="drop"),
-            ),
-        )
+        word_new = jnp.where(took, 2 * k + ok, -1).astype(jnp.int32)
+        req = eqx.tree_at(lambda x: x.wd, req, req.wd.at[pos].set(jnp.stack([word_new, d_new], axis=-1), mode="drop"))
         wa = took & measured_at(f_new)  # requests counted at admission (all they need is known)
         waf = wa.astype(fdtype)
         wb = _bin(ttft, wl, wd, cfg.num_bins)
@@ -540,15 +525,14 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         w = jnp.where(measured, 1.0, 0.0)
         # every occupied slot emits a token; the requests whose last step this is leave
         row = jnp.mod(k, H)
-        gone_n, gone_kv = cal_n[row], cal_kv[row]
+        gone = cal[row]
+        gone_n, gone_kv = gone[:, 0].astype(jnp.int32), gone[:, 1]
         n_after = n_inst - gone_n
         kv_after = jnp.where(n_after > 0, kv + n_inst.astype(fdtype) - gone_kv, 0.0)
-        inst = Instances(n_after, kv_after, cal_n, cal_kv)
+        inst = Instances(n_after, kv_after, cal)
         hi, lo = _two_sum(req.hi, req.lo, tau)
         e_at = jnp.mod(k + 1, HE)
-        req = eqx.tree_at(
-            lambda x: (x.e_hi, x.e_lo, x.hi, x.lo), req, (req.e_hi.at[e_at].set(hi), req.e_lo.at[e_at].set(lo), hi, lo)
-        )
+        req = eqx.tree_at(lambda x: (x.e, x.hi, x.lo), req, (req.e.at[e_at].set(jnp.stack([hi, lo])), hi, lo))
         rf = ratio.astype(fdtype)
         st = Stats(
             time=st.time + w * (idle + tau),
@@ -587,42 +571,22 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
         # 5. resolve the TPOT of up to K finished requests, in admission order (at the
         # run's last step the unfinished ones are passed over too; the rest after the scan)
         req, st = resolve(req, st, head, k + 1, k == cfg.num_chunks * L - 1)
-        q = Queue(ring, ring_p, ring_d, head, n_arr, next_arr, clock + tau, last)
+        q = Queue(ring, head, n_arr, next_arr, clock + tau, last)
         return (inst, req, q, st), None
 
     def chunk(carry, c):
         carry, _ = jax.lax.scan(one_step, carry, c * L + jnp.arange(L))
         inst, req, q, st = carry
         shift = q.clock  # rebase every time on the chunk's end
-        q = Queue(
-            q.ring - shift, q.ring_p, q.ring_d, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last
-        )
+        ring = q.ring.at[:, 0].add(-shift)
+        q = Queue(ring, q.head, q.n_arr, q.next_arr - shift, jnp.zeros_like(q.clock), q.last)
         return (inst, req, q, st), None
 
     zero_i = jnp.zeros((), jnp.int32)
     zero_f = jnp.zeros((), fdtype)
-    inst0 = Instances(
-        jnp.zeros(R, jnp.int32), jnp.zeros(R, fdtype), jnp.zeros((H, R), jnp.int32), jnp.zeros((H, R), fdtype)
-    )
-    req0 = Requests(
-        jnp.zeros(QR, jnp.int32),
-        jnp.zeros(QR, jnp.int32),
-        jnp.zeros(HE, fdtype),
-        jnp.zeros(HE, fdtype),
-        zero_f,
-        zero_f,
-        zero_i,
-    )
-    q0 = Queue(
-        jnp.zeros(Q, fdtype),
-        jnp.zeros(Q, fdtype),
-        jnp.zeros(Q, jnp.int32),
-        zero_i,
-        zero_i,
-        gap(zero_i),
-        zero_f,
-        jnp.asarray(-1, jnp.int32),
-    )
+    inst0 = Instances(jnp.zeros(R, jnp.int32), jnp.zeros(R, fdtype), jnp.zeros((H, R, 2), fdtype))
+    req0 = Requests(jnp.zeros((QR, 2), jnp.int32), jnp.zeros((HE, 2), fdtype), zero_f, zero_f, zero_i)
+    q0 = Queue(jnp.zeros((Q, 3), fdtype), zero_i, zero_i, gap(zero_i), zero_f, jnp.asarray(-1, jnp.int32))
     carry0 = (inst0, req0, q0, Stats.zeros(cfg.num_bins, fdtype))
     (_, req, q, st), _ = jax.lax.scan(chunk, carry0, jnp.arange(cfg.num_chunks))
 

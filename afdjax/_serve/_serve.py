@@ -437,7 +437,7 @@ def run_stats(
         return ring_scale * default_request_ring(rmax, batch_size, mean_decode, horizon, max_admissions)
 
     if replica_batch_size is None:
-        per_bundle = 8 * (2 * horizon * rmax + 4 * horizon + ring_size() + queue_capacity) + 8 * (num_bins + 2)
+        per_bundle = 8 * (2 * horizon * rmax + 4 * horizon + ring_size() + 3 * queue_capacity) + 8 * (num_bins + 2)
         bundles = len(ratio_list) * rates.size
         replica_batch_size = max(1, min(num_replicas, (256 * 2**20) // max(1, per_bundle * bundles)))
     replica_batch_size = check_int("replica_batch_size", replica_batch_size, 1)
