@@ -69,9 +69,10 @@ repeated for one rare step. Memory per bundle: the calendar ``2 H r_pad`` words 
 request ring (``2 x`` the admissions over ``H`` steps). Measured (the 2-core CPU,
 ``experiments/bench_serve.py``, r = 1..32, three loads, the NumPy reference in the same run;
 BENCHMARKS.md has the figures): effective slot-steps per second grow with ``B`` because the
-cost per bundle-step hardly does (about 6, 14 and 21 us of CPU at B = 64, 256 and 1483):
-3.0e8, 5.0e8 and 2.1e9 by wall time (both cores), 27x, 40x and 104x the reference. At small
-``B`` a step of the sweep is a few hundred small XLA operations over the bundles.
+cost per bundle-step grows much more slowly (5, 8 and 23-25 us of CPU at B = 64, 256 and
+1483): 4.0e8, 9.4e8 and 1.8e9-2.0e9 by wall time (both cores), 35x, 79x and 69-104x the
+reference. At small ``B`` a step of the sweep is a few hundred small XLA operations over
+the bundles.
 
 **Gradients.** The kernel is written in differentiable JAX (``tau`` is a max of linear
 stage times), but its loops are ``while_loop`` s, which JAX differentiates in forward mode
