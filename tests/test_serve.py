@@ -383,7 +383,7 @@ def test_capacity_and_kv_stability_rate():
         prefill_beta=PREFILL_BETA,
     )
     for i in range(2):
-        assert 0 < cap.capacity_rate[i] <= cap.saturated_rate[i] * 1.05
+        assert 0 < cap.capacity_rate[i] < cap.saturated_rate[i]
         assert cap.limited_by[i] in ("saturation", "tpot")
         assert cap.tpot_p99_at_capacity[i] <= 20.0
         # the closed form uses the saturated (full-batch) step: a lower bound of the simulated KV-bound rate

@@ -149,3 +149,24 @@ def test_azure_trace_replay_light_load_not_flagged_overload_flagged(azure_conv_p
     sat = np.asarray(res.saturated)
     assert not np.any(sat[:, 0]) and np.all(sat[:, 1]), np.asarray(res.offered_load)
     assert np.all(np.asarray(res.full_fraction)[:, 0] == 0.0)
+
+
+def test_capacity_never_accepts_a_rate_at_or_above_the_saturated_bound():
+    """A short run near the bound may not flag saturation (the 3 % margin); the capacity
+    search still stops at ``X_sat``, the saturated throughput's bound."""
+    from types import SimpleNamespace
+
+    from afdjax._serve._capacity import _largest
+
+    rates = np.array([0.5, 0.9, 1.0, 1.05])
+    res = SimpleNamespace(
+        arrival_rates=rates,
+        saturated=np.zeros((1, 4), bool),
+        tpot_p99=np.ones((1, 4)),
+        ttft_p99=np.ones((1, 4)),
+    )
+    assert _largest(res, 0, None, None, 1.0) == (1, "saturation")
+    assert _largest(res, 0, None, None, 2.0) == (3, "none")
+    assert _largest(res, 0, 0.5, None, 2.0) == (-1, "tpot")
+    res.saturated[0, 1] = True
+    assert _largest(res, 0, None, None, 2.0) == (0, "saturation")

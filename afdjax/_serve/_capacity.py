@@ -3,8 +3,9 @@ planning question (how many bundles, at which ratio, for a total arrival rate).
 
 * :func:`capacity`: per ratio, the largest arrival rate ``X`` per Attention instance at
   which the open-loop engine is not saturated and meets the targets (p99 TPOT and TTFT by
-  default): a vectorised grid up to the saturated bound, then a finer grid between the
-  last rate that met them and the first that did not (the same shape: one compilation).
+  default), below the saturated bound ``X_sat``: a vectorised grid up to the saturated
+  bound, then a finer grid between the last rate that met them and the first that did not
+  (the same shape: one compilation).
   The saturated throughput (:func:`afdjax.simulate`) bounds it: a bundle serves at most
   ``X_sat = T_sat (r + 1) / (r E[D])`` requests per time unit per Attention instance.
 * With a KV capacity ``M`` tokens per instance, the closed-form KV-bound stability rate of
@@ -70,9 +71,12 @@ class CapacityResult:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _meets(res, i, k, slo_tpot, slo_ttft):
-    """``(ok, reason)`` at ratio index ``i``, rate index ``k``."""
-    if bool(res.saturated[i, k]):
+def _meets(res, i, k, slo_tpot, slo_ttft, bound):
+    """``(ok, reason)`` at ratio index ``i``, rate index ``k``. A rate at or above ``bound``
+    (the saturated rate ``X_sat``) is saturation whatever the run's flag: no bundle serves
+    more than its saturated throughput, and a finite run near the bound cannot tell a
+    slowly growing queue from a stable one (the flag's 3 % margin)."""
+    if float(res.arrival_rates[k]) >= bound or bool(res.saturated[i, k]):
         return False, "saturation"
     if slo_tpot is not None and not float(res.tpot_p99[i, k]) <= slo_tpot:
         return False, "tpot"
@@ -81,10 +85,10 @@ def _meets(res, i, k, slo_tpot, slo_ttft):
     return True, "none"
 
 
-def _largest(res, i, slo_tpot, slo_ttft):
+def _largest(res, i, slo_tpot, slo_ttft, bound):
     """Index of the last grid rate before the first failure (-1 if the first fails) and the reason."""
     for k in range(res.arrival_rates.size):
-        ok, why = _meets(res, i, k, slo_tpot, slo_ttft)
+        ok, why = _meets(res, i, k, slo_tpot, slo_ttft, bound)
         if not ok:
             return k - 1, why
     return res.arrival_rates.size - 1, "none"
@@ -174,11 +178,11 @@ def capacity(
     fractions = 1.05 * (np.arange(grid_points) + 1) / grid_points
     grids = [x * fractions for x in x_sat]
     coarse_results = results = run(grids)
-    reasons = [_largest(res, 0, slo_tpot, slo_ttft)[1] for res in results]
+    reasons = [_largest(res, 0, slo_tpot, slo_ttft, b)[1] for res, b in zip(results, x_sat, strict=True)]
     for _ in range(refinements):
         new_grids = []
-        for res in results:
-            k, why = _largest(res, 0, slo_tpot, slo_ttft)
+        for res, b in zip(results, x_sat, strict=True):
+            k, why = _largest(res, 0, slo_tpot, slo_ttft, b)
             rates = res.arrival_rates
             if why == "none":
                 new_grids.append(rates)
@@ -188,18 +192,21 @@ def capacity(
             new_grids.append(lo + (hi - lo) * (np.arange(grid_points) + 1) / (grid_points + 1))
         finer = run(new_grids)
         # the finer grid where it found a rate above the coarse one, else the coarse one
-        results = [f if _largest(f, 0, slo_tpot, slo_ttft)[0] >= 0 else c for f, c in zip(finer, results, strict=True)]
+        results = [
+            f if _largest(f, 0, slo_tpot, slo_ttft, b)[0] >= 0 else c
+            for f, c, b in zip(finer, results, x_sat, strict=True)
+        ]
     best = []
-    for res, coarse in zip(results, reasons, strict=True):
-        k, why = _largest(res, 0, slo_tpot, slo_ttft)
+    for res, coarse, b in zip(results, reasons, x_sat, strict=True):
+        k, why = _largest(res, 0, slo_tpot, slo_ttft, b)
         best.append((res, k, coarse if why == "none" else why))  # a finer grid below the coarse failure
     kv_sim = None
     if kv_capacity is not None:
         # the largest stable rate of the coarse grid, whatever the targets: the targets only
         # enter the goodput, not the queue (same key, same grid), so no second simulation
         kv_sim = []
-        for res in coarse_results:
-            k, _ = _largest(res, 0, None, None)
+        for res, b in zip(coarse_results, x_sat, strict=True):
+            k, _ = _largest(res, 0, None, None, b)
             kv_sim.append(0.0 if k < 0 else float(res.arrival_rates[k]))
 
     def at(res, k, name):
