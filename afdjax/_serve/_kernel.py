@@ -447,8 +447,8 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             # request fits where it goes. Each of them then has one slot less, so none is
             # chosen twice before the whole level has had one: the same instances, the same
             # order of KV additions as one request per iteration. A level that cannot start
-            # (the head is refused or does not fit its first instance) takes one step of
-            # ``admit``.
+            # (the head is refused or does not fit its first instance) takes one request as
+            # ``admit`` does (the same choice), in the same updates.
             i, head, free, kv, stop, last, jbuf = c
             open_ = mask & (free > 0)
             top = open_ & (free == jnp.max(jnp.where(open_, free, -1)))
@@ -457,24 +457,29 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             )
             rank = jnp.sum(before, axis=1, dtype=jnp.int32)  # the request i + rank goes to this instance
             avail = jnp.minimum(n_arr - head, A - i)
-            at = jnp.minimum(i + rank, A)
-            p, never = p_all[at], never_all[at]
+            p, never = p_all[jnp.minimum(i + rank, A)], never_all[jnp.minimum(i + rank, A)]
             blocked = top & (rank < avail) & (never | (kv + p > inp.kv_capacity))
             count = jnp.minimum(jnp.min(jnp.where(blocked, rank, R)), jnp.minimum(avail, jnp.sum(top, dtype=jnp.int32)))
-            take = top & (rank < count)
-            jbuf = jbuf.at[jnp.where(take, i + rank, A)].set(lane, mode="drop")
-            last = jnp.where(count > 0, jnp.argmax(take & (rank == count - 1)).astype(jnp.int32), last)
-            bulk = (
-                i + count,
-                head + count,
+            bulk = count > 0
+            # the one request of admit: request i, to the policy's instance among those it fits
+            p0, never0 = p_all[i], never_all[i]
+            elig = mask & (free > 0) & (kv + p0 <= inp.kv_capacity)
+            fits = jnp.any(elig)
+            j1 = pick(elig, free, kv, head, last)
+            one = (lane == j1) & ~never0 & fits
+            take = jnp.where(bulk, top & (rank < count), one)
+            at = jnp.where(bulk, jnp.where(take, i + rank, A), jnp.where(lane == j1, i, A))
+            jbuf = jbuf.at[at].set(lane, mode="drop")
+            j_last = jnp.argmax(jnp.where(bulk, take & (rank == count - 1), one)).astype(jnp.int32)
+            return (
+                i + jnp.where(bulk, count, 1),
+                head + jnp.where(bulk, count, (~never0 & fits) | never0),
                 free - take.astype(free.dtype),
-                kv + jnp.where(take, p, 0.0),
-                stop,
-                last,
+                kv + jnp.where(take, jnp.where(bulk, p, p0), 0.0),
+                stop | (~bulk & ~never0 & ~fits),
+                jnp.where(jnp.any(take), j_last, last),
                 jbuf,
             )
-            one = admit(c)
-            return jax.tree_util.tree_map(lambda x, y: jnp.where(count > 0, x, y), bulk, one)
 
         lane = jnp.arange(R, dtype=jnp.int32)
         c0 = (zero_i, q.head, B - inst.n, inst.kv, jnp.zeros((), bool), q.last, jnp.zeros(A, jnp.int32))
