@@ -198,6 +198,29 @@ def _share(good, done):
     return np.minimum(np.nan_to_num(_div(good, done), nan=0.0), 1.0)
 
 
+POOLED_SUMS = ("time", "tokens", "good_tokens", "done_tokens", "done", "tpot_sum", "ttft_sum", "sojourn_sum", "queue")
+"""The sums :func:`pooled_quantities` needs: :class:`Stats` fields and ``queue`` (the queue
+area, ``queue_area + arrival_area`` of each replica)."""
+
+
+def pooled_quantities(s: dict, inst) -> dict:
+    """Throughput, goodput, mean TPOT, TTFT and sojourn time and mean queue length from the
+    sums ``s`` (:data:`POOLED_SUMS`, float64, any leading axes: one replica's, or summed
+    over replicas for the pooled ratio estimates) and the instances ``r + 1``."""
+    thr = s["tokens"] / s["time"] / inst
+    return {
+        "throughput_per_instance": thr,
+        "goodput_per_instance": thr * _share(s["good_tokens"], s["done_tokens"]),
+        "tpot_mean": _div(s["tpot_sum"], s["done"]),
+        "ttft_mean": _div(s["ttft_sum"], s["done"]),
+        "mean_sojourn_time": _div(s["sojourn_sum"], s["done"]),
+        "mean_queue_length": s["queue"] / s["time"],
+    }
+
+
+_STDERR_NAMES = {"throughput_per_instance": "stderr", "goodput_per_instance": "goodput_stderr"}
+
+
 def hist_quantiles(hist, log_lo, dlog, levels):
     """Quantiles of log-binned counts ``(..., nb + 2)`` (underflow, bins, overflow),
     interpolated log-linearly inside the bin: ``(..., len(levels))``; NaN without counts."""
@@ -230,28 +253,14 @@ def aggregate(
     r = ratios[None, :, None]
     inst = r + 1.0
     time = f["time"]
-    queue = f["queue_area"] + f["arrival_area"]
+    f["queue"] = queue = f["queue_area"] + f["arrival_area"]
     system = queue + f["occupied_area"]
-    per = {
-        "stderr": f["tokens"] / time / inst,
-        "goodput_stderr": f["tokens"] / time / inst * _share(f["good_tokens"], f["done_tokens"]),
-        "tpot_mean_stderr": _div(f["tpot_sum"], f["done"]),
-        "ttft_mean_stderr": _div(f["ttft_sum"], f["done"]),
-        "mean_sojourn_time_stderr": _div(f["sojourn_sum"], f["done"]),
-        "mean_queue_length_stderr": queue / time,
-        "mean_in_system_stderr": system / time,
-    }
+    per = {_STDERR_NAMES.get(q, f"{q}_stderr"): x for q, x in pooled_quantities(f, inst).items()}
+    per["mean_in_system_stderr"] = system / time
     out = {name: _mean_se(x)[1] for name, x in per.items()}
     # pooled ratio estimates (every time unit, every request weighs the same)
     T = time.sum(axis=0)
-    done = f["done"].sum(axis=0)
-    out["throughput_per_instance"] = f["tokens"].sum(axis=0) / T / inst[0]
-    share = _share(f["good_tokens"].sum(axis=0), f["done_tokens"].sum(axis=0))
-    out["goodput_per_instance"] = out["throughput_per_instance"] * share
-    out["tpot_mean"] = _div(f["tpot_sum"].sum(axis=0), done)
-    out["ttft_mean"] = _div(f["ttft_sum"].sum(axis=0), done)
-    out["mean_sojourn_time"] = _div(f["sojourn_sum"].sum(axis=0), done)
-    out["mean_queue_length"] = queue.sum(axis=0) / T
+    out.update(pooled_quantities({k: f[k].sum(axis=0) for k in POOLED_SUMS}, inst[0]))
     out["mean_in_system"] = system.sum(axis=0) / T
     out["mean_occupied_slots"] = f["occupied_area"].sum(axis=0) / T / r[0]
     out["mean_kv_load"] = f["kv_area"].sum(axis=0) / T

@@ -63,6 +63,7 @@ import numpy as np
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._validate import check_choice, filter_jit, float_leaf, invalid
 from ._kernel import replica_block
+from ._result import POOLED_SUMS, pooled_quantities
 from ._serve import StatsRun, _run_groups, as_arrivals, request_workload, result_of, run_stats
 
 QUANTITIES = (
@@ -135,40 +136,11 @@ class ServeSensitivity(eqx.Module):
 
 
 def _sums(st) -> dict:
-    """The per-replica sums the quantities need, float64 NumPy ``(replicas, ratios, rates)``."""
-    names = (
-        "time",
-        "tokens",
-        "good_tokens",
-        "done_tokens",
-        "done",
-        "tpot_sum",
-        "ttft_sum",
-        "sojourn_sum",
-        "queue_area",
-        "arrival_area",
-    )
-    return {n: np.asarray(getattr(st, n), dtype=np.float64) for n in names}
-
-
-def _div(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
-
-
-def _pooled(s: dict, inst) -> dict:
-    """The pooled quantities of summed sums ``s`` (any leading axes), as ``aggregate``
-    pools them (the tests check that the values are :func:`afdjax.serve`'s)."""
-    thr = s["tokens"] / s["time"] / inst
-    share = np.minimum(np.nan_to_num(_div(s["good_tokens"], s["done_tokens"]), nan=0.0), 1.0)
-    return {
-        "throughput_per_instance": thr,
-        "goodput_per_instance": thr * share,
-        "tpot_mean": _div(s["tpot_sum"], s["done"]),
-        "ttft_mean": _div(s["ttft_sum"], s["done"]),
-        "mean_sojourn_time": _div(s["sojourn_sum"], s["done"]),
-        "mean_queue_length": (s["queue_area"] + s["arrival_area"]) / s["time"],
-    }
+    """The per-replica sums the quantities need (:data:`POOLED_SUMS`), float64 NumPy
+    ``(replicas, ratios, rates)``."""
+    s = {n: np.asarray(getattr(st, n), dtype=np.float64) for n in POOLED_SUMS if n != "queue"}
+    s["queue"] = np.asarray(st.queue_area, dtype=np.float64) + np.asarray(st.arrival_area, dtype=np.float64)
+    return s
 
 
 def _full_and_leave_one_out(s: dict, inst) -> tuple[dict, dict]:
@@ -176,7 +148,7 @@ def _full_and_leave_one_out(s: dict, inst) -> tuple[dict, dict]:
     ``(replicas, ratios, rates)``."""
     total = {k: v.sum(axis=0) for k, v in s.items()}
     loo = {k: total[k][None] - v for k, v in s.items()}
-    return _pooled(total, inst), _pooled(loo, inst)
+    return pooled_quantities(total, inst), pooled_quantities(loo, inst)
 
 
 def _jackknife(loo):
