@@ -425,21 +425,25 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             i, head, free, _, stop, _, _ = c
             return (i < A) & (head < n_arr) & ~stop & jnp.any(mask & (free > 0))
 
+        def one_request(i, free, kv, head, last):
+            """Request ``q.head + i`` under the policy: its instance (among those where it
+            fits), its ``P``, and whether it is taken, refused (``P > M``) or blocked."""
+            p, never = p_all[i], never_all[i]
+            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
+            fits = jnp.any(elig)
+            return pick(elig, free, kv, head, last), p, ~never & fits, never, ~never & ~fits
+
         def admit(c):
             # only small state in the loop (a batched while loop copies its whole carry per
             # iteration): the instances chosen go to a buffer of A, applied after it. Every
             # iteration but a blocked last one takes or refuses request q.head + i.
             i, head, free, kv, stop, last, jbuf = c
-            p, never = p_all[i], never_all[i]
-            elig = mask & (free > 0) & (kv + p <= inp.kv_capacity)
-            take = ~never & jnp.any(elig)
-            j = pick(elig, free, kv, head, last)
+            j, p, take, never, blocked = one_request(i, free, kv, head, last)
             jbuf = jbuf.at[i].set(j)
             free = free.at[j].add(-take.astype(free.dtype))
             kv = kv.at[j].add(jnp.where(take, p, 0.0))
             head = head + (take | never).astype(head.dtype)
-            stop = stop | (~never & ~jnp.any(elig))
-            return i + 1, head, free, kv, stop, jnp.where(take, j, last), jbuf
+            return i + 1, head, free, kv, stop | blocked, jnp.where(take, j, last), jbuf
 
         def admit_level(c):
             # the balanced policy in bulk: the instances with the most free slots (the
@@ -461,22 +465,19 @@ def bundle_stats(replica_id, ratio, rate, key_words, workload, arrivals, latency
             blocked = top & (rank < avail) & (never | (kv + p > inp.kv_capacity))
             count = jnp.minimum(jnp.min(jnp.where(blocked, rank, R)), jnp.minimum(avail, jnp.sum(top, dtype=jnp.int32)))
             bulk = count > 0
-            # the one request of admit: request i, to the policy's instance among those it fits
-            p0, never0 = p_all[i], never_all[i]
-            elig = mask & (free > 0) & (kv + p0 <= inp.kv_capacity)
-            fits = jnp.any(elig)
-            j1 = pick(elig, free, kv, head, last)
-            one = (lane == j1) & ~never0 & fits
+            # the one request of admit
+            j1, p0, take1, never0, blocked1 = one_request(i, free, kv, head, last)
+            one = (lane == j1) & take1
             take = jnp.where(bulk, top & (rank < count), one)
             at = jnp.where(bulk, jnp.where(take, i + rank, A), jnp.where(lane == j1, i, A))
             jbuf = jbuf.at[at].set(lane, mode="drop")
             j_last = jnp.argmax(jnp.where(bulk, take & (rank == count - 1), one)).astype(jnp.int32)
             return (
                 i + jnp.where(bulk, count, 1),
-                head + jnp.where(bulk, count, (~never0 & fits) | never0),
+                head + jnp.where(bulk, count, take1 | never0),
                 free - take.astype(free.dtype),
                 kv + jnp.where(take, jnp.where(bulk, p, p0), 0.0),
-                stop | (~bulk & ~never0 & ~fits),
+                stop | (~bulk & blocked1),
                 jnp.where(jnp.any(take), j_last, last),
                 jbuf,
             )
