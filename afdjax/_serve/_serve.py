@@ -82,10 +82,14 @@ def default_warmup(mean_decode: float, num_steps: int) -> int:
     return int(max(64, math.ceil(4.0 * mean_decode)))
 
 
-def _expected(max_ratio: int, batch_size: int, mean_decode: float) -> float:
-    """Mean completions per step of a full bundle, plus 4 standard deviations and 4."""
-    m = max_ratio * batch_size / max(mean_decode, 1.0)
-    return m + 4.0 * math.sqrt(m) + 4.0
+def _completions(max_ratio: int, batch_size: int, mean_decode: float) -> float:
+    """Mean completions per step of a full bundle."""
+    return max_ratio * batch_size / max(mean_decode, 1.0)
+
+
+def _upper(m: float, z: float) -> float:
+    """A count of mean ``m`` plus ``z`` of its (Poisson) standard deviations and 4."""
+    return m + z * math.sqrt(m) + 4.0
 
 
 def _pow2(x: float) -> int:
@@ -103,9 +107,9 @@ def default_admissions(
     bundle-steps of the run: the largest of ``N`` such counts rarely exceeds it, so a long
     sweep is not run twice for one rare step. A step that needs more repeats the run with
     more (same numbers)."""
-    m = max(max_ratio * batch_size / max(mean_decode, 1.0), arrivals_per_step)
+    m = max(_completions(max_ratio, batch_size, mean_decode), arrivals_per_step)
     z = max(4.0, math.sqrt(2.0 * math.log(max(bundle_steps, 1))) + 1.0)
-    return int(min(max_ratio * batch_size, math.ceil(max(16.0, m + z * math.sqrt(m) + 4.0))))
+    return int(min(max_ratio * batch_size, math.ceil(max(16.0, _upper(m, z)))))
 
 
 def _decode_bound(req: Workload) -> int | None:
@@ -141,7 +145,7 @@ def default_request_ring(max_ratio: int, batch_size: int, mean_decode: float, ho
 def default_resolved(max_ratio: int, batch_size: int, mean_decode: float) -> int:
     """Finished requests resolved per step: the mean completions of a full bundle plus 4
     standard deviations and 4, at least 8."""
-    return math.ceil(max(8.0, _expected(max_ratio, batch_size, mean_decode)))
+    return math.ceil(max(8.0, _upper(_completions(max_ratio, batch_size, mean_decode), 4.0)))
 
 
 _block_jit = filter_jit(replica_block)
