@@ -183,7 +183,15 @@ def _jackknife_se(hist, total, log_lo, dlog, levels):
     n = hist.shape[0]
     if n < 2:
         return np.full(hist_quantiles(total, log_lo, dlog, levels).shape, np.nan)
-    loo = np.stack([hist_quantiles(total - hist[i], log_lo, dlog, levels) for i in range(n)])
+    return jackknife(np.stack([hist_quantiles(total - hist[i], log_lo, dlog, levels) for i in range(n)]))
+
+
+def jackknife(loo):
+    """The jackknife standard error from the leave-one-out estimates ``loo`` (replicas on
+    the first axis); NaN with one replica."""
+    n = loo.shape[0]
+    if n < 2:
+        return np.full(loo.shape[1:], np.nan)
     return np.sqrt((n - 1) / n * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
 
 

@@ -63,7 +63,7 @@ import numpy as np
 from .._latency import COEFFICIENT_NAMES, LatencyModel
 from .._validate import check_choice, filter_jit, float_leaf, invalid
 from ._kernel import replica_block
-from ._result import POOLED_SUMS, pooled_quantities
+from ._result import POOLED_SUMS, jackknife, pooled_quantities
 from ._serve import StatsRun, _run_groups, as_arrivals, request_workload, result_of, run_stats
 
 QUANTITIES = (
@@ -151,13 +151,6 @@ def _full_and_leave_one_out(s: dict, inst) -> tuple[dict, dict]:
     return pooled_quantities(total, inst), pooled_quantities(loo, inst)
 
 
-def _jackknife(loo):
-    n = loo.shape[0]
-    if n < 2:
-        return np.full(loo.shape[1:], np.nan)
-    return np.sqrt((n - 1) / n * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
-
-
 def _check_names(name, value, allowed, default):
     if value is None:
         return tuple(default)
@@ -225,7 +218,7 @@ def _pathwise(run: StatsRun, latency: LatencyModel, names: tuple, inst, saturate
     Tl, Nl, dTl = T[None] - time, N[None] - tokens, dT[None] - d_time
     full = -N[..., None] * dT / T[..., None] ** 2 / inst[..., None]
     loo = -Nl[..., None] * dTl / Tl[..., None] ** 2 / inst[None, ..., None]
-    se = _jackknife(loo)
+    se = jackknife(loo)
     sat = saturated[..., None]
     full, se = np.where(sat, full, 0.0), np.where(sat, se, 0.0)
     derivative = {"throughput_per_instance": {n: full[..., i] for i, n in enumerate(names)}}
@@ -352,7 +345,7 @@ def serve_sensitivity(
         lo_full, lo_loo = _full_and_leave_one_out(lo_sums, inst)
         for q in wanted:
             derivative[q][name] = (hi_full[q] - lo_full[q]) / width
-            stderr[q][name] = _jackknife((hi_loo[q] - lo_loo[q]) / width)
+            stderr[q][name] = jackknife((hi_loo[q] - lo_loo[q]) / width)
     return ServeSensitivity(result, value, derivative, stderr, steps, wanted, names, method)
 
 
